@@ -1,0 +1,1 @@
+"""The `tfmeta` command line (installed as the `tfmeta_cli` package)."""

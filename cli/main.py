@@ -1,0 +1,129 @@
+"""`tfmeta`: train and evaluate meta-learners. Thin: parse, load the config, call the library."""
+
+import functools
+import os
+import json
+from pathlib import Path
+
+import click
+
+# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) hides the output that matters.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tfmeta.errors import TfmetaError  # noqa: E402
+
+# Shortcut flags and the config keys they set; any other key goes through --set key=value.
+SHORTCUTS = {
+    "dataset": "data.dataset", "data_dir": "data.omniglot.data_dir", "ways": "data.ways",
+    "shots": "data.shots", "queries": "data.queries", "meta_batch": "train.meta_batch",
+    "meta_lr": "train.meta_lr", "steps": "adapt.steps", "inner_lr": "adapt.lr",
+    "epochs": "train.epochs", "iterations": "train.iterations", "seed": "train.seed",
+    "run_dir": "run_dir", "name": "name",
+}
+REPORT_STEPS = (0, 1, 5, 10)
+
+
+def user_errors(fn):
+    """Turns a TfmetaError into its message on stderr and exit status 2, without a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TfmetaError as e:
+            click.echo(f"error: {e}", err=True)
+            raise SystemExit(2)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="tfmeta")
+def cli():
+    """Gradient-based meta-learning (MAML) in TensorFlow/Keras."""
+
+
+@cli.command()
+@click.option("--config", "config_path", metavar="PATH|PRESET",
+              help="YAML config file or preset name (see configs/). Default: the sine defaults.")
+@click.option("--dataset", type=click.Choice(["sine", "omniglot"]), help="data.dataset")
+@click.option("--data-dir", type=click.Path(), help="data.omniglot.data_dir: the Omniglot zips")
+@click.option("--ways", type=int, help="data.ways (N)")
+@click.option("--shots", type=int, help="data.shots (K)")
+@click.option("--queries", type=int, help="data.queries (query examples per class)")
+@click.option("--meta-batch", type=int, help="train.meta_batch (tasks per meta-iteration)")
+@click.option("--meta-lr", type=float, help="train.meta_lr (Adam)")
+@click.option("--steps", type=int, help="adapt.steps (inner SGD steps, T)")
+@click.option("--inner-lr", type=float, help="adapt.lr (alpha)")
+@click.option("--epochs", type=int, help="train.epochs")
+@click.option("--iterations", type=int, help="train.iterations (meta-iterations per epoch)")
+@click.option("--seed", type=int, help="train.seed")
+@click.option("--first-order", is_flag=True, default=None, help="adapt.first_order=true")
+@click.option("--run-dir", type=click.Path(), help="run directory (default runs/<name>)")
+@click.option("--name", help="run name")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override any config field, e.g. --set train.eval_tasks=100 (repeatable)")
+@click.option("--resume", "resume_dir", type=click.Path(), metavar="RUN_DIR",
+              help="continue RUN_DIR from its last checkpoint, with its saved config")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+@user_errors
+def train(config_path, sets, resume_dir, no_progress, first_order, **shortcuts):
+    """Meta-train a model; writes checkpoints, TensorBoard logs and the resolved config."""
+    from tfmeta import config as config_lib, training
+
+    overrides = [f"{SHORTCUTS[k]}={v}" for k, v in shortcuts.items() if v is not None]
+    if first_order:
+        overrides.append("adapt.first_order=true")
+    overrides += list(sets)
+    if resume_dir:
+        if config_path:
+            raise click.UsageError("--resume uses the run's own config; drop --config")
+        saved = Path(resume_dir) / "config.yaml"
+        if not saved.is_file():
+            raise TfmetaError(f"--resume {resume_dir}: {saved} is missing; not a run directory")
+        config = config_lib.load(str(saved), overrides + [f"run_dir={resume_dir}"])
+    else:
+        config = config_lib.load(config_path, overrides)
+    run_dir = training.train(config, resume=bool(resume_dir), progress=not no_progress,
+                             log=click.echo)
+    click.echo(f"run written to {run_dir}  (tensorboard --logdir {run_dir})")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--steps", type=int, default=None,
+              help="adaptation steps (default: max(10, the run's test steps))")
+@click.option("--tasks", type=int, default=600, show_default=True, help="meta-test tasks")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--checkpoint", help="checkpoint path (default: the run's latest)")
+@user_errors
+def evaluate(run_dir, steps, tasks, split, checkpoint):
+    """Adapt a trained run to held-out tasks; print query metrics after 0, 1, 5, 10, ... steps."""
+    from tfmeta import config as config_lib, training
+
+    if tasks < 1 or (steps is not None and steps < 0):
+        raise click.BadParameter("--tasks must be >= 1 and --steps >= 0")
+    saved = config_lib.load(str(Path(run_dir) / "config.yaml")) if (
+        Path(run_dir) / "config.yaml").is_file() else None
+    eval_steps = saved.adapt.eval_steps if saved else 0
+    steps = max(10, eval_steps) if steps is None else steps
+    report = sorted({t for t in (*REPORT_STEPS, eval_steps, steps) if t <= steps})
+    result = training.evaluate_run(Path(run_dir), steps, tasks, report, split, checkpoint)
+    click.echo(format_table(result))
+    out = Path(run_dir) / f"evaluation-{split}.json"
+    out.write_text(json.dumps(result, indent=2))
+    click.echo(f"written to {out}")
+
+
+def format_table(result: dict) -> str:
+    """A plain-text table: one row per step count, mean ± 95% CI per metric."""
+    rows = result["steps"]
+    metrics = list(next(iter(rows.values())))
+    header = f"{'steps':>5}  " + "  ".join(f"{m:>22}" for m in metrics)
+    lines = [f"{result['split']} split, {result['tasks']} tasks, {result['checkpoint']}", header]
+    for t, values in rows.items():
+        cells = [f"{values[m]['mean']:.4f} ± {values[m]['ci95']:.4f}" for m in metrics]
+        lines.append(f"{t:>5}  " + "  ".join(f"{c:>22}" for c in cells))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,51 @@
+"""Batch normalization on batch statistics that is exact to every order of derivative."""
+
+import keras
+from keras import ops
+
+
+class BatchNorm(keras.layers.Layer):
+    """Normalizes each channel with the statistics of the batch it is called on.
+
+    For an input `x` of shape [B, ..., C], with mean and variance taken over every axis but the last:
+
+        mu = mean(x),  var = mean((x - mu)^2)
+        y  = gamma * (x - mu) / sqrt(var + epsilon) + beta
+
+    There are no moving statistics. As in Finn et al. (2017), MAML normalizes with the statistics of
+    the current batch at meta-train *and* meta-test time: each task's support set and query set are
+    normalized by their own statistics (transductive batch norm). `training` is accepted and ignored.
+
+    Why not `keras.layers.BatchNormalization`: it computes the variance around `stop_gradient(mu)`.
+    That leaves first derivatives exact (d var / d mu = 0 at the batch mean) but makes every second
+    derivative through the variance wrong, which corrupts second-order MAML meta-gradients and
+    Hessian-vector products by 8-20% (see tests/test_batch_norm.py).
+
+    Args:
+        epsilon: added to the variance for numerical stability.
+    """
+
+    def __init__(self, epsilon: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                f"BatchNorm needs a known channel dimension. Received input_shape={input_shape}")
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+
+    def call(self, x, training=None):
+        axes = list(range(len(x.shape) - 1))
+        mean = ops.mean(x, axis=axes, keepdims=True)
+        centered = x - mean
+        variance = ops.mean(ops.square(centered), axis=axes, keepdims=True)
+        return self.gamma * centered * ops.rsqrt(variance + self.epsilon) + self.beta
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}

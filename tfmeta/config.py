@@ -1,0 +1,223 @@
+"""Typed run configuration: dataclasses loaded from YAML presets and command-line overrides.
+
+A config file is a YAML mapping mirroring `Config`; it may name another preset under `base:` and
+override some of its fields. Overrides from the command line are `dotted.key=value` strings whose
+values are parsed as YAML. Every key and value is checked against the dataclasses, and a mistake is
+reported as a ConfigError naming the file, the key and what was expected.
+"""
+
+import dataclasses
+import difflib
+import os
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+
+from tfmeta.adaptation import AdaptConfig
+from tfmeta.errors import ConfigError
+from tfmeta.models import ModelConfig
+from tfmeta.tasks import DataConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The outer loop.
+
+    Attributes:
+        meta_batch: tasks per meta-iteration (n).
+        meta_lr: Adam learning rate (beta).
+        epochs: number of epochs.
+        iterations: meta-iterations per epoch (500 in the landscape paper).
+        eval_tasks: meta-test tasks evaluated after each epoch (a fixed set per run).
+        eval_every: evaluate every k epochs; 0 turns per-epoch evaluation off.
+        eval_batch: tasks adapted per evaluation call.
+        seed: seeds the initial parameters and every episode stream.
+        task_strategy: how tasks of a meta-batch are mapped: "loop", "map", "vectorized", or
+            "auto" (vectorized for MLPs, loop for convolutional models).
+        keep_checkpoints: checkpoints kept (one per epoch); 0 keeps every epoch's.
+    """
+    meta_batch: int = 25
+    meta_lr: float = 1e-3
+    epochs: int = 10
+    iterations: int = 500
+    eval_tasks: int = 600
+    eval_every: int = 1
+    eval_batch: int = 25
+    seed: int = 0
+    task_strategy: str = "auto"
+    keep_checkpoints: int = 3
+
+
+@dataclasses.dataclass
+class Config:
+    """A whole run.
+
+    Attributes:
+        algorithm: the meta-learning algorithm ("maml").
+        name: run name; the run directory defaults to runs/<name>.
+        run_dir: where logs, checkpoints and the resolved config go; "" derives it from `name`.
+    """
+    algorithm: str = "maml"
+    name: str = ""
+    run_dir: str = ""
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    adapt: AdaptConfig = dataclasses.field(default_factory=AdaptConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+def preset_names() -> list:
+    """Names of the presets in configs/."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_path(name_or_path: str) -> Path:
+    """A config file path, or a preset name such as "sine" or "omniglot_5w1s-cpu"."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = CONFIG_DIR / f"{path.stem if path.suffix == '.yaml' else name_or_path}.yaml"
+    if preset.is_file() and path.parent in (Path("."), Path("configs")):
+        return preset
+    raise ConfigError(f"config {name_or_path!r} is neither a file nor a preset; presets: "
+                      f"{', '.join(preset_names())}")
+
+
+def load_yaml(path: Path, seen: tuple = ()) -> dict:
+    """Reads a config file, merging it over the preset named by its `base:` key."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' presets form a cycle")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read config: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    parent = path.parent / f"{base}.yaml" if not str(base).endswith(".yaml") else Path(base)
+    if not parent.is_file():
+        parent = resolve_path(str(base))
+    return merge(load_yaml(parent, seen + (path.resolve(),)), data)
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursively merges `override` into a copy of `base`."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """"a.b.c=value" -> {"a": {"b": {"c": value}}}, the value parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like key.path=value, e.g. train.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: cannot parse the value: {e}") from None
+    out: Any = value
+    for part in reversed(key.strip().split(".")):
+        out = {part: out}
+    return out
+
+
+def from_dict(cls, data: dict, where: str, prefix: str = ""):
+    """Builds dataclass `cls` from a mapping, checking every key and value type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: '{prefix.rstrip('.') or 'config'}' must be a mapping, "
+                          f"got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown config key '{prefix}{key}'{hint}; keys here: "
+                              f"{', '.join(prefix + f for f in fields)}")
+        kwargs[key] = _coerce(hints[key], value, where, prefix + key)
+    return cls(**kwargs)
+
+
+def _coerce(kind, value, where: str, key: str):
+    if dataclasses.is_dataclass(kind):
+        return from_dict(kind, value, where, key + ".")
+    ok = {bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          str: isinstance(value, str),
+          list: isinstance(value, list)}.get(kind, True)
+    if not ok:
+        raise ConfigError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
+    return float(value) if kind is float else value
+
+
+def load(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Config:
+    """The config of a preset or file (or the defaults), with overrides applied and checked."""
+    data, where = {}, "defaults"
+    if path:
+        file = resolve_path(path)
+        data, where = load_yaml(file), str(file)
+    for text in overrides:
+        data = merge(data, parse_override(text))
+        where = f"{where} + overrides"
+    return validate(from_dict(Config, data, where), where)
+
+
+def validate(config: Config, where: str) -> Config:
+    """Checks values that types alone cannot; returns the config."""
+    def need(condition: bool, key: str, expected: str, value):
+        if not condition:
+            raise ConfigError(f"{where}: '{key}' must be {expected}, got {value!r}")
+
+    need(config.algorithm in ("maml",), "algorithm", "one of: maml", config.algorithm)
+    need(config.model.arch in ("auto", "conv4", "mlp"), "model.arch", "auto, conv4 or mlp",
+         config.model.arch)
+    need(config.model.pool in ("max", "stride"), "model.pool", "max or stride", config.model.pool)
+    need(config.model.dtype in ("float32", "float64"), "model.dtype", "float32 or float64",
+         config.model.dtype)
+    need(config.data.dataset in ("sine", "omniglot"), "data.dataset", "sine or omniglot",
+         config.data.dataset)
+    for key in ("data.ways", "data.shots", "data.queries", "train.meta_batch", "train.epochs",
+                "train.iterations", "train.eval_tasks", "train.eval_batch"):
+        section, field = key.split(".")
+        value = getattr(getattr(config, section), field)
+        need(value >= 1, key, "a positive integer", value)
+    for key in ("adapt.steps", "adapt.test_steps", "train.eval_every", "train.keep_checkpoints"):
+        section, field = key.split(".")
+        value = getattr(getattr(config, section), field)
+        need(value >= 0, key, "a non-negative integer", value)
+    need(config.adapt.lr > 0, "adapt.lr", "positive", config.adapt.lr)
+    need(config.train.meta_lr > 0, "train.meta_lr", "positive", config.train.meta_lr)
+    need(config.train.task_strategy in ("auto", "loop", "map", "vectorized"),
+         "train.task_strategy", "auto, loop, map or vectorized", config.train.task_strategy)
+    for key in ("amplitude", "phase", "test_amplitude", "test_phase", "x_range"):
+        value = getattr(config.data.sine, key)
+        need(len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+             and value[0] <= value[1], f"data.sine.{key}", "[low, high] with low <= high", value)
+    return config
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save(config: Config, path: Path) -> None:
+    """Writes the resolved config as YAML, atomically (a killed run never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(to_dict(config), f, sort_keys=False)
+    os.replace(tmp, path)

@@ -1,0 +1,66 @@
+"""Mapping a per-task function over a meta-batch of episodes.
+
+Three strategies, selected by name, give the same numbers at different costs:
+
+- "loop": a `tf.range` loop that sums per-task results as it goes. Memory stays at one task's worth
+  whatever the meta-batch size; the default for convolutional models, where TF-NOTES measured it as
+  fast as anything else on CPU.
+- "map": `tf.map_fn`, which keeps every task's result before summing.
+- "vectorized": `tf.vectorized_map` (pfor), which turns the tasks into one batched computation. Fast
+  for dense models (sine MLP); slow for convolutions, whose filter gradient falls back to a loop.
+"""
+
+from typing import Any, Callable
+
+import tensorflow as tf
+
+from tfmeta.tasks.episode import Episode
+
+STRATEGIES = ("loop", "map", "vectorized")
+
+
+def _task(batch: Episode, i) -> Episode:
+    return tf.nest.map_structure(lambda t: t[i], batch)
+
+
+def map_tasks(fn: Callable[[Episode], Any], batch: Episode, strategy: str = "loop") -> Any:
+    """Applies `fn` to each of the n tasks in `batch`; returns its outputs stacked to [n, ...]."""
+    if strategy == "vectorized":
+        return tf.vectorized_map(fn, batch)
+    if strategy == "map":
+        first = fn(_task(batch, 0))
+        spec = tf.nest.map_structure(tf.type_spec_from_value, first)
+        rest = tf.map_fn(fn, tf.nest.map_structure(lambda t: t[1:], batch),
+                         fn_output_signature=spec)
+        return tf.nest.map_structure(lambda a, b: tf.concat([a[None], b], 0), first, rest)
+    return _loop(fn, batch, stack=True)
+
+
+def sum_tasks(fn: Callable[[Episode], Any], batch: Episode, strategy: str = "loop") -> Any:
+    """Returns the sum over the n tasks in `batch` of `fn(task)`, leaf by leaf."""
+    if strategy == "loop":
+        return _loop(fn, batch, stack=False)
+    return tf.nest.map_structure(lambda t: tf.reduce_sum(t, axis=0), map_tasks(fn, batch, strategy))
+
+
+def _loop(fn, batch: Episode, stack: bool):
+    # The first task runs outside the loop so that its outputs fix the accumulators' structure.
+    n = tf.shape(batch.support_x)[0]
+    first = fn(_task(batch, 0))
+    flat_first = tf.nest.flatten(first)
+    if stack:
+        init = [tf.TensorArray(t.dtype, size=n, element_shape=t.shape).write(0, t)
+                for t in flat_first]
+    else:
+        init = flat_first
+
+    def body(i, acc):
+        flat = tf.nest.flatten(fn(_task(batch, i)))
+        if stack:
+            return i + 1, [a.write(i, t) for a, t in zip(acc, flat)]
+        return i + 1, [a + t for a, t in zip(acc, flat)]
+
+    _, acc = tf.while_loop(lambda i, _: i < n, body, (tf.constant(1), init))
+    if stack:
+        acc = [a.stack() for a in acc]
+    return tf.nest.pack_sequence_as(first, acc)

@@ -1,0 +1,138 @@
+"""The meta-learned networks: conv4 (Finn et al., 2017) and the sine-regression MLP.
+
+Every model is a `MetaModel`: a feature network h = f_feat(x) followed by a linear head. The split is
+explicit because representation metrics read h, and the finetune baseline swaps the head. Models are
+called functionally on explicit parameter lists through `apply`, never by mutating their variables.
+"""
+
+import dataclasses
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from tfmeta.batch_norm import BatchNorm
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The network.
+
+    Attributes:
+        arch: "conv4", "mlp", or "auto" (mlp for sine, conv4 for image datasets).
+        filters: conv4 channels per layer.
+        pool: conv4 downsampling, "max" (2x2 max-pool) or "stride" (stride-2 convs).
+        hidden: MLP hidden widths.
+        dtype: "float32", or "float64" for exactness checks.
+    """
+    arch: str = "auto"
+    filters: int = 64
+    pool: str = "max"
+    hidden: list = dataclasses.field(default_factory=lambda: [40, 40])
+    dtype: str = "float32"
+
+
+class MetaModel(keras.Model):
+    """A feature network followed by a linear head.
+
+    Args:
+        features: maps x [B, *input_shape] to h [B, D].
+        head: a Dense layer mapping h [B, D] to outputs [B, outputs].
+        input_shape: the shape of one example, without the batch dimension.
+        loss: "cross_entropy" (outputs are logits over classes) or "mse" (outputs are predictions).
+    """
+
+    def __init__(self, features: keras.Sequential, head: keras.layers.Dense,
+                 input_shape: Sequence[int], loss: str, **kwargs):
+        super().__init__(**kwargs)
+        self.features = features
+        self.head = head
+        self.example_shape = tuple(input_shape)
+        self.loss_name = loss
+        self.build((None, *self.example_shape))
+
+    def build(self, input_shape):
+        self.features.build(input_shape)
+        self.head.build(self.features.compute_output_shape(input_shape))
+        self.built = True
+
+    def call(self, x, training=None):
+        return self.head(self.features(x))
+
+    @property
+    def num_feature_params(self) -> int:
+        """How many leading entries of `trainable_variables` belong to the feature network."""
+        return len(self.features.trainable_variables)
+
+
+def apply(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+    """Runs the model on explicit parameters.
+
+    Args:
+        model: the model whose architecture is used; its variables are not read.
+        params: tensors matching `model.trainable_variables`.
+        x: inputs [B, *model.example_shape].
+
+    Returns:
+        Outputs [B, outputs]: logits or regression predictions.
+    """
+    outputs, _ = model.stateless_call(list(params), [], x, training=True)
+    return outputs
+
+
+def features(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+    """Returns the representation h = f_feat(x) [B, D] under explicit parameters."""
+    h, _ = model.features.stateless_call(list(params[:model.num_feature_params]), [], x,
+                                         training=True)
+    return h
+
+
+def params_of(model: MetaModel) -> list:
+    """The model's current parameters as a list of tensors (a snapshot, not the variables)."""
+    return [tf.convert_to_tensor(v) for v in model.trainable_variables]
+
+
+def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int = 64,
+          pool: str = "max", dtype: str = "float32") -> MetaModel:
+    """The conv4 of Finn et al.: 4 x [3x3 conv, batch norm, ReLU, downsample], flatten, dense.
+
+    Args:
+        outputs: classes of the head (N ways).
+        image_shape: [H, W, C] of one image.
+        filters: channels of each conv (64 for Omniglot, 32 or 48 for MiniImagenet).
+        pool: "max" downsamples with a 2x2 max-pool after a 'same' conv; "stride" uses a stride-2
+            conv instead, as Finn et al. do for Omniglot.
+        dtype: "float32", or "float64" for finite-difference checks.
+    """
+    if pool not in ("max", "stride"):
+        raise ValueError(f"pool must be 'max' or 'stride'. Received pool={pool!r}")
+    layers = []
+    for _ in range(4):
+        strides = 2 if pool == "stride" else 1
+        layers += [keras.layers.Conv2D(filters, 3, strides=strides, padding="same", dtype=dtype),
+                   BatchNorm(dtype=dtype), keras.layers.ReLU(dtype=dtype)]
+        if pool == "max":
+            layers.append(keras.layers.MaxPooling2D(2, dtype=dtype))
+    layers.append(keras.layers.Flatten(dtype=dtype))
+    return MetaModel(keras.Sequential(layers, name="features"),
+                     keras.layers.Dense(outputs, dtype=dtype, name="head"),
+                     image_shape, loss="cross_entropy", name="conv4")
+
+
+def mlp(hidden: Sequence[int] = (40, 40), inputs: int = 1, outputs: int = 1,
+        activation: str = "relu", dtype: str = "float32") -> MetaModel:
+    """An MLP regressor, inputs-hidden...-outputs (1-40-40-1 with ReLU for sine, as in MAML)."""
+    layers = [keras.layers.Dense(width, activation=activation, dtype=dtype) for width in hidden]
+    return MetaModel(keras.Sequential(layers, name="features"),
+                     keras.layers.Dense(outputs, dtype=dtype, name="head"),
+                     (inputs,), loss="mse", name="mlp")
+
+
+def build(config: ModelConfig, example_shape: Sequence[int], outputs: int) -> MetaModel:
+    """The model `config` describes, for examples of `example_shape` and a head of `outputs`."""
+    arch = config.arch
+    if arch == "auto":
+        arch = "mlp" if len(example_shape) == 1 else "conv4"
+    if arch == "mlp":
+        return mlp(config.hidden, example_shape[0], outputs, dtype=config.dtype)
+    return conv4(outputs, example_shape, config.filters, config.pool, dtype=config.dtype)

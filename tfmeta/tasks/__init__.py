@@ -1,0 +1,80 @@
+"""Task distributions: what a run meta-trains and meta-tests on.
+
+`build(config)` turns a `DataConfig` into a `TaskSource`, which knows the example shape, the number of
+outputs and the loss, and draws seeded episode streams for the "train" and "test" splits.
+"""
+
+import dataclasses
+from typing import Callable, Dict
+
+import tensorflow as tf
+
+from tfmeta.errors import ConfigError
+from tfmeta.tasks import classification, sampler, sine
+from tfmeta.tasks.episode import Episode
+from tfmeta.tasks.omniglot_split import OmniglotConfig, omniglot_pools
+from tfmeta.tasks.sine import SineConfig
+
+DATASETS = ("sine", "omniglot")
+SPLITS = ("train", "test")
+_STREAMS = {"train": 0, "test": 1}
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Which tasks, and how big their episodes are.
+
+    Attributes:
+        dataset: "sine" or "omniglot".
+        ways: N classes per episode (classification only).
+        shots: K support examples per class (sine: K support points).
+        queries: Q query examples per class (sine: Q query points).
+    """
+    dataset: str = "sine"
+    ways: int = 5
+    shots: int = 10
+    queries: int = 10
+    sine: SineConfig = dataclasses.field(default_factory=SineConfig)
+    omniglot: OmniglotConfig = dataclasses.field(default_factory=OmniglotConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSource:
+    """A task distribution with a train and a test split.
+
+    Attributes:
+        example_shape: shape of one input, e.g. (28, 28, 1) or (1,).
+        outputs: width of the model's head (N ways, or 1 for regression).
+        loss: "cross_entropy" or "mse".
+        episode_fns: split name -> function drawing one Episode from a stateless seed.
+    """
+    example_shape: tuple
+    outputs: int
+    loss: str
+    episode_fns: Dict[str, Callable[[tf.Tensor], Episode]]
+
+    def episodes(self, split: str, seed: int, meta_batch: int, start: int = 0,
+                 count: int = -1) -> tf.data.Dataset:
+        """Meta-batches of the split's episode stream; see `sampler.episodes`."""
+        return sampler.episodes(self.episode_fns[split], sampler.episode_seed(seed, _STREAMS[split]),
+                                meta_batch, start, count)
+
+
+def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
+    """Builds the task source for `config`; raises ConfigError or DataError on bad input."""
+    if config.dataset == "sine":
+        fns = {s: sine.episode_fn(config.sine, config.shots, config.queries, s, tf.as_dtype(dtype))
+               for s in SPLITS}
+        return TaskSource((1,), 1, "mse", fns)
+    if config.dataset == "omniglot":
+        pools = omniglot_pools(config.omniglot)
+        fns = {}
+        for split in SPLITS:
+            classification.check_pool(pools[split], config.ways, config.shots, config.queries,
+                                      f"omniglot {split} split")
+            fns[split] = classification.episode_fn(
+                pools[split], config.ways, config.shots, config.queries, tf.as_dtype(dtype))
+        size = config.omniglot.image_size
+        return TaskSource((size, size, 1), config.ways, "cross_entropy", fns)
+    raise ConfigError(f"unknown dataset {config.dataset!r}; expected one of {', '.join(DATASETS)}")
+

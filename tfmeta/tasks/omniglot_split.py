@@ -1,0 +1,103 @@
+"""Omniglot meta-train / meta-test classes: the split by alphabet or character, and rotations.
+
+As in MAML, each character rotated by 0, 90, 180 and 270 degrees is a class of its own; rotations
+of a meta-train character stay in meta-train. The split is drawn once from `split_seed`, independent
+of the run's seed, so runs with different seeds meta-test on the same classes.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from tfmeta.errors import ConfigError
+from tfmeta.tasks import omniglot
+
+
+@dataclasses.dataclass
+class OmniglotConfig:
+    """Where Omniglot comes from and how its classes are split.
+
+    Attributes:
+        data_dir: directory holding the dataset's zips (images_background.zip,
+            images_evaluation.zip, images_background_small1.zip, images_background_small2.zip).
+        source: "zips" reads `data_dir`; "tfds" uses TensorFlow Datasets' `omniglot` (downloads).
+        split: "alphabet" holds out whole alphabets for meta-test; "character" holds out characters.
+        holdout: how many alphabets (or characters) are held out, drawn with `split_seed`.
+        test_alphabets: names of the meta-test alphabets; overrides `holdout` when set.
+        rotations: add the 90/180/270-degree rotations of every character as new classes.
+        image_size: images are resized to image_size x image_size.
+        split_seed: seed of the held-out draw.
+    """
+    data_dir: str = ""
+    source: str = "zips"
+    split: str = "alphabet"
+    holdout: int = 2
+    test_alphabets: list = dataclasses.field(default_factory=list)
+    rotations: bool = True
+    image_size: int = 28
+    split_seed: int = 0
+
+
+def load(config: OmniglotConfig) -> omniglot.OmniglotData:
+    """Reads Omniglot from the configured source."""
+    if config.source == "tfds":
+        return omniglot.load_omniglot_tfds(config.data_dir or None, config.image_size)
+    if config.source != "zips":
+        raise ConfigError(f"data.omniglot.source must be 'zips' or 'tfds', not {config.source!r}")
+    if not config.data_dir:
+        raise ConfigError("data.omniglot.data_dir is not set: pass --data-dir DIR (a directory "
+                          "holding the Omniglot zips), or set data.omniglot.source: tfds")
+    return omniglot.load_omniglot(config.data_dir, config.image_size)
+
+
+def split_classes(alphabets, config: OmniglotConfig) -> tuple:
+    """Indices of the meta-train and meta-test characters.
+
+    Args:
+        alphabets: [C] alphabet name of each character.
+
+    Returns:
+        (train indices, test indices), int arrays that partition range(C).
+    """
+    alphabets = np.asarray(alphabets)
+    names = sorted(set(alphabets))
+    rng = np.random.default_rng(config.split_seed)
+    if config.split == "alphabet":
+        if config.test_alphabets:
+            unknown = sorted(set(config.test_alphabets) - set(names))
+            if unknown:
+                raise ConfigError(f"data.omniglot.test_alphabets: {unknown} not in the data; "
+                                  f"alphabets present: {names}")
+            held = set(config.test_alphabets)
+        else:
+            _check_holdout(config.holdout, len(names), "alphabets")
+            held = set(rng.permutation(names)[:config.holdout])
+        is_test = np.isin(alphabets, sorted(held))
+    elif config.split == "character":
+        _check_holdout(config.holdout, len(alphabets), "characters")
+        is_test = np.zeros(len(alphabets), bool)
+        is_test[rng.permutation(len(alphabets))[:config.holdout]] = True
+    else:
+        raise ConfigError(f"data.omniglot.split must be 'alphabet' or 'character', "
+                          f"not {config.split!r}")
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def _check_holdout(holdout: int, available: int, what: str) -> None:
+    if not 0 < holdout < available:
+        raise ConfigError(f"data.omniglot.holdout={holdout}, but the data has {available} {what}; "
+                          f"it must be between 1 and {available - 1}")
+
+
+def with_rotations(images: np.ndarray) -> np.ndarray:
+    """[C, M, H, W] -> [4C, M, H, W]: the characters, then their 90, 180, 270-degree rotations."""
+    return np.concatenate([np.rot90(images, k, axes=(2, 3)) for k in range(4)])
+
+
+def omniglot_pools(config: OmniglotConfig) -> dict:
+    """{"train": uint8 [C_train, 20, S, S], "test": uint8 [C_test, 20, S, S]} class pools."""
+    data = load(config)
+    train, test = split_classes(data.alphabets, config)
+    rotate = with_rotations if config.rotations else (lambda x: x)
+    return {"train": np.ascontiguousarray(rotate(data.images[train])),
+            "test": np.ascontiguousarray(rotate(data.images[test]))}

@@ -1,0 +1,41 @@
+"""Seeded streams of episodes as `tf.data` pipelines.
+
+Episode i of a stream is a pure function of (seed, i): it is drawn with stateless random ops from
+`stateless_fold_in(seed, i)`. Two runs with the same seed see the same tasks, and a resumed run picks
+up the stream at the episode where it stopped, without replaying anything.
+"""
+
+from typing import Callable
+
+import tensorflow as tf
+
+from tfmeta.tasks.episode import Episode
+
+EpisodeFn = Callable[[tf.Tensor], Episode]  # stateless seed [2] int32 -> one Episode
+
+
+def episode_seed(seed: int, stream: int) -> tf.Tensor:
+    """The base stateless seed [2] of one stream (e.g. meta-train 0, meta-test 1) of a run."""
+    return tf.constant([seed, stream], tf.int64)
+
+
+def episodes(make_episode: EpisodeFn, seed: tf.Tensor, meta_batch: int, start: int = 0,
+             count: int = -1) -> tf.data.Dataset:
+    """Meta-batches of episodes start, start + 1, ... of the stream `seed`.
+
+    Args:
+        make_episode: draws one episode from a stateless seed.
+        seed: the stream's base seed [2].
+        meta_batch: tasks per element; each element is an Episode with fields [meta_batch, ...].
+        start: index of the first episode (a resumed run passes iteration * meta_batch).
+        count: number of episodes, or -1 for an endless stream. A final partial batch is kept.
+
+    Returns:
+        A dataset of batched Episodes, prefetched.
+    """
+    stop = start + count if count >= 0 else 2**62
+    indices = tf.data.Dataset.range(start, stop)
+    stream = indices.map(
+        lambda i: make_episode(tf.random.experimental.stateless_fold_in(seed, i)),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return stream.batch(meta_batch, drop_remainder=count < 0).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,41 @@
+"""Sine regression (Finn et al., 2017): y = A sin(x + phi) with K support and Q query points.
+
+Each task draws A, phi uniformly from its split's ranges and x uniformly from `x_range`. The MAML
+paper draws A in [0.1, 5], phi in [0, pi] and x in [-5, 5] for every split; the landscape paper's
+regression experiment uses disjoint meta-train and meta-test ranges (preset `sine_disjoint`).
+"""
+
+import dataclasses
+import math
+
+import tensorflow as tf
+
+from tfmeta.tasks.episode import Episode
+
+
+@dataclasses.dataclass
+class SineConfig:
+    """Task distributions of sine regression; each range is [low, high]."""
+    amplitude: list = dataclasses.field(default_factory=lambda: [0.1, 5.0])
+    phase: list = dataclasses.field(default_factory=lambda: [0.0, math.pi])
+    test_amplitude: list = dataclasses.field(default_factory=lambda: [0.1, 5.0])
+    test_phase: list = dataclasses.field(default_factory=lambda: [0.0, math.pi])
+    x_range: list = dataclasses.field(default_factory=lambda: [-5.0, 5.0])
+
+
+def episode_fn(config: SineConfig, shots: int, queries: int, split: str, dtype=tf.float32):
+    """Returns a function drawing one sine Episode (x [shots, 1], y [shots, 1], ...) from a seed."""
+    amplitude = config.test_amplitude if split == "test" else config.amplitude
+    phase = config.test_phase if split == "test" else config.phase
+
+    def make_episode(seed: tf.Tensor) -> Episode:
+        seeds = tf.random.experimental.stateless_split(seed, 3)
+        a, phi = tf.unstack(tf.random.stateless_uniform(
+            [2], seeds[0], minval=[amplitude[0], phase[0]], maxval=[amplitude[1], phase[1]],
+            dtype=dtype))
+        x = tf.random.stateless_uniform([shots + queries, 1], seeds[1], minval=config.x_range[0],
+                                        maxval=config.x_range[1], dtype=dtype)
+        y = a * tf.sin(x + phi)
+        return Episode(x[:shots], y[:shots], x[shots:], y[shots:])
+
+    return make_episode
