@@ -6,12 +6,12 @@ called functionally on explicit parameter lists through `apply`, never by mutati
 """
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import keras
 import tensorflow as tf
 
-from tfmeta.batch_norm import BatchNorm
+from tfmeta.batch_norm import BatchNorm  # noqa: F401  (re-exported)
 
 
 @dataclasses.dataclass
@@ -57,7 +57,9 @@ class MetaModel(keras.Model):
         self.built = True
 
     def call(self, x, training=None):
-        return self.head(self.features(x))
+        # Passed on explicitly: stateless_call enters `call` directly, with no call context to
+        # carry `training` to the inner layers.
+        return self.head(self.features(x, training=training), training=training)
 
     @property
     def num_feature_params(self) -> int:
@@ -76,15 +78,22 @@ def apply(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Ten
     Returns:
         Outputs [B, outputs]: logits or regression predictions.
     """
-    outputs, _ = model.stateless_call(list(params), [], x, training=True)
+    outputs, _ = model.stateless_call(list(params), _non_trainable(model), x, training=True)
     return outputs
 
 
 def features(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
     """Returns the representation h = f_feat(x) [B, D] under explicit parameters."""
-    h, _ = model.features.stateless_call(list(params[:model.num_feature_params]), [], x,
-                                         training=True)
+    h, _ = model.features.stateless_call(list(params[:model.num_feature_params]),
+                                         _non_trainable(model.features), x, training=True)
     return h
+
+
+def _non_trainable(layer: keras.Layer) -> list:
+    # tfmeta's own layers have none. A layer that keeps statistics (stock Keras BatchNormalization)
+    # gets its current values; the updated values stateless_call returns are dropped, so adaptation
+    # never mutates the model.
+    return [tf.convert_to_tensor(v) for v in layer.non_trainable_variables]
 
 
 def params_of(model: MetaModel) -> list:
@@ -93,7 +102,8 @@ def params_of(model: MetaModel) -> list:
 
 
 def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int = 64,
-          pool: str = "max", dtype: str = "float32") -> MetaModel:
+          pool: str = "max", dtype: str = "float32",
+          norm: Callable[..., keras.Layer] = BatchNorm) -> MetaModel:
     """The conv4 of Finn et al.: 4 x [3x3 conv, batch norm, ReLU, downsample], flatten, dense.
 
     Args:
@@ -103,6 +113,7 @@ def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int =
         pool: "max" downsamples with a 2x2 max-pool after a 'same' conv; "stride" uses a stride-2
             conv instead, as Finn et al. do for Omniglot.
         dtype: "float32", or "float64" for finite-difference checks.
+        norm: the normalization layer class, called as norm(dtype=dtype).
     """
     if pool not in ("max", "stride"):
         raise ValueError(f"pool must be 'max' or 'stride'. Received pool={pool!r}")
@@ -110,7 +121,7 @@ def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int =
     for _ in range(4):
         strides = 2 if pool == "stride" else 1
         layers += [keras.layers.Conv2D(filters, 3, strides=strides, padding="same", dtype=dtype),
-                   BatchNorm(dtype=dtype), keras.layers.ReLU(dtype=dtype)]
+                   norm(dtype=dtype), keras.layers.ReLU(dtype=dtype)]
         if pool == "max":
             layers.append(keras.layers.MaxPooling2D(2, dtype=dtype))
     layers.append(keras.layers.Flatten(dtype=dtype))

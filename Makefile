@@ -1,0 +1,34 @@
+# `make demo` meta-trains MAML on sine and prints a meta-test table; `make test` runs the tests.
+# Both create or reuse .venv and install the package with everything it needs (setup.cfg).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: demo test test-fast bench install clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@run=runs/sine-demo-$$(date +%Y%m%d-%H%M%S); \
+	$(BIN)/tfmeta train --config sine-cpu --run-dir $$run && \
+	$(BIN)/tfmeta evaluate $$run --steps 10 --tasks 600
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "slow or not slow" -ra
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -ra
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/maml_tfmeta.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,53 @@
+"""Small models, episodes and finite differences shared by the exactness tests."""
+
+import numpy as np
+import tensorflow as tf
+
+from tfmeta import models
+from tfmeta.tasks.episode import Episode
+
+
+def tiny_mlp(seed: int = 0, hidden=(8, 8), activation: str = "tanh") -> models.MetaModel:
+    """A smooth float64 MLP, so that central differences are accurate to ~1e-9."""
+    tf.keras.utils.set_random_seed(seed)
+    return models.mlp(hidden, activation=activation, dtype="float64")
+
+
+def sine_episode(seed: int = 0, shots: int = 10, queries: int = 10) -> Episode:
+    rng = np.random.default_rng(seed)
+    amplitude, phase = rng.uniform(0.1, 5.0), rng.uniform(0, np.pi)
+    x = rng.uniform(-5, 5, (shots + queries, 1))
+    y = amplitude * np.sin(x + phase)
+    t = lambda a: tf.constant(a, tf.float64)  # noqa: E731
+    return Episode(t(x[:shots]), t(y[:shots]), t(x[shots:]), t(y[shots:]))
+
+
+def image_episode(seed: int = 0, ways: int = 5, shots: int = 1, queries: int = 3,
+                  size: int = 16) -> Episode:
+    rng = np.random.default_rng(seed)
+    t = lambda a: tf.constant(a, tf.float64)  # noqa: E731
+    labels = lambda k: tf.constant(np.repeat(np.arange(ways), k), tf.int32)  # noqa: E731
+    return Episode(t(rng.random((ways * shots, size, size, 1))), labels(shots),
+                   t(rng.random((ways * queries, size, size, 1))), labels(queries))
+
+
+def params_of(model) -> list:
+    return [tf.convert_to_tensor(v) for v in model.trainable_variables]
+
+
+def directional_fd(f, params, direction, eps: float) -> float:
+    """(f(p + eps v) - f(p - eps v)) / (2 eps): the derivative of f along v."""
+    plus = [p + eps * v for p, v in zip(params, direction)]
+    minus = [p - eps * v for p, v in zip(params, direction)]
+    return float((f(plus) - f(minus)) / (2 * eps))
+
+
+def random_direction(params, seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    v = [tf.constant(rng.standard_normal(p.shape), p.dtype) for p in params]
+    norm = np.sqrt(sum(float(tf.reduce_sum(x * x)) for x in v))
+    return [x / norm for x in v]
+
+
+def dot(a, b) -> float:
+    return float(sum(tf.reduce_sum(x * y) for x, y in zip(a, b)))

@@ -1,0 +1,89 @@
+"""The MAML meta-gradient against central finite differences, in float64.
+
+The objective is F(theta) = L(D'; adapt(theta, D)). Its gradient must match finite differences of F
+itself: comparing two autodiff paths with each other would not catch a layer whose second derivatives
+are wrong (see test_stock_batch_norm_fails_the_same_check).
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from helpers import (dot, directional_fd, image_episode, params_of, random_direction,
+                     sine_episode, tiny_mlp)
+from tfmeta import models
+from tfmeta.adaptation import AdaptConfig
+from tfmeta.algorithms import maml
+
+
+def objective(model, episode, config):
+    return lambda p: maml.task_objective(model, p, episode, config)[0]
+
+
+def test_second_order_meta_gradient_matches_finite_differences():
+    model, episode = tiny_mlp(), sine_episode()
+    config = AdaptConfig(steps=2, lr=0.01)
+    params = params_of(model)
+    grads, _ = maml.task_gradient(model, params, episode, config)
+    analytic = np.concatenate([g.numpy().ravel() for g in grads])
+    f = objective(model, episode, config)
+    numeric = []
+    for i, p in enumerate(params):
+        for j in range(int(np.prod(p.shape))):
+            basis = [tf.zeros_like(q) for q in params]
+            basis[i] = tf.reshape(tf.one_hot(j, int(np.prod(p.shape)), dtype=p.dtype), p.shape)
+            numeric.append(directional_fd(f, params, basis, 1e-6))
+    numeric = np.array(numeric)
+    assert np.linalg.norm(analytic - numeric) / np.linalg.norm(numeric) < 1e-3
+    # It must also be the *second-order* gradient: first-order MAML differs measurably.
+    first, _ = maml.task_gradient(model, params, episode, AdaptConfig(steps=2, lr=0.01,
+                                                                      first_order=True))
+    first = np.concatenate([g.numpy().ravel() for g in first])
+    assert np.linalg.norm(first - numeric) / np.linalg.norm(numeric) > 1e-2
+
+
+def conv4_directional_errors(norm):
+    tf.keras.utils.set_random_seed(0)
+    model = models.conv4(5, (16, 16, 1), filters=4, dtype="float64", norm=norm)
+    episode = image_episode()
+    config = AdaptConfig(steps=1, lr=0.4)
+    params = params_of(model)
+    grads, _ = maml.task_gradient(model, params, episode, config)
+    errors = []
+    for seed in range(3):
+        v = random_direction(params, seed)
+        numeric = directional_fd(objective(model, episode, config), params, v, 1e-8)
+        errors.append(abs(dot(grads, v) - numeric) / abs(numeric))
+    return errors
+
+
+def test_conv4_with_batch_norm_matches_finite_differences():
+    """float64 and eps 1e-8: ReLU and max-pool kinks ruin larger steps (TF-NOTES)."""
+    assert max(conv4_directional_errors(models.BatchNorm)) < 1e-5
+
+
+def test_stock_batch_norm_fails_the_same_check():
+    """Keras' BatchNormalization stops the gradient through the mean in its variance."""
+    stock = lambda dtype: keras.layers.BatchNormalization(dtype=dtype, epsilon=1e-5)  # noqa: E731
+    assert max(conv4_directional_errors(stock)) > 1e-3
+
+
+def test_meta_gradient_is_the_mean_of_task_gradients():
+    model = tiny_mlp()
+    config = AdaptConfig(steps=1, lr=0.01)
+    params = params_of(model)
+    episodes = [sine_episode(s) for s in range(4)]
+    batch = tf.nest.map_structure(lambda *t: tf.stack(t), *episodes)
+    grads, metrics = maml.meta_gradient(model, params, batch, config, global_batch_size=4)
+    per_task = [maml.task_gradient(model, params, e, config) for e in episodes]
+    for k, g in enumerate(grads):
+        np.testing.assert_allclose(g.numpy(), np.mean([t[0][k].numpy() for t in per_task], 0),
+                                   rtol=1e-10)
+    np.testing.assert_allclose(metrics["loss"].numpy(),
+                               np.mean([t[1]["loss"].numpy() for t in per_task]), rtol=1e-10)
+    # With two replicas each holding half the batch, the shares add up to the same mean.
+    halves = [tf.nest.map_structure(lambda t: t[s], batch) for s in (slice(0, 2), slice(2, 4))]
+    shares = [maml.meta_gradient(model, params, h, config, global_batch_size=4)[0]
+              for h in halves]
+    for k, g in enumerate(grads):
+        np.testing.assert_allclose((shares[0][k] + shares[1][k]).numpy(), g.numpy(), rtol=1e-10)
