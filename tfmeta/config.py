@@ -154,6 +154,12 @@ def from_dict(cls, data: dict, where: str, prefix: str = ""):
 def _coerce(kind, value, where: str, key: str):
     if dataclasses.is_dataclass(kind):
         return from_dict(kind, value, where, key + ".")
+    if kind is float and isinstance(value, str):
+        # YAML 1.1 reads exponents without a dot ("1e-3") as strings.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     ok = {bool: isinstance(value, bool),
           int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool),
@@ -170,9 +176,11 @@ def load(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Config:
     if path:
         file = resolve_path(path)
         data, where = load_yaml(file), str(file)
+    overrides = list(overrides)
     for text in overrides:
         data = merge(data, parse_override(text))
-        where = f"{where} + overrides"
+    if overrides:
+        where = f"{where} with overrides"
     return validate(from_dict(Config, data, where), where)
 
 

@@ -14,6 +14,8 @@ so a kill at any moment leaves the previous checkpoint intact.
 """
 
 import json
+import os
+import resource
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -154,6 +156,7 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
     evaluate = run.evaluator(config.adapt.eval_steps, train_cfg.eval_tasks)
     writer = summaries.writer(run_dir)
     total = train_cfg.epochs * train_cfg.iterations
+    wall_start = time.perf_counter()
 
     for epoch in range(start // train_cfg.iterations, train_cfg.epochs):
         first = max(start, epoch * train_cfg.iterations)
@@ -179,8 +182,11 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
         train_means = {k: v / done for k, v in sums.items()}
         train_means["seconds_per_iteration"] = (time.perf_counter() - began) / done
         summaries.scalars(writer, "meta_train", train_means, last)
+        system = {"rss_mb": resident_mb(), "wall_seconds": time.perf_counter() - wall_start}
+        summaries.scalars(writer, "system", system, last)
         record = {"epoch": epoch + 1, "iteration": last,
-                  **{f"meta_train/{k}": v for k, v in train_means.items()}}
+                  **{f"meta_train/{k}": v for k, v in train_means.items()},
+                  **{f"system/{k}": v for k, v in system.items()}}
         if train_cfg.eval_every and ((epoch + 1) % train_cfg.eval_every == 0
                                      or epoch + 1 == train_cfg.epochs):
             steps = config.adapt.eval_steps
@@ -194,6 +200,15 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
         _append_jsonl(run_dir / "history.jsonl", record)
         log(_epoch_line(record, total))
     return run_dir
+
+
+def resident_mb() -> float:
+    """This process's resident memory now, in MiB (peak resident memory where /proc is absent)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _append_jsonl(path: Path, record: dict) -> None:

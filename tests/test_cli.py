@@ -1,0 +1,225 @@
+"""The `tfmeta` command line: user errors exit 2 with a message, and a tiny train/evaluate run."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tfmeta_cli.main import cli
+
+TINY = ["--epochs", "1", "--iterations", "20", "--set", "train.eval_tasks=10", "--no-progress"]
+SMALL1 = "images_background_small1.zip"
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_user_error(result, *needles):
+    """Exit status 2 from a handled error (no traceback), with a message naming the problem."""
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert re.search(needle, result.output), (needle, result.output)
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Runs every command from tmp_path, so a default runs/ directory would land there."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A sine run of one tiny epoch, shared by the tests that only read it."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    result = invoke("train", "--config", "sine", "--run-dir", run, *TINY)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_train_writes_a_run(trained):
+    assert yaml.safe_load((trained / "config.yaml").read_text())["run_dir"] == str(trained)
+    checkpoints = trained / "checkpoints"
+    assert (checkpoints / "checkpoint").is_file()
+    assert (checkpoints / "ckpt-1.index").is_file()
+    assert list((trained / "logs").glob("events.out.tfevents.*"))
+    lines = (trained / "history.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert (record["epoch"], record["iteration"]) == (1, 20)
+    assert record["meta_train/loss"] > 0 and record["meta_test/loss"] > 0
+
+
+def test_evaluate_prints_a_table(trained):
+    result = invoke("evaluate", trained, "--tasks", 20, "--steps", 3)
+    assert result.exit_code == 0, result.output
+    rows = [line.split()[0] for line in result.output.splitlines()
+            if re.match(r"\s*\d+\s+\S+ ± ", line)]
+    assert rows == ["0", "1", "3"]
+    assert "20 tasks" in result.output
+    saved = json.loads((trained / "evaluation-test.json").read_text())
+    assert saved["tasks"] == 20 and saved["split"] == "test"
+    assert sorted(saved["steps"], key=int) == ["0", "1", "3"]
+    assert saved["checkpoint"].endswith("ckpt-1")
+
+
+def test_missing_data_dir(tmp_path):
+    missing = tmp_path / "nowhere"
+    result = invoke("train", "--config", "omniglot_5w1s-cpu", "--data-dir", missing, *TINY)
+    assert_user_error(result, re.escape(str(missing)), "does not exist")
+
+
+def test_data_dir_not_set():
+    result = invoke("train", "--config", "omniglot_5w1s-cpu", *TINY)
+    assert_user_error(result, "data_dir is not set", "--data-dir")
+
+
+def test_data_dir_without_the_zips(tmp_path):
+    (tmp_path / "notes.txt").write_text("no zips here")
+    result = invoke("train", "--config", "omniglot_5w1s-cpu", "--data-dir", tmp_path, *TINY)
+    assert_user_error(result, "holds none of", SMALL1, "notes.txt")
+
+
+def test_corrupt_zip(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / SMALL1).write_bytes(os.urandom(4096))
+    result = invoke("train", "--config", "omniglot_5w1s-cpu", "--data-dir", data, *TINY)
+    assert_user_error(result, re.escape(str(data / SMALL1)), "not a readable zip")
+
+
+def test_unknown_dataset():
+    assert_user_error(invoke("train", "--set", "data.dataset=foo", *TINY),
+                      "'data.dataset'", "foo")
+
+
+def test_unknown_dataset_flag_is_a_usage_error():
+    result = invoke("train", "--dataset", "foo")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "foo" in result.output
+
+
+def test_unknown_config_key():
+    assert_user_error(invoke("train", "--set", "train.epoch=1", *TINY),
+                      "'train.epoch'", "did you mean 'train.epochs'")
+
+
+def test_wrong_value_type():
+    assert_user_error(invoke("train", "--set", "train.iterations=many"),
+                      "'train.iterations' must be int", "many")
+
+
+def test_episodes_larger_than_a_class(omniglot_copy):
+    result = invoke("train", "--config", "omniglot_5w1s-cpu", "--data-dir", omniglot_copy,
+                    "--shots", 10, "--queries", 15, *TINY)
+    assert_user_error(result, "20 examples", "25")
+
+
+def test_resume_of_a_non_run(tmp_path):
+    assert_user_error(invoke("train", "--resume", tmp_path, *TINY),
+                      re.escape(str(tmp_path)), "not a run directory")
+
+
+def test_evaluate_a_non_run(tmp_path):
+    assert_user_error(invoke("evaluate", tmp_path, "--tasks", 5),
+                      re.escape(str(tmp_path)), "not a run directory")
+
+
+def test_train_into_an_existing_run(trained):
+    before = (trained / "checkpoints" / "checkpoint").read_text()
+    result = invoke("train", "--config", "sine", "--run-dir", trained, *TINY)
+    assert_user_error(result, "already holds a run", "--resume")
+    assert (trained / "checkpoints" / "checkpoint").read_text() == before
+
+
+def copy_run(run: Path, tmp_path: Path) -> Path:
+    """A copy of `run` whose config points at the copy."""
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    saved = yaml.safe_load((copy / "config.yaml").read_text())
+    saved["run_dir"] = str(copy)
+    (copy / "config.yaml").write_text(yaml.safe_dump(saved))
+    return copy
+
+
+def test_resume_continues_the_run(trained, tmp_path):
+    run = copy_run(trained, tmp_path)
+    result = invoke("train", "--resume", run, "--epochs", 2, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "resumed" in result.output and "iteration 20" in result.output
+    assert (run / "checkpoints" / "ckpt-2.index").is_file()
+    records = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["iteration"]) for r in records] == [(1, 20), (2, 40)]
+
+
+def test_divergence_keeps_the_last_good_checkpoint(trained, tmp_path):
+    run = copy_run(trained, tmp_path)
+    before = sorted(os.listdir(run / "checkpoints"))
+    result = invoke("train", "--resume", run, "--epochs", 2, "--set", "adapt.lr=1.0e+30",
+                    "--no-progress")
+    assert_user_error(result, r"meta-loss became (nan|inf|-inf)", "ckpt-1")
+    assert sorted(os.listdir(run / "checkpoints")) == before
+    index = (run / "checkpoints" / "checkpoint").read_text()
+    assert re.search(r'^model_checkpoint_path: "ckpt-1"$', index, re.M)
+    assert len((run / "history.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="train() saves the resumed run's overridden config before "
+                   "training, so a diverged resume leaves config.yaml with adapt.lr=1e30 beside "
+                   "ckpt-1 and `evaluate` of the run then reports nan (tfmeta/training.py train)")
+def test_divergence_keeps_the_run_config(trained, tmp_path):
+    run = copy_run(trained, tmp_path)
+    before = (run / "config.yaml").read_text()
+    result = invoke("train", "--resume", run, "--epochs", 2, "--set", "adapt.lr=1.0e+30",
+                    "--no-progress")
+    assert result.exit_code == 2
+    assert (run / "config.yaml").read_text() == before
+
+
+def test_divergence_in_the_first_epoch(tmp_path):
+    run = tmp_path / "run"
+    result = invoke("train", "--run-dir", run, "--set", "adapt.lr=1.0e+30", *TINY)
+    assert_user_error(result, r"meta-loss became (nan|inf|-inf)", "none")
+    assert not list(run.glob("checkpoints/ckpt-*"))
+
+
+@pytest.mark.xfail(strict=True, reason="--inner-lr 1e-05 becomes the override 'adapt.lr=1e-05', "
+                   "which PyYAML reads as a string: 'adapt.lr' must be float (cli/main.py, "
+                   "tfmeta/config.py parse_override)")
+def test_inner_lr_flag_in_exponent_notation(tmp_path):
+    result = invoke("train", "--run-dir", tmp_path / "run", "--inner-lr", "1e-5",
+                    "--epochs", 1, "--iterations", 2, "--set", "train.eval_every=0",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+
+
+def console_script() -> Path:
+    script = Path(sys.executable).with_name("tfmeta")
+    if not script.is_file():
+        pytest.skip(f"console script {script} not installed")
+    return script
+
+
+def test_console_script_reports_a_user_error(tmp_path):
+    missing = tmp_path / "nowhere"
+    done = subprocess.run(
+        [console_script(), "train", "--config", "omniglot_5w1s-cpu", "--data-dir", missing],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr + done.stdout
+    assert re.search(r"^error: .*" + re.escape(str(missing)), done.stderr, re.M)
+
+
+def test_console_script_version():
+    done = subprocess.run([console_script(), "--version"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and re.search(r"\d+\.\d+", done.stdout)
