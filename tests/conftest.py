@@ -15,7 +15,7 @@ OMNIGLOT_ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_user_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Points the loader's fallback cache (~/.cache/tfmeta) into a temp dir for the whole session."""
+    """Points the loader's fallback cache (~/.cache/tfmeta) into a temp dir for the session."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
         yield

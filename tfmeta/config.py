@@ -8,8 +8,6 @@ reported as a ConfigError naming the file, the key and what was expected.
 
 import dataclasses
 import difflib
-import os
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -18,6 +16,7 @@ import yaml
 
 from tfmeta.adaptation import AdaptConfig
 from tfmeta.errors import ConfigError
+from tfmeta.files import atomic_open
 from tfmeta.models import ModelConfig
 from tfmeta.tasks import DataConfig
 
@@ -224,8 +223,5 @@ def to_dict(config: Config) -> dict:
 
 def save(config: Config, path: Path) -> None:
     """Writes the resolved config as YAML, atomically (a killed run never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".yaml")
-    with os.fdopen(fd, "w") as f:
+    with atomic_open(path) as f:
         yaml.safe_dump(to_dict(config), f, sort_keys=False)
-    os.replace(tmp, path)

@@ -145,7 +145,11 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
     if resume:
         path = run.restore()
         log(f"resumed {path} at iteration {int(run.iteration.numpy())}")
-    config_lib.save(config, run_dir / "config.yaml")
+    # A resumed run's overrides describe the run only once a checkpoint made with them exists; a
+    # resume that fails before then leaves the saved config as it was.
+    config_pending = resume
+    if not resume:
+        config_lib.save(config, run_dir / "config.yaml")
     train_cfg = config.train
     strategy = task_strategy(config, run.model)
     step = make_meta_step(run.model, run.optimizer, algorithms.get(config.algorithm),
@@ -197,6 +201,9 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
             summaries.scalars(writer, "meta_test", test, last)
             record.update({f"meta_test/{k}": v for k, v in test.items()})
         run.manager.save(checkpoint_number=epoch + 1)
+        if config_pending:
+            config_lib.save(config, run_dir / "config.yaml")
+            config_pending = False
         _append_jsonl(run_dir / "history.jsonl", record)
         log(_epoch_line(record, total))
     return run_dir

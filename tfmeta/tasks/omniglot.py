@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import io
 import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from tfmeta.errors import DataError
+from tfmeta.files import atomic_open
 
 ZIP_NAMES = (
     "images_background.zip",
@@ -296,29 +296,16 @@ def _write_cache(path: Path, data: OmniglotData) -> bool:
     if not _is_writable(path.parent):
         return False
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Written under a temp name in the same directory and renamed into place, so that a killed
-        # process leaves at most a stray temp file, never a half-written cache under the real name.
-        descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    except OSError:
-        return False
-    try:
-        with os.fdopen(descriptor, "wb") as file:
+        with atomic_open(path, "wb") as file:
             np.savez(
                 file,
                 images=data.images,
                 alphabets=np.array(data.alphabets, dtype=str),
                 characters=np.array(data.characters, dtype=str),
             )
-        # mkstemp makes the file private; a cache beside shared data should be readable by all.
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
         return True
     except OSError:
         return False
-    finally:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
 
 
 def _is_writable(directory: Path) -> bool:
