@@ -21,6 +21,8 @@ SHORTCUTS = {
     "run_dir": "run_dir", "name": "name",
 }
 REPORT_STEPS = (0, 1, 5, 10)
+# The preset a bare `--dataset NAME` starts from, so that each dataset gets its paper settings.
+DATASET_PRESETS = {"sine": "sine", "omniglot": "omniglot_5w1s"}
 
 
 def user_errors(fn):
@@ -43,7 +45,8 @@ def cli():
 
 @cli.command()
 @click.option("--config", "config_path", metavar="PATH|PRESET",
-              help="YAML config file or preset name (see configs/). Default: the sine defaults.")
+              help="YAML config file or preset name (see configs/). Default: the preset of "
+                   "--dataset (sine, omniglot_5w1s), or the sine defaults.")
 @click.option("--dataset", type=click.Choice(["sine", "omniglot"]), help="data.dataset")
 @click.option("--data-dir", type=click.Path(), help="data.omniglot.data_dir: the Omniglot zips")
 @click.option("--ways", type=int, help="data.ways (N)")
@@ -81,7 +84,8 @@ def train(config_path, sets, resume_dir, no_progress, first_order, **shortcuts):
             raise TfmetaError(f"--resume {resume_dir}: {saved} is missing; not a run directory")
         config = config_lib.load(str(saved), overrides + [f"run_dir={resume_dir}"])
     else:
-        config = config_lib.load(config_path, overrides)
+        config = config_lib.load(config_path or DATASET_PRESETS.get(shortcuts["dataset"]),
+                                 overrides)
     run_dir = training.train(config, resume=bool(resume_dir), progress=not no_progress,
                              log=click.echo)
     click.echo(f"run written to {run_dir}  (tensorboard --logdir {run_dir})")
