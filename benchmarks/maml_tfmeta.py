@@ -29,6 +29,7 @@ from tfmeta.algorithms import maml  # noqa: E402
 from tfmeta.tasks.episode import Episode  # noqa: E402
 
 THREADS = 2
+JIT = bool(int(os.environ.get("JIT", "0")))
 WORKLOADS = {  # name: (model, T, first_order, meta_batch, inner_lr)
     "omniglot-conv4": ("conv4", 5, False, 32, 0.4),
     "omniglot-conv4-fo": ("conv4", 5, True, 32, 0.4),
@@ -77,7 +78,7 @@ def run(name: str, iters, strategy: str) -> dict:
         strategy = "vectorized" if arch == "mlp" else "loop"
     step = training.make_meta_step(model, keras.optimizers.Adam(1e-3), maml.meta_gradient,
                                    AdaptConfig(steps=steps, lr=lr, first_order=first_order), n,
-                                   strategy)
+                                   strategy, jit_compile=JIT)
     if arch == "conv4":
         batch = tf.nest.map_structure(tf.constant, conv_batch(n))
         fn = lambda: step(batch)[0]["loss"].numpy()  # noqa: E731

@@ -42,7 +42,8 @@ class BatchNorm(keras.layers.Layer):
         mean = ops.mean(x, axis=axes, keepdims=True)
         centered = x - mean
         variance = ops.mean(ops.square(centered), axis=axes, keepdims=True)
-        return self.gamma * centered * ops.rsqrt(variance + self.epsilon) + self.beta
+        # The per-channel factor is formed first so that only two ops touch the full activation.
+        return centered * (self.gamma * ops.rsqrt(variance + self.epsilon)) + self.beta
 
     def compute_output_shape(self, input_shape):
         return input_shape

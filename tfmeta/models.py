@@ -120,7 +120,10 @@ def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int =
     layers = []
     for _ in range(4):
         strides = 2 if pool == "stride" else 1
-        layers += [keras.layers.Conv2D(filters, 3, strides=strides, padding="same", dtype=dtype),
+        # No conv bias: the batch norm after it subtracts the batch mean, which cancels any bias,
+        # so its gradient is identically zero and it would only cost time.
+        layers += [keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
+                                       dtype=dtype),
                    norm(dtype=dtype), keras.layers.ReLU(dtype=dtype)]
         if pool == "max":
             layers.append(keras.layers.MaxPooling2D(2, dtype=dtype))

@@ -5,7 +5,8 @@ A run directory holds everything needed to reproduce or continue a run:
     config.yaml      the resolved config
     checkpoints/     tf.train.CheckpointManager: model, Adam state and the iteration counter
     logs/            TensorBoard event files
-    history.jsonl    one line of per-epoch metrics, appended as each epoch ends
+    history.jsonl    one line of per-epoch metrics, appended as each epoch ends (a resume after a
+                     kill may repeat the epoch it was in: keep the last line per iteration)
 
 Episodes are a pure function of (seed, index) (see `tasks.sampler`), so the iteration counter is
 the whole data-sampler state: `resume` restores it and the stream continues where it stopped.
@@ -41,7 +42,7 @@ def task_strategy(config: Config, model: MetaModel) -> str:
 
 def make_meta_step(model: MetaModel, optimizer: keras.optimizers.Optimizer,
                    meta_gradient: Callable, adapt_config: AdaptConfig, global_batch_size: int,
-                   strategy: str = "loop") -> Callable:
+                   strategy: str = "loop", jit_compile: bool = False) -> Callable:
     """Builds the compiled meta-step: one meta-gradient and one Adam update.
 
     A step whose meta-loss or gradient is not finite leaves the weights and Adam state untouched.
@@ -51,7 +52,7 @@ def make_meta_step(model: MetaModel, optimizer: keras.optimizers.Optimizer,
     """
     optimizer.build(model.trainable_variables)
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def step(batch):
         grads, metrics = meta_gradient(model, params_of(model), batch, adapt_config,
                                        global_batch_size, strategy)
@@ -200,11 +201,13 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
                 test[k], test[f"{k}_ci95"] = per_step[steps].mean, per_step[steps].ci95
             summaries.scalars(writer, "meta_test", test, last)
             record.update({f"meta_test/{k}": v for k, v in test.items()})
+        # History first: a kill between the two repeats this epoch on resume (a duplicate line with
+        # the same numbers) rather than losing its record.
+        _append_jsonl(run_dir / "history.jsonl", record)
         run.manager.save(checkpoint_number=epoch + 1)
         if config_pending:
             config_lib.save(config, run_dir / "config.yaml")
             config_pending = False
-        _append_jsonl(run_dir / "history.jsonl", record)
         log(_epoch_line(record, total))
     return run_dir
 
