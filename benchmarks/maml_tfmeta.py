@@ -28,8 +28,7 @@ from tfmeta.adaptation import AdaptConfig  # noqa: E402
 from tfmeta.algorithms import maml  # noqa: E402
 from tfmeta.tasks.episode import Episode  # noqa: E402
 
-THREADS = 2
-JIT = bool(int(os.environ.get("JIT", "0")))
+THREADS = 2  # as the peers: at most 2 ops at a time, each single-threaded (tfmeta's default)
 WORKLOADS = {  # name: (model, T, first_order, meta_batch, inner_lr)
     "omniglot-conv4": ("conv4", 5, False, 32, 0.4),
     "omniglot-conv4-fo": ("conv4", 5, True, 32, 0.4),
@@ -78,7 +77,7 @@ def run(name: str, iters, strategy: str) -> dict:
         strategy = "vectorized" if arch == "mlp" else "loop"
     step = training.make_meta_step(model, keras.optimizers.Adam(1e-3), maml.meta_gradient,
                                    AdaptConfig(steps=steps, lr=lr, first_order=first_order), n,
-                                   strategy, jit_compile=JIT)
+                                   strategy)
     if arch == "conv4":
         batch = tf.nest.map_structure(tf.constant, conv_batch(n))
         fn = lambda: step(batch)[0]["loss"].numpy()  # noqa: E731
@@ -100,7 +99,7 @@ def main():
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--strategy", default="auto", choices=["auto", "loop", "map", "vectorized"])
     args = parser.parse_args()
-    tf.config.threading.set_intra_op_parallelism_threads(THREADS)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(THREADS)
     names = list(WORKLOADS) if args.workload == "all" else args.workload.split(",")
     for name in names:

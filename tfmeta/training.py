@@ -68,6 +68,16 @@ def make_meta_step(model: MetaModel, optimizer: keras.optimizers.Optimizer,
     return step
 
 
+def configure_threads(config: Config) -> None:
+    """Applies the config's thread counts; TensorFlow only accepts them before its first op, so a
+    second run in the same process keeps the first run's settings."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(config.train.intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(config.train.inter_op_threads)
+    except RuntimeError:
+        pass
+
+
 def build_model(config: Config, source: tasks.TaskSource) -> MetaModel:
     """The run's model, initialised from the run's seed."""
     arch = config.model.arch
@@ -139,6 +149,7 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
         DivergedError: the meta-loss became NaN or Inf; the last good checkpoint is kept.
     """
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)
+    configure_threads(config)
     if not resume and (run_dir / "checkpoints" / "checkpoint").exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose "
                           f"another --run-dir")
@@ -154,7 +165,7 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
     train_cfg = config.train
     strategy = task_strategy(config, run.model)
     step = make_meta_step(run.model, run.optimizer, algorithms.get(config.algorithm),
-                          config.adapt, train_cfg.meta_batch, strategy)
+                          config.adapt, train_cfg.meta_batch, strategy, train_cfg.jit_compile)
     start = int(run.iteration.numpy())
     batches = iter(run.source.episodes("train", train_cfg.seed, train_cfg.meta_batch,
                                        start=start * train_cfg.meta_batch))
@@ -249,6 +260,7 @@ def evaluate_run(run_dir: Path, steps: int, tasks_count: int, report_steps, spli
     if not config_path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory: {config_path} is missing")
     config = config_lib.load(str(config_path))
+    configure_threads(config)
     run = Run(config, run_dir)
     path = run.restore(checkpoint)
     per_task = run.evaluator(steps, tasks_count, split)()
