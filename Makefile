@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/tfmeta evaluate $$run --steps 10 --tasks 600
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "slow or not slow" -ra
+	$(BIN)/python -m pytest -ra
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -ra

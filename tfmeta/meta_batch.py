@@ -8,9 +8,11 @@ Three strategies, selected by name, give the same numbers at different costs:
 - "map": `tf.map_fn`, which keeps every task's result before summing.
 - "vectorized": `tf.vectorized_map` (pfor), which turns the tasks into one batched computation. Fast
   for dense models (sine MLP); slow for convolutions, whose filter gradient falls back to a loop.
+  `sum_gradients` then differentiates the summed objective once, outside the vectorized map, so no
+  per-task gradient is ever formed.
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
@@ -41,6 +43,36 @@ def sum_tasks(fn: Callable[[Episode], Any], batch: Episode, strategy: str = "loo
     if strategy == "loop":
         return _loop(fn, batch, stack=False)
     return tf.nest.map_structure(lambda t: tf.reduce_sum(t, axis=0), map_tasks(fn, batch, strategy))
+
+
+Objective = Callable[[list, Episode], tuple]  # (params, task) -> (scalar, dict of scalars)
+
+
+def task_gradient(objective: Objective, params: Sequence[tf.Tensor], task: Episode) -> tuple:
+    """(grad_params objective(params, task), its dict of scalars) for one task."""
+    params = list(params)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(params)
+        value, aux = objective(params, task)
+    return tape.gradient(value, params), aux
+
+
+def sum_gradients(objective: Objective, params: Sequence[tf.Tensor], batch: Episode,
+                  strategy: str = "loop") -> tuple:
+    """The sum over the tasks in `batch` of objective(params, task)'s gradient and its scalars.
+
+    Returns:
+        (gradients matching params, dict of scalars summed over tasks).
+    """
+    params = list(params)
+    if strategy != "vectorized":
+        return sum_tasks(lambda task: task_gradient(objective, params, task), batch, strategy)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(params)
+        values, aux = map_tasks(lambda task: objective(params, task), batch, strategy)
+        total = tf.reduce_sum(values)
+    sums = tf.nest.map_structure(lambda t: tf.reduce_sum(t, axis=0), aux)
+    return tape.gradient(total, params), sums
 
 
 def _loop(fn, batch: Episode, stack: bool):

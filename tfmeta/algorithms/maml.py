@@ -39,10 +39,8 @@ def task_objective(model: MetaModel, params: Sequence[tf.Tensor], episode: Episo
 def task_gradient(model: MetaModel, params: Sequence[tf.Tensor], episode: Episode,
                   config: AdaptConfig) -> tuple:
     """grad_theta L(D'; adapt(theta, D)) for one task, and its metrics."""
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
-        tape.watch(params)
-        loss, metrics = task_objective(model, params, episode, config)
-    return tape.gradient(loss, params), metrics
+    return meta_batch.task_gradient(
+        lambda p, e: task_objective(model, p, e, config), params, episode)
 
 
 def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
@@ -60,8 +58,8 @@ def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
         (gradients matching params, metrics: per-task metrics summed and divided by n).
     """
     params = list(params)
-    grads, metrics = meta_batch.sum_tasks(
-        lambda episode: task_gradient(model, params, episode, config), batch, strategy)
+    grads, metrics = meta_batch.sum_gradients(
+        lambda p, episode: task_objective(model, p, episode, config), params, batch, strategy)
     inverse_n = 1.0 / tf.cast(global_batch_size, params[0].dtype)
     scale = lambda t: t * tf.cast(inverse_n, t.dtype)  # noqa: E731
     return [scale(g) for g in grads], {k: scale(v) for k, v in metrics.items()}
