@@ -18,7 +18,8 @@ SHORTCUTS = {
     "shots": "data.shots", "queries": "data.queries", "meta_batch": "train.meta_batch",
     "meta_lr": "train.meta_lr", "steps": "adapt.steps", "inner_lr": "adapt.lr",
     "epochs": "train.epochs", "iterations": "train.iterations", "seed": "train.seed",
-    "run_dir": "run_dir", "name": "name",
+    "run_dir": "run_dir", "name": "name", "landscape_every": "landscape.every",
+    "keep_checkpoints": "train.keep_checkpoints",
 }
 REPORT_STEPS = (0, 1, 5, 10)
 # The preset a bare `--dataset NAME` starts from, so that each dataset gets its paper settings.
@@ -60,6 +61,10 @@ def cli():
 @click.option("--iterations", type=int, help="train.iterations (meta-iterations per epoch)")
 @click.option("--seed", type=int, help="train.seed")
 @click.option("--first-order", is_flag=True, default=None, help="adapt.first_order=true")
+@click.option("--landscape-every", type=int,
+              help="landscape.every: measure the landscape every K epochs (0 = off)")
+@click.option("--keep-checkpoints", type=int,
+              help="train.keep_checkpoints (0 keeps every epoch's, for tfmeta analyze)")
 @click.option("--run-dir", type=click.Path(), help="run directory (default runs/<name>)")
 @click.option("--name", help="run name")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -114,6 +119,23 @@ def evaluate(run_dir, steps, tasks, split, checkpoint):
     click.echo(format_table(result))
     out = Path(run_dir) / f"evaluation-{split}.json"
     out.write_text(json.dumps(result, indent=2))
+    click.echo(f"written to {out}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override a config field for the analysis, e.g. --set landscape.trace_probes=10")
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+@user_errors
+def analyze(run_dir, sets, no_progress):
+    """Landscape metrics and meta-test accuracy for every saved checkpoint of RUN_DIR.
+
+    Writes RUN_DIR/landscape.csv and TensorBoard scalars under RUN_DIR/logs/analyze.
+    """
+    from tfmeta import analysis
+
+    out = analysis.analyze(Path(run_dir), sets, progress=not no_progress, log=click.echo)
     click.echo(f"written to {out}")
 
 

@@ -17,6 +17,7 @@ import yaml
 from tfmeta.adaptation import AdaptConfig
 from tfmeta.errors import ConfigError
 from tfmeta.files import atomic_open
+from tfmeta.landscape import LandscapeConfig
 from tfmeta.models import ModelConfig
 from tfmeta.tasks import DataConfig
 
@@ -77,6 +78,7 @@ class Config:
     adapt: AdaptConfig = dataclasses.field(default_factory=AdaptConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    landscape: LandscapeConfig = dataclasses.field(default_factory=LandscapeConfig)
 
 
 def preset_names() -> list:
@@ -218,6 +220,16 @@ def validate(config: Config, where: str) -> Config:
         need(value >= 0, key, "a non-negative integer", value)
     need(config.adapt.lr > 0, "adapt.lr", "positive", config.adapt.lr)
     need(config.train.meta_lr > 0, "train.meta_lr", "positive", config.train.meta_lr)
+    land = config.landscape
+    for key in ("every", "flatness_tasks", "coherence_tasks", "representation_inputs",
+                "trace_probes", "top_k", "density_probes"):
+        need(getattr(land, key) >= 0, f"landscape.{key}", "a non-negative integer",
+             getattr(land, key))
+    for key in ("max_iters", "density_iters", "batch"):
+        need(getattr(land, key) >= 1, f"landscape.{key}", "a positive integer", getattr(land, key))
+    need(land.method in ("lanczos", "power"), "landscape.method", "lanczos or power", land.method)
+    need(land.hvp in ("forward", "reverse"), "landscape.hvp", "forward or reverse", land.hvp)
+    need(land.tol >= 0, "landscape.tol", "non-negative", land.tol)
     need(config.train.task_strategy in ("auto", "loop", "map", "vectorized"),
          "train.task_strategy", "auto, loop, map or vectorized", config.train.task_strategy)
     for key in ("amplitude", "phase", "test_amplitude", "test_phase", "x_range"):

@@ -1,8 +1,8 @@
 """TensorBoard logging: every number a researcher would plot, under stable tag names.
 
-Tags: meta_train/<metric> (means over the epoch's meta-iterations) and meta_test/<metric> with
-meta_test/<metric>_ci95 (95% interval half-widths over the fixed meta-test tasks). The step is the
-meta-iteration.
+Tags: meta_train/<metric> (means over the epoch's meta-iterations), meta_test/<metric> with
+meta_test/<metric>_ci95 (95% interval half-widths over the fixed meta-test tasks), landscape/<metric>
+and system/<metric>. The step is the meta-iteration.
 """
 
 from pathlib import Path
@@ -11,9 +11,9 @@ from typing import Mapping
 import tensorflow as tf
 
 
-def writer(run_dir: Path) -> tf.summary.SummaryWriter:
-    """The run's event-file writer, under run_dir/logs."""
-    return tf.summary.create_file_writer(str(Path(run_dir) / "logs"))
+def writer(log_dir: Path) -> tf.summary.SummaryWriter:
+    """An event-file writer into `log_dir` (a run's is RUN/logs)."""
+    return tf.summary.create_file_writer(str(log_dir))
 
 
 def scalars(summary_writer: tf.summary.SummaryWriter, prefix: str, values: Mapping[str, float],
@@ -22,4 +22,22 @@ def scalars(summary_writer: tf.summary.SummaryWriter, prefix: str, values: Mappi
     with summary_writer.as_default(step=step):
         for name, value in values.items():
             tf.summary.scalar(f"{prefix}/{name}", value)
+    summary_writer.flush()
+
+
+def landscape_layout(summary_writer: tf.summary.SummaryWriter, metrics, target: str) -> None:
+    """A TensorBoard custom-scalars layout: one chart per landscape metric, beside `target`.
+
+    Each chart plots landscape/<metric> together with the target tag (meta_test/accuracy, or
+    meta_test/loss for regression), as the paper's twin-axis figures do.
+    """
+    from tensorboard.plugins.custom_scalar import layout_pb2, summary as layout_summary
+
+    charts = [layout_pb2.Chart(title=f"{metric} vs {target}",
+                               multiline=layout_pb2.MultilineChartContent(
+                                   tag=[rf"^landscape/{metric}$", rf"^{target}$"]))
+              for metric in metrics]
+    layout = layout_pb2.Layout(category=[layout_pb2.Category(title="landscape", chart=charts)])
+    with summary_writer.as_default(step=0):
+        tf.summary.experimental.write_raw_pb(layout_summary.pb(layout).SerializeToString(), step=0)
     summary_writer.flush()

@@ -27,6 +27,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from tfmeta import algorithms, config as config_lib, evaluation, models, summaries, tasks
+from tfmeta import landscape as landscape_lib
 from tfmeta.adaptation import AdaptConfig
 from tfmeta.config import Config
 from tfmeta.errors import ConfigError, DivergedError
@@ -127,6 +128,16 @@ class Run:
         self.checkpoint.restore(path).expect_partial()
         return path
 
+    @property
+    def target(self) -> str:
+        """The tag that landscape metrics are set beside: meta-test accuracy, or loss (MSE)."""
+        return "meta_test/accuracy" if self.source.loss == "cross_entropy" else "meta_test/loss"
+
+    def landscape(self) -> landscape_lib.Landscape:
+        return landscape_lib.Landscape(self.model, self.source, self.config.adapt,
+                                       self.config.landscape,
+                                       task_strategy(self.config, self.model))
+
     def evaluator(self, steps: int, tasks_count: int, split: str = "test"):
         train = self.config.train
         return evaluation.make_evaluator(
@@ -170,7 +181,10 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
     batches = iter(run.source.episodes("train", train_cfg.seed, train_cfg.meta_batch,
                                        start=start * train_cfg.meta_batch))
     evaluate = run.evaluator(config.adapt.eval_steps, train_cfg.eval_tasks)
-    writer = summaries.writer(run_dir)
+    writer = summaries.writer(run_dir / "logs")
+    landscape = run.landscape() if config.landscape.every else None
+    if landscape:
+        summaries.landscape_layout(writer, landscape_lib.METRICS, run.target)
     total = train_cfg.epochs * train_cfg.iterations
     wall_start = time.perf_counter()
 
@@ -212,15 +226,31 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
                 test[k], test[f"{k}_ci95"] = per_step[steps].mean, per_step[steps].ci95
             summaries.scalars(writer, "meta_test", test, last)
             record.update({f"meta_test/{k}": v for k, v in test.items()})
+        if landscape and ((epoch + 1) % config.landscape.every == 0
+                          or epoch + 1 == train_cfg.epochs):
+            record.update(measure_landscape(landscape, writer, run_dir / "density.jsonl", last,
+                                            progress))
         # History first: a kill between the two repeats this epoch on resume (a duplicate line with
         # the same numbers) rather than losing its record.
-        _append_jsonl(run_dir / "history.jsonl", record)
+        append_jsonl(run_dir / "history.jsonl", record)
         run.manager.save(checkpoint_number=epoch + 1)
         if config_pending:
             config_lib.save(config, run_dir / "config.yaml")
             config_pending = False
         log(_epoch_line(record, total))
     return run_dir
+
+
+def measure_landscape(landscape: landscape_lib.Landscape, writer, density_path: Path,
+                      iteration: int, progress: bool) -> dict:
+    """Measures the landscape at the current weights; writes TensorBoard scalars under landscape/
+    and the eigenvalue density (when configured) to `density_path`. Returns the scalars, prefixed."""
+    values = landscape.measure(progress)
+    density = values.pop("density", None)
+    if density is not None:
+        append_jsonl(density_path, {"iteration": iteration, **density})
+    summaries.scalars(writer, "landscape", values, iteration)
+    return {f"landscape/{k}": v for k, v in values.items()}
 
 
 def resident_mb() -> float:
@@ -232,7 +262,7 @@ def resident_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _append_jsonl(path: Path, record: dict) -> None:
+def append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 

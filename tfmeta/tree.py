@@ -22,3 +22,13 @@ def axpy(alpha, x: Sequence[tf.Tensor], y: Sequence[tf.Tensor]) -> list:
 def stop_gradient(a: Sequence[tf.Tensor]) -> list:
     """Returns `a` as constants for every enclosing gradient tape."""
     return [tf.stop_gradient(x) for x in a]
+
+
+def sum_sq(a: Sequence[tf.Tensor]) -> tf.Tensor:
+    """||a||^2 over all tensors of the list, a scalar."""
+    return tf.add_n([tf.reduce_sum(tf.square(x)) for x in a])
+
+
+def norm(a: Sequence[tf.Tensor]) -> tf.Tensor:
+    """The global Euclidean norm ||a||, a scalar."""
+    return tf.sqrt(sum_sq(a))

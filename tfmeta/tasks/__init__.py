@@ -7,6 +7,7 @@ outputs and the loss, and draws seeded episode streams for the "train" and "test
 import dataclasses
 from typing import Callable, Dict
 
+import numpy as np
 import tensorflow as tf
 
 from tfmeta.errors import ConfigError
@@ -47,11 +48,14 @@ class TaskSource:
         outputs: width of the model's head (N ways, or 1 for regression).
         loss: "cross_entropy" or "mse".
         episode_fns: split name -> function drawing one Episode from a stateless seed.
+        examples: split name -> every input of a finite dataset's split, [N, *example_shape] as
+            the model sees it; absent for endless task families (sine).
     """
     example_shape: tuple
     outputs: int
     loss: str
     episode_fns: Dict[str, Callable[[tf.Tensor], Episode]]
+    examples: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def episodes(self, split: str, seed: int, meta_batch: int, start: int = 0,
                  count: int = -1) -> tf.data.Dataset:
@@ -75,6 +79,8 @@ def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
             fns[split] = classification.episode_fn(
                 pools[split], config.ways, config.shots, config.queries, tf.as_dtype(dtype))
         size = config.omniglot.image_size
-        return TaskSource((size, size, 1), config.ways, "cross_entropy", fns)
+        examples = {split: (pools[split].reshape(-1, size, size, 1) / 255.0).astype(dtype)
+                    for split in SPLITS}
+        return TaskSource((size, size, 1), config.ways, "cross_entropy", fns, examples)
     raise ConfigError(f"unknown dataset {config.dataset!r}; expected one of {', '.join(DATASETS)}")
 

@@ -1,0 +1,121 @@
+"""Landscape metrics against naive O(n^2) loops and exact Hessians of a tiny model."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmeta import config as config_lib, landscape as landscape_lib, losses, tasks, training
+from tfmeta.adaptation import AdaptConfig, adapt
+from tfmeta.models import features, params_of
+
+
+def test_pairwise_mean_matches_a_double_loop():
+    rng = np.random.default_rng(0)
+    xs = [[rng.standard_normal((3, 2)), rng.standard_normal(4)] for _ in range(9)]
+    flat = [np.concatenate([a.ravel() for a in x]) for x in xs]
+    naive = np.mean([flat[i] @ flat[j] for i in range(9) for j in range(9) if i != j])
+    total = [tf.constant(sum(x[k] for x in xs)) for k in range(2)]
+    sum_sq = sum(float(f @ f) for f in flat)
+    assert float(landscape_lib.pairwise_mean(total, sum_sq, 9)) == pytest.approx(naive, rel=1e-12)
+
+
+def flat(params):
+    return np.concatenate([np.asarray(p).ravel() for p in params])
+
+
+def exact_spectral_norm(model, params, support):
+    params = [tf.constant(p) for p in params]
+    with tf.GradientTape() as outer:
+        outer.watch(params)
+        with tf.GradientTape() as inner:
+            inner.watch(params)
+            loss = losses.task_loss(model, params, *support)
+        gradient = tf.concat([tf.reshape(g, [-1]) for g in inner.gradient(loss, params)], 0)
+    rows = outer.jacobian(gradient, params)
+    hessian = np.concatenate([tf.reshape(r, [gradient.shape[0], -1]).numpy() for r in rows], 1)
+    return np.abs(np.linalg.eigvalsh((hessian + hessian.T) / 2)).max()
+
+
+def naive_pairwise(vectors):
+    n = len(vectors)
+    return np.mean([vectors[i] @ vectors[j] for i in range(n) for j in range(n) if i != j])
+
+
+@pytest.fixture(scope="module")
+def measured():
+    config = config_lib.load("sine", [
+        "model.hidden=[6]", "model.dtype=float64", "adapt.steps=2", "adapt.test_steps=3",
+        "adapt.lr=0.05", "landscape.flatness_tasks=4", "landscape.coherence_tasks=7",
+        "landscape.batch=3", "landscape.tol=1e-10", "landscape.max_iters=200",
+        "landscape.trace_probes=2", "landscape.top_k=2", "landscape.layer_norms=true"])
+    source = tasks.build(config.data, "float64")
+    model = training.build_model(config, source)
+    land = landscape_lib.Landscape(model, source, config.adapt, config.landscape)
+    return config, source, model, land, land.measure(progress=False)
+
+
+def test_landscape_metrics_match_naive_computation(measured):
+    config, source, model, land, values = measured
+    episodes = [e for batch in source.episodes("test", config.landscape.seed, 3, count=7)
+                for e in [tf.nest.map_structure(lambda t: t[i], batch)
+                          for i in range(batch.support_x.shape[0])]]
+    theta = params_of(model)
+    directions, gradients, norms, support_losses, flatness = [], [], [], [], []
+    for k, episode in enumerate(episodes):
+        adapted, _ = adapt(model, theta, episode.support, config.adapt, steps=3)
+        step = flat(adapted) - flat(theta)
+        norms.append(np.linalg.norm(step))
+        directions.append(step / np.linalg.norm(step))
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            loss = losses.task_loss(model, theta, *episode.support)
+        gradients.append(-flat(tape.gradient(loss, theta)))
+        support_losses.append(float(losses.task_loss(model, adapted, *episode.support)))
+        if k < 4:
+            flatness.append(exact_spectral_norm(model, adapted, episode.support))
+    assert values["trajectory_coherence"] == pytest.approx(naive_pairwise(directions), rel=1e-9)
+    assert values["gradient_coherence"] == pytest.approx(naive_pairwise(gradients), rel=1e-9)
+    assert values["trajectory_norm"] == pytest.approx(np.mean(norms), rel=1e-9)
+    assert values["support_loss"] == pytest.approx(np.mean(support_losses), rel=1e-9)
+    assert values["flatness"] == pytest.approx(np.mean(flatness), rel=1e-6)
+    h = features(model, theta, tf.constant(land.inputs)).numpy()
+    assert len(land.inputs) == 7 * 20
+    assert values["representation_coherence"] == pytest.approx(naive_pairwise(list(h)), rel=1e-9)
+
+
+def test_opt_in_hessian_metrics_are_reported(measured):
+    _, _, model, _, values = measured
+    assert {"hessian_trace", "top_eigenvalue_1", "top_eigenvalue_2"} <= set(values)
+    assert values["top_eigenvalue_1"] >= values["top_eigenvalue_2"]
+    layers = [k for k in values if k.startswith("layer_flatness/")]
+    assert len(layers) == 2 and values["hvps"] > 0 and values["seconds_per_hvp"] > 0
+
+
+def test_training_logs_the_landscape_every_epoch_and_analyze_recomputes_it(tmp_path):
+    from tfmeta import analysis
+    from tensorboard.backend.event_processing import event_accumulator
+
+    config = config_lib.load("sine", [
+        f"run_dir={tmp_path / 'run'}", "train.epochs=2", "train.iterations=50",
+        "train.eval_tasks=20", "train.keep_checkpoints=0", "landscape.flatness_tasks=2",
+        "landscape.coherence_tasks=10", "landscape.batch=5"])
+    run_dir = training.train(config, progress=False, log=lambda _: None)
+    records = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert all(f"landscape/{m}" in r for r in records for m in landscape_lib.METRICS)
+    events = event_accumulator.EventAccumulator(str(run_dir / "logs"),
+                                                size_guidance={"tensors": 0})
+    events.Reload()
+    assert "landscape/flatness" in events.Tags()["tensors"]
+    assert "custom_scalars__config__" in events.Tags()["tensors"]
+
+    out = analysis.analyze(run_dir, progress=False, log=lambda _: None)
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["iteration"]) for r in rows] == [50, 100]
+    for row, record in zip(rows, records):
+        for metric in ("flatness", "trajectory_coherence", "gradient_coherence"):
+            assert float(row[f"landscape/{metric}"]) == pytest.approx(
+                record[f"landscape/{metric}"], rel=1e-4)
+        assert float(row["meta_test/loss"]) == pytest.approx(record["meta_test/loss"], rel=1e-5)

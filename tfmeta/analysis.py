@@ -1,0 +1,67 @@
+"""`tfmeta analyze`: the per-epoch measurements, recomputed afterwards for every saved checkpoint.
+
+For each checkpoint of a run (keep them all with `train.keep_checkpoints: 0`), in training order, it
+evaluates meta-test accuracy (or MSE) and the landscape metrics exactly as training does after an
+epoch, and writes them to TensorBoard under RUN/logs/analyze and to RUN/landscape.csv, rewritten
+atomically after each checkpoint so that a killed analysis keeps what it finished.
+"""
+
+import csv
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tqdm import tqdm
+
+from tfmeta import config as config_lib, evaluation, summaries, training
+from tfmeta.errors import ConfigError
+from tfmeta.files import atomic_open
+
+
+def analyze(run_dir: Path, overrides: Sequence[str] = (), progress: bool = True,
+            log: Callable[[str], None] = print) -> Path:
+    """Measures every checkpoint of `run_dir`; returns the path of the CSV it wrote.
+
+    Args:
+        overrides: "key=value" changes to the run's config, e.g. "landscape.trace_probes=10".
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory: {config_path} is missing")
+    config = config_lib.load(str(config_path), overrides)
+    training.configure_threads(config)
+    run = training.Run(config, run_dir)
+    checkpoints = list(run.manager.checkpoints)
+    if not checkpoints:
+        raise ConfigError(f"{run_dir}: no checkpoints in {run_dir / 'checkpoints'}")
+    steps = config.adapt.eval_steps
+    evaluate = run.evaluator(steps, config.train.eval_tasks)
+    landscape = run.landscape()
+    writer = summaries.writer(run_dir / "logs" / "analyze")
+    summaries.landscape_layout(writer, training.landscape_lib.METRICS, run.target)
+    out, rows = run_dir / "landscape.csv", []
+    for path in tqdm(checkpoints, desc="checkpoints", disable=not progress):
+        run.restore(path)
+        iteration = int(run.iteration.numpy())
+        test = {}
+        for metric, per_step in evaluation.summarize(evaluate(), [steps]).items():
+            test[metric], test[f"{metric}_ci95"] = per_step[steps].mean, per_step[steps].ci95
+        summaries.scalars(writer, "meta_test", test, iteration)
+        row = {"checkpoint": Path(path).name, "epoch": iteration // config.train.iterations,
+               "iteration": iteration, **{f"meta_test/{k}": v for k, v in test.items()}}
+        row.update(training.measure_landscape(landscape, writer, run_dir / "density-analyze.jsonl",
+                                              iteration, progress))
+        rows.append(row)
+        write_csv(out, rows)
+        log(f"{row['checkpoint']}: " + "  ".join(
+            f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
+    return out
+
+
+def write_csv(path: Path, rows: list) -> None:
+    """Writes dict rows as CSV (columns: the union of keys, first-seen order), atomically."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_open(path, "w") as f:
+        table = csv.DictWriter(f, columns)
+        table.writeheader()
+        table.writerows(rows)

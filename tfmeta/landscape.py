@@ -1,0 +1,257 @@
+"""Objective-landscape metrics of meta-test tasks (Guiroy, Verma & Pal, 2019).
+
+Every metric is an average over a fixed set of meta-test tasks D_i, each adapted from the
+meta-learned theta by `adaptation.adapt` to theta~_i (the meta-test number of steps):
+
+    flatness                  E_i ||H(D_i; theta~_i)||_sigma  (support-loss Hessian; Lanczos on HVPs)
+    trajectory_coherence      E_{i != j} u_i^T u_j,  u_i = (theta~_i - theta) / ||theta~_i - theta||
+    gradient_coherence        E_{i != j} g_i^T g_j,  g_i = -grad L(D_i; theta)
+    representation_coherence  E_{a != b} h_a^T h_b,  h = f_feat(x) at theta over meta-test inputs
+    trajectory_norm           E_i ||theta~_i - theta||
+    support_loss              E_i L(D_i; theta~_i)
+
+and, opt-in, at the same adapted solutions as flatness: the Hessian trace (Hutchinson), the top-k
+eigenvalues, per-layer spectral norms and the eigenvalue density (stochastic Lanczos quadrature).
+
+Pairwise means cost O(n), never O(n^2): mean_{i != j} x_i^T x_j = (||sum x||^2 - sum ||x||^2) /
+(n (n - 1)), so memory holds one parameter-sized running sum whatever the number of tasks.
+"""
+
+import dataclasses
+import time
+from typing import Callable, Dict, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from tfmeta import hessian, meta_batch, tree
+from tfmeta.adaptation import AdaptConfig, adapt, displacement
+from tfmeta.losses import task_loss
+from tfmeta.models import MetaModel, features, params_of
+from tfmeta.tasks import TaskSource
+
+METRICS = ("flatness", "trajectory_coherence", "gradient_coherence", "representation_coherence",
+           "trajectory_norm", "support_loss")
+
+
+@dataclasses.dataclass
+class LandscapeConfig:
+    """What to measure, on how many meta-test tasks, and how often.
+
+    Attributes:
+        every: measure after every k-th epoch during training; 0 turns it off.
+        flatness_tasks: tasks averaged for flatness and the opt-in Hessian metrics (paper: 60).
+        coherence_tasks: tasks averaged for the coherences, trajectory norm and support loss
+            (paper: 500).
+        representation_inputs: meta-test inputs for representation coherence; 0 means all of a
+            finite dataset's meta-test examples (Omniglot), or the inputs of the coherence tasks
+            (sine).
+        method: spectral norm by "lanczos" or "power" iteration.
+        tol: relative tolerance that stops the eigenvalue iteration.
+        max_iters: most HVPs per spectral norm.
+        hvp: "forward" (forward-over-backward) or "reverse" (backward-over-backward).
+        trace_probes: Rademacher probes for the Hessian trace; 0 = off.
+        top_k: the k largest Hessian eigenvalues; 0 = off.
+        layer_norms: per-layer spectral norms (diagonal Hessian blocks).
+        density_probes: probes of the eigenvalue density (stochastic Lanczos quadrature); 0 = off.
+        density_iters: Lanczos steps per density probe.
+        batch: tasks adapted per compiled call.
+        seed: draws the fixed meta-test tasks (the same at every measurement of a run).
+    """
+    every: int = 1
+    flatness_tasks: int = 60
+    coherence_tasks: int = 500
+    representation_inputs: int = 0
+    method: str = "lanczos"
+    tol: float = 1e-3
+    max_iters: int = 100
+    hvp: str = "forward"
+    trace_probes: int = 0
+    top_k: int = 0
+    layer_norms: bool = False
+    density_probes: int = 0
+    density_iters: int = 30
+    batch: int = 25
+    seed: int = 1
+
+
+def pairwise_mean(total: Sequence[tf.Tensor], sum_sq, n: int) -> tf.Tensor:
+    """mean_{i != j} x_i^T x_j from the running sums: total = sum_i x_i, sum_sq = sum_i ||x_i||^2."""
+    if n < 2:
+        return tf.constant(np.nan, total[0].dtype)
+    return (tree.sum_sq(total) - sum_sq) / (n * (n - 1))
+
+
+def layer_groups(model: MetaModel) -> tuple:
+    """(names, groups): each layer with weights and the indices of its tensors in the param list."""
+    names, groups, start = [], [], 0
+    for layer in [*model.features.layers, model.head]:
+        count = len(layer.trainable_variables)
+        if count:
+            names.append(layer.name)
+            groups.append(list(range(start, start + count)))
+            start += count
+    return names, groups
+
+
+class Landscape:
+    """Measures the landscape metrics of one model on a fixed set of meta-test tasks.
+
+    Compiles its functions once; `measure()` evaluates them at the model's current weights, so the
+    same object serves every epoch of a run or every checkpoint of `tfmeta analyze`.
+    """
+
+    def __init__(self, model: MetaModel, source: TaskSource, adapt_config: AdaptConfig,
+                 config: LandscapeConfig, strategy: str = "loop"):
+        self.model, self.config, self.strategy = model, config, strategy
+        self.adapt_config = adapt_config
+        self.steps = adapt_config.eval_steps
+        tasks = max(config.flatness_tasks, config.coherence_tasks)
+        self.batches = source.episodes("test", config.seed, config.batch, count=tasks)
+        self.inputs = self._representation_inputs(source)
+        self.layer_names, self.layer_groups = layer_groups(model)
+        self._coherence = tf.function(self._coherence_sums, reduce_retracing=True)
+        self._hessian = tf.function(self._hessian_metrics, reduce_retracing=True)
+        self._features = tf.function(self._feature_sums, reduce_retracing=True)
+
+    def _representation_inputs(self, source: TaskSource) -> np.ndarray:
+        inputs = source.examples.get("test") if source.examples else None
+        if inputs is None:  # an endless task family: use the coherence tasks' inputs
+            parts = [np.concatenate([e.support_x.numpy(), e.query_x.numpy()], axis=1)
+                     for e in source.episodes("test", self.config.seed, self.config.batch,
+                                              count=self.config.coherence_tasks)]
+            inputs = np.concatenate(parts).reshape(-1, *source.example_shape)
+        limit = self.config.representation_inputs
+        if limit and limit < len(inputs):
+            pick = np.random.default_rng(self.config.seed).choice(len(inputs), limit, replace=False)
+            inputs = inputs[np.sort(pick)]
+        return inputs
+
+    def _coherence_sums(self, batch):
+        """Running sums over a batch of tasks: sum of unit displacements and of -gradients, their
+        squared norms, displacement norms and adapted support losses."""
+        model = self.model
+        params = params_of(model)
+
+        def one(task):
+            x, y = task.support
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(params)
+                loss = task_loss(model, params, x, y)
+            gradient = [-g for g in tape.gradient(loss, params)]
+            adapted, trajectory = adapt(model, params, task.support, self.adapt_config, self.steps)
+            step = displacement(adapted, trajectory)
+            norm = tree.norm(step)
+            return {"direction": [s / norm for s in step], "gradient": gradient,
+                    "gradient_sq": tree.sum_sq(gradient), "trajectory_norm": norm,
+                    "support_loss": task_loss(model, adapted, x, y)}
+
+        return meta_batch.sum_tasks(one, batch, self.strategy)
+
+    def _hessian_metrics(self, task):
+        """Flatness (and the opt-in spectrum metrics) at one task's adapted solution."""
+        model, config = self.model, self.config
+        adapted, _ = adapt(model, params_of(model), task.support, self.adapt_config, self.steps)
+        loss_fn = lambda p: task_loss(model, p, *task.support)  # noqa: E731
+        matvec = hessian.hvp_matvec(loss_fn, adapted, config.hvp)
+        dim = sum(int(np.prod(p.shape)) for p in adapted)
+        dtype = adapted[0].dtype
+        seed = config.seed
+        norm = hessian.spectral_norm(matvec, dim, dtype, seed, config.method, config.max_iters,
+                                     config.tol)
+        out = {"flatness": norm.value, "hvps": norm.iterations}
+        if config.trace_probes:
+            out["hessian_trace"] = hessian.hutchinson_trace(matvec, dim, dtype, seed,
+                                                            config.trace_probes)
+            out["hvps"] += config.trace_probes
+        if config.top_k:
+            iters = max(2 * config.top_k, 20)
+            out["top_eigenvalues"] = hessian.top_eigenvalues(matvec, dim, dtype, seed,
+                                                             config.top_k, iters)
+            out["hvps"] += iters
+        if config.layer_norms:
+            out["layer_flatness"] = hessian.layer_spectral_norms(
+                loss_fn, adapted, self.layer_groups, seed, config.hvp, config.max_iters, config.tol)
+        if config.density_probes:
+            out["density_nodes"], out["density_weights"] = hessian.eigenvalue_density(
+                matvec, dim, dtype, seed, config.density_probes, config.density_iters)
+            out["hvps"] += config.density_probes * config.density_iters
+        return out
+
+    def _feature_sums(self, x):
+        h = features(self.model, params_of(self.model), x)
+        h = tf.reshape(h, [tf.shape(h)[0], -1])
+        return tf.reduce_sum(h, axis=0), tf.reduce_sum(tf.square(h))
+
+    def measure(self, progress: bool = True) -> Dict[str, float]:
+        """All configured metrics at the model's current weights.
+
+        Returns:
+            {metric: value} with the METRICS, `hvps` and `seconds_per_hvp` (flatness cost),
+            and the opt-in metrics: `hessian_trace`, `top_eigenvalue_<k>`, `layer_flatness/<layer>`,
+            and `density` ({"grid": [...], "density": [...]}, not a scalar).
+        """
+        config = self.config
+        results: Dict[str, float] = {}
+        sums, n = None, 0
+        flat_rows, bar = [], tqdm(total=config.coherence_tasks + config.flatness_tasks,
+                                  desc="landscape", disable=not progress, leave=False)
+        hessian_seconds = 0.0
+        for batch in self.batches:
+            size = int(batch.support_x.shape[0])
+            take = max(0, min(size, config.coherence_tasks - n))
+            if take:
+                part = self._coherence(tf.nest.map_structure(lambda t: t[:take], batch))
+                sums = part if sums is None else tf.nest.map_structure(tf.add, sums, part)
+                bar.update(take)
+            for i in range(min(size, config.flatness_tasks - len(flat_rows))):
+                began = time.perf_counter()
+                flat_rows.append(self._hessian(tf.nest.map_structure(lambda t: t[i], batch)))
+                hessian_seconds += time.perf_counter() - began
+                bar.update(1)
+            n += take
+        bar.close()
+        if n:
+            results["trajectory_coherence"] = float(pairwise_mean(sums["direction"], float(n), n))
+            results["gradient_coherence"] = float(pairwise_mean(sums["gradient"],
+                                                                sums["gradient_sq"], n))
+            results["trajectory_norm"] = float(sums["trajectory_norm"]) / n
+            results["support_loss"] = float(sums["support_loss"]) / n
+        results["representation_coherence"] = self._representation_coherence()
+        if flat_rows:
+            results.update(self._summarize_hessian(flat_rows, hessian_seconds))
+        return results
+
+    def _representation_coherence(self) -> float:
+        total, sum_sq = None, 0.0
+        for start in range(0, len(self.inputs), 1024):
+            chunk = tf.constant(self.inputs[start:start + 1024], self.model.compute_dtype)
+            part_total, part_sq = self._features(chunk)
+            total = part_total if total is None else total + part_total
+            sum_sq += float(part_sq)
+        return float(pairwise_mean([total], tf.constant(sum_sq, total.dtype), len(self.inputs)))
+
+    def _summarize_hessian(self, rows, seconds: float) -> Dict[str, float]:
+        mean = lambda key: float(np.mean([np.asarray(r[key]) for r in rows], axis=0))  # noqa: E731
+        hvps = int(sum(int(r["hvps"]) for r in rows))
+        out = {"flatness": mean("flatness"), "hvps": hvps, "seconds_per_hvp": seconds / hvps}
+        if "hessian_trace" in rows[0]:
+            out["hessian_trace"] = mean("hessian_trace")
+        if "top_eigenvalues" in rows[0]:
+            top = np.mean([r["top_eigenvalues"].numpy() for r in rows], axis=0)
+            out.update({f"top_eigenvalue_{k + 1}": float(v) for k, v in enumerate(top)})
+        if "layer_flatness" in rows[0]:
+            layers = np.mean([r["layer_flatness"].numpy() for r in rows], axis=0)
+            out.update({f"layer_flatness/{name}": float(v)
+                        for name, v in zip(self.layer_names, layers)})
+        if "density_nodes" in rows[0]:
+            nodes = np.concatenate([r["density_nodes"].numpy() for r in rows])
+            weights = np.concatenate([r["density_weights"].numpy() for r in rows])
+            grid = np.linspace(nodes.min(), nodes.max(), 200)
+            sigma = max((nodes.max() - nodes.min()) / 100, 1e-6)
+            density = hessian.density_on_grid(tf.constant(nodes), tf.constant(weights),
+                                              tf.constant(grid, nodes.dtype), sigma)
+            out["density"] = {"grid": grid.tolist(), "density": density.numpy().tolist()}
+        return out
+
