@@ -146,7 +146,9 @@ def format_table(result: dict) -> str:
     header = f"{'steps':>5}  " + "  ".join(f"{m:>22}" for m in metrics)
     lines = [f"{result['split']} split, {result['tasks']} tasks, {result['checkpoint']}", header]
     for t, values in rows.items():
-        cells = [f"{values[m]['mean']:.4f} ± {values[m]['ci95']:.4f}" for m in metrics]
+        cells = [f"{values[m]['mean']:.4f} ± {values[m]['ci95']:.4f}"
+                 + (f" ({values[m]['diverged']} diverged)" if values[m]["diverged"] else "")
+                 for m in metrics]
         lines.append(f"{t:>5}  " + "  ".join(f"{c:>22}" for c in cells))
     return "\n".join(lines)
 

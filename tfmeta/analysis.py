@@ -43,9 +43,7 @@ def analyze(run_dir: Path, overrides: Sequence[str] = (), progress: bool = True,
     for path in tqdm(checkpoints, desc="checkpoints", disable=not progress):
         run.restore(path)
         iteration = int(run.iteration.numpy())
-        test = {}
-        for metric, per_step in evaluation.summarize(evaluate(), [steps]).items():
-            test[metric], test[f"{metric}_ci95"] = per_step[steps].mean, per_step[steps].ci95
+        test = training.test_scalars(evaluation.summarize(evaluate(), [steps]), steps)
         summaries.scalars(writer, "meta_test", test, iteration)
         row = {"checkpoint": Path(path).name, "epoch": iteration // config.train.iterations,
                "iteration": iteration, **{f"meta_test/{k}": v for k, v in test.items()}}

@@ -19,16 +19,25 @@ from tfmeta.tasks import TaskSource
 
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-    """A mean over tasks with its 95% normal confidence half-width, 1.96 * std / sqrt(n)."""
+    """A mean over tasks with its 95% normal confidence half-width, 1.96 * std / sqrt(n).
+
+    Tasks whose adaptation diverged (NaN or Inf) are counted in `diverged` and left out of the
+    mean, which would otherwise be NaN.
+    """
     mean: float
     ci95: float
+    diverged: int = 0
 
 
 def estimate(values: np.ndarray) -> Estimate:
-    """Mean and 95% CI half-width of per-task values [n]."""
+    """Mean and 95% CI half-width of the finite per-task values [n]."""
     values = np.asarray(values, np.float64)
-    spread = values.std(ddof=1) if values.size > 1 else 0.0
-    return Estimate(float(values.mean()), float(1.96 * spread / np.sqrt(values.size)))
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return Estimate(float("nan"), float("nan"), int(values.size))
+    spread = finite.std(ddof=1) if finite.size > 1 else 0.0
+    return Estimate(float(finite.mean()), float(1.96 * spread / np.sqrt(finite.size)),
+                    int(values.size - finite.size))
 
 
 def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, steps: int,

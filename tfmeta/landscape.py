@@ -143,9 +143,14 @@ class Landscape:
             adapted, trajectory = adapt(model, params, task.support, self.adapt_config, self.steps)
             step = displacement(adapted, trajectory)
             norm = tree.norm(step)
-            return {"direction": [s / norm for s in step], "gradient": gradient,
-                    "gradient_sq": tree.sum_sq(gradient), "trajectory_norm": norm,
-                    "support_loss": task_loss(model, adapted, x, y)}
+            support_loss = task_loss(model, adapted, x, y)
+            # A task whose adaptation diverged (too large a step for its curvature) is counted,
+            # not averaged: one Inf would turn every mean into NaN.
+            finite = tf.math.is_finite(norm) & tf.math.is_finite(support_loss)
+            keep = lambda t: tf.where(finite, t, tf.zeros_like(t))  # noqa: E731
+            return {"direction": [keep(s / norm) for s in step], "gradient": gradient,
+                    "gradient_sq": tree.sum_sq(gradient), "trajectory_norm": keep(norm),
+                    "support_loss": keep(support_loss), "adapted": tf.cast(finite, norm.dtype)}
 
         return meta_batch.sum_tasks(one, batch, self.strategy)
 
@@ -187,6 +192,9 @@ class Landscape:
     def measure(self, progress: bool = True) -> Dict[str, float]:
         """All configured metrics at the model's current weights.
 
+        Tasks whose adaptation diverged (non-finite) are left out of the means that need an adapted
+        solution and counted in `diverged_tasks` (coherence tasks) and `flatness_diverged_tasks`.
+
         Returns:
             {metric: value} with the METRICS, `hvps` and `seconds_per_hvp` (flatness cost),
             and the opt-in metrics: `hessian_trace`, `top_eigenvalue_<k>`, `layer_flatness/<layer>`,
@@ -213,11 +221,14 @@ class Landscape:
             n += take
         bar.close()
         if n:
-            results["trajectory_coherence"] = float(pairwise_mean(sums["direction"], float(n), n))
+            adapted = int(round(float(sums["adapted"])))
             results["gradient_coherence"] = float(pairwise_mean(sums["gradient"],
                                                                 sums["gradient_sq"], n))
-            results["trajectory_norm"] = float(sums["trajectory_norm"]) / n
-            results["support_loss"] = float(sums["support_loss"]) / n
+            results["trajectory_coherence"] = float(pairwise_mean(sums["direction"],
+                                                                  float(adapted), adapted))
+            results["trajectory_norm"] = float(sums["trajectory_norm"]) / max(adapted, 1)
+            results["support_loss"] = float(sums["support_loss"]) / max(adapted, 1)
+            results["diverged_tasks"] = n - adapted
         results["representation_coherence"] = self._representation_coherence()
         if flat_rows:
             results.update(self._summarize_hessian(flat_rows, hessian_seconds))
@@ -233,9 +244,12 @@ class Landscape:
         return float(pairwise_mean([total], tf.constant(sum_sq, total.dtype), len(self.inputs)))
 
     def _summarize_hessian(self, rows, seconds: float) -> Dict[str, float]:
-        mean = lambda key: float(np.mean([np.asarray(r[key]) for r in rows], axis=0))  # noqa: E731
         hvps = int(sum(int(r["hvps"]) for r in rows))
-        out = {"flatness": mean("flatness"), "hvps": hvps, "seconds_per_hvp": seconds / hvps}
+        out = {"hvps": hvps, "seconds_per_hvp": seconds / max(hvps, 1),
+               "flatness_diverged_tasks": sum(not np.isfinite(r["flatness"]) for r in rows)}
+        rows = [r for r in rows if np.isfinite(r["flatness"])] or rows
+        mean = lambda key: float(np.mean([np.asarray(r[key]) for r in rows], axis=0))  # noqa: E731
+        out["flatness"] = mean("flatness")
         if "hessian_trace" in rows[0]:
             out["hessian_trace"] = mean("hessian_trace")
         if "top_eigenvalues" in rows[0]:

@@ -11,8 +11,9 @@ line). When both exist, the CSV's rows are used and any column a CSV row lacks (
 filled from the history line of the same iteration, so a CSV of landscape metrics alone still gets
 its run's meta-test accuracy.
 
-Every `landscape/<name>` column is a metric; `landscape/<name>_ci95`, where present, is drawn as the
-metric's 95% band rather than treated as a metric of its own. The target is `meta_test/accuracy`
+Every `landscape/<name>` column is a metric, except the measurement's bookkeeping (`DIAGNOSTICS`:
+HVP counts and timing, diverged-task counts); `landscape/<name>_ci95`, where present, is drawn as
+the metric's 95% band rather than treated as a metric of its own. The target is `meta_test/accuracy`
 when the run has it (classification), else `meta_test/loss` (regression: the MSE, lower is better).
 Empty or NaN cells are skipped pairwise.
 """
@@ -45,6 +46,9 @@ METRIC_NAMES = {
     "support_loss": "Support loss",
     "hessian_trace": "Hessian trace tr(H)",
 }
+# landscape/* columns that Landscape.measure writes as bookkeeping (cost, diverged-task counts),
+# not as metrics of the landscape: no figure, no correlation.
+DIAGNOSTICS = ("hvps", "seconds_per_hvp", "diverged_tasks", "flatness_diverged_tasks")
 TARGET_NAMES = {ACCURACY: "meta-test accuracy", LOSS: "meta-test MSE"}
 _INTEGER_COLUMNS = ("epoch", "iteration")
 
@@ -175,9 +179,16 @@ def metric_names(records: Iterable[dict]) -> list:
         for key in row:
             if key.startswith(PREFIX) and len(key) > len(PREFIX):
                 names.add(key[len(PREFIX):])
-    names = {n for n in names if not (n.endswith(CI_SUFFIX) and n[:-len(CI_SUFFIX)] in names)}
+    names = {n for n in names if n not in DIAGNOSTICS
+             and not (n.endswith(CI_SUFFIX) and n[:-len(CI_SUFFIX)] in names)}
+    return _ordered(names)
+
+
+def _ordered(names) -> list:
+    """The METRIC_NAMES first, in their order; then the rest in natural order (λ2 before λ10)."""
     known = [n for n in METRIC_NAMES if n in names]
-    return known + sorted(names - set(known))
+    natural = lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)]  # noqa: E731
+    return known + sorted(set(names) - set(known), key=natural)
 
 
 def target_key(records: Sequence[dict]) -> Optional[str]:
@@ -189,9 +200,14 @@ def target_key(records: Sequence[dict]) -> Optional[str]:
 
 
 def human_name(metric: str) -> str:
-    """"Flatness ‖H‖σ" for "flatness"; an unknown "foo_bar" becomes "Foo bar"."""
+    """The display name: "Flatness ‖H‖σ" for "flatness"; an unknown "foo_bar" is "Foo bar"."""
     if metric in METRIC_NAMES:
         return METRIC_NAMES[metric]
+    top = re.fullmatch(r"top_eigenvalue_(\d+)", metric)
+    if top:
+        return f"Hessian eigenvalue λ{top.group(1)}"
+    if metric.startswith("layer_flatness/"):
+        return f"Layer flatness ‖H‖σ ({metric.split('/', 1)[1]})"
     text = metric.replace("_", " ").strip()
     return text[:1].upper() + text[1:]
 
@@ -241,9 +257,9 @@ def spearman(x, y) -> float:
 def correlations(runs: Mapping[str, Sequence[dict]]) -> list:
     """Each landscape metric against the target across epochs, per run and pooled.
 
-    `runs` maps a run name to its records (`load_records`). One row per (run, metric) for the metrics
-    the run has, then, for several runs, one per metric with run "pooled": every run's epochs
-    concatenated (only when all runs share the same target). Rows are
+    `runs` maps a run name to its records (`load_records`). One row per (run, metric) for the
+    metrics the run has, then, for several runs, one per metric with run "pooled": every run's
+    epochs concatenated (only when all runs share the same target). Rows are
     {"run", "metric", "n", "pearson", "spearman"}; n counts the epochs where both are finite.
     Raises TfmetaError for a run with neither meta_test/accuracy nor meta_test/loss.
     """
@@ -286,11 +302,7 @@ def _require_target(name: str, records: Sequence[dict]) -> str:
 
 
 def _all_metrics(runs: Mapping[str, Sequence[dict]]) -> list:
-    names = []
-    for records in runs.values():
-        names += [m for m in metric_names(records) if m not in names]
-    known = [n for n in METRIC_NAMES if n in names]
-    return known + sorted(set(names) - set(known))
+    return _ordered({m for records in runs.values() for m in metric_names(records)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,10 +313,10 @@ def write_report(run_dirs, out_dir, tensorboard: bool = True) -> dict:
     """Figures and correlation tables for `run_dirs`, written into `out_dir`.
 
     Writes `<metric>.png` per landscape metric (every run's metric against the epoch on the left
-    axis, solid, and its target on a twin right axis, dashed, one colour per run), `correlations.csv`
-    and `correlations.md`, and, when `tensorboard`, the figures as images tagged `report/<metric>`
-    under `out_dir/logs`. Returns {"figures": [png paths], "table": md path, "csv": csv path,
-    "correlations": the rows of `correlations`}.
+    axis, solid, and its target on a twin right axis, dashed, one colour per run),
+    `correlations.csv` and `correlations.md`, and, when `tensorboard`, the figures as images
+    tagged `report/<metric>` under `out_dir/logs`. Returns {"figures": [png paths], "table": md
+    path, "csv": csv path, "correlations": the rows of `correlations`}.
     """
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [run_dirs]
@@ -387,7 +399,8 @@ def format_markdown(rows: Sequence[dict], targets: Mapping[str, str],
         for k in kinds)
     lines.append(f"Correlation across meta-training epochs between each landscape metric of the "
                  f"meta-test tasks and the {described}. `n` counts the epochs where both are "
-                 f"known; `pooled` concatenates the epochs of every run.")
+                 f"known" + ("; `pooled` concatenates the epochs of every run."
+                             if any(r["run"] == POOLED for r in rows) else "."))
     if sources:
         lines += [""] + [f"- `{name}`: {path}" for name, path in sources.items()]
     lines += ["", "| run | metric | target | n | Pearson r | Spearman ρ |",

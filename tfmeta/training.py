@@ -221,9 +221,7 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
                                      or epoch + 1 == train_cfg.epochs):
             steps = config.adapt.eval_steps
             results = evaluation.summarize(evaluate(), [steps])
-            test = {}
-            for k, per_step in results.items():
-                test[k], test[f"{k}_ci95"] = per_step[steps].mean, per_step[steps].ci95
+            test = test_scalars(results, steps)
             summaries.scalars(writer, "meta_test", test, last)
             record.update({f"meta_test/{k}": v for k, v in test.items()})
         if landscape and ((epoch + 1) % config.landscape.every == 0
@@ -239,6 +237,15 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
             config_pending = False
         log(_epoch_line(record, total))
     return run_dir
+
+
+def test_scalars(results: dict, steps: int) -> dict:
+    """{metric, metric_ci95, diverged_tasks} after `steps` steps, from `evaluation.summarize`."""
+    test = {}
+    for metric, per_step in results.items():
+        test[metric], test[f"{metric}_ci95"] = per_step[steps].mean, per_step[steps].ci95
+        test["diverged_tasks"] = per_step[steps].diverged
+    return test
 
 
 def measure_landscape(landscape: landscape_lib.Landscape, writer, density_path: Path,
@@ -274,6 +281,9 @@ def _epoch_line(record: dict, total: int) -> str:
             ci = record.get(key + "_ci95")
             value = f"{record[key]:.4f}" + (f" ± {ci:.4f}" if ci is not None else "")
             parts.append(f"{key} {value}")
+    for key in ("landscape/flatness", "landscape/trajectory_coherence"):
+        if key in record:
+            parts.append(f"{key.split('/')[1]} {record[key]:.4g}")
     parts.append(f"{record['meta_train/seconds_per_iteration'] * 1e3:.0f} ms/it")
     return "  ".join(parts)
 
@@ -296,5 +306,5 @@ def evaluate_run(run_dir: Path, steps: int, tasks_count: int, report_steps, spli
     per_task = run.evaluator(steps, tasks_count, split)()
     results = evaluation.summarize(per_task, report_steps)
     return {"checkpoint": path, "split": split, "tasks": tasks_count,
-            "steps": {t: {k: {"mean": v[t].mean, "ci95": v[t].ci95} for k, v in results.items()}
-                      for t in report_steps}}
+            "steps": {t: {k: {"mean": v[t].mean, "ci95": v[t].ci95, "diverged": v[t].diverged}
+                          for k, v in results.items()} for t in report_steps}}
