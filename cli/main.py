@@ -139,6 +139,28 @@ def analyze(run_dir, sets, no_progress):
     click.echo(f"written to {out}")
 
 
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR...")
+@click.option("--out", "out_dir", type=click.Path(),
+              help="output directory (default: RUN_DIR/report for one run, ./report for several)")
+@click.option("--no-tensorboard", is_flag=True, help="skip the TensorBoard copy of the figures")
+@user_errors
+def report(run_dirs, out_dir, no_tensorboard):
+    """Plot each landscape metric against meta-test accuracy (or MSE) across epochs, and
+    correlate them (Pearson, Spearman; per run and pooled)."""
+    from tfmeta import report as report_lib
+
+    if out_dir is None:
+        out_dir = Path(run_dirs[0]) / "report" if len(run_dirs) == 1 else Path("report")
+    result = report_lib.write_report(list(run_dirs), out_dir, tensorboard=not no_tensorboard)
+    click.echo(Path(result["table"]).read_text())
+    for path in result["figures"]:
+        click.echo(f"figure  {path}")
+    click.echo(f"table   {result['table']}\ncsv     {result['csv']}")
+    if not no_tensorboard:
+        click.echo(f"images  tensorboard --logdir {Path(out_dir) / 'logs'}")
+
+
 def format_table(result: dict) -> str:
     """A plain-text table: one row per step count, mean ± 95% CI per metric."""
     rows = result["steps"]

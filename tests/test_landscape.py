@@ -119,3 +119,11 @@ def test_training_logs_the_landscape_every_epoch_and_analyze_recomputes_it(tmp_p
             assert float(row[f"landscape/{metric}"]) == pytest.approx(
                 record[f"landscape/{metric}"], rel=1e-4)
         assert float(row["meta_test/loss"]) == pytest.approx(record["meta_test/loss"], rel=1e-5)
+
+    from click.testing import CliRunner
+    from tfmeta_cli.main import cli
+    result = CliRunner().invoke(cli, ["report", str(run_dir), "--no-tensorboard"])
+    assert result.exit_code == 0, result.output
+    assert "flatness" in result.output
+    assert (run_dir / "report" / "flatness.png").stat().st_size > 1000
+    assert (run_dir / "report" / "correlations.csv").is_file()

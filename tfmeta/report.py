@@ -448,8 +448,8 @@ def plot_metric(runs: Mapping[str, Sequence[dict]], targets: Mapping[str, str],
             x = column(records, x_key)
             m = column(records, PREFIX + metric)
             y = column(records, targets[run])
-            _line(left, x, m, column(records, PREFIX + metric + CI_SUFFIX), colour, "-", "o")
-            _line(right, x, y, column(records, targets[run] + CI_SUFFIX), colour, "--", "s")
+            _line(left, x, m, column(records, PREFIX + metric + CI_SUFFIX), colour, "-", "o", 0.15)
+            _line(right, x, y, column(records, targets[run] + CI_SUFFIX), colour, "--", "s", 0.07)
             r, rho = pearson(m, y), spearman(m, y)
             handles.append(Line2D([], [], color=colour, lw=2.2,
                                   label=f"{run}  (r = {_fmt(r, 2)}, ρ = {_fmt(rho, 2)})"))
@@ -471,7 +471,7 @@ def plot_metric(runs: Mapping[str, Sequence[dict]], targets: Mapping[str, str],
     return buffer.getvalue()
 
 
-def _line(ax, x, y, ci, colour, linestyle, marker) -> None:
+def _line(ax, x, y, ci, colour, linestyle, marker, band_alpha) -> None:
     keep = np.isfinite(x) & np.isfinite(y)
     if not keep.any():
         return
@@ -479,7 +479,8 @@ def _line(ax, x, y, ci, colour, linestyle, marker) -> None:
     ax.plot(x, y, color=colour, ls=linestyle, marker=marker, ms=4, lw=1.8)
     band = np.isfinite(ci)
     if band.any():
-        ax.fill_between(x[band], (y - ci)[band], (y + ci)[band], color=colour, alpha=0.12, lw=0)
+        ax.fill_between(x[band], (y - ci)[band], (y + ci)[band], color=colour, alpha=band_alpha,
+                        lw=0)
 
 
 def _write_images(log_dir: Path, images: Mapping[str, bytes]) -> None:
