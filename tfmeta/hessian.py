@@ -2,9 +2,9 @@
 
 For a scalar loss L(theta) over P parameters, the Hessian H = d^2 L / d theta^2 is a P x P matrix:
 1.2e10 entries for a 112k-parameter conv4, far too many to build. Everything here touches H only
-through Hessian-vector products (HVPs), each costing a small constant times one gradient (forward
-over backward: one backward pass with tangents pushed alongside; backward over backward: one more
-backward pass through the gradient computation), with O(P) memory.
+through Hessian-vector products (HVPs), exact and with O(P) memory, each costing about two
+gradients: forward over backward pushes v through the forward and backward pass alongside the
+primal values; backward over backward runs one more backward pass through the gradient computation.
 
 On top of the HVP this module estimates
   * the largest-magnitude eigenvalue and the spectral norm ||H||_2 = max |lambda|, by power
@@ -24,6 +24,7 @@ runs step by step. Random vectors come from stateless ops, so results are reprod
 seed.
 """
 
+import functools
 import math
 from typing import Callable, NamedTuple, Sequence, Union
 
@@ -34,9 +35,6 @@ LossFn = Callable[[list], tf.Tensor]
 Seed = Union[int, tf.Tensor]
 
 _ZERO = tf.UnconnectedGradients.ZERO
-# sqrt(machine epsilon): a Lanczos residual this small relative to ||T|| counts as a breakdown.
-_BREAKDOWN = {dtype: float(tf.experimental.numpy.finfo(dtype).eps) ** 0.5
-              for dtype in (tf.float16, tf.float32, tf.float64)}
 
 
 class EigenResult(NamedTuple):
@@ -135,7 +133,7 @@ def hvp_matvec(loss_fn: LossFn, params: Sequence[tf.Tensor], mode: str = "forwar
     if mode == "reverse":
         product = _reverse_hvp(loss_fn, params)
     else:
-        product = lambda vector: hvp(loss_fn, params, vector, mode)  # noqa: E731
+        product = functools.partial(hvp, loss_fn, params, mode=mode)
     return lambda v: flatten(product(unflatten(v, params)))
 
 
@@ -181,7 +179,7 @@ def power_iteration(matvec: Matvec, dim: int, dtype: tf.DType, seed: Seed, max_i
     def step(i, v, previous, _):
         hv = matvec(v)
         value = _dot(v, hv)
-        # A zero H v (H v orthogonal to everything) leaves v zero and the estimate 0, then stops.
+        # If H v = 0, v becomes zero and the estimate 0, and the next step stops the loop.
         v = tf.math.divide_no_nan(hv, tf.norm(hv))
         converged = (i > 0) & (tf.abs(value - previous) <= tol * tf.abs(value))
         return i + 1, v, value, converged
@@ -253,9 +251,10 @@ def _lanczos_step(matvec: Matvec, state: _Krylov) -> _Krylov:
     beta = tf.norm(w)
     alphas = tf.concat([state.alphas, [alpha]], axis=0)
     scale = tf.reduce_max(tf.abs(tf.concat([alphas, state.betas], axis=0)))
-    # A residual at rounding level means the Krylov space is invariant: T's eigenvalues are then
-    # exact eigenvalues of H, and normalising the residual would only add noise to the basis.
-    broken = beta <= _BREAKDOWN[w.dtype] * scale
+    # A residual at rounding level (sqrt(eps) relative to ||T||) means the Krylov space is
+    # invariant: T's eigenvalues are then exact eigenvalues of H, and normalising the residual
+    # would only add noise to the basis.
+    broken = beta <= math.sqrt(tf.experimental.numpy.finfo(w.dtype).eps) * scale
     return _Krylov(tf.concat([state.basis, tf.math.divide_no_nan(w, beta)[None]], axis=0),
                    alphas, tf.concat([state.betas, [beta]], axis=0), broken)
 
