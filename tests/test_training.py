@@ -80,3 +80,10 @@ def test_a_non_finite_step_leaves_weights_and_adam_untouched():
     assert int(optimizer.iterations.numpy()) == 0
     for b, v in zip(before, model.trainable_variables):
         np.testing.assert_array_equal(b, v.numpy())
+
+
+def test_saved_config_holds_an_absolute_data_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = config_lib.load("omniglot_5w1s-cpu", ["data.omniglot.data_dir=data"])
+    assert training.with_absolute_paths(config).data.omniglot.data_dir == str(tmp_path / "data")
+    assert config.data.omniglot.data_dir == "data"

@@ -14,6 +14,7 @@ A checkpoint is written at the end of each epoch; the CheckpointManager writes i
 so a kill at any moment leaves the previous checkpoint intact.
 """
 
+import copy
 import json
 import os
 import resource
@@ -67,6 +68,14 @@ def make_meta_step(model: MetaModel, optimizer: keras.optimizers.Optimizer,
         return metrics, tf.cond(finite, update, lambda: tf.constant(False))
 
     return step
+
+
+def with_absolute_paths(config: Config) -> Config:
+    """A copy whose data directory is absolute, so the saved config works from any directory."""
+    config = copy.deepcopy(config)
+    if config.data.omniglot.data_dir:
+        config.data.omniglot.data_dir = os.path.abspath(config.data.omniglot.data_dir)
+    return config
 
 
 def configure_threads(config: Config) -> None:
@@ -160,6 +169,7 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
         DivergedError: the meta-loss became NaN or Inf; the last good checkpoint is kept.
     """
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)
+    config = with_absolute_paths(config)
     configure_threads(config)
     if not resume and (run_dir / "checkpoints" / "checkpoint").exists():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose "
