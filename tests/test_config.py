@@ -89,7 +89,8 @@ def test_sine_presets():
     assert sine.data.sine.phase == pytest.approx([0.0, math.pi])
     assert sine.data.sine.x_range == [-5.0, 5.0]
     disjoint = config.load("sine_disjoint-cpu")
-    assert disjoint.adapt == sine.adapt
+    # Meta-tests with the training step: 10 steps diverge on the sharper out-of-range tasks.
+    assert disjoint.adapt == dataclasses.replace(sine.adapt, test_steps=1)
     assert disjoint.data.sine.amplitude[1] <= disjoint.data.sine.test_amplitude[0]
     assert disjoint.data.sine.phase[1] <= disjoint.data.sine.test_phase[0]
 
