@@ -19,7 +19,7 @@ SHORTCUTS = {
     "meta_lr": "train.meta_lr", "steps": "adapt.steps", "inner_lr": "adapt.lr",
     "epochs": "train.epochs", "iterations": "train.iterations", "seed": "train.seed",
     "run_dir": "run_dir", "name": "name", "landscape_every": "landscape.every",
-    "keep_checkpoints": "train.keep_checkpoints",
+    "keep_checkpoints": "train.keep_checkpoints", "algorithm": "algorithm",
 }
 REPORT_STEPS = (0, 1, 5, 10)
 # The preset a bare `--dataset NAME` starts from, so that each dataset gets its paper settings.
@@ -48,6 +48,8 @@ def cli():
 @click.option("--config", "config_path", metavar="PATH|PRESET",
               help="YAML config file or preset name (see configs/). Default: the preset of "
                    "--dataset (sine, omniglot_5w1s), or the sine defaults.")
+@click.option("--algorithm", type=click.Choice(["maml", "maml-reg", "gradient-agreement", "nal"]),
+              help="the meta-learning algorithm (default maml)")
 @click.option("--dataset", type=click.Choice(["sine", "omniglot"]), help="data.dataset")
 @click.option("--data-dir", type=click.Path(), help="data.omniglot.data_dir: the Omniglot zips")
 @click.option("--ways", type=int, help="data.ways (N)")

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Optional
 import yaml
 
 from tfmeta.adaptation import AdaptConfig
+from tfmeta.algorithms import NAMES as ALGORITHMS, AlgorithmConfig
 from tfmeta.errors import ConfigError
 from tfmeta.files import atomic_open
 from tfmeta.landscape import LandscapeConfig
@@ -67,11 +68,13 @@ class Config:
     """A whole run.
 
     Attributes:
-        algorithm: the meta-learning algorithm ("maml").
+        algorithm: the meta-learning algorithm: "maml", "maml-reg", "gradient-agreement" or "nal".
+        algorithms: options of the algorithms that have any.
         name: run name; the run directory defaults to runs/<name>.
         run_dir: where logs, checkpoints and the resolved config go; "" derives it from `name`.
     """
     algorithm: str = "maml"
+    algorithms: AlgorithmConfig = dataclasses.field(default_factory=AlgorithmConfig)
     name: str = ""
     run_dir: str = ""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -200,7 +203,10 @@ def validate(config: Config, where: str) -> Config:
         if not condition:
             raise ConfigError(f"{where}: '{key}' must be {expected}, got {value!r}")
 
-    need(config.algorithm in ("maml",), "algorithm", "one of: maml", config.algorithm)
+    need(config.algorithm in ALGORITHMS, "algorithm", f"one of: {', '.join(ALGORITHMS)}",
+         config.algorithm)
+    need(config.algorithms.maml_reg.gamma >= 0, "algorithms.maml_reg.gamma", "non-negative",
+         config.algorithms.maml_reg.gamma)
     need(config.model.arch in ("auto", "conv4", "mlp"), "model.arch", "auto, conv4 or mlp",
          config.model.arch)
     need(config.model.pool in ("max", "stride"), "model.pool", "max or stride", config.model.pool)

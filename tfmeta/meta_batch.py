@@ -21,12 +21,16 @@ from tfmeta.tasks.episode import Episode
 STRATEGIES = ("loop", "map", "vectorized")
 
 
-def _task(batch: Episode, i) -> Episode:
+def _task(batch, i):
     return tf.nest.map_structure(lambda t: t[i], batch)
 
 
-def map_tasks(fn: Callable[[Episode], Any], batch: Episode, strategy: str = "loop") -> Any:
-    """Applies `fn` to each of the n tasks in `batch`; returns its outputs stacked to [n, ...]."""
+def map_tasks(fn: Callable[[Any], Any], batch: Any, strategy: str = "loop") -> Any:
+    """Applies `fn` to each of the n tasks in `batch`; returns its outputs stacked to [n, ...].
+
+    `batch` is an Episode with [n, ...] fields, or any nest of [n, ...] tensors (an Episode with
+    per-task parameters beside it, say).
+    """
     if strategy == "vectorized":
         return tf.vectorized_map(fn, batch)
     if strategy == "map":
@@ -75,9 +79,19 @@ def sum_gradients(objective: Objective, params: Sequence[tf.Tensor], batch: Epis
     return tape.gradient(total, params), sums
 
 
-def _loop(fn, batch: Episode, stack: bool):
+def scale_by(grads: Sequence[tf.Tensor], metrics: dict, global_batch_size) -> tuple:
+    """Divides summed gradients and metrics by the global meta-batch size n.
+
+    Keras optimizers sum gradients over `tf.distribute` replicas, so each replica divides its share
+    by the *global* n, and the sum over replicas is the mean over the whole meta-batch.
+    """
+    scale = lambda t: t / tf.cast(global_batch_size, t.dtype)  # noqa: E731
+    return [scale(g) for g in grads], {k: scale(v) for k, v in metrics.items()}
+
+
+def _loop(fn, batch, stack: bool):
     # The first task runs outside the loop so that its outputs fix the accumulators' structure.
-    n = tf.shape(batch.support_x)[0]
+    n = tf.shape(tf.nest.flatten(batch)[0])[0]
     first = fn(_task(batch, 0))
     flat_first = tf.nest.flatten(first)
     if stack:

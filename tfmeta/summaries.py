@@ -25,6 +25,15 @@ def scalars(summary_writer: tf.summary.SummaryWriter, prefix: str, values: Mappi
     summary_writer.flush()
 
 
+def histograms(summary_writer: tf.summary.SummaryWriter, prefix: str,
+               values: Mapping[str, "np.ndarray"], step: int) -> None:
+    """Writes {name: values [k]} as histograms tagged prefix/name at `step`."""
+    with summary_writer.as_default(step=step):
+        for name, data in values.items():
+            tf.summary.histogram(f"{prefix}/{name}", data)
+    summary_writer.flush()
+
+
 def landscape_layout(summary_writer: tf.summary.SummaryWriter, metrics, target: str) -> None:
     """A TensorBoard custom-scalars layout: one chart per landscape metric, beside `target`.
 

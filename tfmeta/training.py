@@ -185,7 +185,8 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
         config_lib.save(config, run_dir / "config.yaml")
     train_cfg = config.train
     strategy = task_strategy(config, run.model)
-    step = make_meta_step(run.model, run.optimizer, algorithms.get(config.algorithm),
+    step = make_meta_step(run.model, run.optimizer,
+                          algorithms.build(config.algorithm, config.algorithms),
                           config.adapt, train_cfg.meta_batch, strategy, train_cfg.jit_compile)
     start = int(run.iteration.numpy())
     batches = iter(run.source.episodes("train", train_cfg.seed, train_cfg.meta_batch,
@@ -201,12 +202,15 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
     for epoch in range(start // train_cfg.iterations, train_cfg.epochs):
         first = max(start, epoch * train_cfg.iterations)
         last = (epoch + 1) * train_cfg.iterations
-        sums, began = {}, time.perf_counter()
+        sums, vectors, began = {}, {}, time.perf_counter()
         bar = tqdm(range(first, last), desc=f"epoch {epoch + 1}/{train_cfg.epochs}",
                    disable=not progress, leave=False, dynamic_ncols=True)
         for i in bar:
             metrics, finite = step(next(batches))
-            values = {k: float(v) for k, v in metrics.items()}
+            values = {k: float(v) for k, v in metrics.items() if v.shape.rank == 0}
+            for k, v in metrics.items():
+                if v.shape.rank:
+                    vectors.setdefault(k, []).append(v.numpy())
             if not bool(finite):
                 raise DivergedError(
                     f"meta-loss became {values['loss']} at iteration {i + 1}; the run stopped "
@@ -222,6 +226,8 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
         train_means = {k: v / done for k, v in sums.items()}
         train_means["seconds_per_iteration"] = (time.perf_counter() - began) / done
         summaries.scalars(writer, "meta_train", train_means, last)
+        summaries.histograms(writer, "meta_train",
+                             {k: np.concatenate(v) for k, v in vectors.items()}, last)
         system = {"rss_mb": resident_mb(), "wall_seconds": time.perf_counter() - wall_start}
         summaries.scalars(writer, "system", system, last)
         record = {"epoch": epoch + 1, "iteration": last,

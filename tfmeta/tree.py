@@ -24,6 +24,11 @@ def stop_gradient(a: Sequence[tf.Tensor]) -> list:
     return [tf.stop_gradient(x) for x in a]
 
 
+def dot(a: Sequence[tf.Tensor], b: Sequence[tf.Tensor]) -> tf.Tensor:
+    """<a, b> summed over all tensors of the lists, a scalar."""
+    return tf.add_n([tf.reduce_sum(x * y) for x, y in zip(a, b)])
+
+
 def sum_sq(a: Sequence[tf.Tensor]) -> tf.Tensor:
     """||a||^2 over all tensors of the list, a scalar."""
     return tf.add_n([tf.reduce_sum(tf.square(x)) for x in a])

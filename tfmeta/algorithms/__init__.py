@@ -1,10 +1,38 @@
-"""Meta-learning algorithms: each turns a meta-batch into a meta-gradient via `adaptation.adapt`."""
+"""Meta-learning algorithms: each turns a meta-batch into a meta-gradient via `adaptation.adapt`.
 
-from tfmeta.algorithms import maml
+Every algorithm is a function
 
-ALGORITHMS = {"maml": maml.meta_gradient}
+    meta_gradient(model, params, batch, adapt_config, global_batch_size, strategy)
+        -> (gradients matching params, metrics)
+
+with its own options bound by `build`. Scalar metrics are per-task means; a vector metric (such as
+gradient agreement's `task_weights`) is logged as a histogram.
+"""
+
+import dataclasses
+import functools
+from typing import Callable
+
+from tfmeta.algorithms import gradient_agreement, maml, maml_reg, nal
+from tfmeta.algorithms.maml_reg import MamlRegConfig
+
+NAMES = ("maml", "maml-reg", "gradient-agreement", "nal")
 
 
-def get(name: str):
-    """Returns the meta-gradient function registered as `name`."""
-    return ALGORITHMS[name]
+@dataclasses.dataclass
+class AlgorithmConfig:
+    """Options of the algorithms that have any.
+
+    Attributes:
+        maml_reg: the angle regularizer's gamma and its treatment of the mean direction.
+    """
+    maml_reg: MamlRegConfig = dataclasses.field(default_factory=MamlRegConfig)
+
+
+def build(name: str, config: AlgorithmConfig) -> Callable:
+    """The meta-gradient function of algorithm `name`, with its options bound."""
+    if name == "maml-reg":
+        return functools.partial(maml_reg.meta_gradient, gamma=config.maml_reg.gamma,
+                                 constant_mean=config.maml_reg.constant_mean)
+    return {"maml": maml.meta_gradient, "gradient-agreement": gradient_agreement.meta_gradient,
+            "nal": nal.meta_gradient}[name]

@@ -60,6 +60,4 @@ def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
     params = list(params)
     grads, metrics = meta_batch.sum_gradients(
         lambda p, episode: task_objective(model, p, episode, config), params, batch, strategy)
-    inverse_n = 1.0 / tf.cast(global_batch_size, params[0].dtype)
-    scale = lambda t: t * tf.cast(inverse_n, t.dtype)  # noqa: E731
-    return [scale(g) for g in grads], {k: scale(v) for k, v in metrics.items()}
+    return meta_batch.scale_by(grads, metrics, global_batch_size)
