@@ -48,7 +48,8 @@ def cli():
 @click.option("--config", "config_path", metavar="PATH|PRESET",
               help="YAML config file or preset name (see configs/). Default: the preset of "
                    "--dataset (sine, omniglot_5w1s), or the sine defaults.")
-@click.option("--algorithm", type=click.Choice(["maml", "maml-reg", "gradient-agreement", "nal"]),
+@click.option("--algorithm", type=click.Choice(["maml", "maml-reg", "gradient-agreement", "wormhole",
+                                              "nal"]),
               help="the meta-learning algorithm (default maml)")
 @click.option("--dataset", type=click.Choice(["sine", "omniglot"]), help="data.dataset")
 @click.option("--data-dir", type=click.Path(), help="data.omniglot.data_dir: the Omniglot zips")

@@ -110,7 +110,7 @@ def test_nal_is_the_gradient_of_the_multitask_loss_without_adaptation():
     assert dot(grads, v) == pytest.approx(directional_fd(f, params, v, 1e-6), rel=1e-6)
 
 
-@pytest.mark.parametrize("algorithm", ["maml-reg", "gradient-agreement", "nal"])
+@pytest.mark.parametrize("algorithm", ["maml-reg", "gradient-agreement", "wormhole", "nal"])
 def test_each_algorithm_meta_trains_sine(tmp_path, algorithm):
     import json
 
@@ -131,3 +131,27 @@ def test_each_algorithm_meta_trains_sine(tmp_path, algorithm):
                                                     size_guidance={"tensors": 0})
         events.Reload()
         assert "meta_train/task_weights" in events.Tags()["tensors"]
+
+
+def test_wormhole_gains_start_neutral_adapt_and_have_exact_meta_gradients():
+    from tfmeta import models
+    tf.keras.utils.set_random_seed(0)
+    gained = models.mlp((8,), activation="tanh", dtype="float64", gains=True)
+    plain = models.mlp((8,), activation="tanh", dtype="float64")
+    for a, b in zip(plain.trainable_variables, gained.trainable_variables):
+        a.assign(b)
+    episode = sine_episode()
+    params = params_of(gained)
+    assert len(params) == 2 * len(plain.trainable_variables)
+    np.testing.assert_allclose(models.apply(gained, params, episode.query_x).numpy(),
+                               models.apply(plain, params_of(plain), episode.query_x).numpy())
+    adapted, _ = adapt(gained, params, episode.support, CONFIG)
+    assert all(abs(float(g) - 1.0) > 1e-6 for g in adapted[gained.num_gated:])
+    batch = batch_of(range(2))
+    grads, _ = maml.meta_gradient(gained, params, batch, CONFIG, 2)
+
+    def f(p):
+        return tf.add_n([maml.task_objective(gained, p, t, CONFIG)[0] for t in tasks(batch)]) / 2
+    for seed in range(2):
+        v = random_direction(params, seed)
+        assert dot(grads, v) == pytest.approx(directional_fd(f, params, v, 1e-6), rel=1e-6)

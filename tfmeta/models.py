@@ -43,17 +43,20 @@ class MetaModel(keras.Model):
     """
 
     def __init__(self, features: keras.Sequential, head: keras.layers.Dense,
-                 input_shape: Sequence[int], loss: str, **kwargs):
+                 input_shape: Sequence[int], loss: str, gains: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.features = features
         self.head = head
         self.example_shape = tuple(input_shape)
         self.loss_name = loss
+        self.with_gains = gains
         self.build((None, *self.example_shape))
 
     def build(self, input_shape):
         self.features.build(input_shape)
         self.head.build(self.features.compute_output_shape(input_shape))
+        self.num_gated = len(self.features.trainable_variables) + len(self.head.trainable_variables)
+        self.gains = Gains(self.num_gated, dtype=self.head.dtype_policy) if self.with_gains else None
         self.built = True
 
     def call(self, x, training=None):
@@ -67,6 +70,35 @@ class MetaModel(keras.Model):
         return len(self.features.trainable_variables)
 
 
+class Gains(keras.layers.Layer):
+    """Wormhole MAML's multiplicative shortcut: one scalar gain s_k per weight tensor W_k.
+
+    The network computes with s_k * W_k. The gains start at 1, are meta-learned, and the inner loop
+    adapts them together with the weights, so one inner step can rescale a whole tensor: "an extra
+    multiplicative parameter introduced in the inner-loop adaptation" (the Wormhole MAML abstract),
+    read here as a per-tensor gain.
+    """
+
+    def __init__(self, count: int, **kwargs):
+        super().__init__(**kwargs)
+        self.scales = [self.add_weight(shape=(), initializer="ones", name=f"gain_{k}")
+                       for k in range(count)]
+        self.built = True
+
+
+def effective(model: MetaModel, params: Sequence[tf.Tensor]) -> list:
+    """The weights the network computes with: s_k * W_k for a model with gains, else `params`.
+
+    The gains' own entries are kept at the end, so the list still matches
+    `model.trainable_variables` (stateless_call needs every variable's value).
+    """
+    params = list(params)
+    if model.gains is None:
+        return params
+    k = model.num_gated
+    return [g * w for w, g in zip(params[:k], params[k:])] + params[k:]
+
+
 def apply(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
     """Runs the model on explicit parameters.
 
@@ -78,13 +110,14 @@ def apply(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Ten
     Returns:
         Outputs [B, outputs]: logits or regression predictions.
     """
-    outputs, _ = model.stateless_call(list(params), _non_trainable(model), x, training=True)
+    outputs, _ = model.stateless_call(effective(model, params), _non_trainable(model), x,
+                                      training=True)
     return outputs
 
 
 def features(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
     """Returns the representation h = f_feat(x) [B, D] under explicit parameters."""
-    h, _ = model.features.stateless_call(list(params[:model.num_feature_params]),
+    h, _ = model.features.stateless_call(effective(model, params)[:model.num_feature_params],
                                          _non_trainable(model.features), x, training=True)
     return h
 
@@ -103,7 +136,7 @@ def params_of(model: MetaModel) -> list:
 
 def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int = 64,
           pool: str = "max", dtype: str = "float32",
-          norm: Callable[..., keras.Layer] = BatchNorm) -> MetaModel:
+          norm: Callable[..., keras.Layer] = BatchNorm, gains: bool = False) -> MetaModel:
     """The conv4 of Finn et al.: 4 x [3x3 conv, batch norm, ReLU, downsample], flatten, dense.
 
     Args:
@@ -114,6 +147,7 @@ def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int =
             conv instead, as Finn et al. do for Omniglot.
         dtype: "float32", or "float64" for finite-difference checks.
         norm: the normalization layer class, called as norm(dtype=dtype).
+        gains: add a meta-learned gain per weight tensor (Wormhole MAML; see `Gains`).
     """
     if pool not in ("max", "stride"):
         raise ValueError(f"pool must be 'max' or 'stride'. Received pool={pool!r}")
@@ -130,23 +164,27 @@ def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int =
     layers.append(keras.layers.Flatten(dtype=dtype))
     return MetaModel(keras.Sequential(layers, name="features"),
                      keras.layers.Dense(outputs, dtype=dtype, name="head"),
-                     image_shape, loss="cross_entropy", name="conv4")
+                     image_shape, loss="cross_entropy", gains=gains, name="conv4")
 
 
 def mlp(hidden: Sequence[int] = (40, 40), inputs: int = 1, outputs: int = 1,
-        activation: str = "relu", dtype: str = "float32") -> MetaModel:
-    """An MLP regressor, inputs-hidden...-outputs (1-40-40-1 with ReLU for sine, as in MAML)."""
+        activation: str = "relu", dtype: str = "float32", gains: bool = False) -> MetaModel:
+    """An MLP regressor, inputs-hidden...-outputs (1-40-40-1 with ReLU for sine, as in MAML);
+    `gains` adds Wormhole MAML's per-tensor gains."""
     layers = [keras.layers.Dense(width, activation=activation, dtype=dtype) for width in hidden]
     return MetaModel(keras.Sequential(layers, name="features"),
                      keras.layers.Dense(outputs, dtype=dtype, name="head"),
-                     (inputs,), loss="mse", name="mlp")
+                     (inputs,), loss="mse", gains=gains, name="mlp")
 
 
-def build(config: ModelConfig, example_shape: Sequence[int], outputs: int) -> MetaModel:
-    """The model `config` describes, for examples of `example_shape` and a head of `outputs`."""
+def build(config: ModelConfig, example_shape: Sequence[int], outputs: int,
+          gains: bool = False) -> MetaModel:
+    """The model `config` describes, for examples of `example_shape` and a head of `outputs`;
+    `gains` adds Wormhole MAML's per-tensor gains."""
     arch = config.arch
     if arch == "auto":
         arch = "mlp" if len(example_shape) == 1 else "conv4"
     if arch == "mlp":
-        return mlp(config.hidden, example_shape[0], outputs, dtype=config.dtype)
-    return conv4(outputs, example_shape, config.filters, config.pool, dtype=config.dtype)
+        return mlp(config.hidden, example_shape[0], outputs, dtype=config.dtype, gains=gains)
+    return conv4(outputs, example_shape, config.filters, config.pool, dtype=config.dtype,
+                 gains=gains)

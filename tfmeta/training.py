@@ -98,7 +98,8 @@ def build_model(config: Config, source: tasks.TaskSource) -> MetaModel:
         raise ConfigError(f"model.arch=conv4 needs images, but {config.data.dataset} has examples "
                           f"of shape {source.example_shape}; use mlp")
     keras.utils.set_random_seed(config.train.seed)
-    model = models.build(config.model, source.example_shape, source.outputs)
+    model = models.build(config.model, source.example_shape, source.outputs,
+                         gains=config.algorithm in algorithms.WITH_GAINS)
     if model.loss_name != source.loss:
         raise ConfigError(f"model {model.name} computes {model.loss_name}, but "
                           f"{config.data.dataset} needs {source.loss}")

@@ -16,7 +16,9 @@ from typing import Callable
 from tfmeta.algorithms import gradient_agreement, maml, maml_reg, nal
 from tfmeta.algorithms.maml_reg import MamlRegConfig
 
-NAMES = ("maml", "maml-reg", "gradient-agreement", "nal")
+NAMES = ("maml", "maml-reg", "gradient-agreement", "wormhole", "nal")
+# Wormhole MAML is MAML on a model with per-tensor gains (`models.Gains`); the meta-step is MAML's.
+WITH_GAINS = ("wormhole",)
 
 
 @dataclasses.dataclass
@@ -34,5 +36,5 @@ def build(name: str, config: AlgorithmConfig) -> Callable:
     if name == "maml-reg":
         return functools.partial(maml_reg.meta_gradient, gamma=config.maml_reg.gamma,
                                  constant_mean=config.maml_reg.constant_mean)
-    return {"maml": maml.meta_gradient, "gradient-agreement": gradient_agreement.meta_gradient,
-            "nal": nal.meta_gradient}[name]
+    return {"maml": maml.meta_gradient, "wormhole": maml.meta_gradient,
+            "gradient-agreement": gradient_agreement.meta_gradient, "nal": nal.meta_gradient}[name]
