@@ -49,7 +49,7 @@ def cli():
               help="YAML config file or preset name (see configs/). Default: the preset of "
                    "--dataset (sine, omniglot_5w1s), or the sine defaults.")
 @click.option("--algorithm", type=click.Choice(["maml", "maml-reg", "gradient-agreement", "wormhole",
-                                              "nal"]),
+                                              "nal", "finetune"]),
               help="the meta-learning algorithm (default maml)")
 @click.option("--dataset", type=click.Choice(["sine", "omniglot"]), help="data.dataset")
 @click.option("--data-dir", type=click.Path(), help="data.omniglot.data_dir: the Omniglot zips")

@@ -155,3 +155,35 @@ def test_wormhole_gains_start_neutral_adapt_and_have_exact_meta_gradients():
     for seed in range(2):
         v = random_direction(params, seed)
         assert dot(grads, v) == pytest.approx(directional_fd(f, params, v, 1e-6), rel=1e-6)
+
+
+def test_finetune_transfers_features_with_a_fresh_xavier_head():
+    from tfmeta import models
+    from tfmeta.algorithms import finetune
+    trained = models.conv4(40, (16, 16, 1), filters=4)
+    target = models.conv4(5, (16, 16, 1), filters=4)
+    params = finetune.transfer(trained, target, seed=3)
+    assert [tuple(p.shape) for p in params] == [tuple(v.shape) for v in target.trainable_variables]
+    for p, v in zip(params, trained.trainable_variables[:trained.num_feature_params]):
+        np.testing.assert_array_equal(p.numpy(), v.numpy())
+    kernel, bias = params[-2:]
+    limit = np.sqrt(6 / sum(kernel.shape))
+    assert np.abs(kernel.numpy()).max() <= limit and np.abs(kernel.numpy()).max() > 0.5 * limit
+    assert not bias.numpy().any()
+    np.testing.assert_array_equal(finetune.transfer(trained, target, seed=3)[-2].numpy(),
+                                  kernel.numpy())
+
+
+def test_finetune_trains_omniglot_supervised_and_adapts_a_new_head(tmp_path, omniglot_copy):
+    import json
+
+    from tfmeta import config as config_lib, training
+    config = config_lib.load("omniglot_5w1s-cpu", [
+        f"run_dir={tmp_path}", f"data.omniglot.data_dir={omniglot_copy}", "algorithm=finetune",
+        "train.epochs=2", "train.iterations=25", "train.eval_tasks=50", "landscape.every=0"])
+    run_dir = training.train(config, progress=False, log=lambda _: None)
+    run = training.Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
+    assert run.model.head.units == run.source.classes["train"] > 100
+    assert run.eval_model.head.units == 5
+    records = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert records[-1]["meta_test/accuracy"] > 0.3  # chance is 0.2

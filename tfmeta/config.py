@@ -68,7 +68,8 @@ class Config:
     """A whole run.
 
     Attributes:
-        algorithm: the meta-learning algorithm: "maml", "maml-reg", "gradient-agreement" or "nal".
+        algorithm: the meta-learning algorithm: "maml", "maml-reg", "gradient-agreement",
+            "wormhole", "nal" or "finetune".
         algorithms: options of the algorithms that have any.
         name: run name; the run directory defaults to runs/<name>.
         run_dir: where logs, checkpoints and the resolved config go; "" derives it from `name`.
@@ -205,6 +206,8 @@ def validate(config: Config, where: str) -> Config:
 
     need(config.algorithm in ALGORITHMS, "algorithm", f"one of: {', '.join(ALGORITHMS)}",
          config.algorithm)
+    need(config.algorithms.finetune.batch_size >= 1, "algorithms.finetune.batch_size",
+         "a positive integer", config.algorithms.finetune.batch_size)
     need(config.algorithms.maml_reg.gamma >= 0, "algorithms.maml_reg.gamma", "non-negative",
          config.algorithms.maml_reg.gamma)
     need(config.model.arch in ("auto", "conv4", "mlp"), "model.arch", "auto, conv4 or mlp",

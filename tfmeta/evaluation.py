@@ -5,7 +5,7 @@ recorded after every step t = 0..T, so a single pass gives the whole accuracy-ve
 """
 
 import dataclasses
-from typing import Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -41,10 +41,13 @@ def estimate(values: np.ndarray) -> Estimate:
 
 
 def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, steps: int,
-                   tasks: int, seed: int, batch: int, strategy: str = "loop", split: str = "test"):
+                   tasks: int, seed: int, batch: int, strategy: str = "loop", split: str = "test",
+                   params_fn: Optional[Callable[[], list]] = None):
     """Builds a function that evaluates the model's current weights on a fixed set of tasks.
 
     The tasks are episodes 0..tasks-1 of the split's stream for `seed`: the same tasks every call.
+    Adaptation starts from `params_fn()` (default: the model's weights); the finetune baseline
+    passes its trained features with a fresh head.
 
     Returns:
         evaluate() -> {metric: [steps + 1] array of per-step values for each task, shape
@@ -54,7 +57,7 @@ def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, st
 
     @tf.function(reduce_retracing=True)
     def run(episodes):
-        params = params_of(model)
+        params = params_fn() if params_fn else params_of(model)
 
         def one_task(episode):
             _, trajectory = adapt(model, params, episode.support, config, steps=steps,

@@ -103,8 +103,11 @@ class Landscape:
     """
 
     def __init__(self, model: MetaModel, source: TaskSource, adapt_config: AdaptConfig,
-                 config: LandscapeConfig, strategy: str = "loop"):
+                 config: LandscapeConfig, strategy: str = "loop",
+                 params_fn: Optional[Callable[[], list]] = None):
         self.model, self.config, self.strategy = model, config, strategy
+        # theta, the point every task adapts from (the finetune baseline's has a fresh head).
+        self.params = params_fn or (lambda: params_of(model))
         self.adapt_config = adapt_config
         self.steps = adapt_config.eval_steps
         tasks = max(config.flatness_tasks, config.coherence_tasks)
@@ -132,7 +135,7 @@ class Landscape:
         """Running sums over a batch of tasks: sum of unit displacements and of -gradients, their
         squared norms, displacement norms and adapted support losses."""
         model = self.model
-        params = params_of(model)
+        params = self.params()
 
         def one(task):
             x, y = task.support
@@ -157,7 +160,7 @@ class Landscape:
     def _hessian_metrics(self, task):
         """Flatness (and the opt-in spectrum metrics) at one task's adapted solution."""
         model, config = self.model, self.config
-        adapted, _ = adapt(model, params_of(model), task.support, self.adapt_config, self.steps)
+        adapted, _ = adapt(model, self.params(), task.support, self.adapt_config, self.steps)
         loss_fn = lambda p: task_loss(model, p, *task.support)  # noqa: E731
         matvec = hessian.hvp_matvec(loss_fn, adapted, config.hvp)
         dim = sum(int(np.prod(p.shape)) for p in adapted)
@@ -185,7 +188,7 @@ class Landscape:
         return out
 
     def _feature_sums(self, x):
-        h = features(self.model, params_of(self.model), x)
+        h = features(self.model, self.params(), x)
         h = tf.reshape(h, [tf.shape(h)[0], -1])
         return tf.reduce_sum(h, axis=0), tf.reduce_sum(tf.square(h))
 

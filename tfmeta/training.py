@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from tfmeta import algorithms, config as config_lib, evaluation, models, summaries, tasks
 from tfmeta import landscape as landscape_lib
+from tfmeta.algorithms import finetune
 from tfmeta.adaptation import AdaptConfig
 from tfmeta.config import Config
 from tfmeta.errors import ConfigError, DivergedError
@@ -88,8 +89,9 @@ def configure_threads(config: Config) -> None:
         pass
 
 
-def build_model(config: Config, source: tasks.TaskSource) -> MetaModel:
-    """The run's model, initialised from the run's seed."""
+def build_model(config: Config, source: tasks.TaskSource, outputs: Optional[int] = None
+                ) -> MetaModel:
+    """The run's model, initialised from the run's seed; `outputs` overrides the head's width."""
     arch = config.model.arch
     if arch == "mlp" and len(source.example_shape) != 1:
         raise ConfigError(f"model.arch=mlp needs vector inputs, but {config.data.dataset} has "
@@ -98,7 +100,7 @@ def build_model(config: Config, source: tasks.TaskSource) -> MetaModel:
         raise ConfigError(f"model.arch=conv4 needs images, but {config.data.dataset} has examples "
                           f"of shape {source.example_shape}; use mlp")
     keras.utils.set_random_seed(config.train.seed)
-    model = models.build(config.model, source.example_shape, source.outputs,
+    model = models.build(config.model, source.example_shape, outputs or source.outputs,
                          gains=config.algorithm in algorithms.WITH_GAINS)
     if model.loss_name != source.loss:
         raise ConfigError(f"model {model.name} computes {model.loss_name}, but "
@@ -120,7 +122,16 @@ class Run:
         self.config = config
         self.run_dir = Path(run_dir)
         self.source = tasks.build(config.data, config.model.dtype)
-        self.model = build_model(config, self.source)
+        self.supervised = config.algorithm == "finetune"
+        if self.supervised:
+            # Trained with one head over every meta-train class, adapted with a fresh N-way head.
+            self.model = build_model(config, self.source, self.source.classes["train"])
+            self.eval_model = build_model(config, self.source)
+            seed = config.algorithms.finetune.head_seed
+            self.eval_params = lambda: finetune.transfer(self.model, self.eval_model, seed)
+        else:
+            self.model = self.eval_model = build_model(config, self.source)
+            self.eval_params = None
         self.optimizer = keras.optimizers.Adam(config.train.meta_lr)
         self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
@@ -144,15 +155,34 @@ class Run:
         return "meta_test/accuracy" if self.source.loss == "cross_entropy" else "meta_test/loss"
 
     def landscape(self) -> landscape_lib.Landscape:
-        return landscape_lib.Landscape(self.model, self.source, self.config.adapt,
+        return landscape_lib.Landscape(self.eval_model, self.source, self.config.adapt,
                                        self.config.landscape,
-                                       task_strategy(self.config, self.model))
+                                       task_strategy(self.config, self.eval_model),
+                                       self.eval_params)
 
     def evaluator(self, steps: int, tasks_count: int, split: str = "test"):
         train = self.config.train
         return evaluation.make_evaluator(
-            self.model, self.source, self.config.adapt, steps, tasks_count, train.seed,
-            train.eval_batch, task_strategy(self.config, self.model), split)
+            self.eval_model, self.source, self.config.adapt, steps, tasks_count, train.seed,
+            train.eval_batch, task_strategy(self.config, self.eval_model), split,
+            self.eval_params)
+
+    def training_batches(self, start: int) -> tf.data.Dataset:
+        """The training stream from iteration `start`: meta-batches of episodes, or, for the
+        supervised baseline, minibatches of labelled meta-train examples."""
+        train = self.config.train
+        if self.supervised:
+            size = self.config.algorithms.finetune.batch_size
+            return self.source.labelled("train", train.seed, size, start=start * size)
+        return self.source.episodes("train", train.seed, train.meta_batch,
+                                    start=start * train.meta_batch)
+
+    @property
+    def batch_size(self) -> int:
+        """Tasks (or, for the supervised baseline, examples) per training step."""
+        if self.supervised:
+            return self.config.algorithms.finetune.batch_size
+        return self.config.train.meta_batch
 
 
 def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
@@ -188,10 +218,9 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
     strategy = task_strategy(config, run.model)
     step = make_meta_step(run.model, run.optimizer,
                           algorithms.build(config.algorithm, config.algorithms),
-                          config.adapt, train_cfg.meta_batch, strategy, train_cfg.jit_compile)
+                          config.adapt, run.batch_size, strategy, train_cfg.jit_compile)
     start = int(run.iteration.numpy())
-    batches = iter(run.source.episodes("train", train_cfg.seed, train_cfg.meta_batch,
-                                       start=start * train_cfg.meta_batch))
+    batches = iter(run.training_batches(start))
     evaluate = run.evaluator(config.adapt.eval_steps, train_cfg.eval_tasks)
     writer = summaries.writer(run_dir / "logs")
     landscape = run.landscape() if config.landscape.every else None

@@ -50,12 +50,18 @@ class TaskSource:
         episode_fns: split name -> function drawing one Episode from a stateless seed.
         examples: split name -> every input of a finite dataset's split, [N, *example_shape] as
             the model sees it; absent for endless task families (sine).
+        labelled_fns: split name -> function drawing one labelled example (x [*example_shape],
+            y [] int class or [1] target) from a stateless seed, for supervised pre-training.
+        classes: split name -> classes in the split (1 for regression): the width of a head
+            trained on the whole split.
     """
     example_shape: tuple
     outputs: int
     loss: str
     episode_fns: Dict[str, Callable[[tf.Tensor], Episode]]
     examples: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    labelled_fns: Dict[str, Callable] = dataclasses.field(default_factory=dict)
+    classes: Dict[str, int] = dataclasses.field(default_factory=dict)
 
     def episodes(self, split: str, seed: int, meta_batch: int, start: int = 0,
                  count: int = -1) -> tf.data.Dataset:
@@ -63,13 +69,21 @@ class TaskSource:
         return sampler.episodes(self.episode_fns[split], sampler.episode_seed(seed, _STREAMS[split]),
                                 meta_batch, start, count)
 
+    def labelled(self, split: str, seed: int, batch_size: int, start: int = 0) -> tf.data.Dataset:
+        """Endless batches (x [B, ...], y [B] or [B, 1]) of single labelled examples of the split,
+        example i drawn from (seed, i) like episodes, so a resumed run continues the stream."""
+        return sampler.episodes(self.labelled_fns[split],
+                                sampler.episode_seed(seed, _STREAMS[split] + 2), batch_size, start)
+
 
 def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
     """Builds the task source for `config`; raises ConfigError or DataError on bad input."""
     if config.dataset == "sine":
         fns = {s: sine.episode_fn(config.sine, config.shots, config.queries, s, tf.as_dtype(dtype))
                for s in SPLITS}
-        return TaskSource((1,), 1, "mse", fns)
+        labelled = {s: sine.labelled_fn(config.sine, s, tf.as_dtype(dtype)) for s in SPLITS}
+        return TaskSource((1,), 1, "mse", fns, labelled_fns=labelled,
+                          classes={s: 1 for s in SPLITS})
     if config.dataset == "omniglot":
         pools = omniglot_pools(config.omniglot)
         fns = {}
@@ -81,6 +95,8 @@ def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
         size = config.omniglot.image_size
         examples = {split: (pools[split].reshape(-1, size, size, 1) / 255.0).astype(dtype)
                     for split in SPLITS}
-        return TaskSource((size, size, 1), config.ways, "cross_entropy", fns, examples)
+        labelled = {s: classification.labelled_fn(pools[s], tf.as_dtype(dtype)) for s in SPLITS}
+        return TaskSource((size, size, 1), config.ways, "cross_entropy", fns, examples, labelled,
+                          {s: len(pools[s]) for s in SPLITS})
     raise ConfigError(f"unknown dataset {config.dataset!r}; expected one of {', '.join(DATASETS)}")
 

@@ -48,3 +48,17 @@ def episode_fn(pool: np.ndarray, ways: int, shots: int, queries: int, dtype=tf.f
                        flat(images[:, shots:], queries), labels(queries))
 
     return make_episode
+
+
+def labelled_fn(pool: np.ndarray, dtype=tf.float32):
+    """Returns a function drawing one (image [H, W, ch] in [0, 1], class int32 []) uniformly from
+    the pool's C x M examples; the class is the pool index, 0..C-1."""
+    pool = tf.constant(pool if pool.ndim == 5 else pool[..., None])
+    classes, per_class = pool.shape[:2]
+
+    def make_example(seed: tf.Tensor) -> tuple:
+        index = tf.random.stateless_uniform([], seed, maxval=classes * per_class, dtype=tf.int32)
+        image = pool[index // per_class, index % per_class]
+        return tf.cast(image, dtype) / 255.0, index // per_class
+
+    return make_example

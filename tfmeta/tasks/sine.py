@@ -39,3 +39,14 @@ def episode_fn(config: SineConfig, shots: int, queries: int, split: str, dtype=t
         return Episode(x[:shots], y[:shots], x[shots:], y[shots:])
 
     return make_episode
+
+
+def labelled_fn(config: SineConfig, split: str, dtype=tf.float32):
+    """Returns a function drawing one (x [1], y [1]) point of a fresh task of the split."""
+    make_episode = episode_fn(config, 1, 0, split, dtype)
+
+    def make_example(seed: tf.Tensor) -> tuple:
+        episode = make_episode(seed)
+        return episode.support_x[0], episode.support_y[0]
+
+    return make_example

@@ -1,0 +1,65 @@
+"""The finetune baseline (landscape paper, Section 3.2 and A.3).
+
+Training is plain supervised learning on the meta-train split: every meta-train class is a class of
+one wide head (C_train outputs; one output for regression), and each step is a minibatch gradient of
+the cross-entropy (or MSE) at theta, with no inner loop. At meta-test time the head is replaced by a
+fresh N-way layer with Xavier (Glorot uniform) initialization and zero bias, and all parameters are
+adapted by the same `adapt` as every other algorithm. The paper uses 64 x 25 (batch x iterations per
+epoch) for 1-shot and 128 x 12 for 5-shot.
+"""
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfmeta.adaptation import AdaptConfig
+from tfmeta.losses import task_metrics
+from tfmeta.models import MetaModel, params_of
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """Attributes:
+        batch_size: labelled examples per training step (paper: 64 for 1-shot, 128 for 5-shot).
+        head_seed: seed of the Xavier initialization of the meta-test head.
+    """
+    batch_size: int = 64
+    head_seed: int = 0
+
+
+def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: tuple,
+                  config: AdaptConfig, global_batch_size, strategy: str = "loop") -> tuple:
+    """The supervised gradient of a (replica's share of a) minibatch (x [B, ...], y [B] or [B, 1]).
+
+    The mean loss is rescaled by B / global_batch_size, so that summing over replicas gives the mean
+    over the global batch. `config` and `strategy` are unused: there is no inner loop.
+
+    Returns:
+        (gradients matching params, {"loss", "accuracy" for classifiers} as batch means).
+    """
+    del config, strategy
+    params = list(params)
+    x, y = batch
+    share = tf.cast(tf.shape(x)[0], params[0].dtype) / tf.cast(global_batch_size, params[0].dtype)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(params)
+        metrics = task_metrics(model, params, x, y)
+        loss = metrics["loss"] * share
+    return tape.gradient(loss, params), {k: v * share for k, v in metrics.items()}
+
+
+def xavier_head(shapes: Sequence[tuple], dtype, seed: int) -> list:
+    """[kernel, bias] of a fresh dense head: Glorot-uniform kernel [D, N], zero bias [N]."""
+    kernel_shape, bias_shape = shapes
+    limit = float(np.sqrt(6.0 / (kernel_shape[0] + kernel_shape[1])))
+    kernel = tf.random.stateless_uniform(kernel_shape, [seed, 0], -limit, limit, dtype=dtype)
+    return [kernel, tf.zeros(bias_shape, dtype)]
+
+
+def transfer(trained: MetaModel, target: MetaModel, seed: int) -> list:
+    """Parameters for `target` (N-way head): `trained`'s feature weights and a fresh Xavier head."""
+    features = params_of(trained)[:trained.num_feature_params]
+    head = [tuple(v.shape) for v in target.trainable_variables[target.num_feature_params:]]
+    return features + xavier_head(head, features[0].dtype, seed)
