@@ -172,6 +172,8 @@ def mlp(hidden: Sequence[int] = (40, 40), inputs: int = 1, outputs: int = 1,
     """An MLP regressor, inputs-hidden...-outputs (1-40-40-1 with ReLU for sine, as in MAML);
     `gains` adds Wormhole MAML's per-tensor gains."""
     layers = [keras.layers.Dense(width, activation=activation, dtype=dtype) for width in hidden]
+    # With no hidden layer the model is linear, y = x^T w + b: identity features, the head alone.
+    layers = layers or [keras.layers.Identity(dtype=dtype)]
     return MetaModel(keras.Sequential(layers, name="features"),
                      keras.layers.Dense(outputs, dtype=dtype, name="head"),
                      (inputs,), loss="mse", gains=gains, name="mlp")
