@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tfmeta import config as config_lib, landscape as landscape_lib, losses, tasks, training
-from tfmeta.adaptation import AdaptConfig, adapt
+from tfmeta.adaptation import adapt
 from tfmeta.models import features, params_of
 
 
