@@ -106,19 +106,21 @@ def train(config_path, sets, resume_dir, no_progress, first_order, **shortcuts):
 @click.option("--tasks", type=int, default=600, show_default=True, help="meta-test tasks")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--checkpoint", help="checkpoint path (default: the run's latest)")
+@click.option("--inner-lr", type=float, help="adaptation learning rate (default: the run's adapt.lr)")
 @user_errors
-def evaluate(run_dir, steps, tasks, split, checkpoint):
+def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr):
     """Adapt a trained run to held-out tasks; print query metrics after 0, 1, 5, 10, ... steps."""
     from tfmeta import config as config_lib, training
 
-    if tasks < 1 or (steps is not None and steps < 0):
-        raise click.BadParameter("--tasks must be >= 1 and --steps >= 0")
+    if tasks < 1 or (steps is not None and steps < 0) or (inner_lr is not None and inner_lr <= 0):
+        raise click.BadParameter("--tasks must be >= 1, --steps >= 0 and --inner-lr > 0")
     saved = config_lib.load(str(Path(run_dir) / "config.yaml")) if (
         Path(run_dir) / "config.yaml").is_file() else None
     eval_steps = saved.adapt.eval_steps if saved else 0
     steps = max(10, eval_steps) if steps is None else steps
     report = sorted({t for t in (*REPORT_STEPS, eval_steps, steps) if t <= steps})
-    result = training.evaluate_run(Path(run_dir), steps, tasks, report, split, checkpoint)
+    result = training.evaluate_run(Path(run_dir), steps, tasks, report, split, checkpoint,
+                                   inner_lr)
     click.echo(format_table(result))
     out = Path(run_dir) / f"evaluation-{split}.json"
     out.write_text(json.dumps(result, indent=2))

@@ -72,3 +72,21 @@ def test_first_order_drops_the_hessian_terms():
     np.testing.assert_allclose(first, np.eye(first.shape[0]), atol=1e-14)
     second = jacobian_of_adapted(first_order=False)
     assert np.abs(second - np.eye(second.shape[0])).max() > 1e-3
+
+
+def test_wormhole_gains_step_at_their_own_rate():
+    from tfmeta import models
+    tf.keras.utils.set_random_seed(0)
+    model, episode = models.mlp((8,), dtype="float64", gains=True), sine_episode()
+    params = params_of(model)
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        loss = losses.task_loss(model, params, *episode.support)
+    grads = tape.gradient(loss, params)
+    adapted, _ = adapt(model, params, episode.support, AdaptConfig(steps=1, lr=0.01, gain_lr=1e-4))
+    for k, (a, p, g) in enumerate(zip(adapted, params, grads)):
+        rate = 1e-4 if k >= model.num_gated else 0.01
+        np.testing.assert_allclose(a.numpy(), (p - rate * g).numpy(), rtol=1e-12, atol=1e-15)
+    same, _ = adapt(model, params, episode.support, AdaptConfig(steps=1, lr=0.01))
+    np.testing.assert_allclose(same[-1].numpy(), (params[-1] - 0.01 * grads[-1]).numpy(),
+                               rtol=1e-12)

@@ -50,6 +50,19 @@ def test_resume_continues_exactly(tmp_path):
         r["meta_test/loss"] for r in history(split)]
 
 
+@pytest.mark.parametrize("algorithm", ["maml", "wormhole", "finetune"])
+def test_evaluate_reproduces_the_last_epochs_meta_test_score(tmp_path, algorithm):
+    # A fresh process restores from the checkpoint alone, without the optimizer that also holds
+    # the variables during training: every parameter (Wormhole's gains too) must be in it.
+    run_dir = training.train(
+        sine_config(tmp_path / "run", f"algorithm={algorithm}", "train.epochs=1",
+                    "train.iterations=30", "train.eval_tasks=50", "adapt.test_steps=3"),
+        progress=False, log=lambda _: None)
+    result = training.evaluate_run(run_dir, 3, 50, [3])
+    assert result["steps"][3]["loss"]["mean"] == pytest.approx(
+        history(run_dir)[-1]["meta_test/loss"], rel=1e-12)
+
+
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     run_dir = training.train(sine_config(tmp_path / "run", "train.epochs=1"), progress=False,
                              log=lambda _: None)

@@ -4,6 +4,7 @@
 
     theta_0 = theta,   theta_{t+1} = theta_t - alpha * grad L(D_support; theta_t),
 
+with alpha = `lr` (Wormhole MAML's gains may take their own rate, `gain_lr`),
 and returns theta_T (written theta~ in the landscape paper). Called under an outer
 `tf.GradientTape`, the result differentiates to second order through every inner step, so
 d theta_T / d theta includes the Hessian terms (MAML). With `first_order=True` the inner gradients
@@ -33,11 +34,15 @@ class AdaptConfig:
         lr: alpha, the inner learning rate.
         first_order: drop the second-order terms (first-order MAML).
         test_steps: T used when evaluating on meta-test tasks; 0 means "same as steps".
+        gain_lr: the inner learning rate of Wormhole MAML's gains (`models.Gains`); 0 means lr.
+            A gain's gradient <W_k, dL/d(s_k W_k)> sums over its whole tensor, so at the weights'
+            rate one step can rescale a layer many times over.
     """
     steps: int = 1
     lr: float = 0.01
     first_order: bool = False
     test_steps: int = 0
+    gain_lr: float = 0.0
 
     @property
     def eval_steps(self) -> int:
@@ -63,6 +68,14 @@ def displacement(adapted: Sequence[tf.Tensor], trajectory: Trajectory) -> list:
     return tree.sub(adapted, trajectory.initial)
 
 
+def learning_rates(model: MetaModel, config: AdaptConfig) -> list:
+    """The inner learning rate of each entry of `model.trainable_variables`."""
+    rates = [config.lr] * len(model.trainable_variables)
+    if model.gains is not None and config.gain_lr:
+        rates[model.num_gated:] = [config.gain_lr] * (len(rates) - model.num_gated)
+    return rates
+
+
 def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config: AdaptConfig,
           steps: Optional[int] = None,
           observe: Optional[Callable[[list], Any]] = None) -> tuple:
@@ -83,6 +96,7 @@ def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config:
     steps = config.steps if steps is None else steps
     x, y = support
     theta = list(params)
+    rates = learning_rates(model, config)
     losses, observations = [], []
     for _ in range(steps):
         if observe is not None:
@@ -93,7 +107,7 @@ def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config:
         grads = tape.gradient(loss, theta)
         if config.first_order:
             grads = tree.stop_gradient(grads)
-        theta = tree.axpy(-config.lr, grads, theta)
+        theta = [p - rate * g for p, rate, g in zip(theta, rates, grads)]
         losses.append(loss)
     if observe is not None:
         observations.append(observe(theta))

@@ -76,27 +76,28 @@ class Gains(keras.layers.Layer):
     The network computes with s_k * W_k. The gains start at 1, are meta-learned, and the inner loop
     adapts them together with the weights, so one inner step can rescale a whole tensor: "an extra
     multiplicative parameter introduced in the inner-loop adaptation" (the Wormhole MAML abstract),
-    read here as a per-tensor gain.
+    read here as a per-tensor gain. The gains are one variable `scales` [count]: a single tracked
+    attribute, so checkpoints hold it without an optimizer.
     """
 
     def __init__(self, count: int, **kwargs):
         super().__init__(**kwargs)
-        self.scales = [self.add_weight(shape=(), initializer="ones", name=f"gain_{k}")
-                       for k in range(count)]
+        self.scales = self.add_weight(shape=(count,), initializer="ones", name="scales")
         self.built = True
 
 
 def effective(model: MetaModel, params: Sequence[tf.Tensor]) -> list:
     """The weights the network computes with: s_k * W_k for a model with gains, else `params`.
 
-    The gains' own entries are kept at the end, so the list still matches
+    The gains' vector [num_gated] is kept at the end, so the list still matches
     `model.trainable_variables` (stateless_call needs every variable's value).
     """
     params = list(params)
     if model.gains is None:
         return params
     k = model.num_gated
-    return [g * w for w, g in zip(params[:k], params[k:])] + params[k:]
+    scales = params[k]
+    return [scales[i] * w for i, w in enumerate(params[:k])] + params[k:]
 
 
 def apply(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:

@@ -335,22 +335,26 @@ def _epoch_line(record: dict, total: int) -> str:
 
 
 def evaluate_run(run_dir: Path, steps: int, tasks_count: int, report_steps, split: str = "test",
-                 checkpoint: Optional[str] = None) -> dict:
-    """Evaluates a run's checkpoint on `tasks_count` tasks of `split`, adapting `steps` steps.
+                 checkpoint: Optional[str] = None, inner_lr: Optional[float] = None) -> dict:
+    """Evaluates a run's checkpoint on `tasks_count` tasks of `split`, adapting `steps` steps
+    at the run's adapt.lr, or at `inner_lr` when given.
 
     Returns:
-        {"checkpoint": path, "steps": {t: {metric: {"mean", "ci95"}}}} for t in report_steps.
+        {"checkpoint", "split", "tasks", "inner_lr",
+         "steps": {t: {metric: {"mean", "ci95", "diverged"}}}} for t in report_steps.
     """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory: {config_path} is missing")
     config = config_lib.load(str(config_path))
+    if inner_lr is not None:
+        config.adapt.lr = inner_lr
     configure_threads(config)
     run = Run(config, run_dir)
     path = run.restore(checkpoint)
     per_task = run.evaluator(steps, tasks_count, split)()
     results = evaluation.summarize(per_task, report_steps)
-    return {"checkpoint": path, "split": split, "tasks": tasks_count,
+    return {"checkpoint": path, "split": split, "tasks": tasks_count, "inner_lr": config.adapt.lr,
             "steps": {t: {k: {"mean": v[t].mean, "ci95": v[t].ci95, "diverged": v[t].diverged}
                           for k, v in results.items()} for t in report_steps}}
