@@ -83,10 +83,12 @@ def test_wormhole_gains_step_at_their_own_rate():
         tape.watch(params)
         loss = losses.task_loss(model, params, *episode.support)
     grads = tape.gradient(loss, params)
-    adapted, _ = adapt(model, params, episode.support, AdaptConfig(steps=1, lr=0.01, gain_lr=1e-4))
+    adapted, _ = adapt(model, params, episode.support,
+                       AdaptConfig(steps=1, lr=0.01, gain_lr_scale=0.01))
     for k, (a, p, g) in enumerate(zip(adapted, params, grads)):
         rate = 1e-4 if k >= model.num_gated else 0.01
         np.testing.assert_allclose(a.numpy(), (p - rate * g).numpy(), rtol=1e-12, atol=1e-15)
-    same, _ = adapt(model, params, episode.support, AdaptConfig(steps=1, lr=0.01))
+    same, _ = adapt(model, params, episode.support,
+                    AdaptConfig(steps=1, lr=0.01, gain_lr_scale=1))
     np.testing.assert_allclose(same[-1].numpy(), (params[-1] - 0.01 * grads[-1]).numpy(),
                                rtol=1e-12)

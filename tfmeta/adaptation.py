@@ -4,7 +4,7 @@
 
     theta_0 = theta,   theta_{t+1} = theta_t - alpha * grad L(D_support; theta_t),
 
-with alpha = `lr` (Wormhole MAML's gains may take their own rate, `gain_lr`),
+with alpha = `lr` (Wormhole MAML's gains step at `gain_lr_scale` times it),
 and returns theta_T (written theta~ in the landscape paper). Called under an outer
 `tf.GradientTape`, the result differentiates to second order through every inner step, so
 d theta_T / d theta includes the Hessian terms (MAML). With `first_order=True` the inner gradients
@@ -34,15 +34,15 @@ class AdaptConfig:
         lr: alpha, the inner learning rate.
         first_order: drop the second-order terms (first-order MAML).
         test_steps: T used when evaluating on meta-test tasks; 0 means "same as steps".
-        gain_lr: the inner learning rate of Wormhole MAML's gains (`models.Gains`); 0 means lr.
-            A gain's gradient <W_k, dL/d(s_k W_k)> sums over its whole tensor, so at the weights'
-            rate one step can rescale a layer many times over.
+        gain_lr_scale: the inner learning rate of Wormhole MAML's gains (`models.Gains`), as a
+            multiple of lr. A gain's gradient <W_k, dL/d(s_k W_k)> sums over its whole tensor, so
+            at the weights' own rate one step can rescale a layer many times over.
     """
     steps: int = 1
     lr: float = 0.01
     first_order: bool = False
     test_steps: int = 0
-    gain_lr: float = 0.0
+    gain_lr_scale: float = 0.1
 
     @property
     def eval_steps(self) -> int:
@@ -71,8 +71,9 @@ def displacement(adapted: Sequence[tf.Tensor], trajectory: Trajectory) -> list:
 def learning_rates(model: MetaModel, config: AdaptConfig) -> list:
     """The inner learning rate of each entry of `model.trainable_variables`."""
     rates = [config.lr] * len(model.trainable_variables)
-    if model.gains is not None and config.gain_lr:
-        rates[model.num_gated:] = [config.gain_lr] * (len(rates) - model.num_gated)
+    if model.gains is not None:
+        gain_lr = config.lr * config.gain_lr_scale
+        rates[model.num_gated:] = [gain_lr] * (len(rates) - model.num_gated)
     return rates
 
 

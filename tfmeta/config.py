@@ -228,8 +228,8 @@ def validate(config: Config, where: str) -> Config:
         value = getattr(getattr(config, section), field)
         need(value >= 0, key, "a non-negative integer", value)
     need(config.adapt.lr > 0, "adapt.lr", "positive", config.adapt.lr)
-    need(config.adapt.gain_lr >= 0, "adapt.gain_lr", "non-negative (0: same as adapt.lr)",
-         config.adapt.gain_lr)
+    need(config.adapt.gain_lr_scale >= 0, "adapt.gain_lr_scale", "non-negative",
+         config.adapt.gain_lr_scale)
     need(config.train.meta_lr > 0, "train.meta_lr", "positive", config.train.meta_lr)
     land = config.landscape
     for key in ("every", "flatness_tasks", "coherence_tasks", "representation_inputs",
