@@ -129,6 +129,63 @@ def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(), metavar="MODELS/NAME",
+              help="model directory; the export goes to MODELS/NAME/<version>")
+@click.option("--version", type=int, help="version number (default: the next free one)")
+@click.option("--steps", type=int,
+              help="adaptation steps per request (default: the run's test steps)")
+@click.option("--checkpoint", help="checkpoint path (default: the run's latest)")
+@user_errors
+def export(run_dir, out_dir, version, steps, checkpoint):
+    """Export RUN_DIR as a SavedModel that adapts to each request's support set, in TensorFlow
+    Serving's layout (signatures adapt_predict, the default, and predict)."""
+    from tfmeta import export as export_lib
+
+    path = export_lib.export_run(Path(run_dir), Path(out_dir), version, steps, checkpoint)
+    meta = export_lib.read_metadata(path)
+    click.echo(f"exported {run_dir} to {path}: {meta['task']}, ways {meta['ways']}, example "
+               f"shape {meta['example_shape']}, {meta['steps']} steps at lr {meta['lr']}")
+
+
+@cli.command()
+@click.option("--model-base-path", required=True, type=click.Path(), metavar="MODELS/NAME",
+              help="directory of integer version subdirectories; the newest is served")
+@click.option("--model-name", help="the NAME in /v1/models/NAME (default: the directory's name)")
+@click.option("--port", type=int, default=8501, show_default=True, help="REST port")
+@click.option("--grpc-port", type=int, default=8500, show_default=True, help="gRPC port")
+@click.option("--max-body-mb", type=float, default=16, show_default=True,
+              help="largest request body (embedded server)")
+@click.option("--poll-seconds", type=float, default=2, show_default=True,
+              help="how often to look for a new version (embedded server)")
+@click.option("--embedded", is_flag=True,
+              help="use the embedded server even when tensorflow_model_server is on PATH")
+@user_errors
+def serve(model_base_path, model_name, port, grpc_port, max_body_mb, poll_seconds, embedded):
+    """Serve an export over TensorFlow Serving's REST and gRPC APIs: tensorflow_model_server
+    when it is on PATH, else the embedded server with the same contract."""
+    from tfmeta.errors import ConfigError
+    from tfmeta_serving import server
+
+    base = Path(model_base_path)
+    if not base.is_dir():
+        raise ConfigError(f"--model-base-path {base} is not a directory; create it with "
+                          f"`tfmeta export RUN_DIR --out {base}`")
+    if max_body_mb <= 0 or poll_seconds <= 0:
+        raise click.BadParameter("--max-body-mb and --poll-seconds must be positive")
+    name = model_name or base.resolve().name
+    command = None if embedded else server.binary_command(base, name, port, grpc_port)
+    if command:
+        click.echo(f"running {' '.join(command)}")
+        server.exec_binary(command)
+    try:
+        server.serve(base, name, port, grpc_port, int(max_body_mb * (1 << 20)), poll_seconds,
+                     log=click.echo)
+    except OSError as error:
+        raise ConfigError(f"cannot serve: {error}") from None
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="override a config field for the analysis, e.g. --set landscape.trace_probes=10")
 @click.option("--no-progress", is_flag=True, help="no progress bars")

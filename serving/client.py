@@ -1,0 +1,181 @@
+"""A small client for TensorFlow Serving's REST and gRPC APIs (the real server or the embedded one).
+
+    client = RestClient("http://localhost:8501", "omniglot")      # or GrpcClient("localhost:8500", ...)
+    out = client.predict(support_x=sx, support_y=sy, query_x=qx)   # {"probabilities": ..., ...}
+
+From a shell, with a request file {"inputs": {...}} or {"instances": [...]}:
+
+    python -m tfmeta_serving.client rest --model sine request.json
+    python -m tfmeta_serving.client grpc --model sine request.json
+"""
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Optional
+
+import numpy as np
+
+
+class ServingClientError(Exception):
+    """The server refused a request: its status (HTTP, or the gRPC code's name) and message."""
+
+    def __init__(self, status, message: str):
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class RestClient:
+    """REST: POST /v1/models/NAME[/versions/V]:predict, GET status and metadata."""
+
+    def __init__(self, url: str = "http://localhost:8501", model: str = "default",
+                 version: Optional[int] = None, timeout: float = 60):
+        path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "")
+        self.base = url.rstrip("/") + path
+        self.timeout = timeout
+
+    def _call(self, url: str, body: Optional[bytes] = None) -> dict:
+        request = urllib.request.Request(url, data=body, method="POST" if body else "GET",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            text = error.read().decode(errors="replace")
+            try:
+                message = json.loads(text)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = text
+            raise ServingClientError(error.code, message) from None
+
+    def request(self, payload: dict) -> dict:
+        """POSTs a raw predict body; returns the decoded JSON answer."""
+        return self._call(self.base + ":predict", json.dumps(payload).encode())
+
+    def predict(self, signature: Optional[str] = None, **inputs) -> dict:
+        """Columnar predict; returns {output name: np.ndarray}."""
+        payload = {"inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()}}
+        if signature:
+            payload["signature_name"] = signature
+        outputs = self.request(payload)["outputs"]
+        if not isinstance(outputs, dict):
+            return {"output": np.asarray(outputs)}
+        return {k: np.asarray(v) for k, v in outputs.items()}
+
+    def status(self) -> dict:
+        return self._call(self.base)
+
+    def metadata(self) -> dict:
+        return self._call(self.base + "/metadata")
+
+
+class GrpcClient:
+    """gRPC: PredictionService.Predict and GetModelMetadata via tensorflow-serving-api's stubs."""
+
+    def __init__(self, target: str = "localhost:8500", model: str = "default",
+                 version: Optional[int] = None, timeout: float = 60,
+                 max_message_bytes: int = 64 << 20):
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self.model, self.version, self.timeout = model, version, timeout
+        self._dtypes = {}
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes)])
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+
+    def _spec(self, request, signature: Optional[str] = None):
+        request.model_spec.name = self.model
+        if self.version:
+            request.model_spec.version.value = self.version
+        if signature:
+            request.model_spec.signature_name = signature
+
+    def predict(self, signature: Optional[str] = None, **inputs) -> dict:
+        """Returns {output name: np.ndarray}; raises ServingClientError on a refused request.
+
+        Each input is sent in the dtype the served signature declares (read once from the
+        model's metadata), so plain Python lists work."""
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        self._spec(request, signature)
+        dtypes = self._input_dtypes(signature or "serving_default")
+        for key, value in inputs.items():
+            array = np.asarray(value, dtype=dtypes.get(key))
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(array))
+        try:
+            response = self.stub.Predict(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise ServingClientError(error.code().name, error.details()) from None
+        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+    def _input_dtypes(self, signature: str) -> dict:
+        import tensorflow as tf
+        if signature not in self._dtypes:
+            signatures = self.metadata().signature_def
+            if signature not in signatures:  # let the server word the error
+                return {}
+            self._dtypes[signature] = {
+                k: tf.dtypes.as_dtype(v.dtype).as_numpy_dtype
+                for k, v in signatures[signature].inputs.items()}
+        return self._dtypes[signature]
+
+    def metadata(self):
+        """The SignatureDefMap proto of the served version."""
+        import grpc
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        self._spec(request)
+        request.metadata_field.append("signature_def")
+        try:
+            response = self.stub.GetModelMetadata(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise ServingClientError(error.code().name, error.details()) from None
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        return signatures
+
+    def close(self):
+        self.channel.close()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tfmeta_serving.client",
+                                     description="Send a predict request file over REST or gRPC.")
+    parser.add_argument("protocol", choices=["rest", "grpc"])
+    parser.add_argument("request", help='JSON file: {"inputs": {...}} (gRPC: inputs only)')
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--version", type=int)
+    parser.add_argument("--signature")
+    parser.add_argument("--url", default="http://localhost:8501", help="REST base URL")
+    parser.add_argument("--target", default="localhost:8500", help="gRPC host:port")
+    args = parser.parse_args(argv)
+    payload = json.loads(open(args.request).read())
+    signature = args.signature or payload.get("signature_name")
+    try:
+        if args.protocol == "rest":
+            client = RestClient(args.url, args.model, args.version)
+            payload = {**payload, **({"signature_name": signature} if signature else {})}
+            print(json.dumps(client.request(payload)))
+        else:
+            if "inputs" not in payload or not isinstance(payload["inputs"], dict):
+                parser.error("gRPC requests need {\"inputs\": {name: value, ...}}")
+            client = GrpcClient(args.target, args.model, args.version)
+            outputs = client.predict(signature, **payload["inputs"])
+            print(json.dumps({"outputs": {k: v.tolist() for k, v in outputs.items()}}))
+    except ServingClientError as error:
+        print(f"error {error.status}: {error.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""The model a server holds: the newest version under a base path, swapped in as versions appear.
+
+TensorFlow Serving's layout is BASE/<integer version>/saved_model.pb. The repository loads the
+largest version that has a saved_model.pb, serves it, and polls BASE for a newer one; a request in
+flight keeps the version it started with. Inputs are checked against the signature's specs
+(names, dtype, shape) before the call, and errors carry an HTTP status: 400 for a bad request
+(including the model's own InvalidArgumentError checks), 404 for an unknown model or version,
+500 for anything else.
+"""
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+DEFAULT_SIGNATURE = "serving_default"
+
+
+class ServingError(Exception):
+    """A failed request: an HTTP status and a message for the client."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Version:
+    """One loaded version of a model.
+
+    Attributes:
+        number: the version directory's integer name.
+        path: the version directory.
+        signature_defs: the SignatureDef protos by signature name, as saved_model.pb has them.
+        inputs: per signature, the input TensorSpecs by input name.
+    """
+    number: int
+    path: Path
+    module: object
+    signature_defs: dict
+    inputs: dict = field(default_factory=dict)
+
+
+def load_version(path: Path) -> Version:
+    """Loads BASE/<version> and reads its signatures."""
+    module = tf.saved_model.load(str(path))
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((path / "saved_model.pb").read_bytes())
+    defs = dict(saved.meta_graphs[0].signature_def)
+    inputs = {name: dict(fn.structured_input_signature[1])
+              for name, fn in module.signatures.items()}
+    return Version(int(path.name), path, module, defs, inputs)
+
+
+def versions_in(base: Path) -> list:
+    """Integer version directories under `base` that hold a saved_model.pb, oldest first."""
+    found = [p for p in base.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    return sorted(found, key=lambda p: int(p.name))
+
+
+class Repository:
+    """Serves the newest version of the model under `base_path` as `name`."""
+
+    def __init__(self, name: str, base_path: Path, log: Callable[[str], None] = print):
+        self.name = name
+        self.base_path = Path(base_path)
+        self.log = log
+        self._current: Optional[Version] = None
+        self._lock = threading.Lock()
+        self._failed: set = set()
+
+    @property
+    def current(self) -> Optional[Version]:
+        return self._current
+
+    def refresh(self) -> bool:
+        """Loads a version newer than the one served, if any; returns whether it swapped."""
+        candidates = [p for p in versions_in(self.base_path)
+                      if p not in self._failed
+                      and (self._current is None or int(p.name) > self._current.number)]
+        if not candidates:
+            return False
+        path = candidates[-1]
+        try:
+            version = load_version(path)
+        except Exception as error:  # a corrupt export must not take the server down
+            self._failed.add(path)
+            self.log(f"could not load {path}: {error}")
+            return False
+        with self._lock:
+            self._current = version
+        self.log(f"serving {self.name} version {version.number} from {path}")
+        return True
+
+    def watch(self, seconds: float) -> threading.Thread:
+        """Polls for new versions every `seconds` in a daemon thread."""
+        def loop():
+            while True:
+                time.sleep(seconds)
+                self.refresh()
+        thread = threading.Thread(target=loop, name="version-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def get(self, name: str, version: Optional[int] = None) -> Version:
+        """The served version, if `name` and `version` (None: any) name it; else 404."""
+        if name != self.name:
+            raise ServingError(404, f"model '{name}' is not served here; this server serves "
+                                    f"'{self.name}'")
+        current = self._current
+        if current is None:
+            raise ServingError(404, f"model '{name}' has no loadable version under "
+                                    f"{self.base_path} yet")
+        if version is not None and version != current.number:
+            raise ServingError(404, f"model '{name}' version {version} is not served; the "
+                                    f"served version is {current.number}")
+        return current
+
+    def predict(self, name: str, version: Optional[int], signature: Optional[str],
+                inputs) -> tuple:
+        """Runs a signature on `inputs` (a dict by input name, or one value for a single-input
+        signature); returns (Version, {output name: np.ndarray})."""
+        served = self.get(name, version)
+        signature = signature or DEFAULT_SIGNATURE
+        if signature not in served.inputs:
+            raise ServingError(400, f"unknown signature '{signature}'; model '{name}' has: "
+                                    f"{', '.join(sorted(served.inputs))}")
+        specs = served.inputs[signature]
+        if not isinstance(inputs, dict):
+            if len(specs) != 1:
+                raise ServingError(400, f"signature '{signature}' takes named inputs "
+                                        f"{', '.join(specs)}; send an object of them")
+            inputs = {next(iter(specs)): inputs}
+        missing = [k for k in specs if k not in inputs]
+        if missing:
+            raise ServingError(400, f"missing input '{missing[0]}'; signature '{signature}' "
+                                    f"takes {', '.join(specs)}")
+        extra = [k for k in inputs if k not in specs]
+        if extra:
+            raise ServingError(400, f"unknown input '{extra[0]}'; signature '{signature}' "
+                                    f"takes {', '.join(specs)}")
+        tensors = {k: to_tensor(k, inputs[k], spec) for k, spec in specs.items()}
+        try:
+            outputs = served.module.signatures[signature](**tensors)
+        except tf.errors.InvalidArgumentError as error:
+            raise ServingError(400, first_line(error.message)) from None
+        except Exception as error:
+            raise ServingError(500, f"{type(error).__name__}: {first_line(str(error))}") from None
+        return served, {k: v.numpy() for k, v in outputs.items()}
+
+
+def to_tensor(name: str, value, spec: tf.TensorSpec) -> tf.Tensor:
+    """`value` as a tensor of `spec`'s dtype and shape, or a 400 that says what is wrong."""
+    if isinstance(value, (np.ndarray, tf.Tensor)):
+        array = np.asarray(value)
+    else:
+        try:
+            array = np.array(value, dtype=np.float64 if spec.dtype.is_floating else None)
+        except (ValueError, TypeError):
+            raise ServingError(400, f"input '{name}' is not a rectangular array of "
+                                    "numbers") from None
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number)
+                                     or array.dtype == bool):
+        raise ServingError(400, f"input '{name}' is not a rectangular array of numbers")
+    if spec.dtype.is_integer and not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise ServingError(400, f"input '{name}' must hold integers ({spec.dtype.name})")
+    if not spec.shape.is_compatible_with(array.shape):
+        expected = [("?" if d is None else d) for d in spec.shape.as_list()]
+        raise ServingError(400, f"input '{name}' has shape {list(array.shape)}; expected "
+                                f"[{', '.join(map(str, expected))}]")
+    return tf.constant(array.astype(spec.dtype.as_numpy_dtype))
+
+
+def first_line(message: str) -> str:
+    """An error message without TensorFlow's node and graph trace lines."""
+    return message.split("\n\t [[")[0].split("\n\n")[0].strip()
+
+
+def signature_def_map(version: Version):
+    """The version's signatures as the SignatureDefMap proto that TF Serving's metadata returns."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+    proto = get_model_metadata_pb2.SignatureDefMap()
+    for key, value in version.signature_defs.items():
+        proto.signature_def[key].CopyFrom(value)
+    return proto

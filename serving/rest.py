@@ -1,0 +1,133 @@
+"""TensorFlow Serving's REST API on aiohttp.
+
+    POST /v1/models/NAME[/versions/V]:predict   {"instances": [...]} or {"inputs": ...},
+                                                optional "signature_name"
+    GET  /v1/models/NAME[/versions/V]           model status
+    GET  /v1/models/NAME[/versions/V]/metadata  signatures
+
+Row format ("instances") stacks each named input across the instances, so every input needs the
+same number of rows, and answers {"predictions": [...]} row by row. Columnar format ("inputs")
+passes each input whole and answers {"outputs": ...}. Errors are {"error": "..."} with a 4xx or 5xx
+status. Signature calls run in a thread pool, so the event loop keeps accepting requests.
+"""
+
+import asyncio
+import json
+import re
+
+from aiohttp import web
+from google.protobuf import json_format
+
+from tfmeta_serving.repository import Repository, ServingError, signature_def_map
+
+ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
+                   r"(?P<action>:predict|/metadata)?$")
+
+
+def app(repository: Repository, max_body_bytes: int = 16 << 20) -> web.Application:
+    """The REST application serving `repository`; bodies over `max_body_bytes` get a 400."""
+    application = web.Application(client_max_size=max_body_bytes,
+                                  middlewares=[_errors_as_json])
+    application["repository"] = repository
+    application["max_body_bytes"] = max_body_bytes
+    application.router.add_route("*", "/{tail:.*}", _dispatch)
+    return application
+
+
+@web.middleware
+async def _errors_as_json(request, handler):
+    try:
+        return await handler(request)
+    except ServingError as error:
+        return web.json_response({"error": error.message}, status=error.status)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app["max_body_bytes"]
+        return web.json_response({"error": f"request body is over the limit of {limit} bytes "
+                                           "(tfmeta serve --max-body-mb)"}, status=400)
+
+
+async def _dispatch(request: web.Request) -> web.Response:
+    match = ROUTE.match(request.path)
+    if not match:
+        raise ServingError(404, f"no such endpoint: {request.method} {request.path}; try "
+                                "/v1/models/NAME, /v1/models/NAME/metadata or "
+                                "POST /v1/models/NAME:predict")
+    name, version, action = match["name"], match["version"], match["action"]
+    if version is not None:
+        if not version.isdigit():
+            raise ServingError(404, f"version '{version}' is not an integer version")
+        version = int(version)
+    method = "POST" if action == ":predict" else "GET"
+    if request.method != method:
+        raise ServingError(405, f"{request.path} takes {method}, not {request.method}")
+    repository = request.app["repository"]
+    if action == ":predict":
+        return await _predict(request, repository, name, version)
+    served = repository.get(name, version)
+    if action == "/metadata":
+        return web.json_response({
+            "model_spec": {"name": name, "signature_name": "", "version": str(served.number)},
+            "metadata": {"signature_def": json_format.MessageToDict(
+                signature_def_map(served), preserving_proto_field_name=True)}})
+    return web.json_response({"model_version_status": [{
+        "version": str(served.number), "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""}}]})
+
+
+async def _predict(request: web.Request, repository: Repository, name: str, version):
+    limit = request.app["max_body_bytes"]
+    if request.content_length is not None and request.content_length > limit:
+        raise ServingError(400, f"request body is {request.content_length} bytes, over the "
+                                f"limit of {limit} bytes (tfmeta serve --max-body-mb)")
+    body = await request.read()
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ServingError(400, f"malformed JSON: {error}") from None
+    if not isinstance(payload, dict):
+        raise ServingError(400, "the body must be a JSON object with \"instances\" or \"inputs\"")
+    if ("instances" in payload) == ("inputs" in payload):
+        raise ServingError(400, "send exactly one of \"instances\" (row format) and \"inputs\" "
+                                "(columnar format)" + (", not both" if "inputs" in payload else ""))
+    signature = payload.get("signature_name")
+    if signature is not None and not isinstance(signature, str):
+        raise ServingError(400, "\"signature_name\" must be a string")
+    rows = "instances" in payload
+    inputs = stack_instances(payload["instances"]) if rows else payload["inputs"]
+    loop = asyncio.get_running_loop()
+    _, outputs = await loop.run_in_executor(None, repository.predict, name, version, signature,
+                                            inputs)
+    if rows:
+        return web.json_response({"predictions": unstack(outputs)})
+    if len(outputs) == 1:
+        return web.json_response({"outputs": next(iter(outputs.values())).tolist()})
+    return web.json_response({"outputs": {k: v.tolist() for k, v in outputs.items()}})
+
+
+def stack_instances(instances) -> object:
+    """Row format to columns: a list of {input: row} (or of bare rows, for a single input)."""
+    if not isinstance(instances, list) or not instances:
+        raise ServingError(400, "\"instances\" must be a non-empty list")
+    if not all(isinstance(row, dict) for row in instances):
+        if any(isinstance(row, dict) for row in instances):
+            raise ServingError(400, "\"instances\" mixes objects and bare values")
+        return instances
+    keys = set(instances[0])
+    for i, row in enumerate(instances):
+        if set(row) != keys:
+            raise ServingError(400, f"instance {i} has inputs {sorted(row)}, instance 0 has "
+                                    f"{sorted(keys)}; in row format every instance carries every "
+                                    "input (use \"inputs\" when inputs differ in length)")
+    return {k: [row[k] for row in instances] for k in instances[0]}
+
+
+def unstack(outputs: dict) -> list:
+    """Columns to row format: row i holds every output's row i (a bare value for one output)."""
+    rows = {len(v) for v in outputs.values()}
+    if len(rows) != 1:
+        raise ServingError(400, "the outputs differ in length, so they cannot be returned as "
+                                "rows; send \"inputs\" (columnar format) instead")
+    if len(outputs) == 1:
+        return next(iter(outputs.values())).tolist()
+    columns = {k: v.tolist() for k, v in outputs.items()}
+    return [{k: column[i] for k, column in columns.items()} for i in range(rows.pop())]

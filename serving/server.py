@@ -1,0 +1,50 @@
+"""`tfmeta serve`: TensorFlow Serving when its binary is on PATH, else the embedded server.
+
+The embedded server holds one model (the newest version under --model-base-path, picked up
+without a restart when a new version directory appears) and answers REST on aiohttp and gRPC on
+grpcio, with TF Serving's paths, messages and status codes.
+"""
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Optional
+
+BINARY = "tensorflow_model_server"
+
+
+def binary_command(base_path: Path, name: str, port: int, grpc_port: int) -> Optional[list]:
+    """The tensorflow_model_server command line, or None when the binary is not on PATH."""
+    binary = shutil.which(BINARY)
+    if binary is None:
+        return None
+    return [binary, f"--port={grpc_port}", f"--rest_api_port={port}", f"--model_name={name}",
+            f"--model_base_path={Path(base_path).resolve()}"]
+
+
+def serve(base_path: Path, name: str, port: int = 8501, grpc_port: int = 8500,
+          max_body_bytes: int = 16 << 20, poll_seconds: float = 2.0, host: str = "0.0.0.0",
+          log: Callable[[str], None] = print) -> None:
+    """Runs the embedded server until interrupted (SIGINT or SIGTERM)."""
+    from aiohttp import web
+
+    from tfmeta_serving import grpc_service, rest
+    from tfmeta_serving.repository import Repository
+
+    repository = Repository(name, Path(base_path), log=log)
+    if not repository.refresh():
+        log(f"no version under {base_path} yet; waiting for one (every {poll_seconds:g} s)")
+    repository.watch(poll_seconds)
+    grpc_server = grpc_service.server(repository, grpc_port, max_body_bytes)
+    grpc_server.start()
+    log(f"REST on http://{host}:{port}/v1/models/{name}, gRPC on {host}:{grpc_port}")
+    try:
+        # run_app turns SIGINT and SIGTERM into a clean shutdown.
+        web.run_app(rest.app(repository, max_body_bytes), host=host, port=port, print=None)
+    finally:
+        grpc_server.stop(grace=1)
+
+
+def exec_binary(command: list) -> None:
+    """Replaces this process with tensorflow_model_server."""
+    os.execv(command[0], command)
