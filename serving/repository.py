@@ -165,6 +165,8 @@ def to_tensor(name: str, value, spec: tf.TensorSpec) -> tf.Tensor:
         except (ValueError, TypeError):
             raise ServingError(400, f"input '{name}' is not a rectangular array of "
                                     "numbers") from None
+    if array.shape == (0,) and spec.shape.rank and spec.shape[1:].is_fully_defined():
+        array = array.reshape((0, *spec.shape[1:]))  # [] is an empty set of any example shape
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number)
                                      or array.dtype == bool):
         raise ServingError(400, f"input '{name}' is not a rectangular array of numbers")
@@ -179,8 +181,10 @@ def to_tensor(name: str, value, spec: tf.TensorSpec) -> tf.Tensor:
 
 
 def first_line(message: str) -> str:
-    """An error message without TensorFlow's node and graph trace lines."""
-    return message.split("\n\t [[")[0].split("\n\n")[0].strip()
+    """The line of a TensorFlow error that says what failed, without the node and trace lines
+    ("Graph execution error:", "Detected at node ...") around it."""
+    lines = [line.strip() for line in message.split("\n\t [[")[0].splitlines() if line.strip()]
+    return lines[-1] if lines else message.strip()
 
 
 def signature_def_map(version: Version):

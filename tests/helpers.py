@@ -51,3 +51,12 @@ def random_direction(params, seed: int) -> list:
 
 def dot(a, b) -> float:
     return float(sum(tf.reduce_sum(x * y) for x, y in zip(a, b)))
+
+
+def train_tiny(run_dir, preset: str, *overrides):
+    """A one-epoch, ten-iteration run of `preset` in `run_dir`, without landscape metrics."""
+    from tfmeta import config as config_lib, training
+    config = config_lib.load(preset, [f"run_dir={run_dir}", "train.epochs=1",
+                                      "train.iterations=10", "train.eval_tasks=10",
+                                      "landscape.every=0", *overrides])
+    return training.train(config, progress=False, log=lambda _: None)

@@ -10,19 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import train_tiny
 from tfmeta import config as config_lib, export, training
 from tfmeta.adaptation import adapt
 from tfmeta.errors import ConfigError
 from tfmeta.models import apply
 
-QUIET = lambda _: None  # noqa: E731
-
-
-def train_tiny(run_dir: Path, preset: str, *overrides) -> Path:
-    config = config_lib.load(preset, [f"run_dir={run_dir}", "train.epochs=1",
-                                      "train.iterations=10", "train.eval_tasks=10",
-                                      "landscape.every=0", *overrides])
-    return training.train(config, progress=False, log=QUIET)
 
 
 @pytest.fixture(scope="module")
