@@ -320,3 +320,19 @@ def test_deployment_files_parse():
     service = compose["services"]["tensorflow-serving"]
     assert service["image"].startswith("tensorflow/serving:2.21")
     assert "--model_config_file=/config/models.config" in service["command"]
+
+
+def test_accuracy_through_rest_matches_evaluate_on_the_same_episodes(server, omniglot_models):
+    meta = export.read_metadata(omniglot_models / "1")
+    run_dir = Path(meta["run_dir"])
+    run = training.Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
+    run.restore()
+    steps, tasks = meta["steps"], 12
+    reference = run.evaluator(steps, tasks)()["accuracy"][:, steps]
+    client = RestClient(server.url, "omniglot")
+    served = []
+    for episode in run.source.episodes("test", run.config.train.seed, 1, count=tasks).unbatch():
+        out = client.predict(support_x=episode.support_x.numpy(),
+                             support_y=episode.support_y.numpy(), query_x=episode.query_x.numpy())
+        served.append(np.mean(out["probabilities"].argmax(-1) == episode.query_y.numpy()))
+    np.testing.assert_allclose(served, reference, atol=1e-6)
