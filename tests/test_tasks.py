@@ -184,8 +184,61 @@ def test_check_pool_too_few_classes():
 
 
 def test_check_pool_too_few_examples():
-    with pytest.raises(DataError, match=r"20 examples.*10 \+ 15 = 25"):
+    with pytest.raises(DataError, match=r"30 of 30 classes.*10 \+ 15 = 25: 0 \(20\)"):
         classification.check_pool(coded_pool(30, 20), ways=5, shots=10, queries=15, what="pool")
+
+
+def test_check_pool_names_the_small_classes():
+    pool = classification.Pool(np.zeros((17, 2, 2, 1), np.uint8), np.array([5, 3, 6, 3]),
+                               ["n01", "n02", "n03", "n04"])
+    with pytest.raises(DataError, match=r"2 of 4 classes.*= 4: n02 \(3\), n04 \(3\)\."):
+        classification.check_pool(pool, ways=2, shots=1, queries=3, what="val split")
+
+
+def ragged_pool(counts) -> classification.Pool:
+    """A flat pool whose pixel (0, 0) holds the class and pixel (0, 1) the example."""
+    images = np.zeros((sum(counts), 3, 3, 1), np.uint8)
+    images[:, 0, 0, 0] = np.repeat(np.arange(len(counts)), counts)
+    images[:, 0, 1, 0] = np.concatenate([np.arange(c) for c in counts])
+    return classification.Pool(images, np.asarray(counts))
+
+
+def test_classes_of_different_sizes_draw_only_their_own_examples():
+    counts = [4, 9, 5, 12, 6, 4]
+    support_x, _, query_x, _ = classification_episodes(ragged_pool(counts), 3, 1, 3, 200)
+    classes, examples = decode(np.concatenate([support_x, query_x], axis=1).reshape(-1, 3, 3, 1))
+    for c, count in enumerate(counts):
+        assert set(examples[classes == c]) == set(range(count))
+
+
+def test_a_memory_mapped_pool_gives_the_same_episodes(tmp_path):
+    pool = ragged_pool([4, 9, 5, 12, 6, 4])
+    mapped = np.lib.format.open_memmap(tmp_path / "pool.npy", "w+", np.uint8, pool.images.shape)
+    mapped[:] = pool.images
+    mapped.flush()
+    reread = np.load(tmp_path / "pool.npy", mmap_mode="r")
+    assert isinstance(reread, np.memmap)
+    a = classification_episodes(pool, 3, 1, 3, 20)
+    b = classification_episodes(pool._replace(images=reread), 3, 1, 3, 20)
+    assert_batches_equal([a], [b])
+    draw = lambda p: take(sampler.episodes(classification.labelled_fn(p),  # noqa: E731
+                                           sampler.episode_seed(0, 2), 16, count=16), 1)
+    assert_batches_equal(draw(pool), draw(pool._replace(images=reread)))
+
+
+def test_augmentation_flips_and_shifts_deterministically():
+    pool = np.zeros((6, 4, 16, 16, 1), np.uint8)
+    pool[..., 6:10, 2:5, 0] = 255  # a bar left of centre
+    fn = classification.episode_fn(pool, 3, 1, 1, augment=True)
+    episodes = take(sampler.episodes(fn, sampler.episode_seed(0, 0), 50, count=50), 1)[0]
+    again = take(sampler.episodes(fn, sampler.episode_seed(0, 0), 50, count=50), 1)[0]
+    assert_batches_equal([episodes], [again])
+    images = np.concatenate([episodes[0], episodes[2]], axis=1).reshape(-1, 16, 16)
+    columns = [np.flatnonzero(im.max(axis=0)) for im in images]
+    assert all(len(c) == 3 for c in columns)  # shifted by at most 2 pixels: the bar stays whole
+    centres = np.array([c.mean() for c in columns])
+    assert (centres > 8).any() and (centres < 8).any()  # some flipped, some not
+    assert len(set(np.round(centres, 1))) > 4  # shifted
 
 
 # Omniglot class split (synthetic alphabets)
@@ -325,5 +378,5 @@ def test_omniglot_episodes_from_held_out_alphabets(omniglot_copy):
 def test_omniglot_too_few_examples_per_class(omniglot_copy):
     config = DataConfig(dataset="omniglot", ways=5, shots=10, queries=15,
                         omniglot=OmniglotConfig(data_dir=str(omniglot_copy)))
-    with pytest.raises(DataError, match=r"20 examples.*25"):
+    with pytest.raises(DataError, match=r"fewer examples than shots \+ queries = 10 \+ 15 = 25"):
         tasks.build(config)
