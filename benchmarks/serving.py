@@ -149,7 +149,7 @@ def main():
                                support_y=episode.support_y.numpy(),
                                query_x=episode.query_x.numpy())
             served.append(np.mean(out["probabilities"].argmax(-1) == episode.query_y.numpy()))
-        evaluated = run.evaluator(steps, args.tasks)
+        evaluated = run.evaluator(steps, args.tasks, "test")
         run.restore()
         reference = evaluated()["accuracy"][:, steps]
         served = np.asarray(served)

@@ -14,7 +14,7 @@ from tfmeta.errors import TfmetaError  # noqa: E402
 
 # Shortcut flags and the config keys they set; any other key goes through --set key=value.
 SHORTCUTS = {
-    "dataset": "data.dataset", "data_dir": "data.omniglot.data_dir", "ways": "data.ways",
+    "dataset": "data.dataset", "ways": "data.ways",
     "shots": "data.shots", "queries": "data.queries", "meta_batch": "train.meta_batch",
     "meta_lr": "train.meta_lr", "steps": "adapt.steps", "inner_lr": "adapt.lr",
     "epochs": "train.epochs", "iterations": "train.iterations", "seed": "train.seed",
@@ -23,7 +23,8 @@ SHORTCUTS = {
 }
 REPORT_STEPS = (0, 1, 5, 10)
 # The preset a bare `--dataset NAME` starts from, so that each dataset gets its paper settings.
-DATASET_PRESETS = {"sine": "sine", "omniglot": "omniglot_5w1s"}
+DATASET_PRESETS = {"sine": "sine", "omniglot": "omniglot_5w1s",
+                   "miniimagenet": "miniimagenet_5w1s"}
 
 
 def user_errors(fn):
@@ -47,12 +48,14 @@ def cli():
 @cli.command()
 @click.option("--config", "config_path", metavar="PATH|PRESET",
               help="YAML config file or preset name (see configs/). Default: the preset of "
-                   "--dataset (sine, omniglot_5w1s), or the sine defaults.")
+                   "--dataset (sine, omniglot_5w1s, miniimagenet_5w1s), or the sine defaults.")
 @click.option("--algorithm", type=click.Choice(["maml", "maml-reg", "gradient-agreement", "wormhole",
                                               "nal", "finetune"]),
               help="the meta-learning algorithm (default maml)")
-@click.option("--dataset", type=click.Choice(["sine", "omniglot"]), help="data.dataset")
-@click.option("--data-dir", type=click.Path(), help="data.omniglot.data_dir: the Omniglot zips")
+@click.option("--dataset", type=click.Choice(["sine", "omniglot", "miniimagenet"]),
+              help="data.dataset")
+@click.option("--data-dir", type=click.Path(),
+              help="data.<dataset>.data_dir: the Omniglot zips, or MiniImagenet in any layout")
 @click.option("--ways", type=int, help="data.ways (N)")
 @click.option("--shots", type=int, help="data.shots (K)")
 @click.option("--queries", type=int, help="data.queries (query examples per class)")
@@ -76,7 +79,7 @@ def cli():
               help="continue RUN_DIR from its last checkpoint, with its saved config")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @user_errors
-def train(config_path, sets, resume_dir, no_progress, first_order, **shortcuts):
+def train(config_path, sets, resume_dir, no_progress, first_order, data_dir, **shortcuts):
     """Meta-train a model; writes checkpoints, TensorBoard logs and the resolved config."""
     from tfmeta import config as config_lib, training
 
@@ -90,10 +93,14 @@ def train(config_path, sets, resume_dir, no_progress, first_order, **shortcuts):
         saved = Path(resume_dir) / "config.yaml"
         if not saved.is_file():
             raise TfmetaError(f"--resume {resume_dir}: {saved} is missing; not a run directory")
-        config = config_lib.load(str(saved), overrides + [f"run_dir={resume_dir}"])
+        source, overrides = str(saved), overrides + [f"run_dir={resume_dir}"]
     else:
-        config = config_lib.load(config_path or DATASET_PRESETS.get(shortcuts["dataset"]),
-                                 overrides)
+        source = config_path or DATASET_PRESETS.get(shortcuts["dataset"])
+    config = config_lib.load(source, overrides)
+    if data_dir:
+        # The dataset (from the flag or the preset) says which data_dir the flag sets.
+        config = config_lib.load(source, overrides + [
+            f"{config_lib.data_dir_key(config.data.dataset)}={data_dir}"])
     run_dir = training.train(config, resume=bool(resume_dir), progress=not no_progress,
                              log=click.echo)
     click.echo(f"run written to {run_dir}  (tensorboard --logdir {run_dir})")
@@ -104,7 +111,8 @@ def train(config_path, sets, resume_dir, no_progress, first_order, **shortcuts):
 @click.option("--steps", type=int, default=None,
               help="adaptation steps (default: max(10, the run's test steps))")
 @click.option("--tasks", type=int, default=600, show_default=True, help="meta-test tasks")
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
+              show_default=True, help="val exists for miniimagenet only")
 @click.option("--checkpoint", help="checkpoint path (default: the run's latest)")
 @click.option("--inner-lr", type=float, help="adaptation learning rate (default: the run's adapt.lr)")
 @user_errors

@@ -121,7 +121,7 @@ def test_wrong_value_type():
 def test_episodes_larger_than_a_class(omniglot_copy):
     result = invoke("train", "--config", "omniglot_5w1s-cpu", "--data-dir", omniglot_copy,
                     "--shots", 10, "--queries", 15, *TINY)
-    assert_user_error(result, "20 examples", "25")
+    assert_user_error(result, r"fewer examples than shots \+ queries = 10 \+ 15 = 25", r"\(20\)")
 
 
 def test_resume_of_a_non_run(tmp_path):

@@ -328,7 +328,7 @@ def test_accuracy_through_rest_matches_evaluate_on_the_same_episodes(server, omn
     run = training.Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
     run.restore()
     steps, tasks = meta["steps"], 12
-    reference = run.evaluator(steps, tasks)()["accuracy"][:, steps]
+    reference = run.evaluator(steps, tasks, "test")()["accuracy"][:, steps]
     client = RestClient(server.url, "omniglot")
     served = []
     for episode in run.source.episodes("test", run.config.train.seed, 1, count=tasks).unbatch():

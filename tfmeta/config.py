@@ -20,6 +20,7 @@ from tfmeta.errors import ConfigError
 from tfmeta.files import atomic_open
 from tfmeta.landscape import LandscapeConfig
 from tfmeta.models import ModelConfig
+from tfmeta import tasks
 from tfmeta.tasks import DataConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -198,6 +199,14 @@ def load(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Config:
     return validate(from_dict(Config, data, where), where)
 
 
+def data_dir_key(dataset: str) -> str:
+    """The config key of `dataset`'s data folder (what `--data-dir` sets)."""
+    if dataset not in ("omniglot", "miniimagenet"):
+        raise ConfigError(f"--data-dir: the {dataset} dataset reads no files; it is for "
+                          "omniglot and miniimagenet")
+    return f"data.{dataset}.data_dir"
+
+
 def validate(config: Config, where: str) -> Config:
     """Checks values that types alone cannot; returns the config."""
     def need(condition: bool, key: str, expected: str, value):
@@ -215,7 +224,7 @@ def validate(config: Config, where: str) -> Config:
     need(config.model.pool in ("max", "stride"), "model.pool", "max or stride", config.model.pool)
     need(config.model.dtype in ("float32", "float64"), "model.dtype", "float32 or float64",
          config.model.dtype)
-    need(config.data.dataset in ("sine", "omniglot"), "data.dataset", "sine or omniglot",
+    need(config.data.dataset in tasks.DATASETS, "data.dataset", " or ".join(tasks.DATASETS),
          config.data.dataset)
     for key in ("data.ways", "data.shots", "data.queries", "train.meta_batch", "train.epochs",
                 "train.iterations", "train.eval_tasks", "train.eval_batch"):

@@ -111,7 +111,8 @@ class Landscape:
         self.adapt_config = adapt_config
         self.steps = adapt_config.eval_steps
         tasks = max(config.flatness_tasks, config.coherence_tasks)
-        self.batches = source.episodes("test", config.seed, config.batch, count=tasks)
+        self.split = source.eval_split
+        self.batches = source.episodes(self.split, config.seed, config.batch, count=tasks)
         self.inputs = self._representation_inputs(source)
         self.layer_names, self.layer_groups = layer_groups(model)
         self._coherence = tf.function(self._coherence_sums, reduce_retracing=True)
@@ -119,10 +120,10 @@ class Landscape:
         self._features = tf.function(self._feature_sums, reduce_retracing=True)
 
     def _representation_inputs(self, source: TaskSource) -> np.ndarray:
-        inputs = source.examples.get("test") if source.examples else None
+        inputs = source.examples.get(self.split) if source.examples else None
         if inputs is None:  # an endless task family: use the coherence tasks' inputs
             parts = [np.concatenate([e.support_x.numpy(), e.query_x.numpy()], axis=1)
-                     for e in source.episodes("test", self.config.seed, self.config.batch,
+                     for e in source.episodes(self.split, self.config.seed, self.config.batch,
                                               count=self.config.coherence_tasks)]
             inputs = np.concatenate(parts).reshape(-1, *source.example_shape)
         limit = self.config.representation_inputs

@@ -72,10 +72,13 @@ def make_meta_step(model: MetaModel, optimizer: keras.optimizers.Optimizer,
 
 
 def with_absolute_paths(config: Config) -> Config:
-    """A copy whose data directory is absolute, so the saved config works from any directory."""
+    """A copy whose data directories are absolute, so the saved config works from any directory."""
     config = copy.deepcopy(config)
-    if config.data.omniglot.data_dir:
-        config.data.omniglot.data_dir = os.path.abspath(config.data.omniglot.data_dir)
+    for section, field in ((config.data.omniglot, "data_dir"),
+                           (config.data.miniimagenet, "data_dir"),
+                           (config.data.miniimagenet, "cache_dir")):
+        if getattr(section, field):
+            setattr(section, field, os.path.abspath(getattr(section, field)))
     return config
 
 
@@ -160,12 +163,14 @@ class Run:
                                        task_strategy(self.config, self.eval_model),
                                        self.eval_params)
 
-    def evaluator(self, steps: int, tasks_count: int, split: str = "test"):
+    def evaluator(self, steps: int, tasks_count: int, split: Optional[str] = None):
+        """Evaluates on `split`, by default the one training evaluates after each epoch (val
+        where there is one, else test)."""
         train = self.config.train
         return evaluation.make_evaluator(
             self.eval_model, self.source, self.config.adapt, steps, tasks_count, train.seed,
-            train.eval_batch, task_strategy(self.config, self.eval_model), split,
-            self.eval_params)
+            train.eval_batch, task_strategy(self.config, self.eval_model),
+            split or self.source.eval_split, self.eval_params)
 
     def training_batches(self, start: int) -> tf.data.Dataset:
         """The training stream from iteration `start`: meta-batches of episodes, or, for the

@@ -11,14 +11,16 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta.errors import ConfigError
-from tfmeta.tasks import classification, sampler, sine
+from tfmeta.tasks import classification, miniimagenet, sampler, sine
 from tfmeta.tasks.episode import Episode
+from tfmeta.tasks.miniimagenet import MiniImagenetConfig
 from tfmeta.tasks.omniglot_split import OmniglotConfig, omniglot_pools
 from tfmeta.tasks.sine import SineConfig
 
-DATASETS = ("sine", "omniglot")
+DATASETS = ("sine", "omniglot", "miniimagenet")
 SPLITS = ("train", "test")
-_STREAMS = {"train": 0, "test": 1}
+# Each split's stream id; labelled streams use id + 2. Adding a split never moves another's tasks.
+_STREAMS = {"train": 0, "test": 1, "val": 4}
 
 
 @dataclasses.dataclass
@@ -26,7 +28,7 @@ class DataConfig:
     """Which tasks, and how big their episodes are.
 
     Attributes:
-        dataset: "sine" or "omniglot".
+        dataset: "sine", "omniglot" or "miniimagenet".
         ways: N classes per episode (classification only).
         shots: K support examples per class (sine: K support points).
         queries: Q query examples per class (sine: Q query points).
@@ -37,11 +39,12 @@ class DataConfig:
     queries: int = 10
     sine: SineConfig = dataclasses.field(default_factory=SineConfig)
     omniglot: OmniglotConfig = dataclasses.field(default_factory=OmniglotConfig)
+    miniimagenet: MiniImagenetConfig = dataclasses.field(default_factory=MiniImagenetConfig)
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskSource:
-    """A task distribution with a train and a test split.
+    """A task distribution with a train and a test split, and for some a val split.
 
     Attributes:
         example_shape: shape of one input, e.g. (28, 28, 1) or (1,).
@@ -54,6 +57,8 @@ class TaskSource:
             y [] int class or [1] target) from a stateless seed, for supervised pre-training.
         classes: split name -> classes in the split (1 for regression): the width of a head
             trained on the whole split.
+        eval_split: the split that training evaluates after each epoch and measures the
+            landscape on: "val" where there is one, else "test".
     """
     example_shape: tuple
     outputs: int
@@ -62,10 +67,14 @@ class TaskSource:
     examples: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     labelled_fns: Dict[str, Callable] = dataclasses.field(default_factory=dict)
     classes: Dict[str, int] = dataclasses.field(default_factory=dict)
+    eval_split: str = "test"
 
     def episodes(self, split: str, seed: int, meta_batch: int, start: int = 0,
                  count: int = -1) -> tf.data.Dataset:
         """Meta-batches of the split's episode stream; see `sampler.episodes`."""
+        if split not in self.episode_fns:
+            raise ConfigError(f"no {split!r} split here; the splits are "
+                              f"{', '.join(self.episode_fns)}")
         return sampler.episodes(self.episode_fns[split], sampler.episode_seed(seed, _STREAMS[split]),
                                 meta_batch, start, count)
 
@@ -98,5 +107,19 @@ def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
         labelled = {s: classification.labelled_fn(pools[s], tf.as_dtype(dtype)) for s in SPLITS}
         return TaskSource((size, size, 1), config.ways, "cross_entropy", fns, examples, labelled,
                           {s: len(pools[s]) for s in SPLITS})
+    if config.dataset == "miniimagenet":
+        pools = miniimagenet.pools(config.miniimagenet)
+        augment = config.miniimagenet.augment
+        fns = {}
+        for split, pool in pools.items():
+            classification.check_pool(pool, config.ways, config.shots, config.queries,
+                                      f"miniimagenet {split} split")
+            fns[split] = classification.episode_fn(pool, config.ways, config.shots,
+                                                   config.queries, tf.as_dtype(dtype),
+                                                   augment=augment and split == "train")
+        labelled = {s: classification.labelled_fn(p, tf.as_dtype(dtype)) for s, p in pools.items()}
+        return TaskSource(pools["train"].images.shape[1:], config.ways, "cross_entropy", fns,
+                          labelled_fns=labelled, classes={s: p.classes for s, p in pools.items()},
+                          eval_split="val")
     raise ConfigError(f"unknown dataset {config.dataset!r}; expected one of {', '.join(DATASETS)}")
 
