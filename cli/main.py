@@ -242,6 +242,32 @@ def _floats(ctx, param, value):
 
 
 @cli.group()
+def data():
+    """Prepare datasets for fast reading."""
+
+
+@data.command("prepare")
+@click.argument("dataset", type=click.Choice(["miniimagenet"]))
+@click.option("--source", required=True, type=click.Path(),
+              help="the copy you have: a csv or pickle layout folder")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="cache folder to write")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+@user_errors
+def prepare(dataset, source, out_dir, no_progress):
+    """Convert a dataset once into tfmeta's memory-mapped cache; point --data-dir at the cache.
+
+    MiniImagenet: images/ with train.csv, val.csv and test.csv (filename,label), or
+    mini-imagenet-cache-{train,val,test}.pkl. Checks every file and the class and image counts."""
+    from tfmeta.tasks import miniimagenet
+
+    manifest = miniimagenet.prepare(Path(source), Path(out_dir), progress=not no_progress,
+                                    log=click.echo)
+    for split, entry in manifest["splits"].items():
+        click.echo(f"{split:>5}: {len(entry['classes'])} classes, {sum(entry['counts'])} images")
+    click.echo(f"prepared {dataset} in {out_dir}; train with --data-dir {out_dir}")
+
+
+@cli.group()
 def experiment():
     """Reproduce a paper's experiment: closed forms, meta-training, tables and a figure."""
 
