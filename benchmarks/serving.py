@@ -1,6 +1,6 @@
 """Serving figures: request latency, a concurrent load run, and accuracy through REST.
 
-    python benchmarks/serving.py RUN_DIR [--requests 200] [--clients 8] [--per-client 200]
+    python benchmarks/serving.py RUN_DIR [--requests 200] [--clients 8] [--per-client 200] \
                                          [--tasks 600]
 
 From a trained Omniglot 5-way 1-shot run it exports to a temporary model directory, starts

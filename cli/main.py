@@ -114,7 +114,8 @@ def train(config_path, sets, resume_dir, no_progress, first_order, data_dir, **s
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
               show_default=True, help="val exists for miniimagenet only")
 @click.option("--checkpoint", help="checkpoint path (default: the run's latest)")
-@click.option("--inner-lr", type=float, help="adaptation learning rate (default: the run's adapt.lr)")
+@click.option("--inner-lr", type=float,
+              help="adaptation learning rate (default: the run's adapt.lr)")
 @user_errors
 def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr):
     """Adapt a trained run to held-out tasks; print query metrics after 0, 1, 5, 10, ... steps."""

@@ -1,6 +1,6 @@
 """A small client for TensorFlow Serving's REST and gRPC APIs (the real server or the embedded one).
 
-    client = RestClient("http://localhost:8501", "omniglot")      # or GrpcClient("localhost:8500", ...)
+    client = RestClient("http://localhost:8501", "omniglot")  # or GrpcClient("localhost:8500", ..)
     out = client.predict(support_x=sx, support_y=sy, query_x=qx)   # {"probabilities": ..., ...}
 
 From a shell, with a request file {"inputs": {...}} or {"instances": [...]}:

@@ -1,4 +1,4 @@
-"""MiniImagenet on fixtures in both real layouts (JPEGs + CSVs, pickle caches), built at test time."""
+"""MiniImagenet on fixtures in both real layouts (JPEGs + CSVs, pickle caches), made at test time."""
 
 import json
 import pickle
@@ -111,7 +111,8 @@ def test_both_layouts_prepare_the_same_arrays_and_episodes(csv_copy, pickle_copy
 
 
 def test_splits_do_not_share_classes_and_augmentation_is_off(csv_copy, tmp_path):
-    shutil.copytree(csv_copy, tmp_path / "copy", ignore=shutil.ignore_patterns(".tfmeta-cache"))
+    shutil.copytree(csv_copy, tmp_path / "copy",
+                    ignore=shutil.ignore_patterns(".tfmeta-cache"))
     plain = source(tmp_path / "copy")
     prepared = tmp_path / "copy" / ".tfmeta-cache" / "miniimagenet"
     assert (prepared / "manifest.json").is_file()  # prepared on first use, beside the data
@@ -184,14 +185,16 @@ def test_no_data_names_the_searched_paths_and_the_layouts(tmp_path):
 
 def test_too_few_classes_or_images_are_named(csv_copy, tmp_path):
     result = invoke("train", "--dataset", "miniimagenet", "--data-dir", csv_copy, "--ways", 7,
-                    "--queries", 2, "--no-progress", "--set", "data.miniimagenet.cache_dir=" + str(tmp_path / "c"))
+                    "--queries", 2, "--no-progress",
+                    "--set", "data.miniimagenet.cache_dir=" + str(tmp_path / "c"))
     assert_user_error(result, "miniimagenet val split: 7-way episodes need at least 7 classes",
                       "has 6")
     small = write_csv_layout(tmp_path / "small", per_class={label("test", 3): 2})
     result = invoke("train", "--dataset", "miniimagenet", "--data-dir", small, "--queries", 2,
                     "--no-progress")
     assert_user_error(result, r"miniimagenet test split: 1 of 6 classes have fewer examples "
-                              r"than shots \+ queries = 1 \+ 2 = 3: " + label("test", 3) + r" \(2\)")
+                              r"than shots \+ queries = 1 \+ 2 = 3: "
+                              + label("test", 3) + r" \(2\)")
 
 
 def test_bad_csv_and_pickle_are_named(csv_copy, pickle_copy, tmp_path):
