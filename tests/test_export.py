@@ -57,8 +57,8 @@ model = tf.saved_model.load(sys.argv[1])
 inputs = dict(np.load(sys.argv[2]))
 adapt = model.signatures["adapt_predict"]
 out = {k: v.numpy() for k, v in adapt(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
-out["default"] = next(iter(model.signatures["serving_default"](
-    **{k: tf.constant(v) for k, v in inputs.items()}).values())).numpy()
+default = model.signatures["serving_default"](**{k: tf.constant(v) for k, v in inputs.items()})
+out.update({"default_" + k: v.numpy() for k, v in default.items()})
 out.update({"plain_" + k: v.numpy() for k, v in
             model.signatures["predict"](x=tf.constant(inputs["query_x"])).items()})
 np.savez(sys.argv[3], **out)
@@ -90,7 +90,7 @@ def test_omniglot_export_matches_in_process_adaptation_in_a_fresh_process(omnigl
     expected = in_process(run, episode, 4)
     np.testing.assert_allclose(out["logits"], expected, atol=1e-5)
     np.testing.assert_allclose(out["probabilities"], tf.nn.softmax(expected).numpy(), atol=1e-5)
-    np.testing.assert_array_equal(out["default"], out["logits"])
+    np.testing.assert_array_equal(out["default_logits"], out["logits"])
     np.testing.assert_allclose(out["plain_logits"], in_process(run, episode, 0), atol=1e-5)
     # Real gradients inside the graph: relabelling the support set changes the answer.
     relabelled = inputs_of(episode)

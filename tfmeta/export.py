@@ -107,11 +107,14 @@ def check_request(support_x: tf.Tensor, support_y: tf.Tensor, query_x: tf.Tensor
     if not ways:
         checks.append(tf.debugging.assert_all_finite(support_y, "support_y contains NaN or Inf"))
         return checks
-    checks.append(tf.debugging.assert_non_negative(
-        support_y, message=f"support_y holds a label outside [0, {ways})"))
-    checks.append(tf.debugging.assert_less(
-        support_y, ways, message=f"support_y holds a label outside [0, {ways})"))
-    counts = tf.math.bincount(support_y, minlength=ways, maxlength=ways)
+    in_range = [
+        tf.debugging.assert_non_negative(
+            support_y, message=f"support_y holds a label outside [0, {ways})"),
+        tf.debugging.assert_less(
+            support_y, ways, message=f"support_y holds a label outside [0, {ways})")]
+    checks += in_range
+    with tf.control_dependencies(in_range):  # bincount itself fails on a negative label
+        counts = tf.math.bincount(support_y, minlength=ways, maxlength=ways)
     checks.append(tf.debugging.Assert(
         tf.reduce_all(counts > 0),
         [f"every class in [0, {ways}) needs a support example; examples per class:", counts]))
