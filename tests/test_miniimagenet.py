@@ -183,6 +183,17 @@ def test_no_data_names_the_searched_paths_and_the_layouts(tmp_path):
     assert_user_error(result, "no MiniImagenet found")
 
 
+def test_without_data_dir_the_default_places_are_searched(csv_copy, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TFMETA_DATA_DIR", str(tmp_path / "shared"))
+    assert_user_error(invoke("train", "--dataset", "miniimagenet", "--no-progress"),
+                      re.escape(str(tmp_path / "shared" / "miniimagenet")),
+                      r"data/mini-imagenet", r"/data/miniimagenet")
+    shutil.copytree(csv_copy, tmp_path / "shared" / "mini-imagenet",
+                    ignore=shutil.ignore_patterns(".tfmeta-cache"))
+    assert miniimagenet.locate("") == (tmp_path / "shared" / "mini-imagenet", "csv")
+
+
 def test_too_few_classes_or_images_are_named(csv_copy, tmp_path):
     result = invoke("train", "--dataset", "miniimagenet", "--data-dir", csv_copy, "--ways", 7,
                     "--queries", 2, "--no-progress",

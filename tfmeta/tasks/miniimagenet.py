@@ -51,7 +51,8 @@ class MiniImagenetConfig:
     """Where MiniImagenet is, and how episodes are drawn.
 
     Attributes:
-        data_dir: a prepared cache, or a csv or pickle copy (prepared on first use).
+        data_dir: a prepared cache, or a csv or pickle copy (prepared on first use); empty
+            searches $TFMETA_DATA_DIR, ./data and ~/data.
         cache_dir: where a copy is prepared; default DIR/.tfmeta-cache/miniimagenet, or
             ~/.cache/tfmeta/miniimagenet-<hash of DIR> when DIR is read-only.
         augment: random flips and shifts of meta-train images (off, as in the papers).
@@ -72,13 +73,18 @@ def detect_layout(folder: Path) -> Optional[str]:
     return None
 
 
+def search_paths(data_dir: str) -> list:
+    """Folders that may hold MiniImagenet: `data_dir` (default: $TFMETA_DATA_DIR, ./data and
+    ~/data), each itself and its usual subfolders."""
+    roots = [data_dir] if data_dir else [os.environ.get("TFMETA_DATA_DIR", ""), "data", "~/data"]
+    return [Path(root).expanduser() / sub if sub else Path(root).expanduser()
+            for root in roots if root for sub in SUBFOLDERS]
+
+
 def locate(data_dir: str) -> tuple:
     """(folder, layout) of the first folder under `data_dir` holding a known layout; DataError
     naming every place searched when there is none."""
-    if not data_dir:
-        raise DataError("MiniImagenet needs --data-dir (data.miniimagenet.data_dir): a folder "
-                        "with the csv or pickle layout, or a prepared cache. " + HOW_TO_GET)
-    searched = [Path(data_dir) / sub if sub else Path(data_dir) for sub in SUBFOLDERS]
+    searched = search_paths(data_dir)
     for folder in searched:
         layout = detect_layout(folder) if folder.is_dir() else None
         if layout:
@@ -87,7 +93,8 @@ def locate(data_dir: str) -> tuple:
         "no MiniImagenet found. Searched: " + ", ".join(str(p) for p in searched) + ". Accepted "
         "layouts: a folder with images/ and train.csv, val.csv, test.csv (columns "
         "filename,label); a folder with mini-imagenet-cache-train.pkl, -val.pkl and -test.pkl; "
-        "or a cache written by `tfmeta data prepare miniimagenet`. " + HOW_TO_GET)
+        "or a cache written by `tfmeta data prepare miniimagenet`. Point --data-dir at one. "
+        + HOW_TO_GET)
 
 
 def _csv_split(folder: Path, split: str) -> Dict[str, list]:
