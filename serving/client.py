@@ -28,6 +28,13 @@ class ServingClientError(Exception):
         self.message = message
 
 
+def encode(payload) -> bytes:
+    """JSON with numpy arrays written directly (float32 in its shortest exact form), many times
+    faster than nested lists through the json module."""
+    import orjson
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 class RestClient:
     """REST: POST /v1/models/NAME[/versions/V]:predict, GET status and metadata."""
 
@@ -52,12 +59,12 @@ class RestClient:
             raise ServingClientError(error.code, message) from None
 
     def request(self, payload: dict) -> dict:
-        """POSTs a raw predict body; returns the decoded JSON answer."""
-        return self._call(self.base + ":predict", json.dumps(payload).encode())
+        """POSTs a predict body (numpy arrays allowed); returns the decoded JSON answer."""
+        return self._call(self.base + ":predict", encode(payload))
 
     def predict(self, signature: Optional[str] = None, **inputs) -> dict:
         """Columnar predict; returns {output name: np.ndarray}."""
-        payload = {"inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()}}
+        payload = {"inputs": {k: np.ascontiguousarray(v) for k, v in inputs.items()}}
         if signature:
             payload["signature_name"] = signature
         outputs = self.request(payload)["outputs"]

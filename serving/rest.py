@@ -8,13 +8,17 @@
 Row format ("instances") stacks each named input across the instances, so every input needs the
 same number of rows, and answers {"predictions": [...]} row by row. Columnar format ("inputs")
 passes each input whole and answers {"outputs": ...}. Errors are {"error": "..."} with a 4xx or 5xx
-status. Signature calls run in a thread pool, so the event loop keeps accepting requests.
+status. Parsing, the signature call and encoding run in a thread pool, so the event loop keeps
+accepting requests. JSON goes through orjson (numbers parse several times faster than with the
+standard library, which an image request is mostly made of); NaN and Infinity, which strict JSON
+lacks but TF Serving accepts, fall back to the standard parser and reach the model's own checks.
 """
 
 import asyncio
 import json
 import re
 
+import orjson
 from aiohttp import web
 from google.protobuf import json_format
 
@@ -80,10 +84,14 @@ async def _predict(request: web.Request, repository: Repository, name: str, vers
         raise ServingError(400, f"request body is {request.content_length} bytes, over the "
                                 f"limit of {limit} bytes (tfmeta serve --max-body-mb)")
     body = await request.read()
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ServingError(400, f"malformed JSON: {error}") from None
+    loop = asyncio.get_running_loop()
+    answer = await loop.run_in_executor(None, _answer, repository, name, version, body)
+    return web.Response(body=answer, content_type="application/json")
+
+
+def _answer(repository: Repository, name: str, version, body: bytes) -> bytes:
+    """The JSON answer to a predict body; raises ServingError."""
+    payload = parse(body)
     if not isinstance(payload, dict):
         raise ServingError(400, "the body must be a JSON object with \"instances\" or \"inputs\"")
     if ("instances" in payload) == ("inputs" in payload):
@@ -94,14 +102,26 @@ async def _predict(request: web.Request, repository: Repository, name: str, vers
         raise ServingError(400, "\"signature_name\" must be a string")
     rows = "instances" in payload
     inputs = stack_instances(payload["instances"]) if rows else payload["inputs"]
-    loop = asyncio.get_running_loop()
-    _, outputs = await loop.run_in_executor(None, repository.predict, name, version, signature,
-                                            inputs)
+    _, outputs = repository.predict(name, version, signature, inputs)
     if rows:
-        return web.json_response({"predictions": unstack(outputs)})
-    if len(outputs) == 1:
-        return web.json_response({"outputs": next(iter(outputs.values())).tolist()})
-    return web.json_response({"outputs": {k: v.tolist() for k, v in outputs.items()}})
+        answer = {"predictions": unstack(outputs)}
+    elif len(outputs) == 1:
+        answer = {"outputs": next(iter(outputs.values()))}
+    else:
+        answer = {"outputs": outputs}
+    return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def parse(body: bytes):
+    """The request's JSON; strict JSON first, then the standard parser for NaN and Infinity."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ServingError(400, f"malformed JSON: {error}") from None
 
 
 def stack_instances(instances) -> object:
@@ -128,6 +148,5 @@ def unstack(outputs: dict) -> list:
         raise ServingError(400, "the outputs differ in length, so they cannot be returned as "
                                 "rows; send \"inputs\" (columnar format) instead")
     if len(outputs) == 1:
-        return next(iter(outputs.values())).tolist()
-    columns = {k: v.tolist() for k, v in outputs.items()}
-    return [{k: column[i] for k, column in columns.items()} for i in range(rows.pop())]
+        return list(next(iter(outputs.values())))
+    return [{k: v[i] for k, v in outputs.items()} for i in range(rows.pop())]
