@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta import config as config_lib, export, training
-from tfmeta_serving.client import GrpcClient, RestClient
+from tfmeta_serving.client import GrpcClient, RestClient, encode
 
 
 def free_port() -> int:
@@ -75,7 +75,7 @@ def timed(call, requests: int, warmup: int = 10) -> list:
 
 
 def load_run(url: str, name: str, inputs: dict, clients: int, per_client: int) -> dict:
-    payload = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}}).encode()
+    payload = encode({"inputs": inputs})
     times, errors, lock = [], [0], threading.Lock()
 
     def client():
