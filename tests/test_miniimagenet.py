@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tfmeta import tasks
+from tfmeta import config as config_lib, tasks, training
 from tfmeta.errors import DataError
 from tfmeta.tasks import DataConfig, miniimagenet
 from tfmeta.tasks.miniimagenet import MiniImagenetConfig
@@ -223,7 +223,9 @@ def test_train_evaluate_checkpoint_and_resume(pickle_copy, tmp_path):
     run = tmp_path / "run"
     common = ["--queries", 2, "--steps", 1, "--set", "adapt.test_steps=2", "--set",
               "model.filters=8", "--set", "train.eval_tasks=4", "--set", "train.meta_batch=2",
-              "--landscape-every", 0, "--iterations", 2, "--no-progress"]
+              "--landscape-every", 1, "--set", "landscape.flatness_tasks=2", "--set",
+              "landscape.coherence_tasks=4", "--set", "landscape.batch=2", "--set",
+              "landscape.max_iters=5", "--iterations", 2, "--no-progress"]
     result = invoke("train", "--dataset", "miniimagenet", "--data-dir", pickle_copy,
                     "--run-dir", run, "--epochs", 1, "--set",
                     "data.miniimagenet.cache_dir=" + str(tmp_path / "cache"), *common)
@@ -231,6 +233,9 @@ def test_train_evaluate_checkpoint_and_resume(pickle_copy, tmp_path):
     assert "preparing MiniImagenet (pickle layout)" in result.output
     history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
     assert len(history) == 1 and np.isfinite(history[0]["meta_test/accuracy"])
+    assert np.isfinite(history[0]["landscape/flatness"])
+    saved = training.Run(config_lib.load(str(run / "config.yaml")), run)
+    assert saved.landscape().split == saved.source.eval_split == "val"
     assert list((run / "checkpoints").glob("ckpt-1.index"))
     result = invoke("train", "--resume", run, "--epochs", 2, "--no-progress")
     assert result.exit_code == 0, result.output
