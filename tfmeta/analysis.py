@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from tfmeta import config as config_lib, evaluation, summaries, training
+from tfmeta import evaluation, summaries, training
 from tfmeta.errors import ConfigError
 from tfmeta.files import atomic_open
 
@@ -25,12 +25,8 @@ def analyze(run_dir: Path, overrides: Sequence[str] = (), progress: bool = True,
         overrides: "key=value" changes to the run's config, e.g. "landscape.trace_probes=10".
     """
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory: {config_path} is missing")
-    config = config_lib.load(str(config_path), overrides)
-    training.configure_threads(config)
-    run = training.Run(config, run_dir)
+    run = training.Run.open(run_dir, overrides)
+    config = run.config
     checkpoints = list(run.manager.checkpoints)
     if not checkpoints:
         raise ConfigError(f"{run_dir}: no checkpoints in {run_dir / 'checkpoints'}")

@@ -168,14 +168,11 @@ def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
                steps: Optional[int] = None, checkpoint: Optional[str] = None) -> Path:
     """Exports a run's checkpoint (default: the latest) with `steps` adaptation steps per
     request (default: the run's test steps); returns the version directory."""
-    from tfmeta import config as config_lib, training
+    from tfmeta import training
 
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory: {config_path} is missing")
-    config = config_lib.load(str(config_path))
-    run = training.Run(config, run_dir)
+    run = training.Run.open(run_dir)
+    config = run.config
     path = run.restore(checkpoint)
     model = run.eval_model
     if run.eval_params is not None:

@@ -8,6 +8,7 @@ and system/<metric>. The step is the meta-iteration.
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -26,7 +27,7 @@ def scalars(summary_writer: tf.summary.SummaryWriter, prefix: str, values: Mappi
 
 
 def histograms(summary_writer: tf.summary.SummaryWriter, prefix: str,
-               values: Mapping[str, "np.ndarray"], step: int) -> None:
+               values: Mapping[str, np.ndarray], step: int) -> None:
     """Writes {name: values [k]} as histograms tagged prefix/name at `step`."""
     with summary_writer.as_default(step=step):
         for name, data in values.items():

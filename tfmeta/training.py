@@ -20,7 +20,7 @@ import os
 import resource
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import keras
 import numpy as np
@@ -142,6 +142,18 @@ class Run:
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, str(self.run_dir / "checkpoints"),
             max_to_keep=config.train.keep_checkpoints or None)
+
+    @classmethod
+    def open(cls, run_dir: Path, overrides: Sequence[str] = ()) -> "Run":
+        """The run saved in `run_dir`, from its config.yaml with "key=value" `overrides`; applies
+        the config's thread counts. Raises ConfigError when `run_dir` is not a run."""
+        run_dir = Path(run_dir)
+        config_path = run_dir / "config.yaml"
+        if not config_path.is_file():
+            raise ConfigError(f"{run_dir} is not a run directory: {config_path} is missing")
+        config = config_lib.load(str(config_path), overrides)
+        configure_threads(config)
+        return cls(config, run_dir)
 
     def restore(self, checkpoint: Optional[str] = None) -> str:
         """Restores `checkpoint` (default: the latest); returns its path."""
@@ -348,18 +360,11 @@ def evaluate_run(run_dir: Path, steps: int, tasks_count: int, report_steps, spli
         {"checkpoint", "split", "tasks", "inner_lr",
          "steps": {t: {metric: {"mean", "ci95", "diverged"}}}} for t in report_steps.
     """
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory: {config_path} is missing")
-    config = config_lib.load(str(config_path))
-    if inner_lr is not None:
-        config.adapt.lr = inner_lr
-    configure_threads(config)
-    run = Run(config, run_dir)
+    run = Run.open(run_dir, [] if inner_lr is None else [f"adapt.lr={inner_lr}"])
     path = run.restore(checkpoint)
     per_task = run.evaluator(steps, tasks_count, split)()
     results = evaluation.summarize(per_task, report_steps)
-    return {"checkpoint": path, "split": split, "tasks": tasks_count, "inner_lr": config.adapt.lr,
+    return {"checkpoint": path, "split": split, "tasks": tasks_count,
+            "inner_lr": run.config.adapt.lr,
             "steps": {t: {k: {"mean": v[t].mean, "ci95": v[t].ci95, "diverged": v[t].diverged}
                           for k, v in results.items()} for t in report_steps}}
