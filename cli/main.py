@@ -265,7 +265,8 @@ def prepare(dataset, source, out_dir, no_progress):
                                     log=click.echo)
     for split, entry in manifest["splits"].items():
         click.echo(f"{split:>5}: {len(entry['classes'])} classes, {sum(entry['counts'])} images")
-    click.echo(f"prepared {dataset} in {out_dir}; train with --data-dir {out_dir}")
+    click.echo(f"{dataset} is ready in {manifest['cache']}; train with --data-dir "
+               f"{manifest['cache']}")
 
 
 @cli.group()

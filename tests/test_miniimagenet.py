@@ -149,11 +149,16 @@ def test_prepare_reports_counts(csv_copy, tmp_path):
                     tmp_path / "cache", "--no-progress")
     assert result.exit_code == 0, result.output
     assert "train: 8 classes, 48 images" in result.output
+    assert f"train with --data-dir {tmp_path / 'cache'}" in result.output
     assert "warning: train: 8 classes; the standard split has 64" in result.output
     assert "warning: val: 6 classes do not have 600 images" in result.output
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert [sum(s["counts"]) for s in manifest["splits"].values()] == [48, 36, 36]
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]
+    again = invoke("data", "prepare", "miniimagenet", "--source", tmp_path / "cache", "--out",
+                   tmp_path / "elsewhere")
+    assert again.exit_code == 0 and "already a prepared cache" in again.output
+    assert f"train with --data-dir {tmp_path / 'cache'}" in again.output
 
 
 def test_prepare_names_missing_and_unreadable_files(csv_copy, tmp_path):

@@ -192,11 +192,13 @@ def prepare(source: Path, out: Path, progress: bool = True, size: int = 84,
 
     Returns:
         The manifest: layout, source, and per split its classes, counts and warnings about counts
-        that differ from the standard 64/16/20 classes of 600 images.
+        that differ from the standard 64/16/20 classes of 600 images; plus "cache", the folder to
+        train from (`source` itself when it is already a prepared cache).
     """
     folder, layout = locate(str(source))
     if layout == "prepared":
-        return read_manifest(folder)
+        log(f"{folder} is already a prepared cache; nothing to do")
+        return {**read_manifest(folder), "cache": str(folder)}
     log(f"preparing MiniImagenet ({layout} layout) from {folder} into {out}")
     if layout == "csv":
         splits = _csv_files(folder)
@@ -232,7 +234,7 @@ def prepare(source: Path, out: Path, progress: bool = True, size: int = 84,
         shutil.rmtree(staging, ignore_errors=True)
     for warning in manifest["warnings"]:
         log(f"warning: {warning}")
-    return manifest
+    return {**manifest, "cache": str(out)}
 
 
 def _count_warnings(split: str, counts: list) -> list:
