@@ -55,6 +55,11 @@ class AdaptivePredictor(tf.Module):
     def __init__(self, model: MetaModel, config: AdaptConfig, steps: int, metadata: dict):
         super().__init__(name="tfmeta")
         self.model = model
+        # The backend tf.Variables, tracked directly (as keras.export.ExportArchive does). Through
+        # the Keras model alone they reach the object graph, which tf.saved_model.load restores,
+        # but not the SavedModel's saver, which the session-based loader of TensorFlow Serving
+        # and saved_model_cli restores: those would fail with "Could not find variable ...".
+        self.backend_variables = [v.value for v in model.variables]
         self.config = dataclasses.replace(config, steps=steps)
         self.metadata_json = tf.Variable(json.dumps(metadata), trainable=False)
         dtype = model.trainable_variables[0].dtype
