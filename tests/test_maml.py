@@ -7,6 +7,7 @@ are wrong (see test_stock_batch_norm_fails_the_same_check).
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from helpers import (dot, directional_fd, image_episode, params_of, random_direction,
@@ -42,9 +43,10 @@ def test_second_order_meta_gradient_matches_finite_differences():
     assert np.linalg.norm(first - numeric) / np.linalg.norm(numeric) > 1e-2
 
 
-def conv4_directional_errors(norm):
+def conv4_directional_errors(norm_layer, norm="transductive"):
     tf.keras.utils.set_random_seed(0)
-    model = models.conv4(5, (16, 16, 1), filters=4, dtype="float64", norm=norm)
+    model = models.conv4(5, (16, 16, 1), filters=4, dtype="float64", norm_layer=norm_layer,
+                         norm=norm)
     episode = image_episode()
     config = AdaptConfig(steps=1, lr=0.4)
     params = params_of(model)
@@ -57,9 +59,12 @@ def conv4_directional_errors(norm):
     return errors
 
 
-def test_conv4_with_batch_norm_matches_finite_differences():
-    """float64 and eps 1e-8: ReLU and max-pool kinks ruin larger steps (TF-NOTES)."""
-    assert max(conv4_directional_errors(models.BatchNorm)) < 1e-5
+@pytest.mark.parametrize("norm", models.NORMS)
+def test_conv4_with_batch_norm_matches_finite_differences(norm):
+    """float64 and eps 1e-8: ReLU and max-pool kinks ruin larger steps (TF-NOTES). With support
+    norm the query loss also differentiates through the support statistics at the adapted
+    weights."""
+    assert max(conv4_directional_errors(models.BatchNorm, norm)) < 1e-5
 
 
 def test_stock_batch_norm_fails_the_same_check():

@@ -13,13 +13,20 @@ class BatchNorm(keras.layers.Layer):
         y  = gamma * (x - mu) / sqrt(var + epsilon) + beta
 
     There are no moving statistics. As in Finn et al. (2017), MAML normalizes with the statistics of
-    the current batch at meta-train *and* meta-test time: each task's support set and query set are
-    normalized by their own statistics (transductive batch norm). `training` is accepted and ignored.
+    the current batch at meta-train *and* meta-test time. Called with `reference_rows=k`, the
+    statistics come from the first k rows only and normalize every row:
+
+        mu = mean(x[:k]),  var = mean((x[:k] - mu)^2)
+
+    This is how a query set is normalized with its support set's statistics (MetaBN, Bronskill et
+    al. 2020): the model runs on [support; query] with k = K, so the support rows see exactly their
+    own statistics and each query row is normalized independently of the other queries (see
+    `models.query_outputs`). `training` is accepted and ignored.
 
     Why not `keras.layers.BatchNormalization`: it computes the variance around `stop_gradient(mu)`.
     That leaves first derivatives exact (d var / d mu = 0 at the batch mean) but makes every second
     derivative through the variance wrong, which corrupts second-order MAML meta-gradients and
-    Hessian-vector products by 8-20% (see tests/test_batch_norm.py).
+    Hessian-vector products by 8-20% (tests/test_maml.py shows it failing a finite-difference check).
 
     Args:
         epsilon: added to the variance for numerical stability.
@@ -37,11 +44,13 @@ class BatchNorm(keras.layers.Layer):
         self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
         self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
 
-    def call(self, x, training=None):
+    def call(self, x, training=None, reference_rows=None):
+        """x [B, ..., C] -> [B, ..., C]; `reference_rows` k: statistics of x[:k] (default: all)."""
         axes = list(range(len(x.shape) - 1))
-        mean = ops.mean(x, axis=axes, keepdims=True)
+        head = (lambda t: t) if reference_rows is None else (lambda t: t[:reference_rows])
+        mean = ops.mean(head(x), axis=axes, keepdims=True)
         centered = x - mean
-        variance = ops.mean(ops.square(centered), axis=axes, keepdims=True)
+        variance = ops.mean(ops.square(head(centered)), axis=axes, keepdims=True)
         # The per-channel factor is formed first so that only two ops touch the full activation.
         return centered * (self.gamma * ops.rsqrt(variance + self.epsilon)) + self.beta
 

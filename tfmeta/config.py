@@ -19,7 +19,7 @@ from tfmeta.algorithms import NAMES as ALGORITHMS, AlgorithmConfig
 from tfmeta.errors import ConfigError
 from tfmeta.files import atomic_open
 from tfmeta.landscape import LandscapeConfig
-from tfmeta.models import ModelConfig
+from tfmeta.models import NORMS, ModelConfig
 from tfmeta import tasks
 from tfmeta.tasks import DataConfig
 
@@ -224,6 +224,7 @@ def validate(config: Config, where: str) -> Config:
     need(config.model.pool in ("max", "stride"), "model.pool", "max or stride", config.model.pool)
     need(config.model.dtype in ("float32", "float64"), "model.dtype", "float32 or float64",
          config.model.dtype)
+    need(config.model.norm in NORMS, "model.norm", " or ".join(NORMS), config.model.norm)
     need(config.data.dataset in tasks.DATASETS, "data.dataset", " or ".join(tasks.DATASETS),
          config.data.dataset)
     for key in ("data.ways", "data.shots", "data.queries", "train.meta_batch", "train.epochs",

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tfmeta import meta_batch
 from tfmeta.adaptation import AdaptConfig, adapt
-from tfmeta.losses import task_metrics
+from tfmeta.losses import query_metrics
 from tfmeta.models import MetaModel, params_of
 from tfmeta.tasks import TaskSource
 
@@ -61,7 +61,7 @@ def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, st
 
         def one_task(episode):
             _, trajectory = adapt(model, params, episode.support, config, steps=steps,
-                                  observe=lambda p: task_metrics(model, p, *episode.query))
+                                  observe=lambda p: query_metrics(model, p, episode))
             return trajectory.observations
 
         return meta_batch.map_tasks(one_task, episodes, strategy)

@@ -1,14 +1,16 @@
 """Task losses and metrics on explicit parameters.
 
 A model's `loss_name` picks the loss: "cross_entropy" for N-way classification (labels int [B]) or
-"mse" for regression (targets [B, 1]). Every loss is a mean over the B examples.
+"mse" for regression (targets [B, 1]). Every loss is a mean over the B examples. A task's query set
+is scored through `query_metrics`, which normalizes it as the model's `norm` mode says.
 """
 
 from typing import Sequence
 
 import tensorflow as tf
 
-from tfmeta.models import MetaModel, apply
+from tfmeta.models import MetaModel, apply, query_outputs
+from tfmeta.tasks.episode import Episode
 
 
 def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -40,11 +42,22 @@ def task_loss(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor,
     return outputs_loss(model, apply(model, params, x), y)
 
 
+def outputs_metrics(model: MetaModel, outputs: tf.Tensor, targets: tf.Tensor) -> dict:
+    """{"loss": scalar} plus {"accuracy": scalar} for classifiers, for computed outputs."""
+    metrics = {"loss": outputs_loss(model, outputs, targets)}
+    if model.loss_name == "cross_entropy":
+        metrics["accuracy"] = accuracy(outputs, targets)
+    return metrics
+
+
 def task_metrics(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor,
                  y: tf.Tensor) -> dict:
-    """{"loss": scalar} plus {"accuracy": scalar} for classifiers, from one forward pass."""
-    outputs = apply(model, params, x)
-    metrics = {"loss": outputs_loss(model, outputs, y)}
-    if model.loss_name == "cross_entropy":
-        metrics["accuracy"] = accuracy(outputs, y)
-    return metrics
+    """`outputs_metrics` on the examples (x [B, ...], y), normalized as one batch."""
+    return outputs_metrics(model, apply(model, params, x), y)
+
+
+def query_metrics(model: MetaModel, params: Sequence[tf.Tensor], episode: Episode) -> dict:
+    """`outputs_metrics` on the episode's query set at `params`, normalized by the model's `norm`
+    mode (`models.query_outputs`): by its own statistics or by the support set's."""
+    outputs = query_outputs(model, params, episode.support_x, episode.query_x)
+    return outputs_metrics(model, outputs, episode.query_y)

@@ -3,6 +3,17 @@
 Every model is a `MetaModel`: a feature network h = f_feat(x) followed by a linear head. The split is
 explicit because representation metrics read h, and the finetune baseline swaps the head. Models are
 called functionally on explicit parameter lists through `apply`, never by mutating their variables.
+
+A model's `norm` mode says how batch norm treats a task's query set (`query_outputs`):
+
+- "transductive": the query set is normalized by its own statistics, as in Finn et al. (2017) and
+  the papers tfmeta reproduces. A query's prediction depends on the other queries beside it.
+- "support": the query set is normalized by the support set's statistics at the same weights
+  (MetaBN, Bronskill et al. 2020, "TaskNorm"). Each query's prediction depends only on the support
+  set and itself, so a server can answer one query at a time.
+
+The support set is normalized by its own statistics in both modes, so the inner loop, the support
+loss and every landscape metric are the same computation in both.
 """
 
 import dataclasses
@@ -24,12 +35,18 @@ class ModelConfig:
         pool: conv4 downsampling, "max" (2x2 max-pool) or "stride" (stride-2 convs).
         hidden: MLP hidden widths.
         dtype: "float32", or "float64" for exactness checks.
+        norm: how batch norm normalizes a query set: "transductive" (by its own statistics) or
+            "support" (by the support set's; queries independent of each other). See NORMS.
     """
     arch: str = "auto"
     filters: int = 64
     pool: str = "max"
     hidden: list = dataclasses.field(default_factory=lambda: [40, 40])
     dtype: str = "float32"
+    norm: str = "transductive"
+
+
+NORMS = ("transductive", "support")
 
 
 class MetaModel(keras.Model):
@@ -40,16 +57,22 @@ class MetaModel(keras.Model):
         head: a Dense layer mapping h [B, D] to outputs [B, outputs].
         input_shape: the shape of one example, without the batch dimension.
         loss: "cross_entropy" (outputs are logits over classes) or "mse" (outputs are predictions).
+        gains: add Wormhole MAML's per-tensor gains (see `Gains`).
+        norm: the query-set normalization mode, one of NORMS.
     """
 
     def __init__(self, features: keras.Sequential, head: keras.layers.Dense,
-                 input_shape: Sequence[int], loss: str, gains: bool = False, **kwargs):
+                 input_shape: Sequence[int], loss: str, gains: bool = False,
+                 norm: str = "transductive", **kwargs):
         super().__init__(**kwargs)
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}. Received norm={norm!r}")
         self.features = features
         self.head = head
         self.example_shape = tuple(input_shape)
         self.loss_name = loss
         self.with_gains = gains
+        self.norm = norm
         self.build((None, *self.example_shape))
 
     def build(self, input_shape):
@@ -59,10 +82,29 @@ class MetaModel(keras.Model):
         self.gains = Gains(self.num_gated, dtype=self.head.dtype_policy) if self.with_gains else None
         self.built = True
 
-    def call(self, x, training=None):
-        # Passed on explicitly: stateless_call enters `call` directly, with no call context to
-        # carry `training` to the inner layers.
-        return self.head(self.features(x, training=training), training=training)
+    def call(self, x, training=None, reference_rows=None):
+        """x [B, *example_shape] -> outputs [B, outputs]; `reference_rows` k makes every batch
+        norm take its statistics from the first k rows (see `BatchNorm`)."""
+        # The layers are called one by one because keras.Sequential passes no extra arguments,
+        # and `training` is passed explicitly because stateless_call enters `call` directly, with
+        # no call context to carry it to the inner layers.
+        h = x
+        for layer in self.features.layers:
+            if isinstance(layer, BatchNorm):
+                h = layer(h, training=training, reference_rows=reference_rows)
+            else:
+                h = layer(h, training=training)
+        return self.head(h, training=training)
+
+    @property
+    def normalizes(self) -> bool:
+        """Whether the network has batch norm layers (the sine MLP has none)."""
+        return any(isinstance(layer, BatchNorm) for layer in self.features.layers)
+
+    @property
+    def query_independent(self) -> bool:
+        """Whether a query's outputs depend only on the support set and the query itself."""
+        return self.norm == "support" or not self.normalizes
 
     @property
     def num_feature_params(self) -> int:
@@ -100,20 +142,44 @@ def effective(model: MetaModel, params: Sequence[tf.Tensor]) -> list:
     return [scales[i] * w for i, w in enumerate(params[:k])] + params[k:]
 
 
-def apply(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+def apply(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor,
+          reference_rows=None) -> tf.Tensor:
     """Runs the model on explicit parameters.
 
     Args:
         model: the model whose architecture is used; its variables are not read.
         params: tensors matching `model.trainable_variables`.
         x: inputs [B, *model.example_shape].
+        reference_rows: k, so that batch norm takes its statistics from x[:k]; None: all of x.
 
     Returns:
         Outputs [B, outputs]: logits or regression predictions.
     """
     outputs, _ = model.stateless_call(effective(model, params), _non_trainable(model), x,
-                                      training=True)
+                                      training=True, reference_rows=reference_rows)
     return outputs
+
+
+def query_outputs(model: MetaModel, params: Sequence[tf.Tensor], support_x: tf.Tensor,
+                  query_x: tf.Tensor) -> tf.Tensor:
+    """Outputs [Q, outputs] for a task's query set query_x [Q, ...] at `params`, normalized as the
+    model's `norm` mode says: by the query set's own statistics ("transductive"), or by those of
+    support_x [K, ...] at the same params ("support", one pass over [support; query])."""
+    if model.norm == "support" and model.normalizes:
+        k = tf.shape(support_x)[0]
+        return apply(model, params, tf.concat([support_x, query_x], 0), reference_rows=k)[k:]
+    return apply(model, params, query_x)
+
+
+def joint_outputs(model: MetaModel, params: Sequence[tf.Tensor], support_x: tf.Tensor,
+                  query_x: tf.Tensor) -> tf.Tensor:
+    """Outputs [K + Q, outputs] for support then query rows in one batch, as a multi-task loss on
+    D u D' sees them: statistics of the whole batch ("transductive") or of the support rows
+    ("support", so the query rows match `query_outputs`)."""
+    x = tf.concat([support_x, query_x], 0)
+    if model.norm == "support" and model.normalizes:
+        return apply(model, params, x, reference_rows=tf.shape(support_x)[0])
+    return apply(model, params, x)
 
 
 def features(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
@@ -137,7 +203,8 @@ def params_of(model: MetaModel) -> list:
 
 def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int = 64,
           pool: str = "max", dtype: str = "float32",
-          norm: Callable[..., keras.Layer] = BatchNorm, gains: bool = False) -> MetaModel:
+          norm_layer: Callable[..., keras.Layer] = BatchNorm, gains: bool = False,
+          norm: str = "transductive") -> MetaModel:
     """The conv4 of Finn et al.: 4 x [3x3 conv, batch norm, ReLU, downsample], flatten, dense.
 
     Args:
@@ -147,8 +214,9 @@ def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int =
         pool: "max" downsamples with a 2x2 max-pool after a 'same' conv; "stride" uses a stride-2
             conv instead, as Finn et al. do for Omniglot.
         dtype: "float32", or "float64" for finite-difference checks.
-        norm: the normalization layer class, called as norm(dtype=dtype).
+        norm_layer: the normalization layer class, called as norm_layer(dtype=dtype).
         gains: add a meta-learned gain per weight tensor (Wormhole MAML; see `Gains`).
+        norm: how a query set is normalized, one of NORMS (see the module docstring).
     """
     if pool not in ("max", "stride"):
         raise ValueError(f"pool must be 'max' or 'stride'. Received pool={pool!r}")
@@ -159,25 +227,27 @@ def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int =
         # so its gradient is identically zero and it would only cost time.
         layers += [keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
                                        dtype=dtype),
-                   norm(dtype=dtype), keras.layers.ReLU(dtype=dtype)]
+                   norm_layer(dtype=dtype), keras.layers.ReLU(dtype=dtype)]
         if pool == "max":
             layers.append(keras.layers.MaxPooling2D(2, dtype=dtype))
     layers.append(keras.layers.Flatten(dtype=dtype))
     return MetaModel(keras.Sequential(layers, name="features"),
                      keras.layers.Dense(outputs, dtype=dtype, name="head"),
-                     image_shape, loss="cross_entropy", gains=gains, name="conv4")
+                     image_shape, loss="cross_entropy", gains=gains, norm=norm, name="conv4")
 
 
 def mlp(hidden: Sequence[int] = (40, 40), inputs: int = 1, outputs: int = 1,
-        activation: str = "relu", dtype: str = "float32", gains: bool = False) -> MetaModel:
+        activation: str = "relu", dtype: str = "float32", gains: bool = False,
+        norm: str = "transductive") -> MetaModel:
     """An MLP regressor, inputs-hidden...-outputs (1-40-40-1 with ReLU for sine, as in MAML);
-    `gains` adds Wormhole MAML's per-tensor gains."""
+    `gains` adds Wormhole MAML's per-tensor gains. It has no batch norm, so `norm` (recorded for
+    the run) changes nothing."""
     layers = [keras.layers.Dense(width, activation=activation, dtype=dtype) for width in hidden]
     # With no hidden layer the model is linear, y = x^T w + b: identity features, the head alone.
     layers = layers or [keras.layers.Identity(dtype=dtype)]
     return MetaModel(keras.Sequential(layers, name="features"),
                      keras.layers.Dense(outputs, dtype=dtype, name="head"),
-                     (inputs,), loss="mse", gains=gains, name="mlp")
+                     (inputs,), loss="mse", gains=gains, norm=norm, name="mlp")
 
 
 def build(config: ModelConfig, example_shape: Sequence[int], outputs: int,
@@ -188,6 +258,7 @@ def build(config: ModelConfig, example_shape: Sequence[int], outputs: int,
     if arch == "auto":
         arch = "mlp" if len(example_shape) == 1 else "conv4"
     if arch == "mlp":
-        return mlp(config.hidden, example_shape[0], outputs, dtype=config.dtype, gains=gains)
+        return mlp(config.hidden, example_shape[0], outputs, dtype=config.dtype, gains=gains,
+                   norm=config.norm)
     return conv4(outputs, example_shape, config.filters, config.pool, dtype=config.dtype,
-                 gains=gains)
+                 gains=gains, norm=config.norm)

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tfmeta import meta_batch
 from tfmeta.adaptation import AdaptConfig, adapt
-from tfmeta.losses import task_metrics
+from tfmeta.losses import query_metrics
 from tfmeta.models import MetaModel
 from tfmeta.tasks.episode import Episode
 
@@ -48,7 +48,7 @@ def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(params)
             adapted, _ = adapt(model, params, episode.support, config)
-            metrics = task_metrics(model, adapted, *episode.query)
+            metrics = query_metrics(model, adapted, episode)
         grads = tape.gradient(metrics["loss"], params)
         return grads, [tf.stop_gradient(p - a) for p, a in zip(params, adapted)], metrics
 

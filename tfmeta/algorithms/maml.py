@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from tfmeta import meta_batch
 from tfmeta.adaptation import AdaptConfig, adapt
-from tfmeta.losses import task_metrics
+from tfmeta.losses import query_metrics
 from tfmeta.models import MetaModel
 from tfmeta.tasks.episode import Episode
 
@@ -30,7 +30,7 @@ def task_objective(model: MetaModel, params: Sequence[tf.Tensor], episode: Episo
         and the support loss before adaptation).
     """
     adapted, trajectory = adapt(model, params, episode.support, config)
-    metrics = task_metrics(model, adapted, *episode.query)
+    metrics = query_metrics(model, adapted, episode)
     if config.steps > 0:
         metrics["support_loss"] = trajectory.losses[0]
     return metrics["loss"], metrics

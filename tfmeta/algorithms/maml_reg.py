@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from tfmeta import meta_batch, tree
 from tfmeta.adaptation import AdaptConfig, adapt, displacement
-from tfmeta.losses import task_metrics
+from tfmeta.losses import query_metrics
 from tfmeta.models import MetaModel
 from tfmeta.tasks.episode import Episode
 
@@ -73,8 +73,8 @@ def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
     params = list(params)
     n = tf.cast(tf.shape(batch.support_x)[0], params[0].dtype)
 
-    def query_metrics(p, episode, adapted, mean):
-        metrics = task_metrics(model, corrected(p, adapted, mean, gamma), *episode.query)
+    def corrected_metrics(p, episode, adapted, mean):
+        metrics = query_metrics(model, corrected(p, adapted, mean, gamma), episode)
         return metrics["loss"], metrics
 
     if constant_mean:
@@ -83,7 +83,7 @@ def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
             batch, strategy)
         mean = tree.stop_gradient([m / n for m in mean])
         grads, metrics = meta_batch.sum_gradients(
-            lambda p, e: query_metrics(p, e, adapt(model, p, e.support, config)[0], mean),
+            lambda p, e: corrected_metrics(p, e, adapt(model, p, e.support, config)[0], mean),
             params, batch, strategy)
     else:
         with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -92,7 +92,7 @@ def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
                 lambda e: unit_direction(model, params, e, config), batch, strategy)
             mean = [tf.reduce_mean(d, axis=0) for d in directions]
             losses, metrics = meta_batch.map_tasks(
-                lambda pair: query_metrics(params, pair[0], pair[1], mean), (batch, adapted),
+                lambda pair: corrected_metrics(params, pair[0], pair[1], mean), (batch, adapted),
                 strategy)
             total = tf.reduce_sum(losses)
         grads = tape.gradient(total, params)

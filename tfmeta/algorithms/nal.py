@@ -15,17 +15,17 @@ import tensorflow as tf
 
 from tfmeta import meta_batch
 from tfmeta.adaptation import AdaptConfig
-from tfmeta.losses import task_loss, task_metrics
-from tfmeta.models import MetaModel
+from tfmeta.losses import outputs_loss, query_metrics
+from tfmeta.models import MetaModel, joint_outputs
 from tfmeta.tasks.episode import Episode
 
 
 def task_objective(model: MetaModel, params: Sequence[tf.Tensor], episode: Episode) -> tuple:
-    """L(D u D'; theta) for one task, and the query metrics at theta."""
-    x = tf.concat([episode.support_x, episode.query_x], 0)
+    """L(D u D'; theta) for one task (D u D' one batch, see `models.joint_outputs`), and the
+    query metrics at theta."""
     y = tf.concat([episode.support_y, episode.query_y], 0)
-    metrics = task_metrics(model, params, *episode.query)
-    return task_loss(model, params, x, y), metrics
+    outputs = joint_outputs(model, params, episode.support_x, episode.query_x)
+    return outputs_loss(model, outputs, y), query_metrics(model, params, episode)
 
 
 def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
