@@ -79,7 +79,7 @@ def learning_rates(model: MetaModel, config: AdaptConfig) -> list:
 
 def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config: AdaptConfig,
           steps: Optional[int] = None,
-          observe: Optional[Callable[[list], Any]] = None) -> tuple:
+          observe: Optional[Callable[[list], Any]] = None, classes=None) -> tuple:
     """Adapts `params` to one task's support set by T steps of SGD.
 
     Args:
@@ -90,6 +90,8 @@ def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config:
         steps: overrides `config.steps` (evaluation uses more steps than training).
         observe: optional function of the parameters, evaluated at theta_0 ... theta_T and returned
             stacked in the trajectory (evaluation uses it for query accuracy after each step).
+        classes: M, for a task whose labels use only the first M classes of a wider head: the
+            support loss is a softmax over those M (`losses.mask_classes`). None: all of them.
 
     Returns:
         (adapted, trajectory): theta_T as a parameter list, and a `Trajectory`.
@@ -104,7 +106,7 @@ def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config:
             observations.append(observe(theta))
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(theta)
-            loss = task_loss(model, theta, x, y)
+            loss = task_loss(model, theta, x, y, classes)
         grads = tape.gradient(loss, theta)
         if config.first_order:
             grads = tree.stop_gradient(grads)

@@ -7,22 +7,33 @@ to the query:
     adapt_predict(support_x [K, *shape], support_y [K] int32 | [K, 1], query_x [Q, *shape])
         -> {"logits" [Q, N], "probabilities" [Q, N]}    for classification
         -> {"predictions" [Q, 1]}                        for regression
+    adapt_predict_images(support_images [K] string, support_y [K] int32, query_images [Q] string)
+        -> the same, from PNG or JPEG files (image datasets)
+    predict(x [B, *shape]) -> the same, from the meta-trained weights without adaptation
 
-`predict(x [B, *shape])` applies the meta-trained weights without adaptation. K and Q may be any
-size. Batch normalization uses the statistics of the batch it normalizes (the support set while
-adapting, the query set for predictions), as in meta-training, so a query's prediction depends on
-the other queries of its request, exactly as in `tfmeta evaluate`.
+K and Q may be any size. The query set is normalized as the model's `norm` mode says
+(`models.query_outputs`): with "support", each query's answer depends only on the support set and
+itself, so a request with one query gets the same answer as that query among others; with
+"transductive" (the papers' batch norm), the queries of a request share statistics, so an answer
+depends on the other queries sent with it. `export_run(norm="support")` serves a transductive
+model with support statistics. `predict` normalizes x with its own statistics in either mode.
+
+`adapt_predict_images` decodes and preprocesses inside the graph exactly as training did
+(`tasks.image_format`). A classifier answers an M-way task for any M <= N: labels 0..M-1 adapt and
+predict over those M classes (`losses.mask_classes`); the other logits are the lowest float and
+their probabilities 0.
 
 Bad requests fail inside the graph with an InvalidArgumentError whose message names the input, so
 TensorFlow Serving and the embedded server reject them alike: an empty support or query set,
-support sizes that disagree, NaN or Inf values, labels outside [0, N), or a class without a support
-example. Cost of a request: T forward and backward passes on the support set and one forward pass
-on the query set.
+support sizes that disagree, NaN or Inf values, labels outside [0, N), labels that skip a class,
+and files that are empty or not PNG or JPEG. Cost of a request: T forward and backward passes on
+the support set and one forward pass on the query set (on support and query together with
+"support" norm).
 
 The export is written in TensorFlow Serving's layout, MODELS/NAME/<version>/{saved_model.pb,
-variables/}, with the metadata (ways, example shape, steps, learning rate, source run) in
-`assets.extra/tfmeta.json`. It is written beside the target and renamed into place, so a server
-watching MODELS/NAME never sees half a version.
+variables/}, with the metadata (ways, norm mode, the inputs each signature expects, steps,
+learning rate, source run) in `assets.extra/tfmeta.json`. It is written beside the target and
+renamed into place, so a server watching MODELS/NAME never sees half a version.
 """
 
 import dataclasses
@@ -35,24 +46,29 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tfmeta import config as config_lib
 from tfmeta.adaptation import AdaptConfig, adapt
 from tfmeta.errors import ConfigError
-from tfmeta.models import MetaModel, apply
+from tfmeta.losses import mask_classes
+from tfmeta.models import NORMS, MetaModel, apply, query_outputs
+from tfmeta.tasks.image_format import ImageFormat, decode_images
 
 METADATA_FILE = "assets.extra/tfmeta.json"
 
 
 class AdaptivePredictor(tf.Module):
-    """The exported module: the meta-trained model and its two serving functions.
+    """The exported module: the meta-trained model and its serving functions.
 
     Args:
-        model: a MetaModel whose variables hold the meta-trained weights.
+        model: a MetaModel whose variables hold the meta-trained weights; its `norm` mode decides
+            how query sets are normalized.
         config: the inner loop; `steps` replaces its step count.
         steps: adaptation steps per request.
-        metadata: JSON-serializable facts about the export, kept as `metadata_json`.
+        image_format: the dataset's image files, for `adapt_predict_images`; None for none.
     """
 
-    def __init__(self, model: MetaModel, config: AdaptConfig, steps: int, metadata: dict):
+    def __init__(self, model: MetaModel, config: AdaptConfig, steps: int,
+                 image_format: Optional[ImageFormat] = None):
         super().__init__(name="tfmeta")
         self.model = model
         # The backend tf.Variables, tracked directly (as keras.export.ExportArchive does). Through
@@ -61,35 +77,58 @@ class AdaptivePredictor(tf.Module):
         # and saved_model_cli restores: those would fail with "Could not find variable ...".
         self.backend_variables = [v.value for v in model.variables]
         self.config = dataclasses.replace(config, steps=steps)
-        self.metadata_json = tf.Variable(json.dumps(metadata), trainable=False)
-        dtype = model.trainable_variables[0].dtype
-        example = tf.TensorSpec([None, *model.example_shape], dtype)
+        self.image_format = image_format
+        self.dtype = model.trainable_variables[0].dtype
+        example = tf.TensorSpec([None, *model.example_shape], self.dtype)
         if model.loss_name == "cross_entropy":
             self.ways = model.head.units
             labels = tf.TensorSpec([None], tf.int32, name="support_y")
         else:
             self.ways = 0
-            labels = tf.TensorSpec([None, model.head.units], dtype, name="support_y")
+            labels = tf.TensorSpec([None, model.head.units], self.dtype, name="support_y")
         self.adapt_predict = tf.function(self._adapt_predict, input_signature=[
-            tf.TensorSpec(example.shape, dtype, name="support_x"), labels,
-            tf.TensorSpec(example.shape, dtype, name="query_x")])
+            tf.TensorSpec(example.shape, self.dtype, name="support_x"), labels,
+            tf.TensorSpec(example.shape, self.dtype, name="query_x")])
         self.predict = tf.function(self._predict, input_signature=[
-            tf.TensorSpec(example.shape, dtype, name="x")])
+            tf.TensorSpec(example.shape, self.dtype, name="x")])
+        if image_format is not None:
+            self.adapt_predict_images = tf.function(self._adapt_predict_images, input_signature=[
+                tf.TensorSpec([None], tf.string, name="support_images"), labels,
+                tf.TensorSpec([None], tf.string, name="query_images")])
+
+    def signatures(self) -> dict:
+        """{signature name: concrete function} for `tf.saved_model.save`."""
+        adapt_predict = self.adapt_predict.get_concrete_function()
+        out = {"serving_default": adapt_predict, "adapt_predict": adapt_predict,
+               "predict": self.predict.get_concrete_function()}
+        if self.image_format is not None:
+            out["adapt_predict_images"] = self.adapt_predict_images.get_concrete_function()
+        return out
 
     def _params(self) -> list:
         return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
 
-    def _outputs(self, outputs: tf.Tensor) -> dict:
-        if self.ways:
-            return {"logits": outputs, "probabilities": tf.nn.softmax(outputs)}
-        return {"predictions": outputs}
+    def _outputs(self, outputs: tf.Tensor, classes=None) -> dict:
+        if not self.ways:
+            return {"predictions": outputs}
+        if classes is not None:
+            outputs = mask_classes(outputs, classes)
+        return {"logits": outputs, "probabilities": tf.nn.softmax(outputs)}
 
     def _adapt_predict(self, support_x, support_y, query_x):
         checks = check_request(support_x, support_y, query_x, self.ways)
         with tf.control_dependencies(checks):
             support_x = tf.identity(support_x)
-        adapted, _ = adapt(self.model, self._params(), (support_x, support_y), self.config)
-        return self._outputs(apply(self.model, adapted, query_x))
+        classes = tf.reduce_max(support_y) + 1 if self.ways else None
+        adapted, _ = adapt(self.model, self._params(), (support_x, support_y), self.config,
+                           classes=classes)
+        return self._outputs(query_outputs(self.model, adapted, support_x, query_x), classes)
+
+    def _adapt_predict_images(self, support_images, support_y, query_images):
+        decode = lambda images, name: decode_images(  # noqa: E731
+            images, self.image_format, name, self.dtype)
+        return self._adapt_predict(decode(support_images, "support_images"), support_y,
+                                   decode(query_images, "query_images"))
 
     def _predict(self, x):
         with tf.control_dependencies(_check_examples(x, "x")):
@@ -104,7 +143,11 @@ def _check_examples(x: tf.Tensor, name: str) -> list:
 
 def check_request(support_x: tf.Tensor, support_y: tf.Tensor, query_x: tf.Tensor,
                   ways: int) -> list:
-    """Graph assertions on one adapt_predict request; `ways` 0 means regression."""
+    """Graph assertions on one adapt_predict request; `ways` 0 means regression.
+
+    A classifier's labels must lie in [0, ways) and use every class in 0..max(support_y). The
+    label checks run after the emptiness checks, so an empty support set is reported as such.
+    """
     checks = _check_examples(support_x, "support_x") + _check_examples(query_x, "query_x")
     checks.append(tf.debugging.assert_equal(
         tf.shape(support_y)[0], tf.shape(support_x)[0],
@@ -112,18 +155,64 @@ def check_request(support_x: tf.Tensor, support_y: tf.Tensor, query_x: tf.Tensor
     if not ways:
         checks.append(tf.debugging.assert_all_finite(support_y, "support_y contains NaN or Inf"))
         return checks
-    in_range = [
-        tf.debugging.assert_non_negative(
-            support_y, message=f"support_y holds a label outside [0, {ways})"),
-        tf.debugging.assert_less(
-            support_y, ways, message=f"support_y holds a label outside [0, {ways})")]
-    checks += in_range
+    with tf.control_dependencies(checks):
+        in_range = [
+            tf.debugging.assert_non_negative(
+                support_y, message=f"support_y holds a label outside [0, {ways})"),
+            tf.debugging.assert_less(
+                support_y, ways, message=f"support_y holds a label outside [0, {ways})")]
     with tf.control_dependencies(in_range):  # bincount itself fails on a negative label
         counts = tf.math.bincount(support_y, minlength=ways, maxlength=ways)
-    checks.append(tf.debugging.Assert(
-        tf.reduce_all(counts > 0),
-        [f"every class in [0, {ways}) needs a support example; examples per class:", counts]))
+    used = tf.range(ways) <= tf.reduce_max(support_y)
+    checks += in_range + [tf.debugging.Assert(
+        tf.reduce_all(tf.logical_or(counts > 0, tf.logical_not(used))),
+        ["support_y must use classes 0..M-1 with a support example of each (M = the largest "
+         "label + 1); examples per class:", counts])]
     return checks
+
+
+def describe_signatures(model: MetaModel, image_format: Optional[ImageFormat]) -> dict:
+    """What each signature takes and returns, for the export's metadata."""
+    dtype = tf.as_dtype(model.trainable_variables[0].dtype).name
+    shape = ["K", *model.example_shape]
+    if image_format is not None:
+        example = {"dtype": dtype, **image_format.describe()}
+    else:
+        example = {"dtype": dtype, "shape": list(model.example_shape)}
+    if model.loss_name == "cross_entropy":
+        ways = model.head.units
+        labels = {"dtype": "int32", "shape": ["K"],
+                  "values": f"classes 0..M-1 for any M <= {ways}, each with an example"}
+        outputs = {"logits": {"dtype": dtype, "shape": ["Q", ways],
+                              "note": "classes >= M hold the lowest float"},
+                   "probabilities": {"dtype": dtype, "shape": ["Q", ways],
+                                     "note": "softmax over the M classes; 0 for the others"}}
+    else:
+        labels = {"dtype": dtype, "shape": ["K", model.head.units]}
+        outputs = {"predictions": {"dtype": dtype, "shape": ["Q", model.head.units]}}
+    independent = model.query_independent
+    dependence = ("each query's answer depends only on the support set and itself"
+                  if independent else
+                  "each query's answer depends on the other queries of the request (they are "
+                  "normalized together): send a task's queries in one request")
+    signatures = {
+        "adapt_predict": {
+            "inputs": {"support_x": {**example, "shape": shape}, "support_y": labels,
+                       "query_x": {**example, "shape": ["Q", *shape[1:]]}},
+            "outputs": outputs, "query_independent": independent, "queries": dependence},
+        "predict": {
+            "inputs": {"x": {**example, "shape": ["B", *shape[1:]]}},
+            "outputs": outputs, "query_independent": not model.normalizes,
+            "queries": "no adaptation" + ("" if not model.normalizes else
+                                          "; the rows of x are normalized together")}}
+    if image_format is not None:
+        files = {"dtype": "string", "encoding": "PNG or JPEG file bytes (REST: {\"b64\": ...})",
+                 "preprocessing": image_format.describe()["preprocessing"] + ", in the graph"}
+        signatures["adapt_predict_images"] = {
+            "inputs": {"support_images": {**files, "shape": ["K"]}, "support_y": labels,
+                       "query_images": {**files, "shape": ["Q"]}},
+            "outputs": outputs, "query_independent": independent, "queries": dependence}
+    return signatures
 
 
 def next_version(model_dir: Path) -> int:
@@ -133,8 +222,11 @@ def next_version(model_dir: Path) -> int:
 
 
 def export(model: MetaModel, config: AdaptConfig, out: Path, steps: int, metadata: dict,
-           version: Optional[int] = None) -> Path:
+           version: Optional[int] = None, image_format: Optional[ImageFormat] = None) -> Path:
     """Writes `model` as MODELS/NAME/<version> (`out` is MODELS/NAME); returns the version path.
+
+    `metadata` is completed with the version, the norm mode, the image format and the
+    signatures' inputs.
 
     Raises:
         ConfigError: the version exists or is not positive.
@@ -148,16 +240,16 @@ def export(model: MetaModel, config: AdaptConfig, out: Path, steps: int, metadat
         raise ConfigError(f"{target} exists; choose another --version (next free: "
                           f"{next_version(out)})")
     out.mkdir(parents=True, exist_ok=True)
-    module = AdaptivePredictor(model, config, steps, {**metadata, "version": version})
+    metadata = {**metadata, "version": version, "norm": model.norm,
+                "query_independent": model.query_independent,
+                "image_format": dataclasses.asdict(image_format) if image_format else None,
+                "signatures": describe_signatures(model, image_format)}
+    module = AdaptivePredictor(model, config, steps, image_format)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=out))
     try:
-        tf.saved_model.save(module, str(staging), signatures={
-            "serving_default": module.adapt_predict.get_concrete_function(),
-            "adapt_predict": module.adapt_predict.get_concrete_function(),
-            "predict": module.predict.get_concrete_function()})
+        tf.saved_model.save(module, str(staging), signatures=module.signatures())
         (staging / METADATA_FILE).parent.mkdir(parents=True, exist_ok=True)
-        (staging / METADATA_FILE).write_text(json.dumps({**metadata, "version": version},
-                                                        indent=2))
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -165,19 +257,27 @@ def export(model: MetaModel, config: AdaptConfig, out: Path, steps: int, metadat
 
 
 def read_metadata(version_dir: Path) -> dict:
-    """The metadata an export carries (ways, example_shape, steps, lr, ...)."""
+    """The metadata an export carries (ways, norm, example_shape, signatures, steps, lr, ...)."""
     return json.loads((Path(version_dir) / METADATA_FILE).read_text())
 
 
 def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
-               steps: Optional[int] = None, checkpoint: Optional[str] = None) -> Path:
+               steps: Optional[int] = None, checkpoint: Optional[str] = None,
+               norm: Optional[str] = None) -> Path:
     """Exports a run's checkpoint (default: the latest) with `steps` adaptation steps per
-    request (default: the run's test steps); returns the version directory."""
+    request (default: the run's test steps); returns the version directory.
+
+    `norm` serves the model with another query normalization than it was trained with (one of
+    NORMS; "support" lets a transductive model answer one query at a time).
+    """
     from tfmeta import training
 
+    if norm is not None and norm not in NORMS:
+        raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
     run_dir = Path(run_dir)
-    run = training.Run.open(run_dir)
+    run = training.Run.open(run_dir, [f"model.norm={norm}"] if norm else [])
     config = run.config
+    trained = config_lib.load(str(run_dir / "config.yaml")).model.norm
     path = run.restore(checkpoint)
     model = run.eval_model
     if run.eval_params is not None:
@@ -192,5 +292,6 @@ def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
         "ways": model.head.units if model.loss_name == "cross_entropy" else 0,
         "shots": config.data.shots, "example_shape": list(model.example_shape),
         "dtype": config.model.dtype, "steps": steps, "lr": config.adapt.lr,
+        "trained_norm": trained,
         "run_dir": str(run_dir.resolve()), "checkpoint": path}
-    return export(model, config.adapt, out, steps, metadata, version)
+    return export(model, config.adapt, out, steps, metadata, version, run.source.image_format)

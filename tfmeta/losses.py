@@ -29,6 +29,13 @@ def accuracy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.cast(hits, logits.dtype))
 
 
+def mask_classes(logits: tf.Tensor, classes) -> tf.Tensor:
+    """logits [B, N] with every class c >= `classes` set to the dtype's lowest value, so that its
+    softmax probability is exactly 0 and it gets no gradient: an M-way softmax on an N-way head."""
+    present = tf.range(tf.shape(logits)[-1]) < classes
+    return tf.where(present, logits, logits.dtype.min)
+
+
 def outputs_loss(model: MetaModel, outputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
     """The model's loss for already-computed outputs."""
     if model.loss_name == "cross_entropy":
@@ -37,9 +44,13 @@ def outputs_loss(model: MetaModel, outputs: tf.Tensor, targets: tf.Tensor) -> tf
 
 
 def task_loss(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor,
-              y: tf.Tensor) -> tf.Tensor:
-    """L(D; params): the model's mean loss on the examples (x [B, ...], y [B] or [B, 1])."""
-    return outputs_loss(model, apply(model, params, x), y)
+              y: tf.Tensor, classes=None) -> tf.Tensor:
+    """L(D; params): the model's mean loss on the examples (x [B, ...], y [B] or [B, 1]); for a
+    classifier, over its first `classes` classes only when given (`mask_classes`)."""
+    outputs = apply(model, params, x)
+    if classes is not None:
+        outputs = mask_classes(outputs, classes)
+    return outputs_loss(model, outputs, y)
 
 
 def outputs_metrics(model: MetaModel, outputs: tf.Tensor, targets: tf.Tensor) -> dict:

@@ -5,7 +5,7 @@ outputs and the loss, and draws seeded episode streams for the "train" and "test
 """
 
 import dataclasses
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -13,6 +13,7 @@ import tensorflow as tf
 from tfmeta.errors import ConfigError
 from tfmeta.tasks import classification, miniimagenet, sampler, sine
 from tfmeta.tasks.episode import Episode
+from tfmeta.tasks.image_format import ImageFormat, miniimagenet_format, omniglot_format
 from tfmeta.tasks.miniimagenet import MiniImagenetConfig
 from tfmeta.tasks.omniglot_split import OmniglotConfig, omniglot_pools
 from tfmeta.tasks.sine import SineConfig
@@ -59,6 +60,7 @@ class TaskSource:
             trained on the whole split.
         eval_split: the split that training evaluates after each epoch and measures the
             landscape on: "val" where there is one, else "test".
+        image_format: how the dataset's image files become inputs (None: not images).
     """
     example_shape: tuple
     outputs: int
@@ -68,6 +70,7 @@ class TaskSource:
     labelled_fns: Dict[str, Callable] = dataclasses.field(default_factory=dict)
     classes: Dict[str, int] = dataclasses.field(default_factory=dict)
     eval_split: str = "test"
+    image_format: Optional[ImageFormat] = None
 
     def episodes(self, split: str, seed: int, meta_batch: int, start: int = 0,
                  count: int = -1) -> tf.data.Dataset:
@@ -106,7 +109,7 @@ def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
                     for split in SPLITS}
         labelled = {s: classification.labelled_fn(pools[s], tf.as_dtype(dtype)) for s in SPLITS}
         return TaskSource((size, size, 1), config.ways, "cross_entropy", fns, examples, labelled,
-                          {s: len(pools[s]) for s in SPLITS})
+                          {s: len(pools[s]) for s in SPLITS}, image_format=omniglot_format(size))
     if config.dataset == "miniimagenet":
         pools = miniimagenet.pools(config.miniimagenet)
         augment = config.miniimagenet.augment
@@ -120,6 +123,7 @@ def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
         labelled = {s: classification.labelled_fn(p, tf.as_dtype(dtype)) for s, p in pools.items()}
         return TaskSource(pools["train"].images.shape[1:], config.ways, "cross_entropy", fns,
                           labelled_fns=labelled, classes={s: p.classes for s, p in pools.items()},
-                          eval_split="val")
+                          eval_split="val",
+                          image_format=miniimagenet_format(pools["train"].images.shape[1]))
     raise ConfigError(f"unknown dataset {config.dataset!r}; expected one of {', '.join(DATASETS)}")
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from tfmeta.errors import DataError
 from tfmeta.tasks.classification import Pool
+from tfmeta.tasks.image_format import miniimagenet_format
 
 SPLITS = ("train", "val", "test")
 STANDARD_CLASSES = {"train": 64, "val": 16, "test": 20}
@@ -119,10 +120,7 @@ def _csv_split(folder: Path, split: str) -> Dict[str, list]:
 def _decode(path: Path, size: int) -> np.ndarray:
     from PIL import Image
     with Image.open(path) as image:
-        image = image.convert("RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.LANCZOS)
-        return np.asarray(image, np.uint8)
+        return miniimagenet_format(size).from_pil(image)
 
 
 def _csv_files(folder: Path) -> dict:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from tfmeta.errors import DataError
 from tfmeta.files import atomic_open
+from tfmeta.tasks.image_format import omniglot_format
 
 ZIP_NAMES = (
     "images_background.zip",
@@ -64,7 +65,7 @@ def load_omniglot(data_dir: str | os.PathLike[str], image_size: int = 28) -> Omn
     A character in two zips (Greek and Latin are in both small sets) is kept once. Raises DataError
     when the directory, a zip or a character is missing or malformed.
     """
-    zips = _find_zips(Path(data_dir))
+    zips = find_zips(Path(data_dir))
     cache_name = _cache_name(zips, image_size)
     cache_dirs = _cache_dirs(Path(data_dir))
     for cache_dir in cache_dirs:
@@ -161,7 +162,7 @@ def _character_name(alphabet_char_id: int) -> str:
     return f"character{alphabet_char_id + 1:02d}"
 
 
-def _find_zips(data_dir: Path) -> list[Path]:
+def find_zips(data_dir: Path) -> list[Path]:
     """The Omniglot zips present in `data_dir`, in ZIP_NAMES order."""
     expected = ", ".join(ZIP_NAMES)
     if not data_dir.is_dir():
@@ -204,7 +205,7 @@ def _read_zip(
     """
     try:
         with zipfile.ZipFile(path) as archive:
-            members = _group_members(archive.namelist())
+            members = group_members(archive.namelist())
             if not members:
                 raise DataError(
                     f"{path} holds no images laid out as "
@@ -227,7 +228,7 @@ def _read_zip(
         raise DataError(f"{path} is not a readable zip file ({error}); download it again.") from error
 
 
-def _group_members(names: Iterable[str]) -> dict[CharacterKey, list[str]]:
+def group_members(names: Iterable[str]) -> dict[CharacterKey, list[str]]:
     """Groups `<set>/<Alphabet>/<characterNN>/<drawer>.png` member names by (alphabet, character)."""
     grouped: dict[CharacterKey, list[str]] = {}
     for name in names:
@@ -254,9 +255,9 @@ def _decode_member(
 
 
 def _preprocess(image: Image.Image, image_size: int) -> np.ndarray:
-    """Grayscale, antialiased resize and inversion to uint8 [S, S]: the PNGs draw black on white."""
-    gray = image.convert("L").resize((image_size, image_size), Image.Resampling.LANCZOS)
-    return 255 - np.asarray(gray, dtype=np.uint8)
+    """Grayscale, Lanczos resize and inversion to uint8 [S, S]: the PNGs draw black on white
+    (`image_format.omniglot_format`, which exported models reproduce in their graph)."""
+    return omniglot_format(image_size).from_pil(image)[..., 0]
 
 
 def _cache_name(zips: list[Path], image_size: int) -> str:

@@ -1,0 +1,77 @@
+"""Omniglot tasks as the original PNG files: what a serving client holds.
+
+Training reads Omniglot through a decoded cache; a client of an exported model sends files. This
+module draws N-way K-shot tasks from the characters of one split (by default the held-out
+meta-test alphabets or characters of `data.omniglot`), unrotated, as the zips' PNG bytes, so that an
+export can be checked the way it is used: files in, against tfmeta's own preprocessing of the same
+files.
+"""
+
+import zipfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from tfmeta.errors import ConfigError
+from tfmeta.tasks import omniglot
+from tfmeta.tasks.omniglot_split import OmniglotConfig, split_classes
+
+
+class FileTask(NamedTuple):
+    """One N-way task as files: support_png [N*K] and query_png [N*Q] bytes, labels int32 [N*K]
+    and [N*Q] (class c's examples together, classes in order)."""
+    support_png: list
+    support_y: np.ndarray
+    query_png: list
+    query_y: np.ndarray
+
+
+def character_files(config: OmniglotConfig) -> dict:
+    """{(alphabet, character): (zip path, [20 member names])}, every character once, from the
+    zips in `config.data_dir` in the order the decoded cache uses."""
+    characters = {}
+    for path in omniglot.find_zips(Path(config.data_dir)):
+        with zipfile.ZipFile(path) as archive:
+            for key, names in omniglot.group_members(archive.namelist()).items():
+                characters.setdefault(key, (path, names))
+    return dict(sorted(characters.items()))
+
+
+def file_tasks(config: OmniglotConfig, ways: int, shots: int, queries: int, count: int,
+               seed: int = 0, split: str = "test") -> list:
+    """`count` FileTasks drawn from the `split` characters ("train" or "test") of `config`'s split.
+
+    Raises:
+        ConfigError: the split has fewer than `ways` characters, or a character fewer than
+            shots + queries drawings.
+    """
+    if config.source != "zips":
+        raise ConfigError("Omniglot tasks as files need data.omniglot.source: zips")
+    files = character_files(config)
+    keys = list(files)
+    train, test = split_classes([alphabet for alphabet, _ in keys], config)
+    pool = [keys[i] for i in (test if split == "test" else train)]
+    if len(pool) < ways or shots + queries > omniglot.IMAGES_PER_CHARACTER:
+        raise ConfigError(f"a {ways}-way {shots}-shot task with {queries} queries needs {ways} "
+                          f"characters of {shots + queries} drawings; the {split} split has "
+                          f"{len(pool)} characters of {omniglot.IMAGES_PER_CHARACTER}")
+    rng = np.random.default_rng(seed)
+    archives = {}
+    tasks = []
+    try:
+        for _ in range(count):
+            support, query = [], []
+            for key in rng.choice(len(pool), ways, replace=False):
+                path, names = files[pool[key]]
+                archive = archives.setdefault(path, zipfile.ZipFile(path))
+                drawn = rng.choice(len(names), shots + queries, replace=False)
+                data = [archive.read(names[i]) for i in drawn]
+                support += data[:shots]
+                query += data[shots:]
+            tasks.append(FileTask(support, np.repeat(np.arange(ways, dtype=np.int32), shots),
+                                  query, np.repeat(np.arange(ways, dtype=np.int32), queries)))
+    finally:
+        for archive in archives.values():
+            archive.close()
+    return tasks
