@@ -60,3 +60,15 @@ def train_tiny(run_dir, preset: str, *overrides):
                                       "train.iterations=10", "train.eval_tasks=10",
                                       "landscape.every=0", *overrides])
     return training.train(config, progress=False, log=lambda _: None)
+
+
+def session_run(version_dir, signature: str, inputs: dict) -> dict:
+    """Runs a SavedModel signature through TensorFlow's session-based loader, the mechanism of
+    tensorflow_model_server and saved_model_cli: variables restored by the SavedModel's saver,
+    the signature run by tensor names in a TF1 Session."""
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(version_dir))
+        signature_def = meta_graph.signature_def[signature]
+        fetches = {k: v.name for k, v in signature_def.outputs.items()}
+        feed = {signature_def.inputs[k].name: v for k, v in inputs.items()}
+        return session.run(fetches, feed)

@@ -1,4 +1,6 @@
-"""The exported SavedModel against in-process adaptation, in a fresh process; its request checks."""
+"""The exported SavedModel against in-process adaptation, in a fresh process and in TensorFlow's
+session-based loader (TF Serving's mechanism); query independence, image files, M-way requests and
+the request checks."""
 
 import json
 import os
@@ -10,12 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import train_tiny
-from tfmeta import config as config_lib, export, training
+from helpers import session_run, train_tiny
+from tfmeta import config as config_lib, export, models, training
 from tfmeta.adaptation import adapt
 from tfmeta.errors import ConfigError
-from tfmeta.models import apply
-
+from tfmeta.models import apply, query_outputs
+from tfmeta.tasks.image_format import omniglot_format
+from tfmeta.tasks.omniglot_files import file_tasks
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +26,13 @@ def omniglot_run(omniglot_dir, tmp_path_factory) -> Path:
     return train_tiny(tmp_path_factory.mktemp("omniglot") / "run", "omniglot_5w1s-cpu",
                       f"data.omniglot.data_dir={omniglot_dir}", "model.filters=8",
                       "train.meta_batch=2")
+
+
+@pytest.fixture(scope="module")
+def support_run(omniglot_dir, tmp_path_factory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("support") / "run", "omniglot_5w1s-cpu",
+                      f"data.omniglot.data_dir={omniglot_dir}", "model.filters=8",
+                      "train.meta_batch=2", "model.norm=support")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +58,16 @@ def in_process(run, episode, steps):
     adapted, _ = adapt(run.eval_model, [tf.convert_to_tensor(v) for v in
                                         run.eval_model.trainable_variables],
                        episode.support, config, steps=steps)
-    return apply(run.eval_model, adapted, episode.query_x).numpy()
+    return query_outputs(run.eval_model, adapted, episode.support_x, episode.query_x).numpy()
+
+
+def assert_session_loader_agrees(version: Path, signature: str, inputs: dict, outputs: dict):
+    """TF Serving's loader (restore through the saver, run by tensor names) gives the outputs
+    that tf.saved_model.load gave."""
+    served = session_run(version, signature, inputs)
+    assert set(served) == set(outputs)
+    for key, value in outputs.items():
+        np.testing.assert_allclose(served[key], value, atol=1e-5, err_msg=f"{signature}/{key}")
 
 
 FRESH = """
@@ -92,6 +111,19 @@ def test_omniglot_export_matches_in_process_adaptation_in_a_fresh_process(omnigl
     np.testing.assert_allclose(out["probabilities"], tf.nn.softmax(expected).numpy(), atol=1e-5)
     np.testing.assert_array_equal(out["default_logits"], out["logits"])
     np.testing.assert_allclose(out["plain_logits"], in_process(run, episode, 0), atol=1e-5)
+    assert (metadata["norm"], metadata["trained_norm"], metadata["query_independent"]) == (
+        "transductive", "transductive", False)
+    assert set(metadata["signatures"]) == {"adapt_predict", "adapt_predict_images", "predict"}
+    query = metadata["signatures"]["adapt_predict"]["inputs"]["query_x"]
+    assert query["range"] == [0.0, 1.0] and query["shape"] == ["Q", 28, 28, 1]
+    assert query["polarity"].startswith("strokes bright")
+    assert "depends on the other queries" in metadata["signatures"]["adapt_predict"]["queries"]
+    assert metadata["image_format"] == {"height": 28, "width": 28, "channels": 1, "invert": True}
+    inputs = inputs_of(episode)
+    assert_session_loader_agrees(version, "adapt_predict", inputs,
+                                 {k: out[k] for k in ("logits", "probabilities")})
+    assert_session_loader_agrees(version, "predict", {"x": inputs["query_x"]},
+                                 {k: out["plain_" + k] for k in ("logits", "probabilities")})
     # Real gradients inside the graph: relabelling the support set changes the answer.
     relabelled = inputs_of(episode)
     relabelled["support_y"] = (relabelled["support_y"] + 1) % 5
@@ -118,18 +150,23 @@ def test_sine_export_any_sizes_and_next_version(sine_run, tmp_path):
         support = type(episode)(x, y, query, tf.sin(query))
         np.testing.assert_allclose(got["predictions"].numpy(), in_process(run, support, 2),
                                    atol=1e-5)
+        assert_session_loader_agrees(second, "adapt_predict",
+                                     {"support_x": x.numpy(), "support_y": y.numpy(),
+                                      "query_x": query.numpy()},
+                                     {"predictions": got["predictions"].numpy()})
     assert json.loads(loaded.metadata_json.numpy())["task"] == "regression"
 
 
 @pytest.mark.parametrize("change, message", [
     (lambda r: r.update(support_y=np.array([0, 1, 2, 3, 5], np.int32)), "outside \\[0, 5\\)"),
     (lambda r: r.update(support_y=np.array([0, 1, 2, 3, -1], np.int32)), "outside \\[0, 5\\)"),
-    (lambda r: r.update(support_y=np.array([0, 1, 2, 3, 3], np.int32)), "needs a support example"),
     (lambda r: r["query_x"].__setitem__((0, 0, 0, 0), np.nan), "query_x contains NaN or Inf"),
     (lambda r: r["support_x"].__setitem__((1, 3, 3, 0), np.inf), "support_x contains NaN or Inf"),
     (lambda r: r.update(support_x=r["support_x"][:0], support_y=r["support_y"][:0]),
      "support_x is empty"),
     (lambda r: r.update(support_y=r["support_y"][:4]), "different numbers of examples"),
+    (lambda r: r.update(support_y=np.array([0, 0, 2, 2, 3], np.int32)),
+     "must use classes 0..M-1 with a support example of each"),
 ])
 def test_bad_requests_fail_in_the_graph_with_a_named_input(omniglot_run, omniglot_export, change,
                                                           message):
@@ -139,3 +176,151 @@ def test_bad_requests_fail_in_the_graph_with_a_named_input(omniglot_run, omniglo
     change(request)
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         loaded.signatures["adapt_predict"](**{k: tf.constant(v) for k, v in request.items()})
+
+
+def test_saved_model_cli_runs_the_export(omniglot_run, tmp_path):
+    """The command a TF Serving user checks an export with, as the issue ran it."""
+    version = export.export_run(omniglot_run, tmp_path / "models" / "o")
+    _, episode = episode_of(omniglot_run)
+    for key, value in inputs_of(episode).items():
+        np.save(tmp_path / f"{key}.npy", value)
+    subprocess.run(["saved_model_cli", "run", "--dir", str(version), "--tag_set", "serve",
+                    "--signature_def", "adapt_predict", "--inputs",
+                    ";".join(f"{k}={tmp_path / k}.npy" for k in ("support_x", "support_y",
+                                                                  "query_x")),
+                    "--outdir", str(tmp_path / "out")],
+                   check=True, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+                                                         "PATH": f"{Path(sys.executable).parent}"
+                                                                 f"{os.pathsep}{os.environ['PATH']}"})
+    expected = tf.saved_model.load(str(version)).signatures["adapt_predict"](
+        **{k: tf.constant(v) for k, v in inputs_of(episode).items()})["logits"].numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "logits.npy"), expected, atol=1e-5)
+
+
+def one_at_a_time(signature, inputs: dict) -> np.ndarray:
+    return np.concatenate([
+        signature(support_x=tf.constant(inputs["support_x"]),
+                  support_y=tf.constant(inputs["support_y"]),
+                  query_x=tf.constant(inputs["query_x"][i:i + 1]))["logits"].numpy()
+        for i in range(len(inputs["query_x"]))])
+
+
+@pytest.mark.parametrize("trained, served", [("support", None), ("transductive", "support")])
+def test_support_norm_answers_a_query_alone_as_among_75(omniglot_run, support_run, tmp_path,
+                                                      trained, served):
+    run_dir = support_run if trained == "support" else omniglot_run
+    version = export.export_run(run_dir, tmp_path / "models" / "o", norm=served)
+    metadata = export.read_metadata(version)
+    assert (metadata["norm"], metadata["trained_norm"]) == ("support", trained)
+    assert metadata["query_independent"] and metadata["signatures"]["adapt_predict"][
+        "query_independent"]
+    run = training.Run.open(run_dir, ["model.norm=support"])
+    run.restore()
+    episode = next(iter(run.source.episodes("test", 7, 1).unbatch()))
+    inputs = inputs_of(episode)
+    assert len(inputs["query_x"]) == 75
+    signature = tf.saved_model.load(str(version)).signatures["adapt_predict"]
+    together = signature(**{k: tf.constant(v) for k, v in inputs.items()})["logits"].numpy()
+    np.testing.assert_allclose(one_at_a_time(signature, inputs), together, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(together, in_process(run, episode, run.config.adapt.eval_steps),
+                               atol=1e-5)
+    # The same in TF Serving's loader, which rounds a little differently (within 1e-5).
+    served = session_run(version, "adapt_predict", inputs)["logits"]
+    np.testing.assert_allclose(served, together, atol=1e-5)
+    for i in (0, 37, 74):
+        alone = session_run(version, "adapt_predict", {**inputs,
+                                                       "query_x": inputs["query_x"][i:i + 1]})
+        np.testing.assert_allclose(alone["logits"], served[i:i + 1], rtol=0, atol=1e-6)
+
+
+def test_transductive_export_depends_on_the_other_queries(omniglot_export, omniglot_run):
+    _, episode = episode_of(omniglot_run)
+    inputs = inputs_of(episode)
+    signature = omniglot_export.signatures["adapt_predict"]
+    together = signature(**{k: tf.constant(v) for k, v in inputs.items()})["logits"].numpy()
+    assert np.abs(one_at_a_time(signature, inputs)[:5] - together[:5]).max() > 1e-2
+
+
+def float_images(files) -> np.ndarray:
+    """tfmeta's own preprocessing of the files, as training stores them, in [0, 1]."""
+    from PIL import Image
+    import io
+    image_format = omniglot_format(28)
+    return np.stack([image_format.from_pil(Image.open(io.BytesIO(f))) for f in files]
+                    ).astype(np.float32) / 255.0
+
+
+def test_png_files_of_held_out_alphabets_give_the_float_paths_answers(support_run, tmp_path):
+    version = export.export_run(support_run, tmp_path / "models" / "o")
+    loaded = tf.saved_model.load(str(version))
+    config = config_lib.load(str(support_run / "config.yaml"))
+    tasks = file_tasks(config.data.omniglot, 5, 1, 15, count=20, seed=3)
+    agree, total = 0, 0
+    for task in tasks:
+        files = loaded.signatures["adapt_predict_images"](
+            support_images=tf.constant(task.support_png), support_y=tf.constant(task.support_y),
+            query_images=tf.constant(task.query_png))["logits"].numpy()
+        floats = loaded.signatures["adapt_predict"](
+            support_x=tf.constant(float_images(task.support_png)),
+            support_y=tf.constant(task.support_y),
+            query_x=tf.constant(float_images(task.query_png)))["logits"].numpy()
+        # The decoder is PIL's arithmetic bit for bit, so only float rounding separates the two.
+        np.testing.assert_allclose(files, floats, atol=1e-4)
+        agree += int(np.sum(files.argmax(1) == floats.argmax(1)))
+        total += len(files)
+    assert total == 1500 and agree / total >= 0.99
+    task = tasks[0]
+    served = session_run(version, "adapt_predict_images", {
+        "support_images": np.array(task.support_png, object), "support_y": task.support_y,
+        "query_images": np.array(task.query_png, object)})
+    np.testing.assert_allclose(served["logits"], loaded.signatures["adapt_predict_images"](
+        support_images=tf.constant(task.support_png), support_y=tf.constant(task.support_y),
+        query_images=tf.constant(task.query_png))["logits"].numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("ways", [1, 2, 3])
+def test_fewer_classes_adapt_and_predict_as_an_m_way_head(support_run, tmp_path, ways):
+    """Independent truth: the same network with its head cut to the first M rows."""
+    version = export.export_run(support_run, tmp_path / "models" / "o")
+    run = training.Run.open(support_run)
+    run.restore()
+    episode = next(iter(run.source.episodes("test", 11, 1).unbatch()))
+    keep = episode.support_y.numpy() < ways
+    support_x, support_y = episode.support_x.numpy()[keep], episode.support_y.numpy()[keep]
+    out = tf.saved_model.load(str(version)).signatures["adapt_predict"](
+        support_x=tf.constant(support_x), support_y=tf.constant(support_y),
+        query_x=episode.query_x)
+    logits, probabilities = out["logits"].numpy(), out["probabilities"].numpy()
+    narrow = models.build(run.config.model, run.source.example_shape, ways)
+    params = [tf.convert_to_tensor(v) for v in run.eval_model.trainable_variables]
+    params[-2:] = [params[-2][:, :ways], params[-1][:ways]]
+    adapted, _ = adapt(narrow, params, (tf.constant(support_x), tf.constant(support_y)),
+                       run.config.adapt, steps=run.config.adapt.eval_steps)
+    truth = query_outputs(narrow, adapted, tf.constant(support_x), episode.query_x).numpy()
+    np.testing.assert_allclose(logits[:, :ways], truth, atol=1e-5)
+    np.testing.assert_allclose(probabilities[:, :ways], tf.nn.softmax(truth).numpy(), atol=1e-6)
+    assert np.all(probabilities[:, ways:] == 0)
+    assert np.all(logits[:, ways:] == np.finfo(np.float32).min)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.update(support_images=r["support_images"][:-1] + [b""]),
+     "support_images holds an empty string at index"),
+    (lambda r: r.update(query_images=[b"not an image"] + r["query_images"][1:]),
+     "query_images holds bytes that are not a PNG or JPEG file at index"),
+    (lambda r: r.update(support_y=np.array([0, 1, 3, 4, 5], np.int32)), "outside \\[0, 5\\)"),
+    (lambda r: r.update(support_images=[], support_y=np.zeros([0], np.int32)),
+     "support_x is empty"),
+])
+def test_bad_image_requests_fail_in_the_graph_with_a_named_input(omniglot_export, omniglot_run,
+                                                                 change, message):
+    config = config_lib.load(str(omniglot_run / "config.yaml"))
+    task = file_tasks(config.data.omniglot, 5, 1, 2, count=1)[0]
+    request = {"support_images": list(task.support_png), "support_y": task.support_y,
+               "query_images": list(task.query_png)}
+    change(request)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        omniglot_export.signatures["adapt_predict_images"](
+            support_images=tf.constant(request["support_images"], tf.string),
+            support_y=tf.constant(request["support_y"]),
+            query_images=tf.constant(request["query_images"], tf.string))

@@ -64,10 +64,11 @@ class AdaptivePredictor(tf.Module):
             how query sets are normalized.
         config: the inner loop; `steps` replaces its step count.
         steps: adaptation steps per request.
+        metadata: JSON-serializable facts about the export, kept as `metadata_json`.
         image_format: the dataset's image files, for `adapt_predict_images`; None for none.
     """
 
-    def __init__(self, model: MetaModel, config: AdaptConfig, steps: int,
+    def __init__(self, model: MetaModel, config: AdaptConfig, steps: int, metadata: dict,
                  image_format: Optional[ImageFormat] = None):
         super().__init__(name="tfmeta")
         self.model = model
@@ -77,6 +78,7 @@ class AdaptivePredictor(tf.Module):
         # and saved_model_cli restores: those would fail with "Could not find variable ...".
         self.backend_variables = [v.value for v in model.variables]
         self.config = dataclasses.replace(config, steps=steps)
+        self.metadata_json = tf.Variable(json.dumps(metadata), trainable=False)
         self.image_format = image_format
         self.dtype = model.trainable_variables[0].dtype
         example = tf.TensorSpec([None, *model.example_shape], self.dtype)
@@ -244,7 +246,7 @@ def export(model: MetaModel, config: AdaptConfig, out: Path, steps: int, metadat
                 "query_independent": model.query_independent,
                 "image_format": dataclasses.asdict(image_format) if image_format else None,
                 "signatures": describe_signatures(model, image_format)}
-    module = AdaptivePredictor(model, config, steps, image_format)
+    module = AdaptivePredictor(model, config, steps, metadata, image_format)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=out))
     try:
         tf.saved_model.save(module, str(staging), signatures=module.signatures())
