@@ -12,6 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfmeta.errors import TfmetaError  # noqa: E402
 
+NORMS = ("transductive", "support")  # tfmeta.models.NORMS, without importing TensorFlow for --help
+
 # Shortcut flags and the config keys they set; any other key goes through --set key=value.
 SHORTCUTS = {
     "dataset": "data.dataset", "ways": "data.ways",
@@ -19,7 +21,7 @@ SHORTCUTS = {
     "meta_lr": "train.meta_lr", "steps": "adapt.steps", "inner_lr": "adapt.lr",
     "epochs": "train.epochs", "iterations": "train.iterations", "seed": "train.seed",
     "run_dir": "run_dir", "name": "name", "landscape_every": "landscape.every",
-    "keep_checkpoints": "train.keep_checkpoints", "algorithm": "algorithm",
+    "keep_checkpoints": "train.keep_checkpoints", "algorithm": "algorithm", "norm": "model.norm",
 }
 REPORT_STEPS = (0, 1, 5, 10)
 # The preset a bare `--dataset NAME` starts from, so that each dataset gets its paper settings.
@@ -54,6 +56,9 @@ def cli():
               help="the meta-learning algorithm (default maml)")
 @click.option("--dataset", type=click.Choice(["sine", "omniglot", "miniimagenet"]),
               help="data.dataset")
+@click.option("--norm", type=click.Choice(NORMS),
+              help="model.norm: query sets normalized by their own statistics (transductive, "
+                   "the papers') or by the support set's (support: serves one query at a time)")
 @click.option("--data-dir", type=click.Path(),
               help="data.<dataset>.data_dir: the Omniglot zips, or MiniImagenet in any layout")
 @click.option("--ways", type=int, help="data.ways (N)")
@@ -116,8 +121,10 @@ def train(config_path, sets, resume_dir, no_progress, first_order, data_dir, **s
 @click.option("--checkpoint", help="checkpoint path (default: the run's latest)")
 @click.option("--inner-lr", type=float,
               help="adaptation learning rate (default: the run's adapt.lr)")
+@click.option("--norm", type=click.Choice(NORMS),
+              help="query normalization at test (default: the run's model.norm)")
 @user_errors
-def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr):
+def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr, norm):
     """Adapt a trained run to held-out tasks; print query metrics after 0, 1, 5, 10, ... steps."""
     from tfmeta import config as config_lib, training
 
@@ -129,7 +136,7 @@ def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr):
     steps = max(10, eval_steps) if steps is None else steps
     report = sorted({t for t in (*REPORT_STEPS, eval_steps, steps) if t <= steps})
     result = training.evaluate_run(Path(run_dir), steps, tasks, report, split, checkpoint,
-                                   inner_lr)
+                                   inner_lr, norm)
     click.echo(format_table(result))
     out = Path(run_dir) / f"evaluation-{split}.json"
     out.write_text(json.dumps(result, indent=2))
@@ -144,16 +151,23 @@ def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr):
 @click.option("--steps", type=int,
               help="adaptation steps per request (default: the run's test steps)")
 @click.option("--checkpoint", help="checkpoint path (default: the run's latest)")
+@click.option("--norm", type=click.Choice(NORMS),
+              help="query normalization to serve with (default: the run's model.norm); support "
+                   "lets a transductive model answer one query at a time")
 @user_errors
-def export(run_dir, out_dir, version, steps, checkpoint):
+def export(run_dir, out_dir, version, steps, checkpoint, norm):
     """Export RUN_DIR as a SavedModel that adapts to each request's support set, in TensorFlow
-    Serving's layout (signatures adapt_predict, the default, and predict)."""
+    Serving's layout (signatures adapt_predict, the default, adapt_predict_images for image
+    datasets, and predict)."""
     from tfmeta import export as export_lib
 
-    path = export_lib.export_run(Path(run_dir), Path(out_dir), version, steps, checkpoint)
+    path = export_lib.export_run(Path(run_dir), Path(out_dir), version, steps, checkpoint, norm)
     meta = export_lib.read_metadata(path)
     click.echo(f"exported {run_dir} to {path}: {meta['task']}, ways {meta['ways']}, example "
-               f"shape {meta['example_shape']}, {meta['steps']} steps at lr {meta['lr']}")
+               f"shape {meta['example_shape']}, {meta['steps']} steps at lr {meta['lr']}, "
+               f"norm {meta['norm']}")
+    click.echo(f"signatures: {', '.join(meta['signatures'])}; "
+               f"{meta['signatures']['adapt_predict']['queries']}")
 
 
 @cli.command()
@@ -336,7 +350,8 @@ def format_table(result: dict) -> str:
     rows = result["steps"]
     metrics = list(next(iter(rows.values())))
     header = f"{'steps':>5}  " + "  ".join(f"{m:>22}" for m in metrics)
-    lines = [f"{result['split']} split, {result['tasks']} tasks, {result['checkpoint']}", header]
+    lines = [f"{result['split']} split, {result['tasks']} tasks, {result['norm']} norm, "
+             f"{result['checkpoint']}", header]
     for t, values in rows.items():
         cells = [f"{values[m]['mean']:.4f} ± {values[m]['ci95']:.4f}"
                  + (f" ({values[m]['diverged']} diverged)" if values[m]["diverged"] else "")

@@ -229,3 +229,26 @@ def test_console_script_version():
     done = subprocess.run([console_script(), "--version"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and re.search(r"\d+\.\d+", done.stdout)
+
+
+def test_norm_flag_trains_evaluates_and_exports(omniglot_dir, tmp_path):
+    from tfmeta import models
+    from tfmeta_cli import main
+    assert main.NORMS == models.NORMS
+    run = tmp_path / "run"
+    result = invoke("train", "--config", "omniglot_5w1s-cpu", "--data-dir", omniglot_dir,
+                    "--norm", "support", "--run-dir", run, "--set", "model.filters=8",
+                    "--meta-batch", 2, "--landscape-every", 0, *TINY)
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["norm"] == "support"
+    result = invoke("evaluate", run, "--tasks", 10, "--steps", 1, "--norm", "transductive")
+    assert result.exit_code == 0, result.output
+    assert "transductive norm" in result.output
+    assert json.loads((run / "evaluation-test.json").read_text())["norm"] == "transductive"
+    result = invoke("export", run, "--out", tmp_path / "models" / "o")
+    assert result.exit_code == 0, result.output
+    assert "norm support" in result.output and "depends only on the support set" in result.output
+    result = invoke("export", run, "--out", tmp_path / "models" / "o", "--norm", "transductive")
+    assert "depends on the other queries" in result.output
+    assert_user_error(invoke("export", run, "--out", tmp_path / "m", "--norm", "batch"),
+                      "Invalid value for '--norm'")

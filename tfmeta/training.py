@@ -352,19 +352,23 @@ def _epoch_line(record: dict, total: int) -> str:
 
 
 def evaluate_run(run_dir: Path, steps: int, tasks_count: int, report_steps, split: str = "test",
-                 checkpoint: Optional[str] = None, inner_lr: Optional[float] = None) -> dict:
+                 checkpoint: Optional[str] = None, inner_lr: Optional[float] = None,
+                 norm: Optional[str] = None) -> dict:
     """Evaluates a run's checkpoint on `tasks_count` tasks of `split`, adapting `steps` steps
-    at the run's adapt.lr, or at `inner_lr` when given.
+    at the run's adapt.lr, or at `inner_lr` when given, normalizing query sets as the run's
+    model.norm says, or as `norm` says when given.
 
     Returns:
-        {"checkpoint", "split", "tasks", "inner_lr",
+        {"checkpoint", "split", "tasks", "inner_lr", "norm",
          "steps": {t: {metric: {"mean", "ci95", "diverged"}}}} for t in report_steps.
     """
-    run = Run.open(run_dir, [] if inner_lr is None else [f"adapt.lr={inner_lr}"])
+    overrides = ([] if inner_lr is None else [f"adapt.lr={inner_lr}"]) + (
+        [] if norm is None else [f"model.norm={norm}"])
+    run = Run.open(run_dir, overrides)
     path = run.restore(checkpoint)
     per_task = run.evaluator(steps, tasks_count, split)()
     results = evaluation.summarize(per_task, report_steps)
     return {"checkpoint": path, "split": split, "tasks": tasks_count,
-            "inner_lr": run.config.adapt.lr,
+            "inner_lr": run.config.adapt.lr, "norm": run.config.model.norm,
             "steps": {t: {k: {"mean": v[t].mean, "ci95": v[t].ci95, "diverged": v[t].diverged}
                           for k, v in results.items()} for t in report_steps}}
