@@ -174,6 +174,8 @@ def export(run_dir, out_dir, version, steps, checkpoint, norm):
 @click.option("--model-base-path", required=True, type=click.Path(), metavar="MODELS/NAME",
               help="directory of integer version subdirectories; the newest is served")
 @click.option("--model-name", help="the NAME in /v1/models/NAME (default: the directory's name)")
+@click.option("--host", default="0.0.0.0", show_default=True,
+              help="address to listen on (embedded server; 127.0.0.1 for this machine only)")
 @click.option("--port", type=int, default=8501, show_default=True, help="REST port")
 @click.option("--grpc-port", type=int, default=8500, show_default=True, help="gRPC port")
 @click.option("--max-body-mb", type=float, default=16, show_default=True,
@@ -183,7 +185,8 @@ def export(run_dir, out_dir, version, steps, checkpoint, norm):
 @click.option("--embedded", is_flag=True,
               help="use the embedded server even when tensorflow_model_server is on PATH")
 @user_errors
-def serve(model_base_path, model_name, port, grpc_port, max_body_mb, poll_seconds, embedded):
+def serve(model_base_path, model_name, host, port, grpc_port, max_body_mb, poll_seconds,
+          embedded):
     """Serve an export over TensorFlow Serving's REST and gRPC APIs: tensorflow_model_server
     when it is on PATH, else the embedded server with the same contract."""
     from tfmeta.errors import ConfigError
@@ -198,11 +201,17 @@ def serve(model_base_path, model_name, port, grpc_port, max_body_mb, poll_second
     name = model_name or base.resolve().name
     command = None if embedded else server.binary_command(base, name, port, grpc_port)
     if command:
+        if host != "0.0.0.0":
+            raise ConfigError(f"--host {host}: tensorflow_model_server listens on every address "
+                              "and has no such flag; drop --host, or pass --embedded")
+        notice = server.newest_notice(base)
+        if notice:
+            click.echo(notice)
         click.echo(f"running {' '.join(command)}")
         server.exec_binary(command)
     try:
         server.serve(base, name, port, grpc_port, int(max_body_mb * (1 << 20)), poll_seconds,
-                     log=click.echo)
+                     host=host, log=click.echo)
     except OSError as error:
         raise ConfigError(f"cannot serve: {error}") from None
 

@@ -2,6 +2,8 @@
 
     client = RestClient("http://localhost:8501", "omniglot")  # or GrpcClient("localhost:8500", ..)
     out = client.predict(support_x=sx, support_y=sy, query_x=qx)   # {"probabilities": ..., ...}
+    out = client.predict("adapt_predict_images", support_images=[png, ...], support_y=sy,
+                         query_images=[png])                      # files as bytes
 
 From a shell, with a request file {"inputs": {...}} or {"instances": [...]}:
 
@@ -10,6 +12,7 @@ From a shell, with a request file {"inputs": {...}} or {"instances": [...]}:
 """
 
 import argparse
+import base64
 import json
 import sys
 import urllib.error
@@ -30,9 +33,24 @@ class ServingClientError(Exception):
 
 def encode(payload) -> bytes:
     """JSON with numpy arrays written directly (float32 in its shortest exact form), many times
-    faster than nested lists through the json module."""
+    faster than nested lists through the json module, and bytes as TF Serving's {"b64": ...}."""
     import orjson
-    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def binary(value):
+        if isinstance(value, (bytes, bytearray)):
+            return {"b64": base64.b64encode(value).decode("ascii")}
+        raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+    return orjson.dumps(payload, default=binary, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _array_or_list(value):
+    """Numbers as a contiguous numpy array (fast to encode); files (bytes) as a list."""
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (bytes, bytearray)) for v in value):
+        return list(value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "SO":
+        return value.tolist()
+    return np.ascontiguousarray(value)
 
 
 class RestClient:
@@ -64,7 +82,7 @@ class RestClient:
 
     def predict(self, signature: Optional[str] = None, **inputs) -> dict:
         """Columnar predict; returns {output name: np.ndarray}."""
-        payload = {"inputs": {k: np.ascontiguousarray(v) for k, v in inputs.items()}}
+        payload = {"inputs": {k: _array_or_list(v) for k, v in inputs.items()}}
         if signature:
             payload["signature_name"] = signature
         outputs = self.request(payload)["outputs"]
@@ -106,7 +124,8 @@ class GrpcClient:
         """Returns {output name: np.ndarray}; raises ServingClientError on a refused request.
 
         Each input is sent in the dtype the served signature declares (read once from the
-        model's metadata), so plain Python lists work."""
+        model's metadata), so plain Python lists and files as bytes work; a conversion that would
+        change a value (1.5 or 2**40 to int32) raises ValueError instead."""
         import grpc
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
@@ -115,8 +134,7 @@ class GrpcClient:
         self._spec(request, signature)
         dtypes = self._input_dtypes(signature or "serving_default")
         for key, value in inputs.items():
-            array = np.asarray(value, dtype=dtypes.get(key))
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(array))
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(_typed(key, value, dtypes.get(key))))
         try:
             response = self.stub.Predict(request, timeout=self.timeout)
         except grpc.RpcError as error:
@@ -152,6 +170,20 @@ class GrpcClient:
 
     def close(self):
         self.channel.close()
+
+
+def _typed(name: str, value, dtype) -> np.ndarray:
+    """`value` as an array of `dtype` (None: as it is); files stay whole bytes objects."""
+    if dtype is object:
+        return np.asarray(value, dtype=object)
+    natural = np.asarray(value)
+    if dtype is None or natural.dtype == dtype:
+        return natural
+    converted = natural.astype(dtype)
+    if np.issubdtype(dtype, np.integer) and not np.array_equal(converted, natural):
+        raise ValueError(f"input '{name}' holds values that {np.dtype(dtype).name} cannot "
+                         "represent exactly")
+    return converted
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,8 @@
 
 PredictionService.Predict and GetModelMetadata, and ModelService.GetModelStatus, answered from the
 same `Repository` as REST. A ServingError's HTTP status maps to the gRPC code TF Serving uses:
-400 -> INVALID_ARGUMENT, 404 -> NOT_FOUND, other -> INTERNAL.
+400 -> INVALID_ARGUMENT, 404 -> NOT_FOUND, other -> INTERNAL. As in TF Serving, an input tensor
+must have the signature's dtype: an int64 label or a float64 image is refused, never cast.
 """
 
 from concurrent import futures
@@ -81,8 +82,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def server(repository: Repository, port: int, max_message_bytes: int = 16 << 20,
-           workers: int = 8) -> grpc.Server:
-    """A gRPC server for `repository` on 0.0.0.0:`port`, not yet started."""
+           workers: int = 8, host: str = "0.0.0.0") -> grpc.Server:
+    """A gRPC server for `repository` on `host`:`port`, not yet started."""
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", max_message_bytes)]
     grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
@@ -91,9 +92,11 @@ def server(repository: Repository, port: int, max_message_bytes: int = 16 << 20,
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(repository),
                                                               grpc_server)
     try:
-        bound = grpc_server.add_insecure_port(f"0.0.0.0:{port}")
+        bound = grpc_server.add_insecure_port(f"[{host}]:{port}" if ":" in host
+                                              else f"{host}:{port}")
     except RuntimeError:
         bound = 0
     if not bound:
-        raise OSError(f"cannot listen for gRPC on port {port}: is it in use?")
+        raise OSError(f"cannot listen for gRPC on {host} port {port}: is the port in use, or "
+                      f"the host not this machine's?")
     return grpc_server

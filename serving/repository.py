@@ -2,13 +2,15 @@
 
 TensorFlow Serving's layout is BASE/<integer version>/saved_model.pb. The repository loads the
 largest version that has a saved_model.pb, serves it, and polls BASE for a newer one; a request in
-flight keeps the version it started with. Inputs are checked against the signature's specs
-(names, dtype, shape) before the call, and errors carry an HTTP status: 400 for a bad request
-(including the model's own InvalidArgumentError checks), 404 for an unknown model or version,
-500 for anything else.
+flight keeps the version it started with. Inputs are typed arrays checked against the signature's
+specs (names, exact dtype, shape) before the call: like TF Serving, nothing is cast. Errors carry
+an HTTP status: 400 for a bad request (including the model's own InvalidArgumentError checks), 404
+for an unknown model or version, 500 for anything else. Each request runs the signature on its own
+inputs alone: requests are never batched together.
 """
 
 import gc
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +20,8 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
+
+from tfmeta import export
 
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -101,7 +105,10 @@ class Repository:
         # they are skipped (a replaced version's cyclic garbage then stays; versions are rare).
         gc.collect()
         gc.freeze()
-        self.log(f"serving {self.name} version {version.number} from {path}")
+        self.log(f"serving {self.name} version {version.number} from {path}: signatures "
+                 f"{', '.join(sorted(version.inputs))}")
+        if (path / export.METADATA_FILE).is_file():
+            self.log(export.queries_notice(export.read_metadata(path)))
         return True
 
     def watch(self, seconds: float) -> threading.Thread:
@@ -128,62 +135,80 @@ class Repository:
                                     f"served version is {current.number}")
         return current
 
-    def predict(self, name: str, version: Optional[int], signature: Optional[str],
-                inputs) -> tuple:
-        """Runs a signature on `inputs` (a dict by input name, or one value for a single-input
-        signature); returns (Version, {output name: np.ndarray})."""
+    def signature(self, name: str, version: Optional[int], signature: Optional[str]) -> tuple:
+        """(Version, signature name, {input name: TensorSpec}) of a request, or a 404 or 400."""
         served = self.get(name, version)
         signature = signature or DEFAULT_SIGNATURE
         if signature not in served.inputs:
             raise ServingError(400, f"unknown signature '{signature}'; model '{name}' has: "
                                     f"{', '.join(sorted(served.inputs))}")
-        specs = served.inputs[signature]
-        if not isinstance(inputs, dict):
-            if len(specs) != 1:
-                raise ServingError(400, f"signature '{signature}' takes named inputs "
-                                        f"{', '.join(specs)}; send an object of them")
-            inputs = {next(iter(specs)): inputs}
-        missing = [k for k in specs if k not in inputs]
-        if missing:
-            raise ServingError(400, f"missing input '{missing[0]}'; signature '{signature}' "
-                                    f"takes {', '.join(specs)}")
-        extra = [k for k in inputs if k not in specs]
-        if extra:
-            raise ServingError(400, f"unknown input '{extra[0]}'; signature '{signature}' "
-                                    f"takes {', '.join(specs)}")
-        tensors = {k: to_tensor(k, inputs[k], spec) for k, spec in specs.items()}
-        try:
-            outputs = served.module.signatures[signature](**tensors)
-        except tf.errors.InvalidArgumentError as error:
-            raise ServingError(400, first_line(error.message)) from None
-        except Exception as error:
-            raise ServingError(500, f"{type(error).__name__}: {first_line(str(error))}") from None
-        return served, {k: v.numpy() for k, v in outputs.items()}
+        return served, signature, served.inputs[signature]
+
+    def predict(self, name: str, version: Optional[int], signature: Optional[str],
+                inputs: dict) -> tuple:
+        """Runs a signature on typed arrays {input name: np.ndarray} whose dtypes must be the
+        signature's, as TensorFlow Serving requires; returns (Version, {output: np.ndarray})."""
+        served, signature, _ = self.signature(name, version, signature)
+        return served, run(served, signature, inputs)
 
 
-def to_tensor(name: str, value, spec: tf.TensorSpec) -> tf.Tensor:
-    """`value` as a tensor of `spec`'s dtype and shape, or a 400 that says what is wrong."""
-    if isinstance(value, (np.ndarray, tf.Tensor)):
-        array = np.asarray(value)
+def check_names(signature: str, specs: dict, inputs: dict) -> None:
+    """A 400 unless `inputs` names exactly the signature's inputs."""
+    missing = [k for k in specs if k not in inputs]
+    if missing:
+        raise ServingError(400, f"missing input '{missing[0]}'; signature '{signature}' "
+                                f"takes {', '.join(specs)}")
+    extra = [k for k in inputs if k not in specs]
+    if extra:
+        raise ServingError(400, f"unknown input '{extra[0]}'; signature '{signature}' "
+                                f"takes {', '.join(specs)}")
+
+
+def run(served: Version, signature: str, inputs: dict) -> dict:
+    """Calls `signature` of a loaded version on typed arrays; the model's own checks become 400s."""
+    specs = served.inputs[signature]
+    check_names(signature, specs, inputs)
+    tensors = {k: to_tensor(k, inputs[k], spec, signature) for k, spec in specs.items()}
+    try:
+        outputs = served.module.signatures[signature](**tensors)
+    except tf.errors.InvalidArgumentError as error:
+        raise ServingError(400, describe_error(error.message, specs)) from None
+    except Exception as error:
+        raise ServingError(500, f"{type(error).__name__}: {first_line(str(error))}") from None
+    return {k: v.numpy() for k, v in outputs.items()}
+
+
+def to_tensor(name: str, array: np.ndarray, spec: tf.TensorSpec, signature: str) -> tf.Tensor:
+    """A typed array as a tensor, or a 400 when its dtype is not the signature's (no cast: a cast
+    may change values, and TF Serving refuses a dtype mismatch too) or its shape does not fit."""
+    array = np.asarray(array)
+    if spec.dtype == tf.string:
+        matches = array.dtype.kind == "S" or (array.dtype == object and all(
+            isinstance(item, bytes) for item in array.reshape(-1)))
     else:
-        try:
-            array = np.array(value, dtype=np.float64 if spec.dtype.is_floating else None)
-        except (ValueError, TypeError):
-            raise ServingError(400, f"input '{name}' is not a rectangular array of "
-                                    "numbers") from None
-    if array.shape == (0,) and spec.shape.rank and spec.shape[1:].is_fully_defined():
-        array = array.reshape((0, *spec.shape[1:]))  # [] is an empty set of any example shape
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number)
-                                     or array.dtype == bool):
-        raise ServingError(400, f"input '{name}' is not a rectangular array of numbers")
-    if spec.dtype.is_integer and not np.issubdtype(array.dtype, np.integer):
-        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
-            raise ServingError(400, f"input '{name}' must hold integers ({spec.dtype.name})")
+        matches = array.dtype == spec.dtype.as_numpy_dtype
+    if not matches:
+        given = "bytes" if array.dtype.kind in "SO" else array.dtype.name
+        raise ServingError(400, f"input '{name}' is {given}; signature '{signature}' takes "
+                                f"{spec.dtype.name} (send that dtype: tensors are not cast)")
     if not spec.shape.is_compatible_with(array.shape):
         expected = [("?" if d is None else d) for d in spec.shape.as_list()]
         raise ServingError(400, f"input '{name}' has shape {list(array.shape)}; expected "
                                 f"[{', '.join(map(str, expected))}]")
-    return tf.constant(array.astype(spec.dtype.as_numpy_dtype))
+    return tf.constant(array, dtype=spec.dtype)
+
+
+def describe_error(message: str, specs: dict) -> str:
+    """The model's error for a client: its `first_line`, prefixed with the input whose ops failed
+    when the failing node sits in that input's name scope (as the image decoders do)."""
+    line = first_line(message)
+    node = re.search(r"Detected at node '?([\w./-]+)", message)
+    if node:
+        # A scope named like an input placeholder is made unique as "<input>_1".
+        scope = re.sub(r"_\d+$", "", node.group(1).split("/")[0])
+        if scope in specs and scope not in line:
+            return f"{scope}: {line}"
+    return line
 
 
 def first_line(message: str) -> str:

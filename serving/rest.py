@@ -12,6 +12,8 @@ status. Parsing, the signature call and encoding run in a thread pool, so the ev
 accepting requests. JSON goes through orjson (numbers parse several times faster than with the
 standard library, which an image request is mostly made of); NaN and Infinity, which strict JSON
 lacks but TF Serving accepts, fall back to the standard parser and reach the model's own checks.
+Values become arrays of the signature's dtypes by TF Serving's JSON mapping (`json_tensors`):
+binary strings as {"b64": ...}, and nothing converted that would change a value.
 """
 
 import asyncio
@@ -22,7 +24,9 @@ import orjson
 from aiohttp import web
 from google.protobuf import json_format
 
-from tfmeta_serving.repository import Repository, ServingError, signature_def_map
+from tfmeta_serving import json_tensors
+from tfmeta_serving.repository import (Repository, ServingError, check_names, run,
+                                       signature_def_map)
 
 ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
                    r"(?P<action>:predict|/metadata)?$")
@@ -102,7 +106,16 @@ def _answer(repository: Repository, name: str, version, body: bytes) -> bytes:
         raise ServingError(400, "\"signature_name\" must be a string")
     rows = "instances" in payload
     inputs = stack_instances(payload["instances"]) if rows else payload["inputs"]
-    _, outputs = repository.predict(name, version, signature, inputs)
+    served, signature, specs = repository.signature(name, version, signature)
+    if not isinstance(inputs, dict):
+        if len(specs) != 1:
+            raise ServingError(400, f"signature '{signature}' takes named inputs "
+                                    f"{', '.join(specs)}; send an object of them")
+        inputs = {next(iter(specs)): inputs}
+    check_names(signature, specs, inputs)
+    booleans = b"true" in body or b"false" in body
+    arrays = {k: json_tensors.to_array(k, v, specs[k], booleans) for k, v in inputs.items()}
+    outputs = run(served, signature, arrays)
     if rows:
         answer = {"predictions": unstack(outputs)}
     elif len(outputs) == 1:
@@ -122,6 +135,8 @@ def parse(body: bytes):
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ServingError(400, f"malformed JSON: {error}") from None
+    except RecursionError:
+        raise ServingError(400, "malformed JSON: nested too deeply") from None
 
 
 def stack_instances(instances) -> object:

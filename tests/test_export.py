@@ -310,7 +310,9 @@ def test_fewer_classes_adapt_and_predict_as_an_m_way_head(support_run, tmp_path,
      "query_images holds bytes that are not a PNG or JPEG file at index"),
     (lambda r: r.update(support_y=np.array([0, 1, 3, 4, 5], np.int32)), "outside \\[0, 5\\)"),
     (lambda r: r.update(support_images=[], support_y=np.zeros([0], np.int32)),
-     "support_x is empty"),
+     "support_images is empty"),
+    (lambda r: r.update(support_y=r["support_y"][:3]),
+     "support_images and support_y hold different numbers of examples"),
 ])
 def test_bad_image_requests_fail_in_the_graph_with_a_named_input(omniglot_export, omniglot_run,
                                                                  change, message):

@@ -1,5 +1,6 @@
 """The embedded server against TensorFlow Serving's contract: REST, gRPC, versions, bad input."""
 
+import base64
 import json
 import os
 import re
@@ -181,8 +182,8 @@ BAD_REQUESTS = {
                          r"'support_x' has shape \[5, 14, 14, 1\]"),
     "label outside [0, ways)": (lambda i: columnar(corrupt(i, support_y=np.array([0, 1, 2, 3, 5]))),
                                 r"outside \[0, 5\)"),
-    "class without support": (lambda i: columnar(corrupt(i, support_y=np.array([0, 1, 2, 3, 3]))),
-                              "needs a support example"),
+    "labels that skip a class": (lambda i: columnar(corrupt(i, support_y=np.array([0, 1, 3, 3, 4]))),
+                                 "must use classes 0..M-1 with a support example of each"),
     "NaN": (lambda i: json.dumps(columnar(i)).replace("0.0", "NaN", 1).encode(),
             "contains NaN or Inf"),
     "Inf": (lambda i: json.dumps(columnar(i)).replace("0.0", "Infinity", 1).encode(),
@@ -198,6 +199,17 @@ BAD_REQUESTS = {
                           "unknown signature 'classify'"),
     "non-integer labels": (lambda i: columnar(corrupt(i, support_y=np.array([0, 1, 2.5, 3, 4]))),
                            "must hold integers"),
+    "label beyond int32": (lambda i: columnar(corrupt(i, support_y=np.array([0, 1, 2, 3, 2**40]))),
+                           r"holds 1099511627776, outside int32's range"),
+    "boolean pixels": (lambda i: json.dumps(columnar(i)).replace("0.0", "true", 1).encode(),
+                       "'.*' holds true or false; it is float32 and takes numbers"),
+    "pixel beyond float32": (lambda i: json.dumps(columnar(i)).replace("0.0", "1e39", 1).encode(),
+                             "beyond float32's range"),
+    "deeply nested JSON": (lambda i: b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                           "malformed JSON"),
+    "bytes where numbers go": (lambda i: {"inputs": {**columnar(i)["inputs"],
+                                                     "query_x": [{"b64": "iVBORw0K"}]}},
+                               "'query_x' holds strings or {\"b64\": ...} bytes; it is float32"),
 }
 
 
@@ -336,3 +348,195 @@ def test_accuracy_through_rest_matches_evaluate_on_the_same_episodes(server, omn
                              support_y=episode.support_y.numpy(), query_x=episode.query_x.numpy())
         served.append(np.mean(out["probabilities"].argmax(-1) == episode.query_y.numpy()))
     np.testing.assert_allclose(served, reference, atol=1e-6)
+
+
+# --- image files, dtypes, concurrency, logs -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def files(omniglot_models) -> dict:
+    """A held-out 5-way 1-shot task as PNG files, 2 queries per class."""
+    from tfmeta.tasks.omniglot_files import file_tasks
+    run_dir = Path(export.read_metadata(omniglot_models / "1")["run_dir"])
+    config = config_lib.load(str(run_dir / "config.yaml"))
+    task = file_tasks(config.data.omniglot, 5, 1, 2, count=1, seed=5)[0]
+    return {"support_images": task.support_png, "support_y": task.support_y,
+            "query_images": task.query_png}
+
+
+def b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def image_body(inputs: dict, **changes) -> dict:
+    inputs = {**inputs, **changes}
+    encoded = {k: ([b64(f) for f in v] if k.endswith("_images") and v and isinstance(v[0], bytes)
+                   else (v.tolist() if isinstance(v, np.ndarray) else v))
+               for k, v in inputs.items()}
+    return {"signature_name": "adapt_predict_images", "inputs": encoded}
+
+
+def test_image_files_over_rest_and_grpc_match_the_savedmodel(server, omniglot_models, files):
+    truth = expected(omniglot_models, files, "adapt_predict_images")
+    status, body = server.post("/v1/models/omniglot:predict", image_body(files))
+    assert status == 200, body
+    np.testing.assert_allclose(body["outputs"]["probabilities"], truth["probabilities"],
+                               atol=1e-6)
+    rest = RestClient(server.url, "omniglot").predict("adapt_predict_images", **files)
+    np.testing.assert_allclose(rest["logits"], truth["logits"], atol=1e-5)
+    client = GrpcClient(f"127.0.0.1:{server.grpc_port}", "omniglot")
+    try:
+        out = client.predict("adapt_predict_images", **files)
+    finally:
+        client.close()
+    np.testing.assert_allclose(out["logits"], truth["logits"], atol=1e-5)
+
+
+def cmyk_jpeg() -> bytes:
+    from PIL import Image
+    import io
+    buffer = io.BytesIO()
+    Image.new("CMYK", (30, 30), (0, 0, 0, 200)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+BAD_IMAGE_REQUESTS = {
+    "bytes that are not an image": (
+        lambda f: image_body(f, query_images=[b"hello, not a PNG"] + f["query_images"][1:]),
+        r"query_images holds bytes that are not a PNG or JPEG file at index\] \[0\]"),
+    "an empty string": (lambda f: image_body(f, support_images=f["support_images"][:4] + [b""]),
+                        r"support_images holds an empty string at index\] \[4\]"),
+    "a CMYK JPEG": (lambda f: image_body(f, query_images=[cmyk_jpeg()]),
+                    "query_images holds a CMYK JPEG"),
+    "a damaged PNG": (lambda f: image_body(f, query_images=[f["query_images"][0][:80]]),
+                      "^query_images: "),
+    "invalid base64": (lambda f: {**image_body(f), "inputs": {**image_body(f)["inputs"],
+                                                              "query_images": [{"b64": "%%%"}]}},
+                       "'query_images' item 0: \"b64\" is not valid base64"),
+    "numbers where files go": (
+        lambda f: image_body(f, query_images=np.zeros((1, 28, 28, 1)).tolist()),
+        "'query_images' item 0 is float; it takes bytes"),
+    "files sent to the float signature": (
+        lambda f: {"inputs": {"support_x": [b64(x) for x in f["support_images"]],
+                              "support_y": f["support_y"].tolist(),
+                              "query_x": [b64(x) for x in f["query_images"]]}},
+        "'support_x' holds strings or {\"b64\": ...} bytes"),
+    "M = 0 classes": (lambda f: image_body(f, support_images=[], support_y=[]),
+                      "support_images is empty"),
+    "labels that skip a class": (lambda f: image_body(f, support_y=np.array([0, 2, 2, 3, 4])),
+                                 "must use classes 0..M-1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_IMAGE_REQUESTS))
+def test_bad_image_request_gets_a_400_naming_the_input(server, request_inputs, files, case):
+    make, message = BAD_IMAGE_REQUESTS[case]
+    status, body = server.post("/v1/models/omniglot:predict", make(files))
+    assert status == 400, body
+    assert re.search(message, body["error"]), body["error"]
+    assert_good_request(server, request_inputs)
+
+
+def test_fewer_classes_over_rest(server, files):
+    three = {"support_images": files["support_images"][:3], "support_y": files["support_y"][:3],
+             "query_images": files["query_images"]}
+    status, body = server.post("/v1/models/omniglot:predict", image_body(three))
+    assert status == 200, body
+    probabilities = np.asarray(body["outputs"]["probabilities"])
+    assert probabilities.shape == (10, 5) and np.all(probabilities[:, 3:] == 0)
+    np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, value, dtype", [
+    ("support_y", [0, 1, 2, 3, 4], np.int64), ("support_y", [0, 1, 2, 3, 2**40], np.int64),
+    ("support_y", [0.0, 1.0, 2.0, 3.0, 4.0], np.float32), ("query_x", None, np.float64)])
+def test_grpc_refuses_a_dtype_other_than_the_signatures(server, request_inputs, name, value,
+                                                       dtype):
+    """TF Serving refuses a dtype mismatch with INVALID_ARGUMENT; a silent cast could turn 2^40
+    into class 0. The stub is used raw: tfmeta's GrpcClient would send the right dtypes."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "omniglot"
+    for key, array in request_inputs.items():
+        if key == name:
+            array = np.asarray(array if value is None else value, dtype)
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(array))
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Predict(request, timeout=60)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    wanted = "int32" if name == "support_y" else "float32"
+    assert f"input '{name}' is {np.dtype(dtype).name}; signature 'serving_default' takes " \
+           f"{wanted}" in error.value.details()
+    assert_good_request(server, request_inputs)
+
+
+def test_grpc_client_refuses_to_change_a_value(server, request_inputs):
+    client = GrpcClient(f"127.0.0.1:{server.grpc_port}", "omniglot")
+    try:
+        with pytest.raises(ValueError, match="'support_y' holds values that int32 cannot"):
+            client.predict(**{**request_inputs, "support_y": [0, 1, 2.5, 3, 4]})
+    finally:
+        client.close()
+
+
+def test_an_over_long_request_line_is_one_line_in_the_log(server, request_inputs):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        connection.sendall(b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = connection.recv(4096)
+    assert re.match(rb"HTTP/1\.[01] 400 ", answer), answer[:200]
+    assert_good_request(server, request_inputs)
+    log = server.log.read_text()
+    assert "Traceback" not in log, log
+    assert re.search(r"Error handling request from \S+: 400 Got more than \d+ bytes", log), log
+
+
+def test_concurrent_requests_are_never_mixed(server, omniglot_models, request_inputs):
+    """8 clients at once, each with its own task: every answer is the one its own request gets
+    alone (a server that batched requests together would mix their support sets)."""
+    from concurrent.futures import ThreadPoolExecutor
+    meta = export.read_metadata(omniglot_models / "1")
+    run = training.Run(config_lib.load(str(Path(meta["run_dir"]) / "config.yaml")),
+                       Path(meta["run_dir"]))
+    requests = [{"support_x": e.support_x.numpy(), "support_y": e.support_y.numpy(),
+                 "query_x": e.query_x.numpy()[:10 + i]}
+                for i, e in enumerate(run.source.episodes("test", 21, 1, count=8).unbatch())]
+    alone = [expected(omniglot_models, r)["probabilities"] for r in requests]
+
+    def send(i):
+        client = RestClient(server.url, "omniglot")
+        return [client.predict(**requests[i])["probabilities"] for _ in range(3)]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(8)))
+    for i, repeats in enumerate(answers):
+        for answer in repeats:
+            np.testing.assert_allclose(answer, alone[i], atol=1e-5)
+
+
+def test_serve_says_whether_answers_depend_on_the_request(server, omniglot_models, tmp_path):
+    assert "a query's answer depends on the other queries of its request" in \
+        server.log.read_text()
+    run_dir = export.read_metadata(omniglot_models / "1")["run_dir"]
+    models = tmp_path / "support"
+    export.export_run(Path(run_dir), models, norm="support")
+    local = Server(models, tmp_path / "server.log", "--host", "127.0.0.1")
+    try:
+        log = (tmp_path / "server.log").read_text()
+        assert "clients may send one query per request" in log
+        assert f"REST on http://127.0.0.1:{local.port}" in log
+    finally:
+        local.stop()
+
+
+def test_host_with_tensorflow_model_server_is_refused(tmp_path, omniglot_models):
+    fake = tmp_path / "bin" / "tensorflow_model_server"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    env = {**ENV, "PATH": f"{fake.parent}{os.pathsep}{ENV['PATH']}"}
+    result = subprocess.run([sys.executable, "-m", "tfmeta_cli.main", "serve",
+                             "--model-base-path", str(omniglot_models), "--host", "127.0.0.1"],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and "has no such flag" in result.stderr, result.stderr

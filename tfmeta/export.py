@@ -117,8 +117,8 @@ class AdaptivePredictor(tf.Module):
             outputs = mask_classes(outputs, classes)
         return {"logits": outputs, "probabilities": tf.nn.softmax(outputs)}
 
-    def _adapt_predict(self, support_x, support_y, query_x):
-        checks = check_request(support_x, support_y, query_x, self.ways)
+    def _adapt_predict(self, support_x, support_y, query_x, names=("support_x", "query_x")):
+        checks = check_request(support_x, support_y, query_x, self.ways, names)
         with tf.control_dependencies(checks):
             support_x = tf.identity(support_x)
         classes = tf.reduce_max(support_y) + 1 if self.ways else None
@@ -130,7 +130,8 @@ class AdaptivePredictor(tf.Module):
         decode = lambda images, name: decode_images(  # noqa: E731
             images, self.image_format, name, self.dtype)
         return self._adapt_predict(decode(support_images, "support_images"), support_y,
-                                   decode(query_images, "query_images"))
+                                   decode(query_images, "query_images"),
+                                   names=("support_images", "query_images"))
 
     def _predict(self, x):
         with tf.control_dependencies(_check_examples(x, "x")):
@@ -144,16 +145,18 @@ def _check_examples(x: tf.Tensor, name: str) -> list:
 
 
 def check_request(support_x: tf.Tensor, support_y: tf.Tensor, query_x: tf.Tensor,
-                  ways: int) -> list:
-    """Graph assertions on one adapt_predict request; `ways` 0 means regression.
+                  ways: int, names=("support_x", "query_x")) -> list:
+    """Graph assertions on one adapt_predict request; `ways` 0 means regression; `names` are the
+    support and query inputs' names for the messages.
 
     A classifier's labels must lie in [0, ways) and use every class in 0..max(support_y). The
     label checks run after the emptiness checks, so an empty support set is reported as such.
     """
-    checks = _check_examples(support_x, "support_x") + _check_examples(query_x, "query_x")
+    support, query = names
+    checks = _check_examples(support_x, support) + _check_examples(query_x, query)
     checks.append(tf.debugging.assert_equal(
         tf.shape(support_y)[0], tf.shape(support_x)[0],
-        message="support_x and support_y hold different numbers of examples"))
+        message=f"{support} and support_y hold different numbers of examples"))
     if not ways:
         checks.append(tf.debugging.assert_all_finite(support_y, "support_y contains NaN or Inf"))
         return checks
@@ -261,6 +264,17 @@ def export(model: MetaModel, config: AdaptConfig, out: Path, steps: int, metadat
 def read_metadata(version_dir: Path) -> dict:
     """The metadata an export carries (ways, norm, example_shape, signatures, steps, lr, ...)."""
     return json.loads((Path(version_dir) / METADATA_FILE).read_text())
+
+
+def queries_notice(metadata: dict) -> str:
+    """One plain sentence for a server's log: may a query's answer depend on the rest of the
+    request?"""
+    if metadata.get("query_independent", True):
+        return (f"each query is answered from the support set and itself alone (norm: "
+                f"{metadata.get('norm', 'none')}): clients may send one query per request")
+    return (f"a query's answer depends on the other queries of its request (norm: "
+            f"{metadata['norm']}, transductive batch norm): send a task's queries together, or "
+            f"re-export with `tfmeta export --norm support` to answer one query at a time")
 
 
 def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
