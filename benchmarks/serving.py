@@ -1,12 +1,14 @@
 """Serving figures: request latency, a concurrent load run, and accuracy through REST.
 
     python benchmarks/serving.py RUN_DIR [--requests 200] [--clients 8] [--per-client 200] \
-                                         [--tasks 600]
+                                         [--tasks 600] [--norm support]
 
 From a trained Omniglot 5-way 1-shot run it exports to a temporary model directory, starts
 `tfmeta serve --embedded` on free ports, and prints one JSON line per measurement:
 - latency: p50/p99 ms of one 5-way 1-shot request with 75 queries, in-process (the loaded
   SavedModel's signature), over REST and over gRPC, `--requests` each after 10 warm-up calls;
+  then of a request with a single query, and of an image-files request (`adapt_predict_images`:
+  the held-out task's 5 support PNGs and 1 query PNG, base64 in REST), over REST and gRPC;
 - load: `--clients` concurrent REST clients x `--per-client` requests (throughput, p50, p99, errors);
 - e2e: the held-out episodes `tfmeta evaluate` scores, classified through REST; mean accuracy of
   both and the number of tasks whose accuracy differs.
@@ -28,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta import config as config_lib, export, training
+from tfmeta.tasks.omniglot_files import file_tasks
 from tfmeta_serving.client import GrpcClient, RestClient, encode
 
 
@@ -111,13 +114,15 @@ def main():
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--per-client", type=int, default=200)
     parser.add_argument("--tasks", type=int, default=600)
+    parser.add_argument("--norm", choices=["transductive", "support"],
+                        help="export with this query normalization (default: the run's)")
     args = parser.parse_args()
 
     config = config_lib.load(str(args.run_dir / "config.yaml"))
     run = training.Run(config, args.run_dir)
     work = Path(tempfile.mkdtemp(prefix="tfmeta-serving-bench-"))
     models = work / "omniglot"
-    version = export.export_run(args.run_dir, models)
+    version = export.export_run(args.run_dir, models, norm=args.norm)
     steps = export.read_metadata(version)["steps"]
     episodes = list(run.source.episodes("test", config.train.seed, 1, count=args.tasks)
                     .unbatch())
@@ -140,6 +145,20 @@ def main():
             timed(lambda: rest.predict(**inputs), args.requests))}), flush=True)
         print(json.dumps({"latency": "gRPC", **percentiles(
             timed(lambda: grpc_client.predict(**inputs), args.requests))}), flush=True)
+        single = {**inputs, "query_x": inputs["query_x"][:1]}
+        for name, client in (("REST", rest), ("gRPC", grpc_client)):
+            print(json.dumps({"latency": f"{name}, one query", **percentiles(
+                timed(lambda: client.predict(**single), args.requests))}), flush=True)
+        task = file_tasks(config.data.omniglot, config.data.ways, config.data.shots, 1,
+                          count=1)[0]
+        files = {"support_images": task.support_png, "support_y": task.support_y,
+                 "query_images": task.query_png[:1]}
+        for name, client in (("REST", rest), ("gRPC", grpc_client)):
+            print(json.dumps({"latency": f"{name}, image files", "support": len(task.support_png),
+                              "queries": 1, "bytes": sum(map(len, task.support_png))
+                              + len(task.query_png[0]), **percentiles(
+                timed(lambda: client.predict("adapt_predict_images", **files), args.requests))}),
+                  flush=True)
         print(json.dumps({"load": "REST", **load_run(url, "omniglot", inputs, args.clients,
                                                       args.per_client)}), flush=True)
 

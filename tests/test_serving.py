@@ -332,6 +332,7 @@ def test_deployment_files_parse():
     service = compose["services"]["tensorflow-serving"]
     assert service["image"].startswith("tensorflow/serving:2.21")
     assert "--model_config_file=/config/models.config" in service["command"]
+    assert not [flag for flag in service["command"] if "batching" in flag]
 
 
 def test_accuracy_through_rest_matches_evaluate_on_the_same_episodes(server, omniglot_models):

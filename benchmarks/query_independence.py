@@ -1,0 +1,126 @@
+"""Accuracy with all of a task's queries in one request against one query per request, per norm mode.
+
+    python benchmarks/query_independence.py RUN_DIR [RUN_DIR ...] [--tasks 600] [--time-steps 30]
+                                            [--verify 3]
+
+For each run it scores the held-out tasks that `tfmeta evaluate` scores (the first --tasks of the
+test stream), adapted for the run's test steps, two ways: every query of a task normalized
+together (one request with all queries), and each query alone (one request per query). A
+transductive run is also scored as `tfmeta export --norm support` serves it. It prints one JSON
+line per (run, served norm) with both accuracies (mean and 95% CI over tasks) and the training
+time per meta-iteration of the run's preset (median of --time-steps meta-steps after 3 warm-up
+steps). The numbers come from the library (`adapt`, then `models.query_outputs` on all queries or
+on each query alone); --verify N checks them on N tasks against the exported SavedModel, one
+request per query.
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tfmeta import algorithms, config as config_lib, export, training
+from tfmeta.adaptation import adapt
+from tfmeta.evaluation import estimate
+from tfmeta.models import params_of, query_outputs
+
+
+def score(run: training.Run, tasks: int) -> tuple:
+    """Per-task query accuracy [tasks] with all queries together and with each query alone, and
+    the one-query logits of every task."""
+    model, config = run.eval_model, run.config
+
+    @tf.function(reduce_retracing=True)
+    def one_task(episode):
+        params = run.eval_params() if run.eval_params else params_of(model)
+        adapted, _ = adapt(model, params, episode.support, config.adapt,
+                           steps=config.adapt.eval_steps)
+        together = query_outputs(model, adapted, episode.support_x, episode.query_x)
+        alone = tf.vectorized_map(
+            lambda q: query_outputs(model, adapted, episode.support_x, q[None])[0],
+            episode.query_x)
+        return together, alone
+
+    rows = {"together": [], "alone": []}
+    logits = []
+    for episode in run.source.episodes("test", config.train.seed, 1, count=tasks).unbatch():
+        together, alone = one_task(episode)
+        labels = episode.query_y.numpy()
+        rows["together"].append(np.mean(together.numpy().argmax(1) == labels))
+        rows["alone"].append(np.mean(alone.numpy().argmax(1) == labels))
+        logits.append(alone.numpy())
+    return {k: np.asarray(v) for k, v in rows.items()}, logits
+
+
+def verify(run_dir: Path, norm: str, run: training.Run, logits: list, count: int) -> dict:
+    """The exported model, one request per query, against the library's one-query logits."""
+    with tempfile.TemporaryDirectory() as work:
+        version = export.export_run(run_dir, Path(work) / "m", norm=norm)
+        signature = tf.saved_model.load(str(version)).signatures["adapt_predict"]
+        worst, differing = 0.0, 0
+        episodes = run.source.episodes("test", run.config.train.seed, 1, count=count).unbatch()
+        for episode, expected in zip(episodes, logits):
+            for i in range(len(expected)):
+                got = signature(support_x=episode.support_x, support_y=episode.support_y,
+                                query_x=episode.query_x[i:i + 1])["logits"].numpy()[0]
+                worst = max(worst, float(np.abs(got - expected[i]).max()))
+                differing += int(got.argmax() != expected[i].argmax())
+    return {"verified_tasks": count, "max_logit_difference": worst,
+            "predictions_differing": differing}
+
+
+def step_ms(run_dir: Path, steps: int) -> float:
+    """Median ms of the run's meta-step (its preset, its norm) over `steps` steps."""
+    config = config_lib.load(str(run_dir / "config.yaml"))
+    with tempfile.TemporaryDirectory() as work:
+        run = training.Run(config, Path(work))
+        step = training.make_meta_step(
+            run.model, run.optimizer, algorithms.build(config.algorithm, config.algorithms),
+            config.adapt, run.batch_size, training.task_strategy(config, run.model))
+        batches = iter(run.training_batches(0))
+        times = []
+        for i in range(steps + 3):
+            batch = next(batches)
+            start = time.perf_counter()
+            metrics, _ = step(batch)
+            float(metrics["loss"])
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", type=Path, nargs="+")
+    parser.add_argument("--tasks", type=int, default=600)
+    parser.add_argument("--time-steps", type=int, default=30)
+    parser.add_argument("--verify", type=int, default=3)
+    args = parser.parse_args()
+    for run_dir in args.run_dirs:
+        trained = config_lib.load(str(run_dir / "config.yaml")).model.norm
+        milliseconds = step_ms(run_dir, args.time_steps) if args.time_steps else None
+        for norm in dict.fromkeys([trained, "support"]):
+            run = training.Run.open(run_dir, [f"model.norm={norm}"])
+            run.restore()
+            accuracy, logits = score(run, args.tasks)
+            line = {"run": str(run_dir), "preset": run.config.name or run_dir.name,
+                    "ways": run.config.data.ways, "shots": run.config.data.shots,
+                    "trained_norm": trained, "served_norm": norm, "tasks": args.tasks,
+                    "steps": run.config.adapt.eval_steps,
+                    "training_ms_per_iteration": milliseconds if norm == trained else None}
+            for key, values in accuracy.items():
+                e = estimate(values)
+                line[f"accuracy_{key}"] = round(e.mean * 100, 2)
+                line[f"accuracy_{key}_ci95"] = round(e.ci95 * 100, 2)
+            if args.verify:
+                line.update(verify(run_dir, norm, run, logits, args.verify))
+            print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
