@@ -103,11 +103,11 @@ def test_hvp_matches_the_exact_hessian_and_finite_differences(mlp, mode):
         assert relative_error(matvec(tf.constant(u)).numpy(), mlp.matrix @ u) < 1e-12
 
 
-def conv4_hvp_errors(mode: str, norm=models.BatchNorm) -> list:
+def conv4_hvp_errors(mode: str, norm_layer=models.BatchNorm) -> list:
     """Relative errors of H v against gradient differences on a float64 conv4, for 2 directions;
     float64 and eps 1e-8, because ReLU and max-pool kinks ruin larger steps (TF-NOTES)."""
     tf.keras.utils.set_random_seed(0)
-    model = models.conv4(5, (16, 16, 1), filters=4, dtype="float64", norm=norm)
+    model = models.conv4(5, (16, 16, 1), filters=4, dtype="float64", norm_layer=norm_layer)
     episode = image_episode()
     loss_fn = lambda p: task_loss(model, p, *episode.support)  # noqa: E731
     params = params_of(model)

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import keras
 import tensorflow as tf
 
-from tfmeta.batch_norm import BatchNorm  # noqa: F401  (re-exported)
+from tfmeta.batch_norm import BatchNorm
 
 
 @dataclasses.dataclass
