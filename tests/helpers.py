@@ -62,13 +62,32 @@ def train_tiny(run_dir, preset: str, *overrides):
     return training.train(config, progress=False, log=lambda _: None)
 
 
-def session_run(version_dir, signature: str, inputs: dict) -> dict:
-    """Runs a SavedModel signature through TensorFlow's session-based loader, the mechanism of
-    tensorflow_model_server and saved_model_cli: variables restored by the SavedModel's saver,
-    the signature run by tensor names in a TF1 Session."""
-    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
-        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(version_dir))
-        signature_def = meta_graph.signature_def[signature]
+class SessionModel:
+    """A SavedModel in TensorFlow's session-based loader, the mechanism of tensorflow_model_server
+    and saved_model_cli: variables restored by the SavedModel's saver, signatures run by tensor
+    names in a TF1 Session."""
+
+    def __init__(self, version_dir):
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        with self.graph.as_default():
+            self.meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"],
+                                                                   str(version_dir))
+
+    def run(self, signature: str, inputs: dict) -> dict:
+        signature_def = self.meta_graph.signature_def[signature]
         fetches = {k: v.name for k, v in signature_def.outputs.items()}
         feed = {signature_def.inputs[k].name: v for k, v in inputs.items()}
-        return session.run(fetches, feed)
+        return self.session.run(fetches, feed)
+
+    def close(self):
+        self.session.close()
+
+
+def session_run(version_dir, signature: str, inputs: dict) -> dict:
+    """One signature call through `SessionModel`."""
+    model = SessionModel(version_dir)
+    try:
+        return model.run(signature, inputs)
+    finally:
+        model.close()

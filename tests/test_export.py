@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import session_run, train_tiny
+from helpers import SessionModel, session_run, train_tiny
 from tfmeta import config as config_lib, export, models, training
 from tfmeta.adaptation import adapt
 from tfmeta.errors import ConfigError
@@ -36,9 +36,20 @@ def support_run(omniglot_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def omniglot_export(omniglot_run, tmp_path_factory):
-    return tf.saved_model.load(str(export.export_run(omniglot_run,
-                                                     tmp_path_factory.mktemp("models") / "o")))
+def omniglot_version(omniglot_run, tmp_path_factory) -> Path:
+    return export.export_run(omniglot_run, tmp_path_factory.mktemp("models") / "o")
+
+
+@pytest.fixture(scope="module")
+def omniglot_export(omniglot_version):
+    return tf.saved_model.load(str(omniglot_version))
+
+
+@pytest.fixture(scope="module")
+def omniglot_session(omniglot_version):
+    model = SessionModel(omniglot_version)
+    yield model
+    model.close()
 
 
 @pytest.fixture(scope="module")
@@ -168,14 +179,16 @@ def test_sine_export_any_sizes_and_next_version(sine_run, tmp_path):
     (lambda r: r.update(support_y=np.array([0, 0, 2, 2, 3], np.int32)),
      "must use classes 0..M-1 with a support example of each"),
 ])
-def test_bad_requests_fail_in_the_graph_with_a_named_input(omniglot_run, omniglot_export, change,
-                                                          message):
+def test_bad_requests_fail_in_the_graph_with_a_named_input(omniglot_run, omniglot_export,
+                                                          omniglot_session, change, message):
     loaded = omniglot_export
     _, episode = episode_of(omniglot_run)
     request = inputs_of(episode)
     change(request)
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         loaded.signatures["adapt_predict"](**{k: tf.constant(v) for k, v in request.items()})
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        omniglot_session.run("adapt_predict", request)
 
 
 def test_saved_model_cli_runs_the_export(omniglot_run, tmp_path):
@@ -301,6 +314,9 @@ def test_fewer_classes_adapt_and_predict_as_an_m_way_head(support_run, tmp_path,
     np.testing.assert_allclose(probabilities[:, :ways], tf.nn.softmax(truth).numpy(), atol=1e-6)
     assert np.all(probabilities[:, ways:] == 0)
     assert np.all(logits[:, ways:] == np.finfo(np.float32).min)
+    assert_session_loader_agrees(version, "adapt_predict", {
+        "support_x": support_x, "support_y": support_y, "query_x": episode.query_x.numpy()},
+        {"logits": logits, "probabilities": probabilities})
 
 
 @pytest.mark.parametrize("change, message", [
@@ -315,7 +331,8 @@ def test_fewer_classes_adapt_and_predict_as_an_m_way_head(support_run, tmp_path,
      "support_images and support_y hold different numbers of examples"),
 ])
 def test_bad_image_requests_fail_in_the_graph_with_a_named_input(omniglot_export, omniglot_run,
-                                                                 change, message):
+                                                                 omniglot_session, change,
+                                                                 message):
     config = config_lib.load(str(omniglot_run / "config.yaml"))
     task = file_tasks(config.data.omniglot, 5, 1, 2, count=1)[0]
     request = {"support_images": list(task.support_png), "support_y": task.support_y,
@@ -326,3 +343,8 @@ def test_bad_image_requests_fail_in_the_graph_with_a_named_input(omniglot_export
             support_images=tf.constant(request["support_images"], tf.string),
             support_y=tf.constant(request["support_y"]),
             query_images=tf.constant(request["query_images"], tf.string))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        omniglot_session.run("adapt_predict_images", {
+            "support_images": np.array(request["support_images"], object).reshape(-1),
+            "support_y": request["support_y"],
+            "query_images": np.array(request["query_images"], object).reshape(-1)})
