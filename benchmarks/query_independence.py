@@ -76,6 +76,7 @@ def verify(run_dir: Path, norm: str, run: training.Run, logits: list, count: int
 def step_ms(run_dir: Path, steps: int) -> float:
     """Median ms of the run's meta-step (its preset, its norm) over `steps` steps."""
     config = config_lib.load(str(run_dir / "config.yaml"))
+    training.configure_threads(config)
     with tempfile.TemporaryDirectory() as work:
         run = training.Run(config, Path(work))
         step = training.make_meta_step(
@@ -104,6 +105,10 @@ def main():
     for run_dir in args.run_dirs:
         trained = config_lib.load(str(run_dir / "config.yaml")).model.norm
         milliseconds = step_ms(run_dir, args.time_steps) if args.time_steps else None
+        if not args.tasks:
+            print(json.dumps({"run": str(run_dir), "trained_norm": trained,
+                              "training_ms_per_iteration": milliseconds}), flush=True)
+            continue
         for norm in dict.fromkeys([trained, "support"]):
             run = training.Run.open(run_dir, [f"model.norm={norm}"])
             run.restore()

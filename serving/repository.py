@@ -107,8 +107,11 @@ class Repository:
         gc.freeze()
         self.log(f"serving {self.name} version {version.number} from {path}: signatures "
                  f"{', '.join(sorted(version.inputs))}")
-        if (path / export.METADATA_FILE).is_file():
+        try:
             self.log(export.queries_notice(export.read_metadata(path)))
+        except (OSError, ValueError, KeyError) as error:  # not a tfmeta export, or damaged
+            self.log(f"no tfmeta metadata in {path / export.METADATA_FILE} ({error}); cannot "
+                     "say whether answers depend on the rest of a request")
         return True
 
     def watch(self, seconds: float) -> threading.Thread:

@@ -2,6 +2,7 @@
 session-based loader (TF Serving's mechanism); query independence, image files, M-way requests and
 the request checks."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -293,7 +294,8 @@ def test_png_files_of_held_out_alphabets_give_the_float_paths_answers(support_ru
 
 @pytest.mark.parametrize("ways", [1, 2, 3])
 def test_fewer_classes_adapt_and_predict_as_an_m_way_head(support_run, tmp_path, ways):
-    """Independent truth: the same network with its head cut to the first M rows."""
+    """Independent truth: the same network with its head cut to the first M rows, adapted at
+    alpha M / N (each support example weighs what it weighed in N-way meta-training)."""
     version = export.export_run(support_run, tmp_path / "models" / "o")
     run = training.Run.open(support_run)
     run.restore()
@@ -307,8 +309,9 @@ def test_fewer_classes_adapt_and_predict_as_an_m_way_head(support_run, tmp_path,
     narrow = models.build(run.config.model, run.source.example_shape, ways)
     params = [tf.convert_to_tensor(v) for v in run.eval_model.trainable_variables]
     params[-2:] = [params[-2][:, :ways], params[-1][:ways]]
+    scaled = dataclasses.replace(run.config.adapt, lr=run.config.adapt.lr * ways / 5)
     adapted, _ = adapt(narrow, params, (tf.constant(support_x), tf.constant(support_y)),
-                       run.config.adapt, steps=run.config.adapt.eval_steps)
+                       scaled, steps=run.config.adapt.eval_steps)
     truth = query_outputs(narrow, adapted, tf.constant(support_x), episode.query_x).numpy()
     np.testing.assert_allclose(logits[:, :ways], truth, atol=1e-5)
     np.testing.assert_allclose(probabilities[:, :ways], tf.nn.softmax(truth).numpy(), atol=1e-6)

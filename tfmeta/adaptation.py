@@ -90,8 +90,9 @@ def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config:
         steps: overrides `config.steps` (evaluation uses more steps than training).
         observe: optional function of the parameters, evaluated at theta_0 ... theta_T and returned
             stacked in the trajectory (evaluation uses it for query accuracy after each step).
-        classes: M, for a task whose labels use only the first M classes of a wider head: the
-            support loss is a softmax over those M (`losses.mask_classes`). None: all of them.
+        classes: M, for a task whose labels use only the first M classes of an N-way head: the
+            support loss is a softmax over those M, each example weighted as in N-way tasks
+            (`losses.task_loss`). None: all N.
 
     Returns:
         (adapted, trajectory): theta_T as a parameter list, and a `Trajectory`.
