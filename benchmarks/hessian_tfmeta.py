@@ -26,8 +26,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from maml_tfmeta import bench  # noqa: E402
-from tfmeta import config as config_lib, hessian, models, training  # noqa: E402
+from tfmeta import config as config_lib, hessian, models  # noqa: E402
 from tfmeta.losses import task_loss  # noqa: E402
+from tfmeta.run import Run, configure_threads  # noqa: E402
 
 POWER_ITERS = 20
 
@@ -53,8 +54,8 @@ def power(mode: str, iters) -> dict:
 
 def landscape_epoch(run_dir: str) -> dict:
     config = config_lib.load(os.path.join(run_dir, "config.yaml"))
-    training.configure_threads(config)
-    run = training.Run(config, run_dir)
+    configure_threads(config)
+    run = Run(config, run_dir)
     run.restore()
     landscape = run.landscape()
     began = time.perf_counter()

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from tfmeta import config as config_lib, training  # noqa: E402
 from tfmeta.algorithms import maml  # noqa: E402
+from tfmeta.run import Run, configure_threads, task_strategy  # noqa: E402
 from tfmeta.tasks import miniimagenet  # noqa: E402
 
 
@@ -68,8 +69,8 @@ def main():
     try:
         config = config_lib.load("miniimagenet_5w1s-cpu",
                                  [f"data.miniimagenet.data_dir={args.cache}"])
-        training.configure_threads(config)
-        run = training.Run(config, Path(tempfile.mkdtemp(prefix="tfmeta-mini-run-")))
+        configure_threads(config)
+        run = Run(config, Path(tempfile.mkdtemp(prefix="tfmeta-mini-run-")))
         stream = iter(run.training_batches(0))
         for _ in range(5):
             next(stream)
@@ -86,7 +87,7 @@ def main():
         keras.utils.set_random_seed(0)
         step = training.make_meta_step(
             run.model, run.optimizer, maml.meta_gradient, config.adapt, config.train.meta_batch,
-            training.task_strategy(config, run.model))
+            task_strategy(config, run.model))
         batches = [next(stream) for _ in range(args.steps + 2)]
         times = []
         for i, batch in enumerate(batches):

@@ -27,9 +27,10 @@ from tfmeta import algorithms, config as config_lib, export, training
 from tfmeta.adaptation import adapt
 from tfmeta.evaluation import estimate
 from tfmeta.models import params_of, query_outputs
+from tfmeta.run import Run, configure_threads, task_strategy
 
 
-def score(run: training.Run, tasks: int) -> tuple:
+def score(run: Run, tasks: int) -> tuple:
     """Per-task query accuracy [tasks] with all queries together and with each query alone, and
     the one-query logits of every task."""
     model, config = run.eval_model, run.config
@@ -56,7 +57,7 @@ def score(run: training.Run, tasks: int) -> tuple:
     return {k: np.asarray(v) for k, v in rows.items()}, logits
 
 
-def verify(run_dir: Path, norm: str, run: training.Run, logits: list, count: int) -> dict:
+def verify(run_dir: Path, norm: str, run: Run, logits: list, count: int) -> dict:
     """The exported model, one request per query, against the library's one-query logits."""
     with tempfile.TemporaryDirectory() as work:
         version = export.export_run(run_dir, Path(work) / "m", norm=norm)
@@ -76,12 +77,12 @@ def verify(run_dir: Path, norm: str, run: training.Run, logits: list, count: int
 def step_ms(run_dir: Path, steps: int) -> float:
     """Median ms of the run's meta-step (its preset, its norm) over `steps` steps."""
     config = config_lib.load(str(run_dir / "config.yaml"))
-    training.configure_threads(config)
+    configure_threads(config)
     with tempfile.TemporaryDirectory() as work:
-        run = training.Run(config, Path(work))
+        run = Run(config, Path(work))
         step = training.make_meta_step(
             run.model, run.optimizer, algorithms.build(config.algorithm, config.algorithms),
-            config.adapt, run.batch_size, training.task_strategy(config, run.model))
+            config.adapt, run.batch_size, task_strategy(config, run.model))
         batches = iter(run.training_batches(0))
         times = []
         for i in range(steps + 3):
@@ -110,7 +111,7 @@ def main():
                               "training_ms_per_iteration": milliseconds}), flush=True)
             continue
         for norm in dict.fromkeys([trained, "support"]):
-            run = training.Run.open(run_dir, [f"model.norm={norm}"])
+            run = Run.open(run_dir, [f"model.norm={norm}"])
             run.restore()
             accuracy, logits = score(run, args.tasks)
             line = {"run": str(run_dir), "preset": run.config.name or run_dir.name,

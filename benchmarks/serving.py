@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfmeta import config as config_lib, export, training
+from tfmeta import config as config_lib, export
+from tfmeta.run import Run
 from tfmeta.tasks.omniglot_files import file_tasks
 from tfmeta_serving.client import GrpcClient, RestClient, encode
 
@@ -119,7 +120,7 @@ def main():
     args = parser.parse_args()
 
     config = config_lib.load(str(args.run_dir / "config.yaml"))
-    run = training.Run(config, args.run_dir)
+    run = Run(config, args.run_dir)
     work = Path(tempfile.mkdtemp(prefix="tfmeta-serving-bench-"))
     models = work / "omniglot"
     version = export.export_run(args.run_dir, models, norm=args.norm)

@@ -126,7 +126,7 @@ def train(config_path, sets, resume_dir, no_progress, first_order, data_dir, **s
 @user_errors
 def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr, norm):
     """Adapt a trained run to held-out tasks; print query metrics after 0, 1, 5, 10, ... steps."""
-    from tfmeta import config as config_lib, training
+    from tfmeta import config as config_lib, run as run_lib
 
     if tasks < 1 or (steps is not None and steps < 0) or (inner_lr is not None and inner_lr <= 0):
         raise click.BadParameter("--tasks must be >= 1, --steps >= 0 and --inner-lr > 0")
@@ -135,7 +135,7 @@ def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr, norm):
     eval_steps = saved.adapt.eval_steps if saved else 0
     steps = max(10, eval_steps) if steps is None else steps
     report = sorted({t for t in (*REPORT_STEPS, eval_steps, steps) if t <= steps})
-    result = training.evaluate_run(Path(run_dir), steps, tasks, report, split, checkpoint,
+    result = run_lib.evaluate_run(Path(run_dir), steps, tasks, report, split, checkpoint,
                                    inner_lr, norm)
     click.echo(format_table(result))
     out = Path(run_dir) / f"evaluation-{split}.json"

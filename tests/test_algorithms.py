@@ -178,11 +178,12 @@ def test_finetune_trains_omniglot_supervised_and_adapts_a_new_head(tmp_path, omn
     import json
 
     from tfmeta import config as config_lib, training
+    from tfmeta.run import Run
     config = config_lib.load("omniglot_5w1s-cpu", [
         f"run_dir={tmp_path}", f"data.omniglot.data_dir={omniglot_copy}", "algorithm=finetune",
         "train.epochs=2", "train.iterations=25", "train.eval_tasks=50", "landscape.every=0"])
     run_dir = training.train(config, progress=False, log=lambda _: None)
-    run = training.Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
+    run = Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
     assert run.model.head.units == run.source.classes["train"] > 100
     assert run.eval_model.head.units == 5
     records = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]

@@ -14,10 +14,11 @@ import pytest
 import tensorflow as tf
 
 from helpers import SessionModel, session_run, train_tiny
-from tfmeta import config as config_lib, export, models, training
+from tfmeta import config as config_lib, export, models
 from tfmeta.adaptation import adapt
 from tfmeta.errors import ConfigError
-from tfmeta.models import apply, query_outputs
+from tfmeta.models import query_outputs
+from tfmeta.run import Run
 from tfmeta.tasks.image_format import omniglot_format
 from tfmeta.tasks.omniglot_files import file_tasks
 
@@ -59,7 +60,7 @@ def sine_run(tmp_path_factory) -> Path:
 
 
 def episode_of(run_dir: Path):
-    run = training.Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
+    run = Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
     run.restore()
     episode = next(iter(run.source.episodes("test", 7, 1).unbatch()))
     return run, episode
@@ -228,7 +229,7 @@ def test_support_norm_answers_a_query_alone_as_among_75(omniglot_run, support_ru
     assert (metadata["norm"], metadata["trained_norm"]) == ("support", trained)
     assert metadata["query_independent"] and metadata["signatures"]["adapt_predict"][
         "query_independent"]
-    run = training.Run.open(run_dir, ["model.norm=support"])
+    run = Run.open(run_dir, ["model.norm=support"])
     run.restore()
     episode = next(iter(run.source.episodes("test", 7, 1).unbatch()))
     inputs = inputs_of(episode)
@@ -297,7 +298,7 @@ def test_fewer_classes_adapt_and_predict_as_an_m_way_head(support_run, tmp_path,
     """Independent truth: the same network with its head cut to the first M rows, adapted at
     alpha M / N (each support example weighs what it weighed in N-way meta-training)."""
     version = export.export_run(support_run, tmp_path / "models" / "o")
-    run = training.Run.open(support_run)
+    run = Run.open(support_run)
     run.restore()
     episode = next(iter(run.source.episodes("test", 11, 1).unbatch()))
     keep = episode.support_y.numpy() < ways

@@ -10,6 +10,7 @@ import tensorflow as tf
 from tfmeta import config as config_lib, landscape as landscape_lib, losses, tasks, training
 from tfmeta.adaptation import adapt
 from tfmeta.models import features, params_of
+from tfmeta.run import build_model
 
 
 def test_pairwise_mean_matches_a_double_loop():
@@ -52,7 +53,7 @@ def measured():
         "landscape.batch=3", "landscape.tol=1e-10", "landscape.max_iters=200",
         "landscape.trace_probes=2", "landscape.top_k=2", "landscape.layer_norms=true"])
     source = tasks.build(config.data, "float64")
-    model = training.build_model(config, source)
+    model = build_model(config, source)
     land = landscape_lib.Landscape(model, source, config.adapt, config.landscape)
     return config, source, model, land, land.measure(progress=False)
 

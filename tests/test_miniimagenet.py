@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tfmeta import config as config_lib, tasks, training
+from tfmeta import config as config_lib, tasks
 from tfmeta.errors import DataError
+from tfmeta.run import Run
 from tfmeta.tasks import DataConfig, miniimagenet
 from tfmeta.tasks.miniimagenet import MiniImagenetConfig
 from tfmeta_cli.main import cli
@@ -239,7 +240,7 @@ def test_train_evaluate_checkpoint_and_resume(pickle_copy, tmp_path):
     history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
     assert len(history) == 1 and np.isfinite(history[0]["meta_test/accuracy"])
     assert np.isfinite(history[0]["landscape/flatness"])
-    saved = training.Run(config_lib.load(str(run / "config.yaml")), run)
+    saved = Run(config_lib.load(str(run / "config.yaml")), run)
     assert saved.landscape().split == saved.source.eval_split == "val"
     assert list((run / "checkpoints").glob("ckpt-1.index"))
     result = invoke("train", "--resume", run, "--epochs", 2, "--no-progress")

@@ -19,7 +19,8 @@ import tensorflow as tf
 import yaml
 
 from helpers import train_tiny
-from tfmeta import config as config_lib, export, training
+from tfmeta import config as config_lib, export
+from tfmeta.run import Run
 from tfmeta_serving.client import GrpcClient, RestClient, ServingClientError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -100,7 +101,7 @@ def server(omniglot_models, tmp_path_factory):
 def request_inputs(omniglot_models) -> dict:
     meta = export.read_metadata(omniglot_models / "1")
     run_dir = Path(meta["run_dir"])
-    run = training.Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
+    run = Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
     episode = next(iter(run.source.episodes("test", 3, 1).unbatch()))
     return {"support_x": episode.support_x.numpy(), "support_y": episode.support_y.numpy(),
             "query_x": episode.query_x.numpy()}
@@ -338,7 +339,7 @@ def test_deployment_files_parse():
 def test_accuracy_through_rest_matches_evaluate_on_the_same_episodes(server, omniglot_models):
     meta = export.read_metadata(omniglot_models / "1")
     run_dir = Path(meta["run_dir"])
-    run = training.Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
+    run = Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
     run.restore()
     steps, tasks = meta["steps"], 12
     reference = run.evaluator(steps, tasks, "test")()["accuracy"][:, steps]
@@ -498,7 +499,7 @@ def test_concurrent_requests_are_never_mixed(server, omniglot_models, request_in
     alone (a server that batched requests together would mix their support sets)."""
     from concurrent.futures import ThreadPoolExecutor
     meta = export.read_metadata(omniglot_models / "1")
-    run = training.Run(config_lib.load(str(Path(meta["run_dir"]) / "config.yaml")),
+    run = Run(config_lib.load(str(Path(meta["run_dir"]) / "config.yaml")),
                        Path(meta["run_dir"]))
     requests = [{"support_x": e.support_x.numpy(), "support_y": e.support_y.numpy(),
                  "query_x": e.query_x.numpy()[:10 + i]}

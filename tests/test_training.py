@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tfmeta import config as config_lib, training
 from tfmeta.errors import DivergedError
+from tfmeta.run import Run, evaluate_run
 
 
 def sine_config(run_dir, *overrides):
@@ -20,7 +21,7 @@ def history(run_dir):
 
 
 def weights(run_dir, checkpoint=None):
-    run = training.Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
+    run = Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
     run.restore(checkpoint)
     return [v.numpy() for v in run.model.trainable_variables], run
 
@@ -30,7 +31,7 @@ def test_meta_training_lowers_the_meta_test_loss(tmp_path):
     records = history(run_dir)
     assert [r["iteration"] for r in records] == [100, 200, 300]
     # Before any meta-training, adapted query MSE on sine is about 3-4; 300 iterations halve it.
-    run = training.Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
+    run = Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
     initial = run.evaluator(10, 100)()["loss"][:, 10].mean()
     assert records[-1]["meta_test/loss"] < 0.6 * initial
     assert (run_dir / "config.yaml").is_file() and list((run_dir / "logs").iterdir())
@@ -58,7 +59,7 @@ def test_evaluate_reproduces_the_last_epochs_meta_test_score(tmp_path, algorithm
         sine_config(tmp_path / "run", f"algorithm={algorithm}", "train.epochs=1",
                     "train.iterations=30", "train.eval_tasks=50", "adapt.test_steps=3"),
         progress=False, log=lambda _: None)
-    result = training.evaluate_run(run_dir, 3, 50, [3])
+    result = evaluate_run(run_dir, 3, 50, [3])
     assert result["steps"][3]["loss"]["mean"] == pytest.approx(
         history(run_dir)[-1]["meta_test/loss"], rel=1e-12)
 

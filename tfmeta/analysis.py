@@ -12,7 +12,9 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from tfmeta import evaluation, summaries, training
+from tfmeta import records, summaries
+from tfmeta import landscape as landscape_lib
+from tfmeta.run import Run
 from tfmeta.errors import ConfigError
 from tfmeta.files import atomic_open
 
@@ -25,7 +27,7 @@ def analyze(run_dir: Path, overrides: Sequence[str] = (), progress: bool = True,
         overrides: "key=value" changes to the run's config, e.g. "landscape.trace_probes=10".
     """
     run_dir = Path(run_dir)
-    run = training.Run.open(run_dir, overrides)
+    run = Run.open(run_dir, overrides)
     config = run.config
     checkpoints = list(run.manager.checkpoints)
     if not checkpoints:
@@ -34,17 +36,15 @@ def analyze(run_dir: Path, overrides: Sequence[str] = (), progress: bool = True,
     evaluate = run.evaluator(steps, config.train.eval_tasks)
     landscape = run.landscape()
     writer = summaries.writer(run_dir / "logs" / "analyze")
-    summaries.landscape_layout(writer, training.landscape_lib.METRICS, run.target)
+    summaries.landscape_layout(writer, landscape_lib.METRICS, run.target)
     out, rows = run_dir / "landscape.csv", []
     for path in tqdm(checkpoints, desc="checkpoints", disable=not progress):
         run.restore(path)
         iteration = int(run.iteration.numpy())
-        test = training.test_scalars(evaluation.summarize(evaluate(), [steps]), steps)
-        summaries.scalars(writer, "meta_test", test, iteration)
         row = {"checkpoint": Path(path).name, "epoch": iteration // config.train.iterations,
-               "iteration": iteration, **{f"meta_test/{k}": v for k, v in test.items()}}
-        row.update(training.measure_landscape(landscape, writer, run_dir / "density-analyze.jsonl",
-                                              iteration, progress))
+               "iteration": iteration, **records.evaluate(evaluate, writer, steps, iteration)}
+        row.update(records.measure_landscape(landscape, writer, run_dir / "density-analyze.jsonl",
+                                             iteration, progress))
         rows.append(row)
         write_csv(out, rows)
         log(f"{row['checkpoint']}: " + "  ".join(

@@ -16,6 +16,7 @@ import yaml
 
 from tfmeta.adaptation import AdaptConfig
 from tfmeta.algorithms import NAMES as ALGORITHMS, AlgorithmConfig
+from tfmeta.distribute import STRATEGIES
 from tfmeta.errors import ConfigError
 from tfmeta.files import atomic_open
 from tfmeta.landscape import LandscapeConfig
@@ -48,6 +49,10 @@ class TrainConfig:
         inter_op_threads: ops run side by side; 0 lets TensorFlow choose (one per core).
         jit_compile: compile the meta-step with XLA. Off by default: XLA runs convolutions about
             10x slower than graph mode on CPU.
+        strategy: "default" (one device), "mirrored" (every local GPU, or `devices`) or
+            "multi-worker" (the cluster in TF_CONFIG); see `tfmeta.distribute`.
+        devices: the devices of "mirrored", e.g. ["/gpu:0", "/gpu:1"]; CPU devices beyond the
+            first become logical devices. Empty: every local GPU.
     """
     meta_batch: int = 25
     meta_lr: float = 1e-3
@@ -62,6 +67,8 @@ class TrainConfig:
     intra_op_threads: int = 1
     inter_op_threads: int = 0
     jit_compile: bool = False
+    strategy: str = "default"
+    devices: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -251,6 +258,10 @@ def validate(config: Config, where: str) -> Config:
     need(land.method in ("lanczos", "power"), "landscape.method", "lanczos or power", land.method)
     need(land.hvp in ("forward", "reverse"), "landscape.hvp", "forward or reverse", land.hvp)
     need(land.tol >= 0, "landscape.tol", "non-negative", land.tol)
+    need(config.train.strategy in STRATEGIES, "train.strategy", ", ".join(STRATEGIES),
+         config.train.strategy)
+    need(all(isinstance(d, str) for d in config.train.devices), "train.devices",
+         "a list of device names such as \"/gpu:0\"", config.train.devices)
     need(config.train.task_strategy in ("auto", "loop", "map", "vectorized"),
          "train.task_strategy", "auto, loop, map or vectorized", config.train.task_strategy)
     for key in ("amplitude", "phase", "test_amplitude", "test_phase", "x_range"):

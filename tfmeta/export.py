@@ -286,12 +286,12 @@ def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
     `norm` serves the model with another query normalization than it was trained with (one of
     NORMS; "support" lets a transductive model answer one query at a time).
     """
-    from tfmeta import training
+    from tfmeta.run import Run
 
     if norm is not None and norm not in NORMS:
         raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
     run_dir = Path(run_dir)
-    run = training.Run.open(run_dir, [f"model.norm={norm}"] if norm else [])
+    run = Run.open(run_dir, [f"model.norm={norm}"] if norm else [])
     config = run.config
     trained = config_lib.load(str(run_dir / "config.yaml")).model.norm
     path = run.restore(checkpoint)

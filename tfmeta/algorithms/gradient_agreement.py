@@ -7,7 +7,9 @@ meta-batch,
 
 and the meta-gradient is sum_i w_i grad_theta L(D'_i; theta~_i) (second-order unless the inner loop
 is first-order). The weights are constants of the step, as in the paper. sum_j g_i^T g_j = g_i^T G
-with G = sum_j g_j, so the weights cost O(n) inner products, not O(n^2).
+with G = sum_j g_j, so the weights cost O(n) inner products, not O(n^2). Under a `tf.distribute`
+strategy G and the normalizer are summed over every replica's tasks (`distribute.all_sum`), so
+the weights are those of the whole meta-batch.
 
 Memory: the n per-task gradients are kept until the weights are known (n x P floats).
 """
@@ -16,7 +18,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from tfmeta import meta_batch
+from tfmeta import distribute, meta_batch
 from tfmeta.adaptation import AdaptConfig, adapt
 from tfmeta.losses import query_metrics
 from tfmeta.models import MetaModel
@@ -24,23 +26,22 @@ from tfmeta.tasks.episode import Episode
 
 
 def agreement_weights(steps: Sequence[tf.Tensor]) -> tf.Tensor:
-    """w [n] from the stacked adaptation steps g (each tensor [n, ...]); see the module docstring."""
-    total = [tf.reduce_sum(g, axis=0, keepdims=True) for g in steps]
+    """w [n] from the stacked adaptation steps g (each tensor [n, ...]); see the module docstring.
+    Under a strategy, n is this replica's share and the sums run over the whole meta-batch."""
+    total = distribute.all_sum([tf.reduce_sum(g, axis=0, keepdims=True) for g in steps])
     n = tf.shape(steps[0])[0]
     agreement = tf.add_n([tf.reduce_sum(tf.reshape(g * t, [n, -1]), axis=1)
                           for g, t in zip(steps, total)])
-    return tf.math.divide_no_nan(agreement, tf.reduce_sum(tf.abs(agreement)))
+    return tf.math.divide_no_nan(agreement, distribute.all_sum(tf.reduce_sum(tf.abs(agreement))))
 
 
 def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
                   config: AdaptConfig, global_batch_size, strategy: str = "loop") -> tuple:
-    """The gradient-agreement meta-gradient of a meta-batch.
-
-    The weights are normalized over the tasks this call sees; under a `tf.distribute` strategy they
-    would need the cross-replica G and normalizer, which this step does not compute yet.
+    """The gradient-agreement meta-gradient of a (replica's share of a) meta-batch.
 
     Returns:
-        (gradients matching params, metrics: per-task means, and `task_weights` [n]).
+        (gradients matching params, metrics: per-task means, and `task_weights` [n] of this
+        replica's tasks).
     """
     params = list(params)
 

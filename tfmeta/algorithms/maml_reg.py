@@ -18,6 +18,9 @@ meta-gradient differs by the path through u_mu. `constant_mean=True` (the defaul
 constant: it is computed in a first pass without gradients, tasks stay independent, and memory does
 not grow with n. `constant_mean=False` differentiates through u_mu, which puts the whole meta-batch
 on one tape (memory grows with n). Either way the first pass costs one extra adaptation per task.
+Under a `tf.distribute` strategy u_mu is the mean over every replica's tasks (`distribute.all_sum`);
+with `constant_mean=False` the gradient flows back through the all-sum, whose gradient is again an
+all-sum, so the meta-gradient is exactly the one-process one.
 """
 
 import dataclasses
@@ -25,7 +28,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from tfmeta import meta_batch, tree
+from tfmeta import distribute, meta_batch, tree
 from tfmeta.adaptation import AdaptConfig, adapt, displacement
 from tfmeta.losses import query_metrics
 from tfmeta.models import MetaModel
@@ -62,16 +65,14 @@ def corrected(params: list, adapted: list, mean: Sequence[tf.Tensor], gamma: flo
 def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
                   config: AdaptConfig, global_batch_size, strategy: str = "loop",
                   gamma: float = 0.5, constant_mean: bool = True) -> tuple:
-    """The regularized meta-gradient of a meta-batch.
-
-    u_mu is the mean over the tasks this call sees (under a `tf.distribute` strategy, a replica's
-    share; a cross-replica mean is not computed yet).
+    """The regularized meta-gradient of a (replica's share of a) meta-batch; u_mu is the mean over
+    the whole meta-batch of `global_batch_size` tasks.
 
     Returns:
         (gradients matching params, metrics summed over tasks and divided by the global n).
     """
     params = list(params)
-    n = tf.cast(tf.shape(batch.support_x)[0], params[0].dtype)
+    n = tf.cast(global_batch_size, params[0].dtype)
 
     def corrected_metrics(p, episode, adapted, mean):
         metrics = query_metrics(model, corrected(p, adapted, mean, gamma), episode)
@@ -81,7 +82,7 @@ def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
         mean = meta_batch.sum_tasks(
             lambda e: unit_direction(model, tree.stop_gradient(params), e, config)[1],
             batch, strategy)
-        mean = tree.stop_gradient([m / n for m in mean])
+        mean = tree.stop_gradient([m / n for m in distribute.all_sum(mean)])
         grads, metrics = meta_batch.sum_gradients(
             lambda p, e: corrected_metrics(p, e, adapt(model, p, e.support, config)[0], mean),
             params, batch, strategy)
@@ -90,7 +91,8 @@ def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
             tape.watch(params)
             adapted, directions = meta_batch.map_tasks(
                 lambda e: unit_direction(model, params, e, config), batch, strategy)
-            mean = [tf.reduce_mean(d, axis=0) for d in directions]
+            mean = [m / n for m in distribute.all_sum([tf.reduce_sum(d, axis=0)
+                                                       for d in directions])]
             losses, metrics = meta_batch.map_tasks(
                 lambda pair: corrected_metrics(params, pair[0], pair[1], mean), (batch, adapted),
                 strategy)

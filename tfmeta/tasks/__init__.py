@@ -73,19 +73,22 @@ class TaskSource:
     image_format: Optional[ImageFormat] = None
 
     def episodes(self, split: str, seed: int, meta_batch: int, start: int = 0,
-                 count: int = -1) -> tf.data.Dataset:
+                 count: int = -1, stride: int = 0) -> tf.data.Dataset:
         """Meta-batches of the split's episode stream; see `sampler.episodes`."""
         if split not in self.episode_fns:
             raise ConfigError(f"no {split!r} split here; the splits are "
                               f"{', '.join(self.episode_fns)}")
         return sampler.episodes(self.episode_fns[split], sampler.episode_seed(seed, _STREAMS[split]),
-                                meta_batch, start, count)
+                                meta_batch, start, count, stride)
 
-    def labelled(self, split: str, seed: int, batch_size: int, start: int = 0) -> tf.data.Dataset:
+    def labelled(self, split: str, seed: int, batch_size: int, start: int = 0,
+                 stride: int = 0) -> tf.data.Dataset:
         """Endless batches (x [B, ...], y [B] or [B, 1]) of single labelled examples of the split,
-        example i drawn from (seed, i) like episodes, so a resumed run continues the stream."""
+        example i drawn from (seed, i) like episodes, so a resumed run continues the stream;
+        `stride` as in `sampler.episodes`."""
         return sampler.episodes(self.labelled_fns[split],
-                                sampler.episode_seed(seed, _STREAMS[split] + 2), batch_size, start)
+                                sampler.episode_seed(seed, _STREAMS[split] + 2), batch_size, start,
+                                stride=stride)
 
 
 def build(config: DataConfig, dtype: str = "float32") -> TaskSource:

@@ -20,7 +20,7 @@ def episode_seed(seed: int, stream: int) -> tf.Tensor:
 
 
 def episodes(make_episode: EpisodeFn, seed: tf.Tensor, meta_batch: int, start: int = 0,
-             count: int = -1) -> tf.data.Dataset:
+             count: int = -1, stride: int = 0) -> tf.data.Dataset:
     """Meta-batches of episodes start, start + 1, ... of the stream `seed`.
 
     Args:
@@ -29,12 +29,17 @@ def episodes(make_episode: EpisodeFn, seed: tf.Tensor, meta_batch: int, start: i
         meta_batch: tasks per element; each element is an Episode with fields [meta_batch, ...].
         start: index of the first episode (a resumed run passes iteration * meta_batch).
         count: number of episodes, or -1 for an endless stream. A final partial batch is kept.
+        stride: element t holds episodes start + t * stride ... + meta_batch - 1; 0 means
+            meta_batch (consecutive episodes). A replica taking its share m of each global
+            meta-batch of n passes meta_batch m, stride n and its own offset in `start`.
 
     Returns:
         A dataset of batched Episodes, prefetched.
     """
     stop = start + count if count >= 0 else 2**62
     indices = tf.data.Dataset.range(start, stop)
+    if stride and stride != meta_batch:
+        indices = indices.filter(lambda i: (i - start) % stride < meta_batch)
     stream = indices.map(
         lambda i: make_episode(tf.random.experimental.stateless_fold_in(seed, i)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -1,0 +1,192 @@
+"""Training on several devices and machines: TensorFlow's `tf.distribute`, as a scope.
+
+`make_strategy` turns `train.strategy` into a strategy:
+
+- "default": one device, TensorFlow's default strategy.
+- "mirrored": `MirroredStrategy` over every local GPU (NCCL all-reduce), or over `train.devices`.
+  CPU devices beyond the one physical CPU device ("/cpu:0", "/cpu:1", ...) are made logical
+  devices, so that replicas can be tried and tested side by side on a CPU.
+- "multi-worker": `MultiWorkerMirroredStrategy` over the cluster described by `TF_CONFIG`, exactly
+  as TensorFlow defines it: {"cluster": {"worker": ["host:port", ...], "chief": ["host:port"]},
+  "task": {"type": "worker", "index": 0}}. Each worker runs the same `tfmeta train` command.
+
+The meta-step is the same under each (`training.make_meta_step`): replica r of R computes the
+meta-gradient of its share of the global meta-batch, already divided by the global size n, the
+strategy sums, and one Adam update follows. Replica r takes episodes i n + r n/R ... i n + (r+1)
+n/R - 1 of meta-batch i (`replica_batches`); episodes are pure functions of (seed, index), so the
+union over replicas is the one-process meta-batch and the result does not depend on R, up to the
+order of floating-point sums. Statistics over the whole meta-batch (gradient agreement's weights,
+maml-reg's mean direction) are summed across replicas with `all_sum`, which is differentiable and
+the identity with one replica.
+"""
+
+import json
+import os
+from typing import Callable, Iterator, Optional
+
+import tensorflow as tf
+
+from tfmeta.errors import ConfigError
+
+STRATEGIES = ("default", "mirrored", "multi-worker")
+TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                     '"task": {"type": "worker", "index": 0}}')
+
+
+def read_tf_config(text: Optional[str]) -> dict:
+    """TF_CONFIG's cluster and task, checked field by field; raises ConfigError naming the field."""
+    def fail(message):
+        raise ConfigError(f"TF_CONFIG {message}. A two-worker example: {TF_CONFIG_EXAMPLE}")
+
+    if not text:
+        fail("is not set: --strategy multi-worker reads the cluster from it, as TensorFlow "
+             "defines it (Kubeflow's TFJob sets it for each worker)")
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        fail(f"is not JSON ({error})")
+    if not isinstance(value, dict):
+        fail(f"must be a JSON object, got {type(value).__name__}")
+    cluster = value.get("cluster")
+    if not isinstance(cluster, dict) or not cluster:
+        fail("field 'cluster' must be an object of roles to lists of \"host:port\" addresses")
+    for role, addresses in cluster.items():
+        if role in ("ps", "evaluator"):
+            fail(f"field 'cluster.{role}': {role} tasks are not supported; "
+                 "MultiWorkerMirroredStrategy trains synchronously with 'worker' and 'chief'")
+        if role not in ("worker", "chief"):
+            fail(f"field 'cluster.{role}': unknown role; expected 'worker' and optionally "
+                 "'chief'")
+        if not isinstance(addresses, list) or not addresses:
+            fail(f"field 'cluster.{role}' must be a non-empty list of \"host:port\" addresses")
+        for i, address in enumerate(addresses):
+            host, _, port = str(address).rpartition(":")
+            if not isinstance(address, str) or not host or not port.isdigit() or not (
+                    0 < int(port) < 65536):
+                fail(f"field 'cluster.{role}[{i}]' is {address!r}; expected \"host:port\"")
+    if len(cluster.get("chief", [])) > 1:
+        fail(f"field 'cluster.chief' lists {len(cluster['chief'])} addresses; there is one chief")
+    task = value.get("task")
+    if not isinstance(task, dict):
+        fail("field 'task' must be an object {\"type\": ..., \"index\": ...} naming this process")
+    role, index = task.get("type"), task.get("index")
+    if role not in cluster:
+        fail(f"field 'task.type' is {role!r}, which is not a role of the cluster "
+             f"({', '.join(cluster)})")
+    if not isinstance(index, int) or isinstance(index, bool) or not (
+            0 <= index < len(cluster[role])):
+        fail(f"field 'task.index' is {index!r}, but cluster.{role} has {len(cluster[role])} "
+             f"address(es): this process's task is not in the cluster")
+    return {"cluster": cluster, "task": {"type": role, "index": index}}
+
+
+def is_chief_task(tf_config: dict) -> bool:
+    """TensorFlow's rule: the chief is task "chief", or worker 0 when the cluster has none."""
+    task = tf_config["task"]
+    if "chief" in tf_config["cluster"]:
+        return task["type"] == "chief"
+    return task["type"] == "worker" and task["index"] == 0
+
+
+def configure_devices(devices: list) -> list:
+    """Checks `train.devices` and makes the logical CPU devices it names; returns them as device
+    strings. Logical devices can only be made before TensorFlow starts its runtime."""
+    specs = []
+    for name in devices:
+        try:
+            spec = tf.DeviceSpec.from_string(name if str(name).startswith("/") else f"/{name}")
+        except (ValueError, TypeError):
+            spec = None
+        if spec is None or spec.device_type not in ("CPU", "GPU") or spec.device_index is None:
+            raise ConfigError(f"train.devices: {name!r} is not a device; expected names like "
+                              "\"/gpu:0\" or \"/cpu:1\"")
+        specs.append(spec)
+    cpus = max((s.device_index + 1 for s in specs if s.device_type == "CPU"), default=0)
+    physical = tf.config.list_physical_devices("CPU")
+    if cpus > len(tf.config.list_logical_devices("CPU")):
+        try:
+            tf.config.set_logical_device_configuration(
+                physical[0], [tf.config.LogicalDeviceConfiguration()] * cpus)
+        except RuntimeError:
+            raise ConfigError(f"train.devices names {cpus} CPU devices, but TensorFlow has "
+                              "already started with fewer; logical CPU devices must be made "
+                              "before it starts (run in a fresh process)") from None
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    for name, spec in zip(devices, specs):
+        if spec.device_type == "GPU" and spec.device_index >= gpus:
+            raise ConfigError(f"train.devices: {name!r} does not exist; this machine has "
+                              f"{gpus} GPU(s)")
+    return [f"/{s.device_type.lower()}:{s.device_index}" for s in specs]
+
+
+def make_strategy(strategy: str, devices: list = ()) -> tf.distribute.Strategy:
+    """The strategy `train.strategy` names; call it before any other TensorFlow op.
+
+    Raises:
+        ConfigError: an unknown strategy, devices that do not exist, or a bad TF_CONFIG.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"train.strategy must be one of {', '.join(STRATEGIES)}, got "
+                          f"{strategy!r}")
+    if devices and strategy != "mirrored":
+        raise ConfigError(f"train.devices is for --strategy mirrored, not {strategy}; a "
+                          "multi-worker job uses every local GPU of each worker (restrict them "
+                          "with CUDA_VISIBLE_DEVICES)")
+    if strategy == "default":
+        return tf.distribute.get_strategy()
+    if strategy == "mirrored":
+        return tf.distribute.MirroredStrategy(configure_devices(list(devices)) or None)
+    tf_config = read_tf_config(os.environ.get("TF_CONFIG"))
+    task = tf_config["task"]
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except (tf.errors.OpError, RuntimeError, ValueError) as error:
+        address = tf_config["cluster"][task["type"]][task["index"]]
+        raise ConfigError(f"cannot start {task['type']} {task['index']} at {address}: "
+                          f"{error}") from None
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes checkpoints, logs and history (always, but in a multi-worker
+    job, where only the chief does)."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return is_chief_task(read_tf_config(os.environ.get("TF_CONFIG")))
+    return True
+
+
+def check_divisible(batch_size: int, strategy: tf.distribute.Strategy, key: str) -> None:
+    """A global batch that does not split evenly over the replicas is refused."""
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise ConfigError(f"{key} is {batch_size}, which does not divide by the {replicas} "
+                          f"replicas of this strategy; use a multiple of {replicas} (each replica "
+                          "takes an equal share)")
+
+
+def replica_batches(strategy: tf.distribute.Strategy,
+                    make_dataset: Callable[[int, int], tf.data.Dataset]) -> Iterator:
+    """Each step's input: replica r's share from `make_dataset(r, replicas)`, as a distributed
+    value (a plain batch with one replica)."""
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
+        yield from make_dataset(0, 1)
+        return
+    iterators = {}
+
+    def share(context):
+        replica = context.replica_id_in_sync_group
+        if replica not in iterators:  # this worker's replicas only
+            iterators[replica] = iter(make_dataset(replica, replicas))
+        return next(iterators[replica])
+
+    while True:
+        yield strategy.experimental_distribute_values_from_function(share)
+
+
+def all_sum(value):
+    """The sum of `value` (a nest of tensors) over all replicas, inside a replica's step; the
+    identity with one replica. Its gradient is again an all-sum, so it may sit on a tape."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)

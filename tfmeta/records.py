@@ -1,0 +1,70 @@
+"""What an epoch leaves behind: meta-test and landscape scalars, history.jsonl lines, a log line.
+
+Training writes these after every epoch and `tfmeta analyze` after every saved checkpoint, with the
+same functions, so the two agree number for number.
+"""
+
+import json
+import os
+import resource
+from pathlib import Path
+
+from tfmeta import evaluation, summaries
+from tfmeta import landscape as landscape_lib
+
+
+def test_scalars(results: dict, steps: int) -> dict:
+    """{metric, metric_ci95, diverged_tasks} after `steps` steps, from `evaluation.summarize`."""
+    test = {}
+    for metric, per_step in results.items():
+        test[metric], test[f"{metric}_ci95"] = per_step[steps].mean, per_step[steps].ci95
+        test["diverged_tasks"] = per_step[steps].diverged
+    return test
+
+
+def evaluate(evaluator, writer, steps: int, iteration: int) -> dict:
+    """Runs a per-epoch evaluation; writes meta_test/ scalars; returns them, prefixed."""
+    test = test_scalars(evaluation.summarize(evaluator(), [steps]), steps)
+    summaries.scalars(writer, "meta_test", test, iteration)
+    return {f"meta_test/{k}": v for k, v in test.items()}
+
+
+def measure_landscape(landscape: landscape_lib.Landscape, writer, density_path: Path,
+                      iteration: int, progress: bool) -> dict:
+    """Measures the landscape at the current weights; writes TensorBoard scalars under landscape/
+    and the eigenvalue density (when configured) to `density_path`. Returns the scalars, prefixed."""
+    values = landscape.measure(progress)
+    density = values.pop("density", None)
+    if density is not None:
+        append_jsonl(density_path, {"iteration": iteration, **density})
+    summaries.scalars(writer, "landscape", values, iteration)
+    return {f"landscape/{k}": v for k, v in values.items()}
+
+
+def resident_mb() -> float:
+    """This process's resident memory now, in MiB (peak resident memory where /proc is absent)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def epoch_line(record: dict, total: int) -> str:
+    """The one-line summary of an epoch for the console."""
+    parts = [f"epoch {record['epoch']} (it {record['iteration']}/{total})"]
+    for key in ("meta_train/loss", "meta_train/accuracy", "meta_test/loss", "meta_test/accuracy"):
+        if key in record:
+            ci = record.get(key + "_ci95")
+            value = f"{record[key]:.4f}" + (f" ± {ci:.4f}" if ci is not None else "")
+            parts.append(f"{key} {value}")
+    for key in ("landscape/flatness", "landscape/trajectory_coherence"):
+        if key in record:
+            parts.append(f"{key.split('/')[1]} {record[key]:.4g}")
+    parts.append(f"{record['meta_train/seconds_per_iteration'] * 1e3:.0f} ms/it")
+    return "  ".join(parts)

@@ -1,0 +1,197 @@
+"""A run: its config, model, task source, optimizer and checkpoints, rebuilt from its directory.
+
+Training creates a run; `tfmeta evaluate`, `analyze` and `export` open a saved one (`Run.open`)
+without going through the training loop. Under a `tf.distribute` strategy the model, the optimizer
+and the iteration counter are created in the strategy's scope, so they are mirrored on every
+replica; checkpoints hold one copy and restore into any strategy.
+"""
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from tfmeta import algorithms, config as config_lib, evaluation, models, tasks
+from tfmeta import landscape as landscape_lib
+from tfmeta.algorithms import finetune
+from tfmeta.config import Config
+from tfmeta.errors import ConfigError
+from tfmeta.models import MetaModel
+
+
+def task_strategy(config: Config, model: MetaModel) -> str:
+    """The configured task-mapping strategy, resolving "auto" by architecture."""
+    if config.train.task_strategy != "auto":
+        return config.train.task_strategy
+    return "vectorized" if len(model.example_shape) == 1 else "loop"
+
+
+def configure_threads(config: Config) -> None:
+    """Applies the config's thread counts; TensorFlow only accepts them before its first op, so a
+    second run in the same process keeps the first run's settings."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(config.train.intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(config.train.inter_op_threads)
+    except RuntimeError:
+        pass
+
+
+def build_model(config: Config, source: tasks.TaskSource, outputs: Optional[int] = None
+                ) -> MetaModel:
+    """The run's model, initialised from the run's seed; `outputs` overrides the head's width."""
+    arch = config.model.arch
+    if arch == "mlp" and len(source.example_shape) != 1:
+        raise ConfigError(f"model.arch=mlp needs vector inputs, but {config.data.dataset} has "
+                          f"examples of shape {source.example_shape}; use conv4")
+    if arch == "conv4" and len(source.example_shape) != 3:
+        raise ConfigError(f"model.arch=conv4 needs images, but {config.data.dataset} has examples "
+                          f"of shape {source.example_shape}; use mlp")
+    keras.utils.set_random_seed(config.train.seed)
+    model = models.build(config.model, source.example_shape, outputs or source.outputs,
+                         gains=config.algorithm in algorithms.WITH_GAINS)
+    if model.loss_name != source.loss:
+        raise ConfigError(f"model {model.name} computes {model.loss_name}, but "
+                          f"{config.data.dataset} needs {source.loss}")
+    return model
+
+
+class Run:
+    """A run's model, task source, optimizer and checkpoint state, rebuilt from its config.
+
+    Args:
+        config: the run's config.
+        run_dir: its directory (checkpoints in RUN/checkpoints).
+        strategy: the `tf.distribute` strategy to build the variables in (default: none).
+    """
+
+    def __init__(self, config: Config, run_dir: Path,
+                 strategy: Optional[tf.distribute.Strategy] = None):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.source = tasks.build(config.data, config.model.dtype)
+        self.supervised = config.algorithm == "finetune"
+        with self.strategy.scope():
+            if self.supervised:
+                # Trained with one head over every meta-train class, adapted with a fresh N-way
+                # head.
+                self.model = build_model(config, self.source, self.source.classes["train"])
+                self.eval_model = build_model(config, self.source)
+                seed = config.algorithms.finetune.head_seed
+                self.eval_params = lambda: finetune.transfer(self.model, self.eval_model, seed)
+            else:
+                self.model = self.eval_model = build_model(config, self.source)
+                self.eval_params = None
+            self.optimizer = keras.optimizers.Adam(config.train.meta_lr)
+            self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                              iteration=self.iteration)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, str(self.run_dir / "checkpoints"),
+            max_to_keep=config.train.keep_checkpoints or None)
+
+    @classmethod
+    def open(cls, run_dir: Path, overrides: Sequence[str] = ()) -> "Run":
+        """The run saved in `run_dir`, from its config.yaml with "key=value" `overrides`; applies
+        the config's thread counts. Raises ConfigError when `run_dir` is not a run."""
+        run_dir = Path(run_dir)
+        config_path = run_dir / "config.yaml"
+        if not config_path.is_file():
+            raise ConfigError(f"{run_dir} is not a run directory: {config_path} is missing")
+        config = config_lib.load(str(config_path), overrides)
+        configure_threads(config)
+        return cls(config, run_dir)
+
+    def restore(self, checkpoint: Optional[str] = None) -> str:
+        """Restores `checkpoint` (default: the latest); returns its path."""
+        path = checkpoint or self.manager.latest_checkpoint
+        if not path:
+            raise ConfigError(f"{self.run_dir}: no checkpoint to restore in "
+                              f"{self.run_dir / 'checkpoints'}")
+        self.checkpoint.restore(path).expect_partial()
+        return path
+
+    def save(self, number: int, chief: bool = True) -> None:
+        """Writes checkpoint `number`. Every worker of a multi-worker job saves (TensorFlow's
+        convention, as saving may need every replica); a worker other than the chief saves into
+        a temporary directory that it removes at once, so only the chief's copy remains."""
+        if chief:
+            self.manager.save(checkpoint_number=number)
+            return
+        scratch = tempfile.mkdtemp(prefix="tfmeta-worker-checkpoint-")
+        try:
+            tf.train.CheckpointManager(self.checkpoint, scratch, max_to_keep=1).save(
+                checkpoint_number=number)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    @property
+    def target(self) -> str:
+        """The tag that landscape metrics are set beside: meta-test accuracy, or loss (MSE)."""
+        return "meta_test/accuracy" if self.source.loss == "cross_entropy" else "meta_test/loss"
+
+    def landscape(self) -> landscape_lib.Landscape:
+        return landscape_lib.Landscape(self.eval_model, self.source, self.config.adapt,
+                                       self.config.landscape,
+                                       task_strategy(self.config, self.eval_model),
+                                       self.eval_params)
+
+    def evaluator(self, steps: int, tasks_count: int, split: Optional[str] = None):
+        """Evaluates on `split`, by default the one training evaluates after each epoch (val
+        where there is one, else test)."""
+        train = self.config.train
+        return evaluation.make_evaluator(
+            self.eval_model, self.source, self.config.adapt, steps, tasks_count, train.seed,
+            train.eval_batch, task_strategy(self.config, self.eval_model),
+            split or self.source.eval_split, self.eval_params)
+
+    def training_batches(self, start: int, replica: int = 0,
+                         replicas: int = 1) -> tf.data.Dataset:
+        """The training stream from iteration `start`: meta-batches of episodes, or, for the
+        supervised baseline, minibatches of labelled meta-train examples. Replica r of R takes
+        the r-th of R equal shares of each global batch, by episode (or example) index."""
+        train = self.config.train
+        size = self.batch_size
+        share = size // replicas
+        first = start * size + replica * share
+        if self.supervised:
+            return self.source.labelled("train", train.seed, share, start=first, stride=size)
+        return self.source.episodes("train", train.seed, share, start=first, stride=size)
+
+    @property
+    def batch_size(self) -> int:
+        """Tasks (or, for the supervised baseline, examples) per training step."""
+        if self.supervised:
+            return self.config.algorithms.finetune.batch_size
+        return self.config.train.meta_batch
+
+    @property
+    def batch_key(self) -> str:
+        """The config key of `batch_size`, for messages."""
+        return "algorithms.finetune.batch_size" if self.supervised else "train.meta_batch"
+
+
+def evaluate_run(run_dir: Path, steps: int, tasks_count: int, report_steps, split: str = "test",
+                 checkpoint: Optional[str] = None, inner_lr: Optional[float] = None,
+                 norm: Optional[str] = None) -> dict:
+    """Evaluates a run's checkpoint on `tasks_count` tasks of `split`, adapting `steps` steps
+    at the run's adapt.lr, or at `inner_lr` when given, normalizing query sets as the run's
+    model.norm says, or as `norm` says when given.
+
+    Returns:
+        {"checkpoint", "split", "tasks", "inner_lr", "norm",
+         "steps": {t: {metric: {"mean", "ci95", "diverged"}}}} for t in report_steps.
+    """
+    overrides = ([] if inner_lr is None else [f"adapt.lr={inner_lr}"]) + (
+        [] if norm is None else [f"model.norm={norm}"])
+    run = Run.open(run_dir, overrides)
+    path = run.restore(checkpoint)
+    per_task = run.evaluator(steps, tasks_count, split)()
+    results = evaluation.summarize(per_task, report_steps)
+    return {"checkpoint": path, "split": split, "tasks": tasks_count,
+            "inner_lr": run.config.adapt.lr, "norm": run.config.model.norm,
+            "steps": {t: {k: {"mean": v[t].mean, "ci95": v[t].ci95, "diverged": v[t].diverged}
+                          for k, v in results.items()} for t in report_steps}}
