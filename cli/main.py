@@ -22,6 +22,7 @@ SHORTCUTS = {
     "epochs": "train.epochs", "iterations": "train.iterations", "seed": "train.seed",
     "run_dir": "run_dir", "name": "name", "landscape_every": "landscape.every",
     "keep_checkpoints": "train.keep_checkpoints", "algorithm": "algorithm", "norm": "model.norm",
+    "strategy": "train.strategy",
 }
 REPORT_STEPS = (0, 1, 5, 10)
 # The preset a bare `--dataset NAME` starts from, so that each dataset gets its paper settings.
@@ -61,6 +62,11 @@ def cli():
                    "the papers') or by the support set's (support: serves one query at a time)")
 @click.option("--data-dir", type=click.Path(),
               help="data.<dataset>.data_dir: the Omniglot zips, or MiniImagenet in any layout")
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multi-worker"]),
+              help="train.strategy: one device, every local GPU (or --devices), or the cluster "
+                   "in TF_CONFIG")
+@click.option("--devices", metavar="D,...",
+              help="train.devices for --strategy mirrored, e.g. /gpu:0,/gpu:1 (or /cpu:0,/cpu:1)")
 @click.option("--ways", type=int, help="data.ways (N)")
 @click.option("--shots", type=int, help="data.shots (K)")
 @click.option("--queries", type=int, help="data.queries (query examples per class)")
@@ -84,13 +90,16 @@ def cli():
               help="continue RUN_DIR from its last checkpoint, with its saved config")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @user_errors
-def train(config_path, sets, resume_dir, no_progress, first_order, data_dir, **shortcuts):
+def train(config_path, sets, resume_dir, no_progress, first_order, data_dir, devices,
+          **shortcuts):
     """Meta-train a model; writes checkpoints, TensorBoard logs and the resolved config."""
     from tfmeta import config as config_lib, training
 
     overrides = [f"{SHORTCUTS[k]}={v}" for k, v in shortcuts.items() if v is not None]
     if first_order:
         overrides.append("adapt.first_order=true")
+    if devices:
+        overrides.append("train.devices=" + json.dumps([d.strip() for d in devices.split(",")]))
     overrides += list(sets)
     if resume_dir:
         if config_path:
@@ -108,7 +117,7 @@ def train(config_path, sets, resume_dir, no_progress, first_order, data_dir, **s
             f"{config_lib.data_dir_key(config.data.dataset)}={data_dir}"])
     run_dir = training.train(config, resume=bool(resume_dir), progress=not no_progress,
                              log=click.echo)
-    click.echo(f"run written to {run_dir}  (tensorboard --logdir {run_dir})")
+    click.echo(f"run: {run_dir}  (tensorboard --logdir {run_dir})")
 
 
 @cli.command()

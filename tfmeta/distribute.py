@@ -103,7 +103,9 @@ def configure_devices(devices: list) -> list:
         specs.append(spec)
     cpus = max((s.device_index + 1 for s in specs if s.device_type == "CPU"), default=0)
     physical = tf.config.list_physical_devices("CPU")
-    if cpus > len(tf.config.list_logical_devices("CPU")):
+    # Listing logical devices would start the runtime; the configuration does not.
+    logical = tf.config.get_logical_device_configuration(physical[0])
+    if cpus > (len(logical) if logical else 1):
         try:
             tf.config.set_logical_device_configuration(
                 physical[0], [tf.config.LogicalDeviceConfiguration()] * cpus)
@@ -119,12 +121,26 @@ def configure_devices(devices: list) -> list:
     return [f"/{s.device_type.lower()}:{s.device_index}" for s in specs]
 
 
+_STRATEGIES: dict = {}  # one strategy object per kind and process: see make_strategy
+
+
 def make_strategy(strategy: str, devices: list = ()) -> tf.distribute.Strategy:
     """The strategy `train.strategy` names; call it before any other TensorFlow op.
+
+    A process keeps one strategy object of each kind and returns it again: two MirroredStrategy
+    objects over the same devices would reuse collective-op keys and fail, and TensorFlow allows
+    one MultiWorkerMirroredStrategy per process.
 
     Raises:
         ConfigError: an unknown strategy, devices that do not exist, or a bad TF_CONFIG.
     """
+    key = (strategy, tuple(devices))
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = _new_strategy(strategy, devices)
+    return _STRATEGIES[key]
+
+
+def _new_strategy(strategy: str, devices: list) -> tf.distribute.Strategy:
     if strategy not in STRATEGIES:
         raise ConfigError(f"train.strategy must be one of {', '.join(STRATEGIES)}, got "
                           f"{strategy!r}")

@@ -1,0 +1,284 @@
+"""Distributed training against one process: MirroredStrategy on logical CPU devices, real
+multi-worker `tfmeta train` processes on 127.0.0.1, a worker killed mid-run, TF_CONFIG errors, and
+workers preparing the same data cache at once."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfmeta import config as config_lib, distribute
+from tfmeta.errors import ConfigError
+from tfmeta.run import Run
+from tfmeta.tasks import sampler
+
+TESTS = Path(__file__).resolve().parent
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+SINE = ["--config", "sine", "--meta-batch", "4", "--set", "train.eval_tasks=10",
+        "--landscape-every", "0", "--no-progress"]
+
+
+def free_ports(count: int) -> list:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def tf_configs(workers: int) -> list:
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)]
+    return [json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}})
+            for i in range(workers)]
+
+
+def start_workers(args: list, logs: Path, workers: int = 2, tmp: Path = None) -> list:
+    """`tfmeta train --strategy multi-worker ARGS` once per worker of a fresh local cluster."""
+    logs.mkdir(parents=True, exist_ok=True)
+    extra = {"TMPDIR": str(tmp)} if tmp else {}
+    return [subprocess.Popen(
+        [sys.executable, "-m", "tfmeta_cli.main", "train", "--strategy", "multi-worker", *args],
+        stdout=(logs / f"worker{i}.log").open("w"), stderr=subprocess.STDOUT,
+        env={**ENV, "TF_CONFIG": tf_config, **extra})
+        for i, tf_config in enumerate(tf_configs(workers))]
+
+
+def wait_all(processes: list, logs: Path, timeout: float = 300) -> None:
+    for i, process in enumerate(processes):
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            for p in processes:
+                p.kill()
+            raise AssertionError(f"worker {i} timed out:\n{(logs / f'worker{i}.log').read_text()}")
+        assert code == 0, (logs / f"worker{i}.log").read_text()
+
+
+def train_one_process(args: list, run_dir: Path) -> None:
+    subprocess.run([sys.executable, "-m", "tfmeta_cli.main", "train", *args, "--run-dir",
+                    str(run_dir)], check=True, env=ENV, capture_output=True)
+
+
+def weights(run_dir: Path) -> np.ndarray:
+    run = Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
+    run.restore()
+    return np.concatenate([v.numpy().ravel() for v in run.model.trainable_variables])
+
+
+def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(a))
+
+
+# --- MirroredStrategy ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_mirrored_on_two_devices_equals_one_device_for_every_algorithm(tmp_path, omniglot_dir):
+    """3 meta-steps of each algorithm under MirroredStrategy over 2 logical CPU devices against
+    the default strategy; and a run resumed on 2 replicas after an epoch on one."""
+    result = subprocess.run([sys.executable, str(TESTS / "mirrored_equivalence.py"), str(tmp_path),
+                             str(omniglot_dir)], env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    cases = {line["case"]: line for line in map(json.loads, result.stdout.splitlines())}
+    assert {"maml", "maml first-order", "maml-reg", "maml-reg differentiated mean",
+            "gradient-agreement", "wormhole", "nal", "finetune", "omniglot conv4",
+            "maml float64", "maml-reg float64", "gradient-agreement float64",
+            "resumed on 2 replicas"} <= set(cases)
+    for name, case in cases.items():
+        tolerance = 1e-10 if case["dtype"] == "float64" else 1e-5
+        assert case["relative_difference"] < tolerance, (name, case)
+
+
+# --- multi-worker ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_worker_processes_train_as_one_process(tmp_path):
+    """gradient-agreement, whose task weights need the whole meta-batch, on 2 real workers."""
+    args = SINE + ["--algorithm", "gradient-agreement", "--epochs", "2", "--iterations", "10"]
+    run_dir, scratch = tmp_path / "cluster", tmp_path / "scratch"
+    scratch.mkdir()
+    workers = start_workers(args + ["--run-dir", str(run_dir)], tmp_path / "logs", tmp=scratch)
+    wait_all(workers, tmp_path / "logs")
+    train_one_process(args, tmp_path / "one")
+    assert relative_difference(weights(tmp_path / "one"), weights(run_dir)) < 1e-5
+    # The chief wrote the run; the other worker wrote nothing that stays.
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml",
+                                                          "history.jsonl", "logs"]
+    assert len((run_dir / "history.jsonl").read_text().splitlines()) == 2
+    assert not list(scratch.iterdir())
+    log = (tmp_path / "logs" / "worker1.log").read_text()
+    assert "epoch 2 (it 20/20)" in log and "meta_test" not in log
+
+
+@pytest.mark.slow
+def test_a_killed_worker_then_a_restarted_job_ends_as_an_uninterrupted_run(tmp_path):
+    args = SINE + ["--epochs", "3", "--iterations", "150", "--set", "train.keep_checkpoints=0"]
+    run_dir, logs = tmp_path / "cluster", tmp_path / "logs"
+    workers = start_workers(args + ["--run-dir", str(run_dir)], logs)
+    deadline = time.time() + 240
+    while not (run_dir / "checkpoints" / "ckpt-1.index").exists():
+        assert time.time() < deadline and all(w.poll() is None for w in workers), \
+            (logs / "worker0.log").read_text()
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the second epoch
+    workers[0].send_signal(signal.SIGKILL)  # the chief, which writes the checkpoints
+    workers[1].kill()  # the job is restarted as a whole
+    for worker in workers:
+        worker.wait(30)
+    assert not (run_dir / "checkpoints" / "ckpt-3.index").exists()
+    restarted = start_workers(["--resume", str(run_dir), "--no-progress"], tmp_path / "again")
+    wait_all(restarted, tmp_path / "again")
+    assert "resumed" in (tmp_path / "again" / "worker0.log").read_text()
+    train_one_process(args, tmp_path / "one")
+    assert relative_difference(weights(tmp_path / "one"), weights(run_dir)) < 1e-5
+    epochs = [json.loads(line)["epoch"] for line in
+              (run_dir / "history.jsonl").read_text().splitlines()]
+    assert sorted(set(epochs)) == [1, 2, 3]
+
+
+# --- configuration errors -------------------------------------------------------------------------
+
+def cluster_of(**task):
+    return json.dumps({"cluster": {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]},
+                       "task": {"type": "worker", "index": 0, **task}})
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, "TF_CONFIG is not set"),
+    ("{cluster", "TF_CONFIG is not JSON"),
+    ("[]", "must be a JSON object"),
+    ('{"task": {"type": "worker", "index": 0}}', "field 'cluster' must be an object"),
+    ('{"cluster": {"worker": "127.0.0.1:2222"}, "task": {"type": "worker", "index": 0}}',
+     "field 'cluster.worker' must be a non-empty list"),
+    ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}',
+     "field 'cluster.worker\\[0\\]' is 'localhost'; expected \"host:port\""),
+    ('{"cluster": {"worker": ["a:1"], "ps": ["b:2"]}, "task": {"type": "worker", "index": 0}}',
+     "field 'cluster.ps': ps tasks are not supported"),
+    ('{"cluster": {"worker": ["a:1"]}}', "field 'task' must be an object"),
+    (cluster_of(type="chief"), "field 'task.type' is 'chief', which is not a role"),
+    (cluster_of(index=2), "field 'task.index' is 2, but cluster.worker has 2 address"),
+    (cluster_of(index="0"), "field 'task.index' is '0'"),
+])
+def test_bad_tf_config_names_the_field(text, message):
+    with pytest.raises(ConfigError, match=message):
+        distribute.read_tf_config(text)
+
+
+def test_the_chief_is_task_chief_or_worker_0():
+    assert distribute.is_chief_task(distribute.read_tf_config(cluster_of()))
+    assert not distribute.is_chief_task(distribute.read_tf_config(cluster_of(index=1)))
+    with_chief = json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:2"]},
+                             "task": {"type": "worker", "index": 0}})
+    assert not distribute.is_chief_task(distribute.read_tf_config(with_chief))
+
+
+def cli(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tfmeta_cli.main", "train", *map(str, args)],
+                          env={**ENV, **(env or {})}, capture_output=True, text=True)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path):
+    env = {k: v for k, v in ENV.items() if k != "TF_CONFIG"}
+    result = subprocess.run([sys.executable, "-m", "tfmeta_cli.main", "train", *SINE,
+                             "--strategy", "multi-worker", "--run-dir", str(tmp_path / "r")],
+                            env=env, capture_output=True, text=True)
+    assert_user_error(result, "TF_CONFIG is not set")
+
+
+def test_malformed_tf_config_is_a_clear_error(tmp_path):
+    result = cli(*SINE, "--strategy", "multi-worker", "--run-dir", tmp_path / "r",
+                 env={"TF_CONFIG": cluster_of(index=5)})
+    assert_user_error(result, "field 'task.index' is 5")
+
+
+def test_devices_that_do_not_exist_are_refused(tmp_path):
+    result = cli(*SINE, "--strategy", "mirrored", "--devices", "/gpu:0,/gpu:1", "--run-dir",
+                 tmp_path / "r")
+    assert_user_error(result, "train.devices: '/gpu:0' does not exist; this machine has 0 GPU")
+    result = cli(*SINE, "--strategy", "mirrored", "--devices", "/tpu:0", "--run-dir",
+                 tmp_path / "r")
+    assert_user_error(result, "'/tpu:0' is not a device")
+
+
+def test_a_meta_batch_that_does_not_divide_by_the_replicas_is_refused(tmp_path):
+    result = cli("--config", "sine", "--meta-batch", 5, "--strategy", "mirrored", "--devices",
+                 "/cpu:0,/cpu:1", "--run-dir", tmp_path / "r", "--no-progress")
+    assert_user_error(result, "train.meta_batch is 5, which does not divide by the 2 replicas")
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+def test_replica_shares_make_up_the_global_meta_batches():
+    """Replica r of R reads episodes i n + r n/R ... of meta-batch i: the union is the stream."""
+    make = lambda seed: {"seed": seed}  # noqa: E731
+    base = sampler.episode_seed(0, 0)
+    whole = [next(iter(sampler.episodes(make, base, 6, start=6 * i)))["seed"].numpy()
+             for i in range(5, 8)]
+    shares = [list(sampler.episodes(make, base, 2, start=6 * 5 + 2 * r, stride=6).take(3))
+              for r in range(3)]
+    for i in range(3):
+        joined = np.concatenate([shares[r][i]["seed"].numpy() for r in range(3)])
+        np.testing.assert_array_equal(joined, whole[i])
+
+
+LOAD_OMNIGLOT = """
+import hashlib, sys
+from tfmeta.tasks import omniglot
+data = omniglot.load_omniglot(sys.argv[1])
+print(hashlib.sha256(data.images.tobytes()).hexdigest())
+"""
+
+LOAD_MINIIMAGENET = """
+import hashlib, sys
+from tfmeta.tasks import miniimagenet
+pools = miniimagenet.pools(miniimagenet.MiniImagenetConfig(data_dir=sys.argv[1]), progress=False,
+                           log=lambda _: None)
+print(hashlib.sha256(b"".join(p.images.tobytes() for p in pools.values())).hexdigest())
+"""
+
+
+def at_once(script: str, folder: Path, workers: int = 2) -> set:
+    """Runs `script FOLDER` in `workers` processes started together; returns their outputs."""
+    processes = [subprocess.Popen([sys.executable, "-c", script, str(folder)], env=ENV,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(workers)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0, err
+    return {out.strip().splitlines()[-1] for out, _ in outputs}
+
+
+def test_two_workers_preparing_the_same_omniglot_cache_at_once(omniglot_copy):
+    for cache in (omniglot_copy / ".tfmeta-cache").glob("*"):
+        cache.unlink()
+    digests = at_once(LOAD_OMNIGLOT, omniglot_copy)
+    assert len(digests) == 1
+    caches = list((omniglot_copy / ".tfmeta-cache").iterdir())
+    assert len(caches) == 1 and caches[0].suffix == ".npz"  # no temp file left behind
+    assert at_once(LOAD_OMNIGLOT, omniglot_copy) == digests  # read back from the cache
+
+
+def test_two_workers_preparing_the_same_miniimagenet_cache_at_once(tmp_path):
+    from test_miniimagenet import write_csv_layout
+    folder = write_csv_layout(tmp_path / "miniimagenet")
+    digests = at_once(LOAD_MINIIMAGENET, folder)
+    assert len(digests) == 1
+    cache = folder / ".tfmeta-cache" / "miniimagenet"
+    assert sorted(p.name for p in cache.iterdir()) == ["manifest.json", "test.npy", "train.npy",
+                                                       "val.npy"]
+    assert at_once(LOAD_MINIIMAGENET, folder) == digests
