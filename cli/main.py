@@ -88,10 +88,13 @@ def cli():
               help="override any config field, e.g. --set train.eval_tasks=100 (repeatable)")
 @click.option("--resume", "resume_dir", type=click.Path(), metavar="RUN_DIR",
               help="continue RUN_DIR from its last checkpoint, with its saved config")
+@click.option("--auto-resume", is_flag=True,
+              help="continue --run-dir if it holds a run, else start it: the one command for a "
+                   "job that a cluster restarts")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @user_errors
-def train(config_path, sets, resume_dir, no_progress, first_order, data_dir, devices,
-          **shortcuts):
+def train(config_path, sets, resume_dir, auto_resume, no_progress, first_order, data_dir,
+          devices, **shortcuts):
     """Meta-train a model; writes checkpoints, TensorBoard logs and the resolved config."""
     from tfmeta import config as config_lib, training
 
@@ -101,6 +104,13 @@ def train(config_path, sets, resume_dir, no_progress, first_order, data_dir, dev
     if devices:
         overrides.append("train.devices=" + json.dumps([d.strip() for d in devices.split(",")]))
     overrides += list(sets)
+    if auto_resume:
+        if resume_dir:
+            raise click.UsageError("--auto-resume continues --run-dir; drop --resume")
+        if not shortcuts["run_dir"]:
+            raise click.UsageError("--auto-resume needs --run-dir: the directory to continue")
+        if (Path(shortcuts["run_dir"]) / "config.yaml").is_file():
+            resume_dir, config_path = shortcuts["run_dir"], None
     if resume_dir:
         if config_path:
             raise click.UsageError("--resume uses the run's own config; drop --config")

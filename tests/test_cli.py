@@ -252,3 +252,28 @@ def test_norm_flag_trains_evaluates_and_exports(omniglot_dir, tmp_path):
     assert "depends on the other queries" in result.output
     assert_user_error(invoke("export", run, "--out", tmp_path / "m", "--norm", "batch"),
                       "Invalid value for '--norm'")
+
+
+def test_auto_resume_starts_a_run_then_continues_it(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--config", "sine", "--run-dir", run, "--auto-resume", "--iterations", 10,
+            "--set", "train.eval_tasks=10", "--no-progress"]
+    result = invoke(*args, "--epochs", 1)
+    assert result.exit_code == 0 and "resumed" not in result.output, result.output
+    result = invoke(*args, "--epochs", 2)
+    assert result.exit_code == 0, result.output
+    assert "resumed" in result.output and "epoch 2 (it 20/20)" in result.output
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
+    result = invoke("train", "--config", "sine", "--auto-resume")
+    assert result.exit_code == 2 and "--auto-resume needs --run-dir" in result.output
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(
+        (Path(__file__).resolve().parents[1] / "configs" / "sine-cpu.yaml").read_text())
+    result = invoke("train", "--resume", run, "--epochs", 1, "--iterations", 5,
+                    "--set", "train.eval_tasks=10", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "no checkpoint yet" in result.output and (run / "checkpoints" / "ckpt-1.index").exists()

@@ -122,7 +122,9 @@ def test_two_worker_processes_train_as_one_process(tmp_path):
 def test_a_killed_worker_then_a_restarted_job_ends_as_an_uninterrupted_run(tmp_path):
     args = SINE + ["--epochs", "3", "--iterations", "150", "--set", "train.keep_checkpoints=0"]
     run_dir, logs = tmp_path / "cluster", tmp_path / "logs"
-    workers = start_workers(args + ["--run-dir", str(run_dir)], logs)
+    # The same command starts the job and, after a failure, continues it.
+    command = args + ["--run-dir", str(run_dir), "--auto-resume"]
+    workers = start_workers(command, logs)
     deadline = time.time() + 240
     while not (run_dir / "checkpoints" / "ckpt-1.index").exists():
         assert time.time() < deadline and all(w.poll() is None for w in workers), \
@@ -134,7 +136,7 @@ def test_a_killed_worker_then_a_restarted_job_ends_as_an_uninterrupted_run(tmp_p
     for worker in workers:
         worker.wait(30)
     assert not (run_dir / "checkpoints" / "ckpt-3.index").exists()
-    restarted = start_workers(["--resume", str(run_dir), "--no-progress"], tmp_path / "again")
+    restarted = start_workers(command, tmp_path / "again")
     wait_all(restarted, tmp_path / "again")
     assert "resumed" in (tmp_path / "again" / "worker0.log").read_text()
     train_one_process(args, tmp_path / "one")
