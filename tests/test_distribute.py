@@ -109,6 +109,11 @@ def test_two_worker_processes_train_as_one_process(tmp_path):
     wait_all(workers, tmp_path / "logs")
     train_one_process(args, tmp_path / "one")
     assert relative_difference(weights(tmp_path / "one"), weights(run_dir)) < 1e-5
+    # The chief's per-epoch evaluation gives the one process's numbers.
+    history = [[json.loads(line) for line in (d / "history.jsonl").read_text().splitlines()]
+               for d in (tmp_path / "one", run_dir)]
+    np.testing.assert_allclose([r["meta_test/loss"] for r in history[1]],
+                               [r["meta_test/loss"] for r in history[0]], rtol=1e-5)
     # The chief wrote the run; the other worker wrote nothing that stays.
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml",
                                                           "history.jsonl", "logs"]
@@ -284,3 +289,31 @@ def test_two_workers_preparing_the_same_miniimagenet_cache_at_once(tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == ["manifest.json", "test.npy", "train.npy",
                                                        "val.npy"]
     assert at_once(LOAD_MINIIMAGENET, folder) == digests
+
+
+def test_the_readme_cluster_examples_are_well_formed():
+    """The TFJob manifest and the two-machine TF_CONFIG of the README: what a user copies."""
+    import re
+    import yaml
+    from click.testing import CliRunner
+    from tfmeta_cli.main import cli as tfmeta
+    readme = (TESTS.parent / "README.md").read_text()
+    manifest = yaml.safe_load(readme.split("<!-- tfjob -->")[1].split("```yaml\n")[1]
+                              .split("```")[0])
+    assert (manifest["apiVersion"], manifest["kind"]) == ("kubeflow.org/v1", "TFJob")
+    worker = manifest["spec"]["tfReplicaSpecs"]["Worker"]
+    container = worker["template"]["spec"]["containers"][0]
+    assert worker["replicas"] == 2 and container["name"] == "tensorflow"
+    command = container["command"]
+    assert command[:2] == ["tfmeta", "train"]
+    assert {"--strategy", "multi-worker", "--auto-resume"} <= set(command)
+    # Every flag of the command is one that `tfmeta train` takes.
+    flags = {f for f in command if f.startswith("--")}
+    help_text = CliRunner().invoke(tfmeta, ["train", "--help"]).output
+    assert all(flag in help_text for flag in flags), flags
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert all(any(a.startswith(m) for m in mounts) for a in command if a.startswith("/"))
+    examples = re.findall(r"TF_CONFIG='(\{\"cluster\".*?\})'", readme)
+    assert examples
+    for text in examples:
+        assert len(distribute.read_tf_config(text)["cluster"]["worker"]) == 2

@@ -43,6 +43,11 @@ def omniglot_version(omniglot_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def support_version(support_run, tmp_path_factory) -> Path:
+    return export.export_run(support_run, tmp_path_factory.mktemp("models") / "s")
+
+
+@pytest.fixture(scope="module")
 def omniglot_export(omniglot_version):
     return tf.saved_model.load(str(omniglot_version))
 
@@ -193,9 +198,9 @@ def test_bad_requests_fail_in_the_graph_with_a_named_input(omniglot_run, omniglo
         omniglot_session.run("adapt_predict", request)
 
 
-def test_saved_model_cli_runs_the_export(omniglot_run, tmp_path):
+def test_saved_model_cli_runs_the_export(omniglot_run, omniglot_version, tmp_path):
     """The command a TF Serving user checks an export with, as the issue ran it."""
-    version = export.export_run(omniglot_run, tmp_path / "models" / "o")
+    version = omniglot_version
     _, episode = episode_of(omniglot_run)
     for key, value in inputs_of(episode).items():
         np.save(tmp_path / f"{key}.npy", value)
@@ -221,10 +226,11 @@ def one_at_a_time(signature, inputs: dict) -> np.ndarray:
 
 
 @pytest.mark.parametrize("trained, served", [("support", None), ("transductive", "support")])
-def test_support_norm_answers_a_query_alone_as_among_75(omniglot_run, support_run, tmp_path,
-                                                      trained, served):
+def test_support_norm_answers_a_query_alone_as_among_75(omniglot_run, support_run,
+                                                      support_version, tmp_path, trained, served):
     run_dir = support_run if trained == "support" else omniglot_run
-    version = export.export_run(run_dir, tmp_path / "models" / "o", norm=served)
+    version = (support_version if trained == "support" else
+               export.export_run(run_dir, tmp_path / "models" / "o", norm=served))
     metadata = export.read_metadata(version)
     assert (metadata["norm"], metadata["trained_norm"]) == ("support", trained)
     assert metadata["query_independent"] and metadata["signatures"]["adapt_predict"][
@@ -265,8 +271,9 @@ def float_images(files) -> np.ndarray:
                     ).astype(np.float32) / 255.0
 
 
-def test_png_files_of_held_out_alphabets_give_the_float_paths_answers(support_run, tmp_path):
-    version = export.export_run(support_run, tmp_path / "models" / "o")
+def test_png_files_of_held_out_alphabets_give_the_float_paths_answers(support_run,
+                                                                     support_version):
+    version = support_version
     loaded = tf.saved_model.load(str(version))
     config = config_lib.load(str(support_run / "config.yaml"))
     tasks = file_tasks(config.data.omniglot, 5, 1, 15, count=20, seed=3)
@@ -294,10 +301,10 @@ def test_png_files_of_held_out_alphabets_give_the_float_paths_answers(support_ru
 
 
 @pytest.mark.parametrize("ways", [1, 2, 3])
-def test_fewer_classes_adapt_and_predict_as_an_m_way_head(support_run, tmp_path, ways):
+def test_fewer_classes_adapt_and_predict_as_an_m_way_head(support_run, support_version, ways):
     """Independent truth: the same network with its head cut to the first M rows, adapted at
     alpha M / N (each support example weighs what it weighed in N-way meta-training)."""
-    version = export.export_run(support_run, tmp_path / "models" / "o")
+    version = support_version
     run = Run.open(support_run)
     run.restore()
     episode = next(iter(run.source.episodes("test", 11, 1).unbatch()))
