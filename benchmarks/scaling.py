@@ -27,7 +27,6 @@ Median of --iters meta-iterations after 2 warm-up iterations.
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -113,27 +112,17 @@ def ring_ms(workers: int, nbytes: float, hop_ms: float, bytes_per_ms: float) -> 
     return 2 * (workers - 1) * hop_ms + 2 * (workers - 1) / workers * nbytes / bytes_per_ms
 
 
-def free_ports(count: int) -> list:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def run_processes(workers: int, iters: int, allreduce_iters: int, threads: int) -> list:
     """`workers` processes of this script's --measure mode; their JSON results."""
     command = [sys.executable, __file__, "--measure", "--iters", str(iters),
                "--allreduce-iters", str(allreduce_iters), "--threads", str(threads)]
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)]
+    from tfmeta import distribute
+    configs = distribute.local_cluster(workers)
     processes = []
     for index in range(workers):
         env = dict(os.environ)
         if workers > 1:
-            env["TF_CONFIG"] = json.dumps({"cluster": {"worker": addresses},
-                                           "task": {"type": "worker", "index": index}})
+            env["TF_CONFIG"] = configs[index]
         processes.append(subprocess.Popen(command + (["--multi-worker"] if workers > 1 else []),
                                           env=env, stdout=subprocess.PIPE, text=True))
     results = []

@@ -5,7 +5,6 @@ workers preparing the same data cache at once."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,22 +24,6 @@ SINE = ["--config", "sine", "--meta-batch", "4", "--set", "train.eval_tasks=10",
         "--landscape-every", "0", "--no-progress"]
 
 
-def free_ports(count: int) -> list:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def tf_configs(workers: int) -> list:
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)]
-    return [json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}})
-            for i in range(workers)]
-
-
 def start_workers(args: list, logs: Path, workers: int = 2, tmp: Path = None) -> list:
     """`tfmeta train --strategy multi-worker ARGS` once per worker of a fresh local cluster."""
     logs.mkdir(parents=True, exist_ok=True)
@@ -49,7 +32,7 @@ def start_workers(args: list, logs: Path, workers: int = 2, tmp: Path = None) ->
         [sys.executable, "-m", "tfmeta_cli.main", "train", "--strategy", "multi-worker", *args],
         stdout=(logs / f"worker{i}.log").open("w"), stderr=subprocess.STDOUT,
         env={**ENV, "TF_CONFIG": tf_config, **extra})
-        for i, tf_config in enumerate(tf_configs(workers))]
+        for i, tf_config in enumerate(distribute.local_cluster(workers))]
 
 
 def wait_all(processes: list, logs: Path, timeout: float = 300) -> None:

@@ -22,6 +22,7 @@ the identity with one replica.
 
 import json
 import os
+import socket
 from typing import Callable, Iterator, Optional
 
 import tensorflow as tf
@@ -78,6 +79,19 @@ def read_tf_config(text: Optional[str]) -> dict:
         fail(f"field 'task.index' is {index!r}, but cluster.{role} has {len(cluster[role])} "
              f"address(es): this process's task is not in the cluster")
     return {"cluster": cluster, "task": {"type": role, "index": index}}
+
+
+def local_cluster(workers: int) -> list:
+    """One TF_CONFIG value per worker of a cluster on this machine (127.0.0.1, free ports): for
+    trying a multi-worker job on one host."""
+    sockets = [socket.socket() for _ in range(workers)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    addresses = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+    for s in sockets:
+        s.close()
+    return [json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}})
+            for i in range(workers)]
 
 
 def is_chief_task(tf_config: dict) -> bool:
