@@ -1,5 +1,6 @@
 """`tfmeta`: train and evaluate meta-learners. Thin: parse, load the config, call the library."""
 
+import dataclasses
 import functools
 import os
 import json
@@ -352,7 +353,6 @@ def task_landscape(out_dir, quick, ratios, spreads, distances, alpha, check_rati
     Shakkottai): closed-form gains over the hardness discrepancy, the hard tasks' spread and the
     centre distance, checked by meta-training. Writes table.md, table.csv, trained.csv and
     task_landscape.png to --out."""
-    import dataclasses
 
     from tfmeta.experiments import task_landscape as tl
     from tfmeta.tasks.linear import LinearTasksConfig
@@ -371,6 +371,30 @@ def task_landscape(out_dir, quick, ratios, spreads, distances, alpha, check_rati
     for key in ("table", "csv", "trained_csv", "figure"):
         if key in result:
             click.echo(f"{key:<12} {result[key]}")
+
+
+@experiment.command("landscape-claims")
+@click.option("--out", "out_dir", type=click.Path(), default="runs/landscape-claims",
+              show_default=True, help="output directory; an unfinished one is continued")
+@click.option("--quick", is_flag=True,
+              help="the same runs and rules at toy scale, 2 seeds (a few minutes; for tests)")
+@click.option("--seeds", type=int, help="seeds per setting and per k (default 3)")
+@click.option("--jobs", type=int, help="runs trained side by side (default 2)")
+@click.option("--data-dir", type=click.Path(),
+              help="the Omniglot zips (default $TFMETA_OMNIGLOT_DIR, else ../shared/data/omniglot)")
+@user_errors
+def landscape_claims(out_dir, quick, seeds, jobs, data_dir):
+    """Test claims C1-C8 of Guiroy et al. (2019): train with the paper's protocol, induce
+    meta-overfitting, write claims.md with a verdict per claim (about 2 hours)."""
+    from tfmeta.experiments import landscape_claims as lc
+
+    data_dir = data_dir or os.environ.get("TFMETA_OMNIGLOT_DIR") or (
+        "../shared/data/omniglot" if Path("../shared/data/omniglot").is_dir() else "")
+    given = {k: v for k, v in dict(seeds=seeds, jobs=jobs).items() if v is not None}
+    config = dataclasses.replace(lc.ClaimsConfig(data_dir=data_dir or ""), **given)
+    result = lc.run(config, out_dir, quick_run=quick, log=click.echo)
+    click.echo(Path(result["table"]).read_text())
+    click.echo(f"claims: {result['table']}")
 
 
 def format_table(result: dict) -> str:
