@@ -380,3 +380,21 @@ def test_omniglot_too_few_examples_per_class(omniglot_copy):
                         omniglot=OmniglotConfig(data_dir=str(omniglot_copy)))
     with pytest.raises(DataError, match=r"fewer examples than shots \+ queries = 10 \+ 15 = 25"):
         tasks.build(config)
+
+
+def test_train_drawings_keeps_the_first_drawings_of_meta_train_characters_only(monkeypatch):
+    from tfmeta.tasks import omniglot_split
+    images = (np.arange(6 * 20 * 2 * 2) % 251).astype(np.uint8).reshape(6, 20, 2, 2)
+    data = omniglot_split.omniglot.OmniglotData(images, np.array(list("aabbcc")),
+                                                np.array(list("123456")))
+    monkeypatch.setattr(omniglot_split, "load", lambda config: data)
+    config = OmniglotConfig(data_dir="x", split="character", holdout=4,
+                            rotations=False, train_drawings=6)
+    pools = omniglot_split.omniglot_pools(config)
+    train, test = split_classes(data.alphabets, config)
+    np.testing.assert_array_equal(pools["train"], images[train][:, :6])
+    np.testing.assert_array_equal(pools["test"], images[test])     # meta-test keeps all 20
+    for bad in (0, 21):
+        with pytest.raises(ConfigError, match="train_drawings must be between 1 and 20"):
+            omniglot_split.omniglot_pools(OmniglotConfig(data_dir="x", split="character",
+                                                         holdout=4, train_drawings=bad))

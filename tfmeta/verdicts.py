@@ -68,8 +68,11 @@ def interval(values: Sequence[float]) -> Interval:
 
 
 def correlation_interval(rs: Sequence[float]) -> Interval:
-    """The t interval of per-seed correlations, taken on Fisher z and mapped back to r."""
-    r = np.clip(np.asarray(rs, dtype=np.float64), -0.999999, 0.999999)
+    """The t interval of per-seed correlations, taken on Fisher z and mapped back to r.
+
+    |r| is capped at 0.999 first: z is unbounded at +-1, so one seed at rho = -1 and another at
+    -0.997 would otherwise look as far apart as -0.99 and 0."""
+    r = np.clip(np.asarray(rs, dtype=np.float64), -0.999, 0.999)
     z = interval(np.arctanh(r))
     back = lambda v: float(np.tanh(v)) if np.isfinite(v) else math.nan  # noqa: E731
     return Interval(back(z.mean), back(z.low), back(z.high), np.asarray(rs, float).tolist())

@@ -323,8 +323,10 @@ def judge(main: Dict[str, list], sweeps: Dict[str, list]) -> List[dict]:
         post = [p.epoch for p in peaks]
         flat = [c["flatness"] for c in t5]
         flat_peaks = [int(np.nanargmax(f)) + 1 for f in flat]
-        peak_text = (f"accuracy peak at epoch {', '.join(map(str, post))}; flatness maximum at "
-                     f"epoch {', '.join(map(str, flat_peaks))}")
+        flattest = [int(np.nanargmin(f)) + 1 for f in flat]
+        peak_text = (f"accuracy peak: epoch {', '.join(map(str, post))}; sharpest (flatness "
+                     f"maximum): {', '.join(map(str, flat_peaks))}; flattest (flatness minimum): "
+                     f"{', '.join(map(str, flattest))} of {len(flat[0])}")
 
     def row(claim: str, parts: list, needs: Sequence, extra: Optional[dict] = None) -> None:
         missing = [name for name, data in needs if not data]
@@ -485,19 +487,20 @@ def format_markdown(rows: List[dict], config: ClaimsConfig, noise: Optional[dict
     fields = {**dataclasses.asdict(config), "classes": 4 * config.train_characters,
               "representation": config.representation_inputs or "all"}
     out = ["# Landscape claims (Guiroy, Verma & Pal, 2019)", "", status, "",
-           "| claim | test | Spearman ρ [95% CI] | Pearson r [95% CI] | value [95% CI] | part | "
-           "verdict |", "| --- | --- | --- | --- | --- | --- | --- |"]
+           "Per seed (seeds in order) for C1–C3: the epochs of MAML's (T = 5) accuracy peak and "
+           "of its sharpest and flattest adapted solutions.", "",
+           "| claim | tested statement | Spearman ρ [95% CI] | Pearson r [95% CI] | "
+           "value [95% CI] | peak epochs | statement | claim |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         parts = row["parts"] or [Part("—")]
         for i, part in enumerate(parts):
             first = i == 0
             out.append(f"| {row['id'] + ': ' + row['claim'] if first else ''} | {part.test} | "
                        f"{_cell(part.spearman)} | {_cell(part.pearson)} | {_cell(part.value)} | "
+                       f"{row.get('peaks', '') if first else ''} | "
                        f"{part.verdict if row['parts'] else ''} | "
                        f"{'**' + row['verdict'] + '**' if first else ''} |")
-    peaks = next((r["peaks"] for r in rows if "peaks" in r), None)
-    if peaks:
-        out += ["", f"MAML T = 5: {peaks}."]
     overfitting = next((r["overfitting"] for r in rows if "overfitting" in r), None)
     if overfitting:
         out += ["", "## Meta-overfitting (MAML, T = 5)", "",
