@@ -378,14 +378,16 @@ def task_landscape(out_dir, quick, ratios, spreads, distances, alpha, check_rati
               show_default=True, help="output directory; an unfinished one is continued")
 @click.option("--quick", is_flag=True,
               help="the same runs and rules at toy scale, 2 seeds (a few minutes; for tests)")
-@click.option("--seeds", type=int, help="seeds per setting and per k (default 3)")
+@click.option("--seeds", type=int,
+              help="seeds per setting and per k (default 5); more seeds on an existing --out "
+                   "add runs")
 @click.option("--jobs", type=int, help="runs trained side by side (default 2)")
 @click.option("--data-dir", type=click.Path(),
               help="the Omniglot zips (default $TFMETA_OMNIGLOT_DIR, else ../shared/data/omniglot)")
 @user_errors
 def landscape_claims(out_dir, quick, seeds, jobs, data_dir):
     """Test claims C1-C8 of Guiroy et al. (2019): train with the paper's protocol, induce
-    meta-overfitting, write claims.md with a verdict per claim (about 2 hours)."""
+    meta-overfitting, write claims.md with a verdict per claim (about an hour on 2 CPU cores)."""
     from tfmeta.experiments import landscape_claims as lc
 
     data_dir = data_dir or os.environ.get("TFMETA_OMNIGLOT_DIR") or (

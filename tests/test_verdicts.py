@@ -135,7 +135,7 @@ def test_plan_keeps_the_protocol_and_checks_the_pool():
     assert {"adapt.steps=1", "adapt.test_steps=1", "train.seed=2"} <= set(t1.overrides)
     ft = next(s for s in specs if s.setting == "finetune")
     assert {"adapt.lr=0.1", "adapt.test_steps=5"} <= set(ft.overrides)
-    assert len({s.name for s in specs}) == len(specs) == 3 * (4 + 5 + 6)
+    assert len({s.name for s in specs}) == len(specs) == 5 * (4 + 5 + 6)
     with pytest.raises(lc.ConfigError, match="train_characters"):
         lc.plan(lc.ClaimsConfig(train_characters=242), characters=242)
     with pytest.raises(lc.ConfigError, match="sweep_queries"):

@@ -38,7 +38,7 @@ METRICS = ("flatness", "trajectory_coherence", "gradient_coherence", "representa
 
 @dataclasses.dataclass
 class ClaimsConfig:
-    """The experiment. Defaults: the full run, about 2 hours on 2 CPU cores.
+    """The experiment. Defaults: the full run, about an hour on 2 CPU cores.
 
     Attributes:
         data_dir: the Omniglot zips (the small background sets: 242 characters).
@@ -63,7 +63,7 @@ class ClaimsConfig:
         noise_draws: re-drawn meta-test task sets for the metric-noise check.
     """
     data_dir: str = ""
-    seeds: int = 3
+    seeds: int = 5
     jobs: int = 2
     train_characters: int = 3
     train_drawings: int = 6
@@ -673,9 +673,9 @@ def _as_completed(results: list):
 
 def _check_plan(config: ClaimsConfig, out: Path) -> None:
     """An OUT directory keeps the experiment's settings: continuing it with others would mix
-    runs of two experiments in one table."""
+    runs of two experiments in one table. More seeds only add runs, so `seeds` may grow."""
     path = out / "experiment.json"
-    want = {k: v for k, v in dataclasses.asdict(config).items() if k != "jobs"}
+    want = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("jobs", "seeds")}
     if path.is_file():
         have = json.loads(path.read_text())
         differ = [k for k in want if have.get(k) != want[k]]
