@@ -140,3 +140,11 @@ def test_plan_keeps_the_protocol_and_checks_the_pool():
         lc.plan(lc.ClaimsConfig(train_characters=242), characters=242)
     with pytest.raises(lc.ConfigError, match="sweep_queries"):
         lc.plan(lc.ClaimsConfig(omniglot_shots=[1, 6]), characters=242)
+
+
+def test_an_out_directory_keeps_its_settings_but_may_gain_seeds(tmp_path):
+    config = lc.ClaimsConfig(data_dir="/d", seeds=3)
+    lc._check_plan(config, tmp_path)
+    lc._check_plan(lc.dataclasses.replace(config, seeds=5, jobs=1), tmp_path)
+    with pytest.raises(lc.ConfigError, match=r"other settings \(epochs: 16 there, 30 now\)"):
+        lc._check_plan(lc.dataclasses.replace(config, epochs=30), tmp_path)
