@@ -174,6 +174,61 @@ def test_finetune_transfers_features_with_a_fresh_xavier_head():
                                   kernel.numpy())
 
 
+def test_finetune_per_task_heads_differ_between_tasks_and_repeat_for_a_task():
+    from tfmeta import models
+    from tfmeta.algorithms import finetune
+    trained = models.conv4(40, (16, 16, 1), filters=4)
+    target = models.conv4(5, (16, 16, 1), filters=4)
+    params = finetune.transfer(trained, target, seed=3)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(5, 16, 16, 1)).astype(np.float32)
+    y = np.arange(5)
+    heads = {}
+    for name, support in {"a": (x, y), "again": (x.copy(), y.copy()), "labels": (x, y[::-1]),
+                          "pixel": (np.where(np.arange(x.size).reshape(x.shape) == 7, 0.5, x), y)
+                          }.items():
+        out = finetune.task_head(params, support, target.num_feature_params, seed=3)
+        for p, q in zip(out[:-2], params[:-2]):
+            np.testing.assert_array_equal(p.numpy(), q.numpy())      # features kept
+        kernel, bias = out[-2].numpy(), out[-1].numpy()
+        limit = np.sqrt(6 / sum(kernel.shape))
+        assert np.abs(kernel).max() <= limit and not bias.any()
+        heads[name] = kernel
+    np.testing.assert_array_equal(heads["a"], heads["again"])
+    assert not np.allclose(heads["a"], heads["labels"]) and not np.allclose(heads["a"], heads["pixel"])
+    other_seed = finetune.task_head(params, (x, y), target.num_feature_params, seed=4)[-2]
+    assert not np.allclose(heads["a"], other_seed.numpy())
+
+
+def test_finetune_evaluation_adapts_each_task_from_its_own_head(tmp_path, omniglot_copy):
+    """The evaluator's per-task heads against a loop that builds each head and adapts by hand."""
+    from tfmeta import config as config_lib, training
+    from tfmeta.adaptation import adapt
+    from tfmeta.algorithms import finetune
+    from tfmeta.losses import query_metrics
+    from tfmeta.run import Run
+    config = config_lib.load("omniglot_5w1s_finetune-cpu", [
+        f"run_dir={tmp_path}", f"data.omniglot.data_dir={omniglot_copy}", "model.filters=8",
+        "train.epochs=1", "train.iterations=5", "train.eval_tasks=6", "train.eval_batch=3",
+        "adapt.test_steps=2", "landscape.every=0"])
+    run_dir = training.train(config, progress=False, log=lambda _: None)
+    run = Run.open(run_dir)
+    run.restore()
+    results = run.evaluator(2, 6)()
+    shared = Run.open(run_dir, ["algorithms.finetune.head=shared"])
+    shared.restore()
+    base = run.eval_params()
+    episodes = [tf.nest.map_structure(lambda t: t[i], batch)
+                for batch in run.source.episodes(run.source.eval_split, config.train.seed, 3,
+                                                 count=6) for i in range(3)]
+    for i, episode in enumerate(episodes):
+        start = finetune.task_head(base, episode.support, run.eval_model.num_feature_params, 0)
+        adapted, _ = adapt(run.eval_model, start, episode.support, run.config.adapt, steps=2)
+        expected = query_metrics(run.eval_model, adapted, episode)["loss"].numpy()
+        assert results["loss"][i, 2] == pytest.approx(float(expected), rel=1e-5)
+    assert not np.allclose(shared.evaluator(2, 6)()["loss"], results["loss"])
+
+
 def test_finetune_trains_omniglot_supervised_and_adapts_a_new_head(tmp_path, omniglot_copy):
     import json
 

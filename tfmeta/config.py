@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional
 import yaml
 
 from tfmeta.adaptation import AdaptConfig
-from tfmeta.algorithms import NAMES as ALGORITHMS, AlgorithmConfig
+from tfmeta.algorithms import NAMES as ALGORITHMS, AlgorithmConfig, finetune
 from tfmeta.distribute import STRATEGIES
 from tfmeta.errors import ConfigError
 from tfmeta.files import atomic_open
@@ -224,6 +224,8 @@ def validate(config: Config, where: str) -> Config:
          config.algorithm)
     need(config.algorithms.finetune.batch_size >= 1, "algorithms.finetune.batch_size",
          "a positive integer", config.algorithms.finetune.batch_size)
+    need(config.algorithms.finetune.head in finetune.HEADS, "algorithms.finetune.head",
+         " or ".join(finetune.HEADS), config.algorithms.finetune.head)
     need(config.algorithms.maml_reg.gamma >= 0, "algorithms.maml_reg.gamma", "non-negative",
          config.algorithms.maml_reg.gamma)
     need(config.model.arch in ("auto", "conv4", "mlp"), "model.arch", "auto, conv4 or mlp",

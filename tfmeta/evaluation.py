@@ -42,12 +42,14 @@ def estimate(values: np.ndarray) -> Estimate:
 
 def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, steps: int,
                    tasks: int, seed: int, batch: int, strategy: str = "loop", split: str = "test",
-                   params_fn: Optional[Callable[[], list]] = None):
+                   params_fn: Optional[Callable[[], list]] = None,
+                   task_start: Optional[Callable[[list, tuple], list]] = None):
     """Builds a function that evaluates the model's current weights on a fixed set of tasks.
 
     The tasks are episodes 0..tasks-1 of the split's stream for `seed`: the same tasks every call.
     Adaptation starts from `params_fn()` (default: the model's weights); the finetune baseline
-    passes its trained features with a fresh head.
+    passes its trained features with a fresh head, and `task_start(params, support)` gives each
+    task its own start (the baseline's per-task head).
 
     Returns:
         evaluate() -> {metric: [steps + 1] array of per-step values for each task, shape
@@ -60,7 +62,8 @@ def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, st
         params = params_fn() if params_fn else params_of(model)
 
         def one_task(episode):
-            _, trajectory = adapt(model, params, episode.support, config, steps=steps,
+            start = task_start(params, episode.support) if task_start else params
+            _, trajectory = adapt(model, start, episode.support, config, steps=steps,
                                   observe=lambda p: query_metrics(model, p, episode))
             return trajectory.observations
 

@@ -104,10 +104,13 @@ class Landscape:
 
     def __init__(self, model: MetaModel, source: TaskSource, adapt_config: AdaptConfig,
                  config: LandscapeConfig, strategy: str = "loop",
-                 params_fn: Optional[Callable[[], list]] = None):
+                 params_fn: Optional[Callable[[], list]] = None,
+                 task_start: Optional[Callable[[list, tuple], list]] = None):
         self.model, self.config, self.strategy = model, config, strategy
         # theta, the point every task adapts from (the finetune baseline's has a fresh head).
         self.params = params_fn or (lambda: params_of(model))
+        # Where each task starts: theta, or for the finetune baseline theta with its own head.
+        self.start = task_start or (lambda params, support: params)
         self.adapt_config = adapt_config
         self.steps = adapt_config.eval_steps
         tasks = max(config.flatness_tasks, config.coherence_tasks)
@@ -140,11 +143,12 @@ class Landscape:
 
         def one(task):
             x, y = task.support
+            start = self.start(params, task.support)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(params)
-                loss = task_loss(model, params, x, y)
-            gradient = [-g for g in tape.gradient(loss, params)]
-            adapted, trajectory = adapt(model, params, task.support, self.adapt_config, self.steps)
+                tape.watch(start)
+                loss = task_loss(model, start, x, y)
+            gradient = [-g for g in tape.gradient(loss, start)]
+            adapted, trajectory = adapt(model, start, task.support, self.adapt_config, self.steps)
             step = displacement(adapted, trajectory)
             norm = tree.norm(step)
             support_loss = task_loss(model, adapted, x, y)
@@ -161,7 +165,8 @@ class Landscape:
     def _hessian_metrics(self, task):
         """Flatness (and the opt-in spectrum metrics) at one task's adapted solution."""
         model, config = self.model, self.config
-        adapted, _ = adapt(model, self.params(), task.support, self.adapt_config, self.steps)
+        adapted, _ = adapt(model, self.start(self.params(), task.support), task.support,
+                           self.adapt_config, self.steps)
         loss_fn = lambda p: task_loss(model, p, *task.support)  # noqa: E731
         matvec = hessian.hvp_matvec(loss_fn, adapted, config.hvp)
         dim = sum(int(np.prod(p.shape)) for p in adapted)

@@ -80,11 +80,15 @@ class Run:
                 # head.
                 self.model = build_model(config, self.source, self.source.classes["train"])
                 self.eval_model = build_model(config, self.source)
-                seed = config.algorithms.finetune.head_seed
-                self.eval_params = lambda: finetune.transfer(self.model, self.eval_model, seed)
+                options = config.algorithms.finetune
+                self.eval_params = lambda: finetune.transfer(self.model, self.eval_model,
+                                                             options.head_seed)
+                self.task_start = None if options.head == "shared" else (
+                    lambda params, support: finetune.task_head(
+                        params, support, self.eval_model.num_feature_params, options.head_seed))
             else:
                 self.model = self.eval_model = build_model(config, self.source)
-                self.eval_params = None
+                self.eval_params = self.task_start = None
             self.optimizer = keras.optimizers.Adam(config.train.meta_lr)
             self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
@@ -137,7 +141,7 @@ class Run:
         return landscape_lib.Landscape(self.eval_model, self.source, self.config.adapt,
                                        self.config.landscape,
                                        task_strategy(self.config, self.eval_model),
-                                       self.eval_params)
+                                       self.eval_params, self.task_start)
 
     def evaluator(self, steps: int, tasks_count: int, split: Optional[str] = None):
         """Evaluates on `split`, by default the one training evaluates after each epoch (val
@@ -146,7 +150,7 @@ class Run:
         return evaluation.make_evaluator(
             self.eval_model, self.source, self.config.adapt, steps, tasks_count, train.seed,
             train.eval_batch, task_strategy(self.config, self.eval_model),
-            split or self.source.eval_split, self.eval_params)
+            split or self.source.eval_split, self.eval_params, self.task_start)
 
     def training_batches(self, start: int, replica: int = 0,
                          replicas: int = 1) -> tf.data.Dataset:

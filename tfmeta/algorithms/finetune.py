@@ -3,8 +3,9 @@
 Training is plain supervised learning on the meta-train split: every meta-train class is a class of
 one wide head (C_train outputs; one output for regression), and each step is a minibatch gradient of
 the cross-entropy (or MSE) at theta, with no inner loop. At meta-test time the head is replaced by a
-fresh N-way layer with Xavier (Glorot uniform) initialization and zero bias, and all parameters are
-adapted by the same `adapt` as every other algorithm. The paper uses 64 x 25 (batch x iterations per
+fresh N-way layer with Xavier (Glorot uniform) initialization and zero bias, drawn anew for each
+meta-test task (`head: per_task`, the paper's "replaced ... for the given meta-test task"), and all
+parameters are adapted by the same `adapt` as every other algorithm. The paper uses 64 x 25 (batch x iterations per
 epoch) for 1-shot and 128 x 12 for 5-shot.
 """
 
@@ -23,10 +24,19 @@ from tfmeta.models import MetaModel, params_of
 class FinetuneConfig:
     """Attributes:
         batch_size: labelled examples per training step (paper: 64 for 1-shot, 128 for 5-shot).
-        head_seed: seed of the Xavier initialization of the meta-test head.
+        head_seed: seed of the Xavier initialization of the meta-test heads.
+        head: "per_task" draws each meta-test task's own head, seeded by head_seed and a
+            fingerprint of the task's support set (the same task always gets the same head);
+            "shared" gives every task the one head of head_seed. One head shared by all tasks
+            gives their gradients a common, label-independent part (pulling the same random logits
+            towards uniform), which inflates gradient and trajectory coherence: 8.8 and 0.0105
+            shared against 0.059 and 0.00059 per task, on 150 Omniglot tasks.
     """
     batch_size: int = 64
     head_seed: int = 0
+    head: str = "per_task"
+
+HEADS = ("per_task", "shared")
 
 
 def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: tuple,
@@ -56,6 +66,30 @@ def xavier_head(shapes: Sequence[tuple], dtype, seed: int) -> list:
     limit = float(np.sqrt(6.0 / (kernel_shape[0] + kernel_shape[1])))
     kernel = tf.random.stateless_uniform(kernel_shape, [seed, 0], -limit, limit, dtype=dtype)
     return [kernel, tf.zeros(bias_shape, dtype)]
+
+
+def fingerprint(support: tuple) -> tf.Tensor:
+    """An int64 that identifies a support set (x [K, ...], y [K]): the wrapping sum of the bit
+    patterns of its float32 inputs and of its labels, each weighted by its position. Integer sums
+    are exact in any order, so every device and strategy gets the same number."""
+    x, y = support
+    bits = tf.cast(tf.reshape(tf.bitcast(tf.cast(x, tf.float32), tf.int32), [-1]), tf.int64)
+    labels = tf.cast(tf.reshape(y, [-1]), tf.int64)
+    weigh = lambda v: tf.reduce_sum(v * (tf.range(tf.size(v, tf.int64), dtype=tf.int64) % 65521 + 1))  # noqa: E731
+    return weigh(bits) + 1_000_003 * weigh(labels)
+
+
+def task_head(params: Sequence[tf.Tensor], support: tuple, num_feature_params: int,
+              seed: int) -> list:
+    """`params` with the head replaced by this task's own fresh Xavier head, seeded by
+    (seed, fingerprint(support))."""
+    features = list(params[:num_feature_params])
+    head = [tuple(p.shape) for p in params[num_feature_params:]]
+    kernel_shape, bias_shape = head
+    limit = float(np.sqrt(6.0 / (kernel_shape[0] + kernel_shape[1])))
+    key = tf.stack([tf.constant(seed, tf.int64), fingerprint(support)])
+    kernel = tf.random.stateless_uniform(kernel_shape, key, -limit, limit, dtype=features[0].dtype)
+    return features + [kernel, tf.zeros(bias_shape, features[0].dtype)]
 
 
 def transfer(trained: MetaModel, target: MetaModel, seed: int) -> list:

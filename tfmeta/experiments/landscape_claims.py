@@ -521,7 +521,8 @@ def format_markdown(rows: List[dict], config: ClaimsConfig, noise: Optional[dict
         for m in METRICS:
             entry, spread = noise["metrics"][m], noise["ranges"][m]
             rel = entry["half"] / spread if spread else math.nan
-            out.append(f"| {m} | {entry['mean']:.4g} ± {entry['half']:.2g} | {rel:.3f} |")
+            note = " (every meta-test image: nothing to re-draw)" if entry["half"] == 0 else ""
+            out.append(f"| {m}{note} | {entry['mean']:.4g} ± {entry['half']:.2g} | {rel:.3f} |")
     if scale:
         out += ["", "## Scale of trajectory coherence", "",
                 f"D = {scale['parameters']} parameters; two random directions in D dimensions have "
@@ -549,19 +550,19 @@ def write_sweep_figure(sweeps: Dict[str, list], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     panels = [(name, metric, label) for name, metric, label in (
-        ("omniglot", "representation_coherence", "Omniglot: E[h_i^T h_j] vs accuracy"),
-        ("sine", "gradient_coherence", "sine: E[g_i^T g_j] vs -MSE")) if sweeps.get(name)]
+        ("omniglot", "representation_coherence", r"Omniglot: $E[h_i^T h_j]$ against accuracy"),
+        ("sine", "gradient_coherence", r"sine: $E[g_i^T g_j]$ against $-$MSE")) if sweeps.get(name)]
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for ax, (name, metric, label) in zip(axes[0], panels):
         for seed, s in enumerate(sweeps[name]):
-            ax.plot(s[metric], s["generalization"], "o-", label=f"seed {seed}", alpha=0.8)
+            ax.plot(s[metric], s["generalization"], "o", label=f"seed {seed}", alpha=0.8)
             for k, x, y in zip(s["k"], s[metric], s["generalization"]):
                 ax.annotate(f"k={int(k)}", (x, y), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
         ax.set_title(label)
-        ax.set_xlabel(metric.replace("_", " "))
+        ax.set_xlabel(f"final {metric.replace('_', ' ')}")
         ax.set_ylabel("final meta-test accuracy" if name == "omniglot" else "final -MSE")
         ax.legend(fontsize=8)
     fig.tight_layout()
