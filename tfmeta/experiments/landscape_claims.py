@@ -454,8 +454,8 @@ def parameter_count(run_dir: Path) -> int:
 
 DEVIATIONS = (
     "Meta-overfitting is induced: meta-training draws from {train_characters} characters (x4 "
-    "rotations = {classes} classes); the paper meta-trains on 1,200 characters and meta-overfits "
-    "later.",
+    "rotations = {classes} classes), the first {train_drawings} of each one's 20 drawings; the "
+    "paper meta-trains on 1,200 characters and meta-overfits later.",
     "Omniglot: the small background sets (242 characters), every character outside the pool is "
     "meta-test; the paper holds out 423 of 1,623.",
     "conv4 with {filters} filters (paper: 64); meta-batch {meta_batch} (paper: 16 for 1-shot); "
@@ -464,8 +464,8 @@ DEVIATIONS = (
     "Accuracy on {eval_tasks} fixed meta-test tasks per epoch.",
     "Sine: {sine_epochs} epochs of {sine_iterations} meta-steps (sine_disjoint preset: K = 10, "
     "alpha = 0.01, T = 1, meta-batch 25).",
-    "k-sweeps: Omniglot k = {omniglot_shots}, sine k = {sine_shots}; each model is measured once, "
-    "after its last epoch, at its own k.",
+    "k-sweeps: Omniglot k = {omniglot_shots} with {sweep_queries} query per class, sine k = "
+    "{sine_shots}; each model is measured once, after its last epoch, at its own k.",
     "{seeds} seeds per setting and per k.",
 )
 
