@@ -24,7 +24,9 @@ from tfmeta.models import NORMS, ModelConfig
 from tfmeta import tasks
 from tfmeta.tasks import DataConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# The presets ship inside the package (a wheel has them); the repository's top-level configs/ is a
+# link to this folder.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclasses.dataclass
