@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import os
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -45,8 +46,16 @@ def user_errors(fn):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="tfmeta")
-def cli():
+@click.option("--verbose", is_flag=True,
+              help="TensorFlow's full start-up logging (also: TFMETA_VERBOSE=1)")
+def cli(verbose):
     """Gradient-based meta-learning (MAML) in TensorFlow/Keras."""
+    from tfmeta import quiet
+    if verbose:
+        os.environ[quiet.VERBOSE] = "1"
+    if click.get_current_context().invoked_subcommand and "--help" not in sys.argv \
+            and "-h" not in sys.argv:
+        quiet.start()
 
 
 @cli.command()

@@ -225,6 +225,27 @@ def test_console_script_reports_a_user_error(tmp_path):
     assert re.search(r"^error: .*" + re.escape(str(missing)), done.stderr, re.M)
 
 
+def test_a_healthy_command_starts_quietly_and_verbose_restores_the_logging(tmp_path):
+    noise = re.compile(r"cuInit|absl::InitializeLog|cudart_stub|oneDNN")
+    train = [console_script(), "train", "--config", "sine-cpu", "--epochs", "1", "--iterations",
+             "2", "--set", "train.eval_tasks=5", "--landscape-every", "0", "--no-progress"]
+    env = {k: v for k, v in os.environ.items() if k not in ("TFMETA_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
+    for args in (train[:2] + ["--help"], train + ["--run-dir", "quiet"]):
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                              env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert not noise.search(done.stdout + done.stderr), done.stderr
+    loud = subprocess.run(train + ["--run-dir", "loud"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env={**env, "TFMETA_VERBOSE": "1"})
+    assert loud.returncode == 0
+    assert noise.search(loud.stderr)     # this machine's TensorFlow does print them
+    # Other warnings and errors are replayed: only the known start-up lines are dropped.
+    from tfmeta import quiet
+    assert not quiet.BENIGN.match("W0000 00:00:1.5    12 foo.cc:3] a real warning")
+    assert not quiet.BENIGN.match("E0000 00:00:1.5    12 cuda_platform.cc:52] failed call to "
+                                  "cuInit: CUDA_ERROR_OUT_OF_MEMORY (2)")
+
+
 def test_console_script_version():
     done = subprocess.run([console_script(), "--version"], capture_output=True, text=True,
                           timeout=60)

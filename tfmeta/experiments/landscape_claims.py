@@ -203,7 +203,8 @@ def _check_same(spec: RunSpec, run_dir: Path) -> None:
 def train_one(spec: RunSpec, run_dir: str) -> str:
     """Trains (or resumes) one run; executed in a fresh process so that its thread settings apply.
     Its epoch lines go to RUN_DIR.log."""
-    from tfmeta import training
+    from tfmeta import quiet, training
+    quiet.start()
     run_dir = Path(run_dir)
     config = run_config(spec, run_dir)
     resume = (run_dir / "checkpoints" / "checkpoint").exists()
