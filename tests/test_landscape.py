@@ -111,6 +111,15 @@ def test_training_logs_the_landscape_every_epoch_and_analyze_recomputes_it(tmp_p
     events.Reload()
     assert "landscape/flatness" in events.Tags()["tensors"]
     assert "custom_scalars__config__" in events.Tags()["tensors"]
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.util import tensor_util
+    layout = layout_pb2.Layout.FromString(tensor_util.make_ndarray(
+        events.Tensors("custom_scalars__config__")[0].tensor_proto).item())
+    assert len(layout.category) == len(landscape_lib.METRICS)
+    for category, metric in zip(layout.category, landscape_lib.METRICS):
+        # two charts, so that each curve has its own y-axis
+        assert [list(c.multiline.tag) for c in category.chart] == [
+            [f"^landscape/{metric}$"], ["^meta_test/loss$"]]
 
     out = analysis.analyze(run_dir, progress=False, log=lambda _: None)
     rows = list(csv.DictReader(out.open()))

@@ -36,18 +36,23 @@ def histograms(summary_writer: tf.summary.SummaryWriter, prefix: str,
 
 
 def landscape_layout(summary_writer: tf.summary.SummaryWriter, metrics, target: str) -> None:
-    """A TensorBoard custom-scalars layout: one chart per landscape metric, beside `target`.
+    """A TensorBoard custom-scalars layout: one category per landscape metric, holding two charts
+    side by side, landscape/<metric> and the target (meta_test/accuracy, or meta_test/loss for
+    regression), each on its own y-axis.
 
-    Each chart plots landscape/<metric> together with the target tag (meta_test/accuracy, or
-    meta_test/loss for regression), as the paper's twin-axis figures do.
+    One chart holding both would put them on one axis: flatness (~100) flattens an accuracy or
+    loss (~1) into a line at 0, and a coherence (~0.01) vanishes under it.
     """
     from tensorboard.plugins.custom_scalar import layout_pb2, summary as layout_summary
 
-    charts = [layout_pb2.Chart(title=f"{metric} vs {target}",
-                               multiline=layout_pb2.MultilineChartContent(
-                                   tag=[rf"^landscape/{metric}$", rf"^{target}$"]))
-              for metric in metrics]
-    layout = layout_pb2.Layout(category=[layout_pb2.Category(title="landscape", chart=charts)])
+    def chart(tag: str) -> layout_pb2.Chart:
+        return layout_pb2.Chart(title=tag, multiline=layout_pb2.MultilineChartContent(
+            tag=[rf"^{tag}$"]))
+
+    layout = layout_pb2.Layout(category=[
+        layout_pb2.Category(title=f"landscape: {metric} | {target}",
+                            chart=[chart(f"landscape/{metric}"), chart(target)])
+        for metric in metrics])
     with summary_writer.as_default(step=0):
         tf.summary.experimental.write_raw_pb(layout_summary.pb(layout).SerializeToString(), step=0)
     summary_writer.flush()
