@@ -95,6 +95,39 @@ def test_opt_in_hessian_metrics_are_reported(measured):
     assert len(layers) == 2 and values["hvps"] > 0 and values["seconds_per_hvp"] > 0
 
 
+def test_a_run_writes_one_hparams_session_also_when_resumed_and_analyzed(tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import metadata
+    from tfmeta import analysis
+
+    overrides = [f"run_dir={tmp_path / 'run'}", "train.iterations=5", "train.eval_tasks=5",
+                 "train.keep_checkpoints=0", "landscape.flatness_tasks=1",
+                 "landscape.coherence_tasks=4", "train.seed=7", "algorithm=maml-reg"]
+    run_dir = training.train(config_lib.load("sine", [*overrides, "train.epochs=1"]),
+                             progress=False, log=lambda _: None)
+    training.train(config_lib.load("sine", [*overrides, "train.epochs=2"]), resume=True,
+                   progress=False, log=lambda _: None)
+    analysis.analyze(run_dir, progress=False, log=lambda _: None)
+    sessions = []
+    for events_dir in sorted({p.parent for p in run_dir.rglob("events.out.tfevents.*")}):
+        events = event_accumulator.EventAccumulator(str(events_dir), size_guidance={"tensors": 0})
+        events.Reload()
+        for tag in events.Tags()["tensors"]:
+            if tag == metadata.SESSION_START_INFO_TAG:
+                for event in events.Tensors(tag):
+                    content = events.SummaryMetadata(tag).plugin_data.content
+                    sessions.append((events_dir, metadata.parse_session_start_info_plugin_data(
+                        content)))
+    assert len(sessions) == 1 and sessions[0][0] == run_dir / "logs"
+    values = {k: v for k, v in sessions[0][1].hparams.items()}
+    assert values["algorithm"].string_value == "maml-reg"
+    assert values["seed"].number_value == 7 and values["inner_lr"].number_value == 0.01
+    assert values["steps"].number_value == 1 and values["first_order"].bool_value is False
+    assert values["maml_reg.gamma"].number_value == 0.5 and values["dataset"].string_value == "sine"
+    assert {"ways", "shots", "queries", "test_steps", "meta_batch", "meta_lr", "model",
+            "norm"} <= set(values)
+
+
 def test_training_logs_the_landscape_every_epoch_and_analyze_recomputes_it(tmp_path):
     from tfmeta import analysis
     from tensorboard.backend.event_processing import event_accumulator

@@ -56,3 +56,36 @@ def landscape_layout(summary_writer: tf.summary.SummaryWriter, metrics, target: 
     with summary_writer.as_default(step=0):
         tf.summary.experimental.write_raw_pb(layout_summary.pb(layout).SerializeToString(), step=0)
     summary_writer.flush()
+
+
+def hparams_of(config) -> dict:
+    """The run's hyperparameters as TensorBoard HParams values (bool, int, float or str): what
+    runs are compared by."""
+    c = config
+    values = {"algorithm": c.algorithm, "dataset": c.data.dataset, "ways": c.data.ways,
+              "shots": c.data.shots, "queries": c.data.queries, "inner_lr": c.adapt.lr,
+              "steps": c.adapt.steps, "test_steps": c.adapt.eval_steps,
+              "first_order": c.adapt.first_order, "meta_batch": c.train.meta_batch,
+              "meta_lr": c.train.meta_lr, "seed": c.train.seed, "iterations": c.train.iterations,
+              "model": c.model.arch, "filters": c.model.filters, "hidden": str(c.model.hidden),
+              "dtype": c.model.dtype, "norm": c.model.norm}
+    if c.algorithm == "maml-reg":
+        values.update({"maml_reg.gamma": c.algorithms.maml_reg.gamma,
+                       "maml_reg.constant_mean": c.algorithms.maml_reg.constant_mean})
+    if c.algorithm == "finetune":
+        values.update({"finetune.batch_size": c.algorithms.finetune.batch_size,
+                       "finetune.head": c.algorithms.finetune.head,
+                       "finetune.head_seed": c.algorithms.finetune.head_seed})
+    if c.algorithm == "wormhole":
+        values["wormhole.gain_lr_scale"] = c.adapt.gain_lr_scale
+    return values
+
+
+def hparams(summary_writer: tf.summary.SummaryWriter, values: Mapping) -> None:
+    """Writes the HParams session of a run (once, when it starts); its final metrics are the last
+    values of its scalars, which the HParams dashboard reads from the same run."""
+    from tensorboard.plugins.hparams import api as hp
+
+    with summary_writer.as_default(step=0):
+        hp.hparams(dict(values))
+    summary_writer.flush()

@@ -138,7 +138,7 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
                           config.train.jit_compile, strategy)
     batches = distribute.replica_batches(
         strategy, lambda replica, replicas: run.training_batches(start, replica, replicas))
-    epoch_end = EpochEnd(run, chief, progress)
+    epoch_end = EpochEnd(run, chief, progress, fresh=start == 0)
     iterations, epochs = config.train.iterations, config.train.epochs
     for epoch in range(start // iterations, epochs):
         first, last = max(start, epoch * iterations), (epoch + 1) * iterations
@@ -202,9 +202,10 @@ class EpochEnd:
     elsewhere, only the record of the epoch's training means.
 
     Call it as epoch_end(epoch, iteration, train_means, train_vectors) -> the epoch's record.
+    `fresh`: the run starts here, so its HParams session is written.
     """
 
-    def __init__(self, run: Run, chief: bool, progress: bool):
+    def __init__(self, run: Run, chief: bool, progress: bool, fresh: bool = True):
         config = run.config
         self.run, self.chief, self.progress = run, chief, progress and chief
         self.wall_start = time.perf_counter()
@@ -215,6 +216,8 @@ class EpochEnd:
         self.landscape = run.landscape() if config.landscape.every else None
         if self.landscape:
             summaries.landscape_layout(self.writer, landscape_lib.METRICS, run.target)
+        if fresh:  # a resumed run has its HParams session already
+            summaries.hparams(self.writer, summaries.hparams_of(config))
 
     def __call__(self, epoch: int, iteration: int, means: dict, vectors: dict) -> dict:
         system = {"rss_mb": records.resident_mb(),
