@@ -139,6 +139,9 @@ def test_training_logs_the_landscape_every_epoch_and_analyze_recomputes_it(tmp_p
     run_dir = training.train(config, progress=False, log=lambda _: None)
     records = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
     assert all(f"landscape/{m}" in r for r in records for m in landscape_lib.METRICS)
+    # the loss before adaptation is named so, apart from the adapted landscape/support_loss
+    assert all(r["meta_train/support_loss_before_adaptation"] > r["landscape/support_loss"]
+               for r in records)
     events = event_accumulator.EventAccumulator(str(run_dir / "logs"),
                                                 size_guidance={"tensors": 0})
     events.Reload()

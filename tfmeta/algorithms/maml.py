@@ -32,7 +32,7 @@ def task_objective(model: MetaModel, params: Sequence[tf.Tensor], episode: Episo
     adapted, trajectory = adapt(model, params, episode.support, config)
     metrics = query_metrics(model, adapted, episode)
     if config.steps > 0:
-        metrics["support_loss"] = trajectory.losses[0]
+        metrics["support_loss_before_adaptation"] = trajectory.losses[0]
     return metrics["loss"], metrics
 
 
