@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from tfmeta import config as config_lib, verdicts as V
-from tfmeta.errors import ConfigError
+from tfmeta.errors import ConfigError, TfmetaError
 from tfmeta.files import atomic_open
 from tfmeta.report import column, load_records
 
@@ -169,11 +169,16 @@ def run_config(spec: RunSpec, run_dir: Path):
                                                              f"run_dir={run_dir}"]))
 
 
+def run_epochs(spec: RunSpec, config: ClaimsConfig) -> int:
+    """Epochs of a run: the sine settings have their own length."""
+    return config.sine_epochs if spec.setting.startswith("sine") else config.epochs
+
+
 def finished(run_dir: Path, epochs: int) -> bool:
     """Whether `run_dir` holds a record of its last epoch."""
     try:
         return any(int(r.get("epoch", 0)) >= epochs for r in load_records(run_dir))
-    except Exception:  # no records yet
+    except TfmetaError:  # no records yet
         return False
 
 
@@ -342,6 +347,14 @@ def judge(main: Dict[str, list], sweeps: Dict[str, list]) -> List[dict]:
     def no_overfit(test: str) -> Part:
         return Part(f"{test}: no meta-overfitting in most seeds, so untestable")
 
+    def tracks_accuracy(name: str) -> list:
+        """rho(metric, accuracy) > 0.3 over all epochs, and from each seed's peak on."""
+        curves = [c[name] for c in t5]
+        return [_rank_part(f"rho({name.replace('_', ' ')}, accuracy) > 0.3", curves, acc, rho,
+                           True),
+                _rank_part("the same after the accuracy peak", curves, acc, rho, True, post)
+                if overfit else no_overfit("after the peak")]
+
     if t5:
         rise = V.interval([f[p - 1] / f[0] - 1 for f, p in zip(flat, flat_peaks)])
         c1 = [Part("relative rise of flatness from epoch 1 to its maximum > 10%", value=rise,
@@ -365,12 +378,10 @@ def judge(main: Dict[str, list], sweeps: Dict[str, list]) -> List[dict]:
     row("C3", c3, [("maml-t5", t5)], extra)
 
     if t5 and ft:
-        tc = [c["trajectory_coherence"] for c in t5]
-        c4 = [_rank_part("rho(trajectory coherence, accuracy) > 0.3", tc, acc, rho, True),
-              _rank_part("the same after the accuracy peak", tc, acc, rho, True, post)
-              if overfit else no_overfit("after the peak"),
+        c4 = [*tracks_accuracy("trajectory_coherence"),
               _ratio_part("finetune / MAML mean |trajectory coherence| < 0.25",
-                          [c["trajectory_coherence"] for c in ft], tc, V.LOW)]
+                          [c["trajectory_coherence"] for c in ft],
+                          [c["trajectory_coherence"] for c in t5], V.LOW)]
     row("C4", c4 if t5 and ft else [], [("maml-t5", t5), ("finetune", ft)])
 
     if t1 and sine and ft:
@@ -388,10 +399,7 @@ def judge(main: Dict[str, list], sweeps: Dict[str, list]) -> List[dict]:
 
     omniglot_sweep, sine_sweep = sweeps.get("omniglot"), sweeps.get("sine")
     if t5 and omniglot_sweep:
-        rc = [c["representation_coherence"] for c in t5]
-        c6 = [_rank_part("rho(representation coherence, accuracy) > 0.3", rc, acc, rho, True),
-              _rank_part("the same after the accuracy peak", rc, acc, rho, True, post)
-              if overfit else no_overfit("after the peak"),
+        c6 = [*tracks_accuracy("representation_coherence"),
               _sweep_part("across k: rho(final representation coherence, final accuracy) > 0.3",
                           omniglot_sweep, "representation_coherence")]
     row("C6", c6 if t5 and omniglot_sweep else [], [("maml-t5", t5),
@@ -578,10 +586,7 @@ def write_sweep_figure(sweeps: Dict[str, list], path: Path) -> None:
 
 def collect(specs: Sequence[RunSpec], runs_dir: Path, config: ClaimsConfig) -> tuple:
     """(main curves by setting, sweeps) from the runs that have finished."""
-    def epochs(spec):
-        return config.sine_epochs if spec.setting.startswith("sine") else config.epochs
-
-    done = {s.name: s for s in specs if finished(runs_dir / s.name, epochs(s))}
+    done = {s.name: s for s in specs if finished(runs_dir / s.name, run_epochs(s, config))}
     main = {}
     for setting in ("maml-t5", "maml-t1", "finetune", "sine"):
         names = [f"{setting}-s{seed}" for seed in range(config.seeds)]
@@ -625,8 +630,7 @@ def run(config: ClaimsConfig, out_dir, quick_run: bool = False,
     runs_dir.mkdir(parents=True, exist_ok=True)
     _check_plan(config, out)
     specs = plan(config, omniglot_characters(config.data_dir))
-    epochs = lambda s: config.sine_epochs if s.setting.startswith("sine") else config.epochs  # noqa: E731
-    todo = [s for s in specs if not finished(runs_dir / s.name, epochs(s))]
+    todo = [s for s in specs if not finished(runs_dir / s.name, run_epochs(s, config))]
     for spec in specs:
         _check_same(spec, runs_dir / spec.name)
     log(f"{len(specs) - len(todo)} of {len(specs)} runs already finished in {runs_dir}; "
