@@ -148,3 +148,16 @@ def test_an_out_directory_keeps_its_settings_but_may_gain_seeds(tmp_path):
     lc._check_plan(lc.dataclasses.replace(config, seeds=5, jobs=1), tmp_path)
     with pytest.raises(lc.ConfigError, match=r"other settings \(epochs: 16 there, 30 now\)"):
         lc._check_plan(lc.dataclasses.replace(config, epochs=30), tmp_path)
+
+
+def test_bad_experiment_settings_are_user_errors(tmp_path):
+    with pytest.raises(lc.ConfigError, match="--seeds must be at least 2"):
+        lc.run(lc.ClaimsConfig(data_dir=str(tmp_path), seeds=1), tmp_path / "out")
+    with pytest.raises(lc.ConfigError, match="Omniglot data directory is not set"):
+        lc.run(lc.ClaimsConfig(), tmp_path / "out")
+
+
+def test_an_unknown_finetune_head_is_a_user_error():
+    from tfmeta import config as config_lib
+    with pytest.raises(lc.ConfigError, match="algorithms.finetune.head.*per_task or shared"):
+        config_lib.load("sine", ["algorithms.finetune.head=random"])
