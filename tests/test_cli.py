@@ -56,7 +56,7 @@ def test_train_writes_a_run(trained):
     assert len(lines) == 1
     record = json.loads(lines[0])
     assert (record["epoch"], record["iteration"]) == (1, 20)
-    assert record["meta_train/loss"] > 0 and record["meta_test/loss"] > 0
+    assert record["meta_train/loss"] > 0 and record["meta_test/mse"] > 0
 
 
 def test_evaluate_prints_a_table(trained):
@@ -165,7 +165,7 @@ def test_resume_continues_the_run(trained, tmp_path):
     result = invoke("train", "--config", "sine", "--run-dir", whole, *TINY, "--epochs", 2)
     assert result.exit_code == 0, result.output
     unbroken = json.loads((whole / "history.jsonl").read_text().splitlines()[1])
-    for key in ("meta_train/loss", "meta_test/loss"):
+    for key in ("meta_train/loss", "meta_test/mse"):
         assert records[1][key] == pytest.approx(unbroken[key], rel=1e-5)
 
 

@@ -95,8 +95,8 @@ def test_two_worker_processes_train_as_one_process(tmp_path):
     # The chief's per-epoch evaluation gives the one process's numbers.
     history = [[json.loads(line) for line in (d / "history.jsonl").read_text().splitlines()]
                for d in (tmp_path / "one", run_dir)]
-    np.testing.assert_allclose([r["meta_test/loss"] for r in history[1]],
-                               [r["meta_test/loss"] for r in history[0]], rtol=1e-5)
+    np.testing.assert_allclose([r["meta_test/mse"] for r in history[1]],
+                               [r["meta_test/mse"] for r in history[0]], rtol=1e-5)
     # The chief wrote the run; the other worker wrote nothing that stays.
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml",
                                                           "history.jsonl", "logs"]

@@ -155,7 +155,7 @@ def test_training_logs_the_landscape_every_epoch_and_analyze_recomputes_it(tmp_p
     for category, metric in zip(layout.category, landscape_lib.METRICS):
         # two charts, so that each curve has its own y-axis
         assert [list(c.multiline.tag) for c in category.chart] == [
-            [f"^landscape/{metric}$"], ["^meta_test/loss$"]]
+            [f"^landscape/{metric}$"], ["^meta_test/mse$"]]
 
     out = analysis.analyze(run_dir, progress=False, log=lambda _: None)
     rows = list(csv.DictReader(out.open()))
@@ -164,7 +164,7 @@ def test_training_logs_the_landscape_every_epoch_and_analyze_recomputes_it(tmp_p
         for metric in ("flatness", "trajectory_coherence", "gradient_coherence"):
             assert float(row[f"landscape/{metric}"]) == pytest.approx(
                 record[f"landscape/{metric}"], rel=1e-4)
-        assert float(row["meta_test/loss"]) == pytest.approx(record["meta_test/loss"], rel=1e-5)
+        assert float(row["meta_test/mse"]) == pytest.approx(record["meta_test/mse"], rel=1e-5)
 
     from click.testing import CliRunner
     from tfmeta_cli.main import cli

@@ -79,11 +79,11 @@ def test_nan_pairs_skipped_and_degenerate_inputs_give_nan():
 def synthetic(epochs=8, shift=0.0, seed=0, classification=True):
     """Per-epoch records where flatness falls and accuracy rises as meta-training goes on."""
     rng = np.random.default_rng(seed)
-    rows = []
+    rows, loss = [], "loss" if classification else "mse"
     for e in range(1, epochs + 1):
         acc = 0.5 + 0.4 * (1 - math.exp(-e / 3)) + rng.normal(0, 0.005)
         row = {"epoch": e, "iteration": 100 * e, "meta_train/loss": 1.0 / e,
-               "meta_test/loss": 1.5 - acc + shift, "meta_test/loss_ci95": 0.02,
+               f"meta_test/{loss}": 1.5 - acc + shift, f"meta_test/{loss}_ci95": 0.02,
                "landscape/flatness": 10 * math.exp(-e / 3) + shift + rng.normal(0, 0.05),
                "landscape/flatness_ci95": 0.3,
                "landscape/trajectory_coherence": 0.1 + 0.05 * e + rng.normal(0, 0.01),
@@ -214,12 +214,12 @@ def test_analyze_csv_layout_diagnostics_are_not_metrics(tmp_path):
     assert "hvps" not in Path(result["table"]).read_text()
 
 
-def test_regression_target_is_meta_test_loss(tmp_path):
+def test_regression_target_is_meta_test_mse(tmp_path):
     records = report.load_records(write_history(tmp_path / "sine", synthetic(classification=False)))
-    assert report.target_key(records) == "meta_test/loss"
+    assert report.target_key(records) == "meta_test/mse"
     row = report.correlations({"sine": records})[0]
     x = [r["landscape/flatness"] for r in records]
-    y = [r["meta_test/loss"] for r in records]
+    y = [r["meta_test/mse"] for r in records]
     assert row["pearson"] == pytest.approx(naive_pearson(x, y))
     assert row["pearson"] > 0.9                                   # flatter as MSE falls
 

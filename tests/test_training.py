@@ -32,8 +32,8 @@ def test_meta_training_lowers_the_meta_test_loss(tmp_path):
     assert [r["iteration"] for r in records] == [100, 200, 300]
     # Before any meta-training, adapted query MSE on sine is about 3-4; 300 iterations halve it.
     run = Run(config_lib.load(str(run_dir / "config.yaml")), run_dir)
-    initial = run.evaluator(10, 100)()["loss"][:, 10].mean()
-    assert records[-1]["meta_test/loss"] < 0.6 * initial
+    initial = run.evaluator(10, 100)()["mse"][:, 10].mean()
+    assert records[-1]["meta_test/mse"] < 0.6 * initial
     assert (run_dir / "config.yaml").is_file() and list((run_dir / "logs").iterdir())
 
 
@@ -47,8 +47,8 @@ def test_resume_continues_exactly(tmp_path):
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert int(run_b.optimizer.iterations.numpy()) == int(run_a.optimizer.iterations.numpy()) == 300
-    assert [r["meta_test/loss"] for r in history(straight)] == [
-        r["meta_test/loss"] for r in history(split)]
+    assert [r["meta_test/mse"] for r in history(straight)] == [
+        r["meta_test/mse"] for r in history(split)]
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "wormhole", "finetune"])
@@ -60,8 +60,8 @@ def test_evaluate_reproduces_the_last_epochs_meta_test_score(tmp_path, algorithm
                     "train.iterations=30", "train.eval_tasks=50", "adapt.test_steps=3"),
         progress=False, log=lambda _: None)
     result = evaluate_run(run_dir, 3, 50, [3])
-    assert result["steps"][3]["loss"]["mean"] == pytest.approx(
-        history(run_dir)[-1]["meta_test/loss"], rel=1e-12)
+    assert result["steps"][3]["mse"]["mean"] == pytest.approx(
+        history(run_dir)[-1]["meta_test/mse"], rel=1e-12)
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -53,9 +53,11 @@ def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, st
 
     Returns:
         evaluate() -> {metric: [steps + 1] array of per-step values for each task, shape
-        [tasks, steps + 1]}, metrics "loss" and, for classifiers, "accuracy" on the query sets.
+        [tasks, steps + 1]}, on the query sets: "loss" and "accuracy" for classifiers, "mse" for
+        regression (the loss, named for what it is in every report).
     """
     dataset = source.episodes(split, seed, batch, count=tasks)
+    names = {"loss": "mse"} if model.loss_name == "mse" else {}
 
     @tf.function(reduce_retracing=True)
     def run(episodes):
@@ -71,7 +73,7 @@ def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, st
 
     def evaluate() -> Dict[str, np.ndarray]:
         parts = [run(episodes) for episodes in dataset]
-        return {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
+        return {names.get(k, k): np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
 
     return evaluate
 

@@ -58,7 +58,8 @@ def append_jsonl(path: Path, record: dict) -> None:
 def epoch_line(record: dict, total: int) -> str:
     """The one-line summary of an epoch for the console."""
     parts = [f"epoch {record['epoch']} (it {record['iteration']}/{total})"]
-    for key in ("meta_train/loss", "meta_train/accuracy", "meta_test/loss", "meta_test/accuracy"):
+    for key in ("meta_train/loss", "meta_train/accuracy", "meta_test/loss", "meta_test/accuracy",
+                "meta_test/mse"):
         if key in record:
             ci = record.get(key + "_ci95")
             value = f"{record[key]:.4f}" + (f" ± {ci:.4f}" if ci is not None else "")

@@ -14,7 +14,7 @@ its run's meta-test accuracy.
 Every `landscape/<name>` column is a metric, except the measurement's bookkeeping (`DIAGNOSTICS`:
 HVP counts and timing, diverged-task counts); `landscape/<name>_ci95`, where present, is drawn as
 the metric's 95% band rather than treated as a metric of its own. The target is `meta_test/accuracy`
-when the run has it (classification), else `meta_test/loss` (regression: the MSE, lower is better).
+when the run has it (classification), else `meta_test/mse` (regression, lower is better).
 Empty or NaN cells are skipped pairwise.
 """
 
@@ -33,7 +33,7 @@ from tfmeta.files import atomic_open
 
 PREFIX = "landscape/"
 CI_SUFFIX = "_ci95"
-ACCURACY, LOSS = "meta_test/accuracy", "meta_test/loss"
+ACCURACY, MSE = "meta_test/accuracy", "meta_test/mse"
 POOLED = "pooled"
 # Human names of the metrics tfmeta measures, in the order figures and tables list them; any other
 # landscape/<name> follows, alphabetically, named from its key.
@@ -49,7 +49,7 @@ METRIC_NAMES = {
 # landscape/* columns that Landscape.measure writes as bookkeeping (cost, diverged-task counts),
 # not as metrics of the landscape: no figure, no correlation.
 DIAGNOSTICS = ("hvps", "seconds_per_hvp", "diverged_tasks", "flatness_diverged_tasks")
-TARGET_NAMES = {ACCURACY: "meta-test accuracy", LOSS: "meta-test MSE"}
+TARGET_NAMES = {ACCURACY: "meta-test accuracy", MSE: "meta-test MSE"}
 _INTEGER_COLUMNS = ("epoch", "iteration")
 
 
@@ -192,8 +192,8 @@ def _ordered(names) -> list:
 
 
 def target_key(records: Sequence[dict]) -> Optional[str]:
-    """`meta_test/accuracy` if any record has it, else `meta_test/loss` if any has it, else None."""
-    for key in (ACCURACY, LOSS):
+    """`meta_test/accuracy` if any record has it, else `meta_test/mse` if any has it, else None."""
+    for key in (ACCURACY, MSE):
         if np.isfinite(column(records, key)).any():
             return key
     return None
@@ -261,7 +261,7 @@ def correlations(runs: Mapping[str, Sequence[dict]]) -> list:
     metrics the run has, then, for several runs, one per metric with run "pooled": every run's
     epochs concatenated (only when all runs share the same target). Rows are
     {"run", "metric", "n", "pearson", "spearman"}; n counts the epochs where both are finite.
-    Raises TfmetaError for a run with neither meta_test/accuracy nor meta_test/loss.
+    Raises TfmetaError for a run with neither meta_test/accuracy nor meta_test/mse.
     """
     targets = {name: _require_target(name, records) for name, records in runs.items()}
     metrics = _all_metrics(runs)
@@ -296,7 +296,7 @@ def _require_target(name: str, records: Sequence[dict]) -> str:
     key = target_key(records)
     if key is None:
         raise TfmetaError(
-            f"{name}: no meta-test results ({ACCURACY} or {LOSS}) in its records; train with "
+            f"{name}: no meta-test results ({ACCURACY} or {MSE}) in its records; train with "
             f"train.eval_every > 0 so that each epoch is evaluated")
     return key
 

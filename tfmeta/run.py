@@ -134,8 +134,8 @@ class Run:
 
     @property
     def target(self) -> str:
-        """The tag that landscape metrics are set beside: meta-test accuracy, or loss (MSE)."""
-        return "meta_test/accuracy" if self.source.loss == "cross_entropy" else "meta_test/loss"
+        """The tag that landscape metrics are set beside: meta-test accuracy, or MSE."""
+        return "meta_test/accuracy" if self.source.loss == "cross_entropy" else "meta_test/mse"
 
     def landscape(self) -> landscape_lib.Landscape:
         return landscape_lib.Landscape(self.eval_model, self.source, self.config.adapt,

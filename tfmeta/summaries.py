@@ -37,7 +37,7 @@ def histograms(summary_writer: tf.summary.SummaryWriter, prefix: str,
 
 def landscape_layout(summary_writer: tf.summary.SummaryWriter, metrics, target: str) -> None:
     """A TensorBoard custom-scalars layout: one category per landscape metric, holding two charts
-    side by side, landscape/<metric> and the target (meta_test/accuracy, or meta_test/loss for
+    side by side, landscape/<metric> and the target (meta_test/accuracy, or meta_test/mse for
     regression), each on its own y-axis.
 
     One chart holding both would put them on one axis: flatness (~100) flattens an accuracy or

@@ -233,8 +233,8 @@ def curves(run_dir: Path) -> Dict[str, np.ndarray]:
         out["generalization"] = accuracy
         out["generalization_ci95"] = column(records, "meta_test/accuracy_ci95")
     else:
-        out["generalization"] = -column(records, "meta_test/loss")
-        out["generalization_ci95"] = column(records, "meta_test/loss_ci95")
+        out["generalization"] = -column(records, "meta_test/mse")
+        out["generalization_ci95"] = column(records, "meta_test/mse_ci95")
     out["epoch"] = column(records, "epoch")
     return out
 

@@ -287,7 +287,7 @@ def query_losses(model: models.MetaModel, source: TaskSource, alpha: float,
     evaluate = evaluation.make_evaluator(model, source, AdaptConfig(steps=1, lr=alpha / 2), 1,
                                          check.eval_tasks, check.seed, check.eval_batch,
                                          "vectorized")
-    return evaluate()["loss"][:, 1]
+    return evaluate()["mse"][:, 1]
 
 
 def relative_error(w: np.ndarray, reference: np.ndarray) -> float:
