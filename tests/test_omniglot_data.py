@@ -314,8 +314,10 @@ def mock_omniglot_split(self, split, **kwargs):
     )
 
 
-def test_tfds_groups_and_dedupes_characters() -> None:
+def test_tfds_groups_and_dedupes_characters(monkeypatch: pytest.MonkeyPatch) -> None:
     tfds = pytest.importorskip("tensorflow_datasets")
+    from tfmeta.tasks import omniglot
+    monkeypatch.setattr(omniglot, "url_reachable", lambda url: "")  # mocked data: no download
     with tfds.testing.mock_data(
         policy=tfds.testing.MockPolicy.USE_CODE, as_dataset_fn=mock_omniglot_split
     ):
@@ -331,8 +333,10 @@ def test_tfds_groups_and_dedupes_characters() -> None:
     np.testing.assert_allclose(levels.max(axis=1), [20, 40, 30, 10], atol=1)
 
 
-def test_tfds_without_complete_characters() -> None:
+def test_tfds_without_complete_characters(monkeypatch: pytest.MonkeyPatch) -> None:
     tfds = pytest.importorskip("tensorflow_datasets")
+    from tfmeta.tasks import omniglot
+    monkeypatch.setattr(omniglot, "url_reachable", lambda url: "")  # mocked data: no download
     # Random mock examples spread over 1,623 labels, so no character gets 20 drawings.
     with tfds.testing.mock_data(num_examples=30, policy=tfds.testing.MockPolicy.USE_CODE):
         with pytest.raises(DataError, match="no character with 20 drawings"):
@@ -346,9 +350,50 @@ def test_tfds_failure_suggests_local_zips(tmp_path: Path, monkeypatch: pytest.Mo
         raise ConnectionError("no network")
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    from tfmeta.tasks import omniglot
+    monkeypatch.setattr(omniglot, "url_reachable", lambda url: "")   # the host answers
     with pytest.raises(DataError, match="could not prepare omniglot.*no network.*--data-dir"):
         load_omniglot_tfds(str(tmp_path))
     # Without download, an unprepared data dir is the same user error.
     with pytest.raises(DataError, match="could not prepare omniglot.*--data-dir"):
         load_omniglot_tfds(str(tmp_path), download=False)
 
+
+
+def test_tfds_offline_fails_within_seconds_naming_the_missing_zips(
+        omniglot_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network (an unreachable proxy): TFDS would retry its downloads for minutes."""
+    import time
+    pytest.importorskip("tensorflow_datasets")
+    for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    began = time.perf_counter()
+    with pytest.raises(DataError) as error:
+        load_omniglot_tfds(str(omniglot_copy))
+    assert time.perf_counter() - began < 30
+    message = str(error.value)
+    assert "images_background.zip, images_evaluation.zip" in message
+    assert "small1" not in message and "data.omniglot.source=zips" in message
+    assert str(omniglot_copy) in message
+
+
+def test_tfds_uses_the_zips_in_data_dir_without_asking_the_network(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from tfmeta.tasks import omniglot
+    for name in ("images_background.zip", "images_evaluation.zip",
+                 "images_background_small1.zip", "images_background_small2.zip"):
+        (tmp_path / name).write_bytes(b"zip")
+    monkeypatch.setattr(omniglot, "url_reachable", lambda url: pytest.fail("network asked"))
+    seen = {}
+
+    def prepare(self, download_config=None, **kwargs):
+        seen["manual_dir"] = str(download_config.manual_dir)
+        raise ConnectionError("stop here")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", prepare)
+    with pytest.raises(DataError, match="stop here"):
+        load_omniglot_tfds(str(tmp_path))
+    assert seen["manual_dir"] == str(tmp_path)

@@ -93,10 +93,16 @@ def load_omniglot_tfds(
 
     where = data_dir or "TFDS's default data dir"
     try:
-        builder = tfds.builder("omniglot", data_dir=data_dir)
-        if download:
-            builder.download_and_prepare()
+        builder, prepared = _quiet_builder(tfds, data_dir)
+        if download and not prepared:
+            # Zips already in the data dir are TFDS's manual downloads (it checks their
+            # checksums); only missing ones are fetched, and only if their host answers.
+            _check_downloadable(builder.url_infos or {}, data_dir, where)
+            config = tfds.download.DownloadConfig(manual_dir=data_dir) if data_dir else None
+            builder.download_and_prepare(download_config=config)
         datasets = [builder.as_dataset(split=split) for split in TFDS_SPLITS]
+    except DataError:
+        raise
     # Download and prepare fail in many ways (network, disk, checksums, a missing dependency).
     except Exception as error:
         raise DataError(
@@ -114,6 +120,48 @@ def load_omniglot_tfds(
             f"{IMAGES_PER_CHARACTER} drawings; delete its omniglot folder and prepare it again."
         )
     return _tfds_characters_to_data(complete, builder.info.features["alphabet"].int2str)
+
+
+def _quiet_builder(tfds, data_dir: str | None):
+    """tfds.builder("omniglot") and whether it is prepared, without TFDS's warning that an
+    unprepared folder "has no dataset_info.json" (the normal first state)."""
+    from absl import logging as absl_logging
+
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        builder = tfds.builder("omniglot", data_dir=data_dir)
+        return builder, builder.is_prepared()
+    finally:
+        absl_logging.set_verbosity(verbosity)
+
+
+def url_reachable(url: str, timeout: float = 5.0) -> str:
+    """"" if a HEAD request to `url` succeeds within `timeout` seconds (through any proxy the
+    environment sets, as TFDS's downloads would), else why not."""
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+        return ""
+    except Exception as error:  # DNS, refused, timeout, proxy, HTTP: all mean "cannot download"
+        return f"{type(error).__name__}: {error}"
+
+
+def _check_downloadable(url_infos: Mapping, data_dir: str | None, where: str) -> None:
+    """Raises DataError at once when files TFDS would download are missing from `data_dir` and
+    their host cannot be reached: TFDS itself retries for minutes."""
+    missing = {url: info.filename for url, info in url_infos.items()
+               if not (data_dir and (Path(data_dir) / info.filename).is_file())}
+    if not missing:
+        return
+    reason = url_reachable(next(iter(missing)))
+    if reason:
+        raise DataError(
+            f"TensorFlow Datasets' omniglot needs {', '.join(sorted(missing.values()))}, which "
+            f"are not in {where} and cannot be downloaded ({reason}). Put them there (TFDS reuses "
+            f"zips whose checksums match), or set data.omniglot.source=zips to train on the zips "
+            f"you have.")
 
 
 def _group_tfds_examples(
