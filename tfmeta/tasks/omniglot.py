@@ -142,7 +142,10 @@ def url_reachable(url: str, timeout: float = 5.0) -> str:
     import urllib.request
 
     try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+        # A fresh opener reads the proxy settings of now; urlopen's global one would keep this
+        # call's for the rest of the process.
+        urllib.request.build_opener().open(urllib.request.Request(url, method="HEAD"),
+                                           timeout=timeout)
         return ""
     except Exception as error:  # DNS, refused, timeout, proxy, HTTP: all mean "cannot download"
         return f"{type(error).__name__}: {error}"
