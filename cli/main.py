@@ -15,6 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tfmeta.errors import TfmetaError  # noqa: E402
 
 NORMS = ("transductive", "support")  # tfmeta.models.NORMS, without importing TensorFlow for --help
+ALGORITHMS = ("maml", "anil", "meta-sgd", "maml-reg", "gradient-agreement", "wormhole", "nal",
+              "finetune")  # tfmeta.algorithms.NAMES, likewise
 
 # Shortcut flags and the config keys they set; any other key goes through --set key=value.
 SHORTCUTS = {
@@ -62,8 +64,7 @@ def cli(verbose):
 @click.option("--config", "config_path", metavar="PATH|PRESET",
               help="YAML config file or preset name (see configs/). Default: the preset of "
                    "--dataset (sine, omniglot_5w1s, miniimagenet_5w1s), or the sine defaults.")
-@click.option("--algorithm", type=click.Choice(["maml", "maml-reg", "gradient-agreement", "wormhole",
-                                              "nal", "finetune"]),
+@click.option("--algorithm", type=click.Choice(ALGORITHMS),
               help="the meta-learning algorithm (default maml)")
 @click.option("--dataset", type=click.Choice(["sine", "omniglot", "miniimagenet"]),
               help="data.dataset")

@@ -46,7 +46,7 @@ def test_observe_records_every_step():
     model, episode = tiny_mlp(), sine_episode()
     params = params_of(model)
     _, trajectory = adapt(model, params, episode.support, AdaptConfig(steps=3, lr=0.01),
-                          observe=lambda p: losses.task_loss(model, p, *episode.query))
+                          observe=lambda p, t: losses.task_loss(model, p, *episode.query))
     assert trajectory.observations.shape == (4,)
     for t in range(4):
         theta, _ = adapt(model, params, episode.support, AdaptConfig(steps=t, lr=0.01))

@@ -4,8 +4,10 @@
 
     theta_0 = theta,   theta_{t+1} = theta_t - alpha * grad L(D_support; theta_t),
 
-with alpha = `lr` (Wormhole MAML's gains step at `gain_lr_scale` times it),
-and returns theta_T (written theta~ in the landscape paper). Called under an outer
+with alpha = `lr` (Wormhole MAML's gains step at `gain_lr_scale` times it), and returns theta_T
+(written theta~ in the landscape paper). The model says which parameters step and whether alpha is
+meta-learned (`models.InnerLoop`): ANIL steps the head only, Meta-SGD one learned rate per
+parameter element, MAML++'s LSLR one per tensor and step; the others stay at theta. Called under an outer
 `tf.GradientTape`, the result differentiates to second order through every inner step, so
 d theta_T / d theta includes the Hessian terms (MAML). With `first_order=True` the inner gradients
 are treated as constants (first-order MAML), so d theta_T / d theta = I.
@@ -21,8 +23,8 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import tensorflow as tf
 
 from tfmeta import tree
-from tfmeta.losses import task_loss
-from tfmeta.models import MetaModel
+from tfmeta.losses import classes_loss, task_loss
+from tfmeta.models import MetaModel, features, head
 
 
 @dataclasses.dataclass
@@ -37,12 +39,18 @@ class AdaptConfig:
         gain_lr_scale: the inner learning rate of Wormhole MAML's gains (`models.Gains`), as a
             multiple of lr. A gain's gradient <W_k, dL/d(s_k W_k)> sums over its whole tensor, so
             at the weights' own rate one step can rescale a layer many times over.
+        per_step_lr: MAML++'s LSLR: a learned rate per parameter tensor and inner step, starting
+            at lr (`models.InnerLoop`).
+        per_step_norm: MAML++'s BNWB: per-step batch-norm weights and biases, meta-learned and not
+            adapted (`models.InnerLoop`).
     """
     steps: int = 1
     lr: float = 0.01
     first_order: bool = False
     test_steps: int = 0
     gain_lr_scale: float = 0.1
+    per_step_lr: bool = False
+    per_step_norm: bool = False
 
     @property
     def eval_steps(self) -> int:
@@ -68,13 +76,32 @@ def displacement(adapted: Sequence[tf.Tensor], trajectory: Trajectory) -> list:
     return tree.sub(adapted, trajectory.initial)
 
 
-def learning_rates(model: MetaModel, config: AdaptConfig) -> list:
-    """The inner learning rate of each entry of `model.trainable_variables`."""
-    rates = [config.lr] * len(model.trainable_variables)
-    if model.gains is not None:
-        gain_lr = config.lr * config.gain_lr_scale
-        rates[model.num_gated:] = [gain_lr] * (len(rates) - model.num_gated)
-    return rates
+def learning_rates(model: MetaModel, params: Sequence[tf.Tensor], config: AdaptConfig,
+                   step: int) -> list:
+    """The rate of each adapted parameter (`model.inner_indices`) at inner step `step`: alpha
+    (Wormhole's gains: alpha * gain_lr_scale), or the model's learned rates, read from `params` so
+    that the meta-gradient reaches them: tensors shaped like their parameters (Meta-SGD), or
+    scalars (LSLR; a step beyond the learned ones uses the last)."""
+    if model.rates is not None:
+        learned = list(params[len(params) - model.num_rates:])
+        if model.inner.learned_lr == "layer_step":
+            return [rates[min(step, model.inner.steps - 1)] for rates in learned]
+        return learned
+    gains = model.num_gated if model.gains is not None else None
+    return [config.lr * config.gain_lr_scale if i == gains else config.lr
+            for i in model.inner_indices]
+
+
+def support_loss_fn(model: MetaModel, params: Sequence[tf.Tensor], support: tuple,
+                    classes=None) -> Callable:
+    """loss(theta, step) on the support set. When only the head adapts (ANIL), the representation
+    does not change during adaptation: it is computed once, at `params`, and each step runs the
+    head alone."""
+    x, y = support
+    if model.inner.head_only and not model.inner.step_norms:
+        h = features(model, params, x)
+        return lambda theta, step: classes_loss(model, head(model, theta, h), y, classes)
+    return lambda theta, step: task_loss(model, theta, x, y, classes, step)
 
 
 def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config: AdaptConfig,
@@ -88,7 +115,7 @@ def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config:
         support: (x [K, ...], y [K] or [K, 1]), the task's support set.
         config: inner learning rate, steps and first-order flag.
         steps: overrides `config.steps` (evaluation uses more steps than training).
-        observe: optional function of the parameters, evaluated at theta_0 ... theta_T and returned
+        observe: optional function observe(theta_t, t), evaluated for t = 0 ... T and returned
             stacked in the trajectory (evaluation uses it for query accuracy after each step).
         classes: M, for a task whose labels use only the first M classes of an N-way head: the
             support loss is a softmax over those M, each example weighted as in N-way tasks
@@ -98,23 +125,25 @@ def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config:
         (adapted, trajectory): theta_T as a parameter list, and a `Trajectory`.
     """
     steps = config.steps if steps is None else steps
-    x, y = support
     theta = list(params)
-    rates = learning_rates(model, config)
+    indices = model.inner_indices
+    support_loss = support_loss_fn(model, theta, support, classes)
     losses, observations = [], []
-    for _ in range(steps):
+    for t in range(steps):
         if observe is not None:
-            observations.append(observe(theta))
+            observations.append(observe(theta, t))
+        moving = [theta[i] for i in indices]
         with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(theta)
-            loss = task_loss(model, theta, x, y, classes)
-        grads = tape.gradient(loss, theta)
+            tape.watch(moving)
+            loss = support_loss(theta, t)
+        grads = tape.gradient(loss, moving)
         if config.first_order:
             grads = tree.stop_gradient(grads)
-        theta = [p - rate * g for p, rate, g in zip(theta, rates, grads)]
+        for i, rate, g in zip(indices, learning_rates(model, params, config, t), grads):
+            theta[i] = theta[i] - rate * g
         losses.append(loss)
     if observe is not None:
-        observations.append(observe(theta))
+        observations.append(observe(theta, steps))
         observations = tf.nest.map_structure(lambda *leaves: tf.stack(leaves), *observations)
     else:
         observations = None

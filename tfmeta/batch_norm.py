@@ -28,34 +28,46 @@ class BatchNorm(keras.layers.Layer):
     derivative through the variance wrong, which corrupts second-order MAML meta-gradients and
     Hessian-vector products by 8-20% (tests/test_maml.py shows it failing a finite-difference check).
 
+    With `steps` S > 0 (MAML++'s per-step weights and biases, BNWB), gamma and beta are [S, C]:
+    the forward pass of inner step t uses row min(t, S - 1), and `step=None` (the adapted
+    solution) the last row.
+
     Args:
         epsilon: added to the variance for numerical stability.
+        steps: S, rows of per-step gamma and beta; 0: one gamma and beta for every step.
     """
 
-    def __init__(self, epsilon: float = 1e-5, **kwargs):
+    def __init__(self, epsilon: float = 1e-5, steps: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = epsilon
+        self.steps = steps
 
     def build(self, input_shape):
         channels = input_shape[-1]
         if channels is None:
             raise ValueError(
                 f"BatchNorm needs a known channel dimension. Received input_shape={input_shape}")
-        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
-        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+        shape = (self.steps, channels) if self.steps else (channels,)
+        self.gamma = self.add_weight(shape=shape, initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=shape, initializer="zeros", name="beta")
 
-    def call(self, x, training=None, reference_rows=None):
-        """x [B, ..., C] -> [B, ..., C]; `reference_rows` k: statistics of x[:k] (default: all)."""
+    def call(self, x, training=None, reference_rows=None, step=None):
+        """x [B, ..., C] -> [B, ..., C]; `reference_rows` k: statistics of x[:k] (default: all);
+        `step` t: the inner step whose gamma and beta to use (per-step layers only)."""
         axes = list(range(len(x.shape) - 1))
         head = (lambda t: t) if reference_rows is None else (lambda t: t[:reference_rows])
         mean = ops.mean(head(x), axis=axes, keepdims=True)
         centered = x - mean
         variance = ops.mean(ops.square(head(centered)), axis=axes, keepdims=True)
+        gamma, beta = self.gamma, self.beta
+        if self.steps:
+            row = self.steps - 1 if step is None else min(step, self.steps - 1)
+            gamma, beta = gamma[row], beta[row]
         # The per-channel factor is formed first so that only two ops touch the full activation.
-        return centered * (self.gamma * ops.rsqrt(variance + self.epsilon)) + self.beta
+        return centered * (gamma * ops.rsqrt(variance + self.epsilon)) + beta
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
+        return {**super().get_config(), "epsilon": self.epsilon, "steps": self.steps}

@@ -15,7 +15,8 @@ from typing import Any, Iterable, Optional
 import yaml
 
 from tfmeta.adaptation import AdaptConfig
-from tfmeta.algorithms import NAMES as ALGORITHMS, AlgorithmConfig, finetune
+from tfmeta.algorithms import (MAML_FAMILY, NAMES as ALGORITHMS, WITHOUT_INNER_LOOP,
+                               AlgorithmConfig, finetune)
 from tfmeta.distribute import STRATEGIES
 from tfmeta.errors import ConfigError
 from tfmeta.files import atomic_open
@@ -51,6 +52,9 @@ class TrainConfig:
         inter_op_threads: ops run side by side; 0 lets TensorFlow choose (one per core).
         jit_compile: compile the meta-step with XLA. Off by default: XLA runs convolutions about
             10x slower than graph mode on CPU.
+        cosine_lr: anneal the meta learning rate from meta_lr to min_meta_lr over the epochs
+            along a cosine, one value per epoch (MAML++).
+        min_meta_lr: the annealed rate's floor.
         strategy: "default" (one device), "mirrored" (every local GPU, or `devices`) or
             "multi-worker" (the cluster in TF_CONFIG); see `tfmeta.distribute`.
         devices: the devices of "mirrored", e.g. ["/gpu:0", "/gpu:1"]; CPU devices beyond the
@@ -69,6 +73,8 @@ class TrainConfig:
     intra_op_threads: int = 1
     inter_op_threads: int = 0
     jit_compile: bool = False
+    cosine_lr: bool = False
+    min_meta_lr: float = 1e-5
     strategy: str = "default"
     devices: list = dataclasses.field(default_factory=list)
 
@@ -78,8 +84,8 @@ class Config:
     """A whole run.
 
     Attributes:
-        algorithm: the meta-learning algorithm: "maml", "maml-reg", "gradient-agreement",
-            "wormhole", "nal" or "finetune".
+        algorithm: the meta-learning algorithm, one of `algorithms.NAMES`: "maml", "anil",
+            "meta-sgd", "maml-reg", "gradient-agreement", "wormhole", "nal" or "finetune".
         algorithms: options of the algorithms that have any.
         name: run name; the run directory defaults to runs/<name>.
         run_dir: where logs, checkpoints and the resolved config go; "" derives it from `name`.
@@ -252,6 +258,9 @@ def validate(config: Config, where: str) -> Config:
     need(config.adapt.gain_lr_scale >= 0, "adapt.gain_lr_scale", "non-negative",
          config.adapt.gain_lr_scale)
     need(config.train.meta_lr > 0, "train.meta_lr", "positive", config.train.meta_lr)
+    need(0 <= config.train.min_meta_lr <= config.train.meta_lr, "train.min_meta_lr",
+         "between 0 and train.meta_lr", config.train.min_meta_lr)
+    _check_inner_loop_options(config, need)
     land = config.landscape
     for key in ("every", "flatness_tasks", "coherence_tasks", "representation_inputs",
                 "trace_probes", "top_k", "density_probes"):
@@ -273,6 +282,30 @@ def validate(config: Config, where: str) -> Config:
         need(len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
              and value[0] <= value[1], f"data.sine.{key}", "[low, high] with low <= high", value)
     return config
+
+
+def _check_inner_loop_options(config: Config, need) -> None:
+    """The inner-loop and MAML++ options against the algorithm and the run's length."""
+    adapt, maml, algorithm = config.adapt, config.algorithms.maml, config.algorithm
+    for key in ("per_step_lr", "per_step_norm"):
+        need(not getattr(adapt, key) or algorithm not in WITHOUT_INNER_LOOP, f"adapt.{key}",
+             f"false for {algorithm}, which has no inner loop to learn it for", True)
+    need(not adapt.per_step_lr or algorithm != "meta-sgd", "adapt.per_step_lr",
+         "false for meta-sgd, which learns a rate per parameter element already", True)
+    need(not adapt.per_step_lr or algorithm != "wormhole", "adapt.per_step_lr",
+         "false for wormhole, whose gains have their own rate", True)
+    for key in ("multi_step_epochs", "first_order_epochs"):
+        value = getattr(maml, key)
+        need(value >= 0, f"algorithms.maml.{key}", "a non-negative integer", value)
+        need(not value or algorithm in MAML_FAMILY, f"algorithms.maml.{key}",
+             f"0 for {algorithm}; it applies to {', '.join(MAML_FAMILY)}", value)
+        need(value <= config.train.epochs, f"algorithms.maml.{key}",
+             f"at most train.epochs ({config.train.epochs}), the run's length", value)
+    need(not maml.first_order_epochs or not adapt.first_order, "algorithms.maml.first_order_epochs",
+         "0 when adapt.first_order is true (the whole run is first order)",
+         maml.first_order_epochs)
+    need(not maml.multi_step_epochs or adapt.steps >= 1, "algorithms.maml.multi_step_epochs",
+         "0 when adapt.steps is 0", maml.multi_step_epochs)
 
 
 def to_dict(config: Config) -> dict:

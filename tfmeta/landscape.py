@@ -10,6 +10,14 @@ meta-learned theta by `adaptation.adapt` to theta~_i (the meta-test number of st
     trajectory_norm           E_i ||theta~_i - theta||
     support_loss              E_i L(D_i; theta~_i)
 
+All of them live in the space the inner loop moves in, the parameters `model.inner_indices` (the
+others are held at theta~_i = theta): every parameter for MAML, the head alone for ANIL, all but
+the per-step batch-norm weights under MAML++'s BNWB. With learned inner rates (Meta-SGD, LSLR) the
+gradient is the inner loop's own first step, preconditioned, in gradient units:
+g_i = -(alpha_0 / alpha) * grad L, with alpha_0 the learned rates of step 0 and alpha their initial
+value, so that g_i is the direction adaptation actually sets out in, and plain -grad L without
+learned rates.
+
 and, opt-in, at the same adapted solutions as flatness: the Hessian trace (Hutchinson), the top-k
 eigenvalues, per-layer spectral norms and the eigenvalue density (stochastic Lanczos quadrature).
 
@@ -26,7 +34,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from tfmeta import hessian, meta_batch, tree
-from tfmeta.adaptation import AdaptConfig, adapt, displacement
+from tfmeta.adaptation import AdaptConfig, adapt, displacement, learning_rates
 from tfmeta.losses import task_loss
 from tfmeta.models import MetaModel, features, params_of
 from tfmeta.tasks import TaskSource
@@ -84,15 +92,31 @@ def pairwise_mean(total: Sequence[tf.Tensor], sum_sq, n: int) -> tf.Tensor:
 
 
 def layer_groups(model: MetaModel) -> tuple:
-    """(names, groups): each layer with weights and the indices of its tensors in the param list."""
+    """(names, groups): each layer with adapted weights and the positions of its tensors in the
+    list of adapted parameters (`model.inner_indices`)."""
+    position = {index: k for k, index in enumerate(model.inner_indices)}
     names, groups, start = [], [], 0
     for layer in [*model.features.layers, model.head]:
         count = len(layer.trainable_variables)
-        if count:
+        group = [position[i] for i in range(start, start + count) if i in position]
+        if group:
             names.append(layer.name)
-            groups.append(list(range(start, start + count)))
-            start += count
+            groups.append(group)
+        start += count
     return names, groups
+
+
+def inner_part(model: MetaModel, params: Sequence[tf.Tensor]) -> list:
+    """The entries of `params` that the inner loop adapts."""
+    return [params[i] for i in model.inner_indices]
+
+
+def with_inner(model: MetaModel, params: Sequence[tf.Tensor], part: Sequence[tf.Tensor]) -> list:
+    """`params` with its adapted entries replaced by `part`."""
+    params = list(params)
+    for i, p in zip(model.inner_indices, part):
+        params[i] = p
+    return params
 
 
 class Landscape:
@@ -141,15 +165,20 @@ class Landscape:
         model = self.model
         params = self.params()
 
+        config = self.adapt_config
+        gain = lambda rate: rate / config.lr if model.rates is not None else 1.0  # noqa: E731
+
         def one(task):
             x, y = task.support
             start = self.start(params, task.support)
+            moving = inner_part(model, start)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(start)
-                loss = task_loss(model, start, x, y)
-            gradient = [-g for g in tape.gradient(loss, start)]
-            adapted, trajectory = adapt(model, start, task.support, self.adapt_config, self.steps)
-            step = displacement(adapted, trajectory)
+                tape.watch(moving)
+                loss = task_loss(model, with_inner(model, start, moving), x, y, step=0)
+            gradient = [-gain(rate) * g for rate, g in zip(
+                learning_rates(model, start, config, 0), tape.gradient(loss, moving))]
+            adapted, trajectory = adapt(model, start, task.support, config, self.steps)
+            step = inner_part(model, displacement(adapted, trajectory))
             norm = tree.norm(step)
             support_loss = task_loss(model, adapted, x, y)
             # A task whose adaptation diverged (too large a step for its curvature) is counted,
@@ -165,9 +194,11 @@ class Landscape:
     def _hessian_metrics(self, task):
         """Flatness (and the opt-in spectrum metrics) at one task's adapted solution."""
         model, config = self.model, self.config
-        adapted, _ = adapt(model, self.start(self.params(), task.support), task.support,
-                           self.adapt_config, self.steps)
-        loss_fn = lambda p: task_loss(model, p, *task.support)  # noqa: E731
+        solution, _ = adapt(model, self.start(self.params(), task.support), task.support,
+                            self.adapt_config, self.steps)
+        adapted = inner_part(model, solution)
+        loss_fn = lambda p: task_loss(model, with_inner(model, solution, p),  # noqa: E731
+                                      *task.support)
         matvec = hessian.hvp_matvec(loss_fn, adapted, config.hvp)
         dim = sum(int(np.prod(p.shape)) for p in adapted)
         dtype = adapted[0].dtype

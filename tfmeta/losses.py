@@ -44,8 +44,9 @@ def outputs_loss(model: MetaModel, outputs: tf.Tensor, targets: tf.Tensor) -> tf
 
 
 def task_loss(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor,
-              y: tf.Tensor, classes=None) -> tf.Tensor:
-    """L(D; params): the model's mean loss on the examples (x [B, ...], y [B] or [B, 1]).
+              y: tf.Tensor, classes=None, step=None) -> tf.Tensor:
+    """L(D; params): the model's mean loss on the examples (x [B, ...], y [B] or [B, 1]), with
+    inner step `step`'s batch-norm weights (`models.apply`).
 
     With `classes` M, for a task that uses only the first M of an N-way head's classes: the
     softmax is over those M (`mask_classes`), and the mean is scaled by M / N, so that each
@@ -54,7 +55,11 @@ def task_loss(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor,
     assume that weight: on 2-, 3- and 5-way tasks of a 20-way Omniglot model it scores 4-5
     points above the unscaled mean (README, Serving).
     """
-    outputs = apply(model, params, x)
+    return classes_loss(model, apply(model, params, x, step=step), y, classes)
+
+
+def classes_loss(model: MetaModel, outputs: tf.Tensor, y: tf.Tensor, classes=None) -> tf.Tensor:
+    """`outputs_loss` over the first `classes` M of the head's N classes (`task_loss`)."""
     if classes is None:
         return outputs_loss(model, outputs, y)
     scale = tf.cast(classes, outputs.dtype) / tf.cast(tf.shape(outputs)[-1], outputs.dtype)
@@ -75,8 +80,10 @@ def task_metrics(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor,
     return outputs_metrics(model, apply(model, params, x), y)
 
 
-def query_metrics(model: MetaModel, params: Sequence[tf.Tensor], episode: Episode) -> dict:
+def query_metrics(model: MetaModel, params: Sequence[tf.Tensor], episode: Episode,
+                  step=None) -> dict:
     """`outputs_metrics` on the episode's query set at `params`, normalized by the model's `norm`
-    mode (`models.query_outputs`): by its own statistics or by the support set's."""
-    outputs = query_outputs(model, params, episode.support_x, episode.query_x)
+    mode (`models.query_outputs`): by its own statistics or by the support set's; `step` picks
+    per-step batch-norm weights (None: the last step's)."""
+    outputs = query_outputs(model, params, episode.support_x, episode.query_x, step)
     return outputs_metrics(model, outputs, episode.query_y)

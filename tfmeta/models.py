@@ -17,7 +17,8 @@ loss and every landscape metric are the same computation in both.
 """
 
 import dataclasses
-from typing import Callable, Sequence
+import functools
+from typing import Callable, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -49,6 +50,50 @@ class ModelConfig:
 NORMS = ("transductive", "support")
 
 
+@dataclasses.dataclass(frozen=True)
+class InnerLoop:
+    """What the inner loop adapts, and at which rates, where that is meta-learned with the model.
+
+    Attributes:
+        head_only: only the head adapts (ANIL, Raghu et al. 2019); the features stay at theta.
+        learned_lr: "" (the config's fixed alpha), "element" (Meta-SGD, Li et al. 2017: one
+            learned rate per parameter element) or "layer_step" (MAML++'s LSLR: one learned rate
+            per parameter tensor and inner step). Learned rates start at `lr`.
+        lr: alpha, the learned rates' initial value.
+        steps: S, the inner steps with their own rates and batch-norm weights; a later step t >= S
+            (evaluation may take more steps than training) uses step S - 1's.
+        step_norms: per-step batch-norm weights and biases (MAML++'s BNWB). As in MAML++, they are
+            meta-learned and not adapted by the inner loop.
+    """
+    head_only: bool = False
+    learned_lr: str = ""
+    lr: float = 0.01
+    steps: int = 1
+    step_norms: bool = False
+
+
+LEARNED_LR = ("", "element", "layer_step")
+
+
+class InnerRates(keras.layers.Layer):
+    """Learned inner learning rates, one variable per adapted parameter tensor: shaped like the
+    tensor ("element") or [S] ("layer_step"), all starting at alpha. Each is an attribute of its
+    own (rate_0, rate_1, ...), as TensorFlow checkpoints track attributes, not lists, of a Keras 3
+    layer."""
+
+    def __init__(self, shapes: Sequence[tuple], init: float, **kwargs):
+        super().__init__(**kwargs)
+        for i, shape in enumerate(shapes):
+            setattr(self, f"rate_{i}", self.add_weight(
+                shape=shape, initializer=keras.initializers.Constant(init), name=f"rate_{i}"))
+        self.count = len(shapes)
+        self.built = True
+
+    @property
+    def values(self) -> list:
+        return [getattr(self, f"rate_{i}") for i in range(self.count)]
+
+
 class MetaModel(keras.Model):
     """A feature network followed by a linear head.
 
@@ -59,11 +104,15 @@ class MetaModel(keras.Model):
         loss: "cross_entropy" (outputs are logits over classes) or "mse" (outputs are predictions).
         gains: add Wormhole MAML's per-tensor gains (see `Gains`).
         norm: the query-set normalization mode, one of NORMS.
+        inner: what the inner loop adapts and at which rates (`InnerLoop`).
+
+    `trainable_variables` lists the features', the head's, the gains' (if any) and the learned
+    rates' (if any), in that order; `inner_indices` are the entries the inner loop adapts.
     """
 
     def __init__(self, features: keras.Sequential, head: keras.layers.Dense,
                  input_shape: Sequence[int], loss: str, gains: bool = False,
-                 norm: str = "transductive", **kwargs):
+                 norm: str = "transductive", inner: InnerLoop = InnerLoop(), **kwargs):
         super().__init__(**kwargs)
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}. Received norm={norm!r}")
@@ -73,6 +122,7 @@ class MetaModel(keras.Model):
         self.loss_name = loss
         self.with_gains = gains
         self.norm = norm
+        self.inner = inner
         self.build((None, *self.example_shape))
 
     def build(self, input_shape):
@@ -80,18 +130,33 @@ class MetaModel(keras.Model):
         self.head.build(self.features.compute_output_shape(input_shape))
         self.num_gated = len(self.features.trainable_variables) + len(self.head.trainable_variables)
         self.gains = Gains(self.num_gated, dtype=self.head.dtype_policy) if self.with_gains else None
+        weights = self.features.trainable_variables + self.head.trainable_variables
+        if self.inner.head_only:
+            indices = range(self.num_feature_params, self.num_gated)
+        else:
+            frozen = {id(v) for layer in self.features.layers if isinstance(layer, BatchNorm)
+                      and layer.steps for v in layer.trainable_variables}
+            indices = [i for i, w in enumerate(weights) if id(w) not in frozen]
+            indices += [self.num_gated] if self.gains is not None else []
+        self.inner_indices = tuple(indices)
+        self.rates = None
+        if self.inner.learned_lr:
+            shapes = ([tuple(weights[i].shape) for i in indices]
+                      if self.inner.learned_lr == "element" else [(self.inner.steps,)] * len(indices))
+            self.rates = InnerRates(shapes, self.inner.lr, dtype=self.head.dtype_policy)
         self.built = True
 
-    def call(self, x, training=None, reference_rows=None):
+    def call(self, x, training=None, reference_rows=None, step=None):
         """x [B, *example_shape] -> outputs [B, outputs]; `reference_rows` k makes every batch
-        norm take its statistics from the first k rows (see `BatchNorm`)."""
+        norm take its statistics from the first k rows, and `step` t its inner step's weights
+        (see `BatchNorm`)."""
         # The layers are called one by one because keras.Sequential passes no extra arguments,
         # and `training` is passed explicitly because stateless_call enters `call` directly, with
         # no call context to carry it to the inner layers.
         h = x
         for layer in self.features.layers:
             if isinstance(layer, BatchNorm):
-                h = layer(h, training=training, reference_rows=reference_rows)
+                h = layer(h, training=training, reference_rows=reference_rows, step=step)
             else:
                 h = layer(h, training=training)
         return self.head(h, training=training)
@@ -110,6 +175,11 @@ class MetaModel(keras.Model):
     def num_feature_params(self) -> int:
         """How many leading entries of `trainable_variables` belong to the feature network."""
         return len(self.features.trainable_variables)
+
+    @property
+    def num_rates(self) -> int:
+        """How many trailing entries of `trainable_variables` are learned inner rates."""
+        return len(self.inner_indices) if self.rates is not None else 0
 
 
 class Gains(keras.layers.Layer):
@@ -143,7 +213,7 @@ def effective(model: MetaModel, params: Sequence[tf.Tensor]) -> list:
 
 
 def apply(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor,
-          reference_rows=None) -> tf.Tensor:
+          reference_rows=None, step=None) -> tf.Tensor:
     """Runs the model on explicit parameters.
 
     Args:
@@ -151,24 +221,35 @@ def apply(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor,
         params: tensors matching `model.trainable_variables`.
         x: inputs [B, *model.example_shape].
         reference_rows: k, so that batch norm takes its statistics from x[:k]; None: all of x.
+        step: the inner step whose per-step batch-norm weights to use (`InnerLoop.step_norms`);
+            None: the last step's, as at an adapted solution.
 
     Returns:
         Outputs [B, outputs]: logits or regression predictions.
     """
     outputs, _ = model.stateless_call(effective(model, params), _non_trainable(model), x,
-                                      training=True, reference_rows=reference_rows)
+                                      training=True, reference_rows=reference_rows, step=step)
+    return outputs
+
+
+def head(model: MetaModel, params: Sequence[tf.Tensor], h: tf.Tensor) -> tf.Tensor:
+    """The head alone on representations h [B, D] (a model without gains): outputs [B, outputs]."""
+    outputs, _ = model.head.stateless_call(
+        list(params[model.num_feature_params:model.num_gated]), [], h, training=True)
     return outputs
 
 
 def query_outputs(model: MetaModel, params: Sequence[tf.Tensor], support_x: tf.Tensor,
-                  query_x: tf.Tensor) -> tf.Tensor:
+                  query_x: tf.Tensor, step=None) -> tf.Tensor:
     """Outputs [Q, outputs] for a task's query set query_x [Q, ...] at `params`, normalized as the
     model's `norm` mode says: by the query set's own statistics ("transductive"), or by those of
-    support_x [K, ...] at the same params ("support", one pass over [support; query])."""
+    support_x [K, ...] at the same params ("support", one pass over [support; query]); `step` as in
+    `apply`."""
     if model.norm == "support" and model.normalizes:
         k = tf.shape(support_x)[0]
-        return apply(model, params, tf.concat([support_x, query_x], 0), reference_rows=k)[k:]
-    return apply(model, params, query_x)
+        return apply(model, params, tf.concat([support_x, query_x], 0), reference_rows=k,
+                     step=step)[k:]
+    return apply(model, params, query_x, step=step)
 
 
 def joint_outputs(model: MetaModel, params: Sequence[tf.Tensor], support_x: tf.Tensor,
@@ -203,8 +284,8 @@ def params_of(model: MetaModel) -> list:
 
 def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int = 64,
           pool: str = "max", dtype: str = "float32",
-          norm_layer: Callable[..., keras.Layer] = BatchNorm, gains: bool = False,
-          norm: str = "transductive") -> MetaModel:
+          norm_layer: Optional[Callable[..., keras.Layer]] = None, gains: bool = False,
+          norm: str = "transductive", inner: InnerLoop = InnerLoop()) -> MetaModel:
     """The conv4 of Finn et al.: 4 x [3x3 conv, batch norm, ReLU, downsample], flatten, dense.
 
     Args:
@@ -214,10 +295,14 @@ def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int =
         pool: "max" downsamples with a 2x2 max-pool after a 'same' conv; "stride" uses a stride-2
             conv instead, as Finn et al. do for Omniglot.
         dtype: "float32", or "float64" for finite-difference checks.
-        norm_layer: the normalization layer class, called as norm_layer(dtype=dtype).
+        norm_layer: the normalization layer class, called as norm_layer(dtype=dtype); default
+            `BatchNorm`, with per-step weights when `inner.step_norms`.
         gains: add a meta-learned gain per weight tensor (Wormhole MAML; see `Gains`).
         norm: how a query set is normalized, one of NORMS (see the module docstring).
+        inner: what the inner loop adapts and at which rates (`InnerLoop`).
     """
+    if norm_layer is None:
+        norm_layer = functools.partial(BatchNorm, steps=inner.steps if inner.step_norms else 0)
     if pool not in ("max", "stride"):
         raise ValueError(f"pool must be 'max' or 'stride'. Received pool={pool!r}")
     layers = []
@@ -233,12 +318,13 @@ def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int =
     layers.append(keras.layers.Flatten(dtype=dtype))
     return MetaModel(keras.Sequential(layers, name="features"),
                      keras.layers.Dense(outputs, dtype=dtype, name="head"),
-                     image_shape, loss="cross_entropy", gains=gains, norm=norm, name="conv4")
+                     image_shape, loss="cross_entropy", gains=gains, norm=norm, inner=inner,
+                     name="conv4")
 
 
 def mlp(hidden: Sequence[int] = (40, 40), inputs: int = 1, outputs: int = 1,
         activation: str = "relu", dtype: str = "float32", gains: bool = False,
-        norm: str = "transductive") -> MetaModel:
+        norm: str = "transductive", inner: InnerLoop = InnerLoop()) -> MetaModel:
     """An MLP regressor, inputs-hidden...-outputs (1-40-40-1 with ReLU for sine, as in MAML);
     `gains` adds Wormhole MAML's per-tensor gains. It has no batch norm, so `norm` (recorded for
     the run) changes nothing."""
@@ -247,18 +333,18 @@ def mlp(hidden: Sequence[int] = (40, 40), inputs: int = 1, outputs: int = 1,
     layers = layers or [keras.layers.Identity(dtype=dtype)]
     return MetaModel(keras.Sequential(layers, name="features"),
                      keras.layers.Dense(outputs, dtype=dtype, name="head"),
-                     (inputs,), loss="mse", gains=gains, norm=norm, name="mlp")
+                     (inputs,), loss="mse", gains=gains, norm=norm, inner=inner, name="mlp")
 
 
 def build(config: ModelConfig, example_shape: Sequence[int], outputs: int,
-          gains: bool = False) -> MetaModel:
+          gains: bool = False, inner: InnerLoop = InnerLoop()) -> MetaModel:
     """The model `config` describes, for examples of `example_shape` and a head of `outputs`;
-    `gains` adds Wormhole MAML's per-tensor gains."""
+    `gains` adds Wormhole MAML's per-tensor gains, `inner` what the inner loop adapts."""
     arch = config.arch
     if arch == "auto":
         arch = "mlp" if len(example_shape) == 1 else "conv4"
     if arch == "mlp":
         return mlp(config.hidden, example_shape[0], outputs, dtype=config.dtype, gains=gains,
-                   norm=config.norm)
+                   norm=config.norm, inner=inner)
     return conv4(outputs, example_shape, config.filters, config.pool, dtype=config.dtype,
-                 gains=gains, norm=config.norm)
+                 gains=gains, norm=config.norm, inner=inner)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfmeta import algorithms, config as config_lib, evaluation, models, tasks
@@ -39,6 +40,43 @@ def configure_threads(config: Config) -> None:
         pass
 
 
+def inner_loop(config: Config) -> models.InnerLoop:
+    """What the run's inner loop adapts, and at which rates, by algorithm and adapt options."""
+    adapt = config.adapt
+    learned = "element" if config.algorithm == "meta-sgd" else (
+        "layer_step" if adapt.per_step_lr else "")
+    return models.InnerLoop(head_only=config.algorithm == "anil", learned_lr=learned, lr=adapt.lr,
+                            steps=adapt.steps, step_norms=adapt.per_step_norm)
+
+
+def meta_lr(config: Config):
+    """The meta learning rate: train.meta_lr, or with train.cosine_lr MAML++'s cosine annealing to
+    train.min_meta_lr over the epochs, one value per epoch (`CosineEpochs`)."""
+    train = config.train
+    if not train.cosine_lr:
+        return train.meta_lr
+    return CosineEpochs(train.meta_lr, train.min_meta_lr, train.iterations, train.epochs)
+
+
+class CosineEpochs(keras.optimizers.schedules.LearningRateSchedule):
+    """beta_e = min + (beta - min) (1 + cos(pi e / E)) / 2 for epoch e = step // iterations of E,
+    as MAML++ steps PyTorch's CosineAnnealingLR once per epoch. The step is the optimizer's
+    iteration count, which checkpoints hold, so a resumed run continues the schedule."""
+
+    def __init__(self, initial: float, minimum: float, iterations: int, epochs: int):
+        self.initial, self.minimum = initial, minimum
+        self.iterations, self.epochs = iterations, epochs
+
+    def __call__(self, step):
+        epoch = tf.cast(tf.math.floordiv(step, self.iterations), tf.float32)
+        cosine = 0.5 * (1.0 + tf.cos(np.pi * tf.minimum(epoch / self.epochs, 1.0)))
+        return self.minimum + (self.initial - self.minimum) * cosine
+
+    def get_config(self):
+        return {"initial": self.initial, "minimum": self.minimum,
+                "iterations": self.iterations, "epochs": self.epochs}
+
+
 def build_model(config: Config, source: tasks.TaskSource, outputs: Optional[int] = None
                 ) -> MetaModel:
     """The run's model, initialised from the run's seed; `outputs` overrides the head's width."""
@@ -51,7 +89,12 @@ def build_model(config: Config, source: tasks.TaskSource, outputs: Optional[int]
                           f"of shape {source.example_shape}; use mlp")
     keras.utils.set_random_seed(config.train.seed)
     model = models.build(config.model, source.example_shape, outputs or source.outputs,
-                         gains=config.algorithm in algorithms.WITH_GAINS)
+                         gains=config.algorithm in algorithms.WITH_GAINS,
+                         inner=inner_loop(config))
+    if config.algorithm == "anil" and not model.num_feature_params:
+        raise ConfigError(f"anil adapts the head and meta-learns the features, but model "
+                          f"{model.name} has no feature parameters (model.hidden: "
+                          f"{config.model.hidden}); use maml, or give the model a hidden layer")
     if model.loss_name != source.loss:
         raise ConfigError(f"model {model.name} computes {model.loss_name}, but "
                           f"{config.data.dataset} needs {source.loss}")
@@ -89,7 +132,7 @@ class Run:
             else:
                 self.model = self.eval_model = build_model(config, self.source)
                 self.eval_params = self.task_start = None
-            self.optimizer = keras.optimizers.Adam(config.train.meta_lr)
+            self.optimizer = keras.optimizers.Adam(meta_lr(config))
             self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               iteration=self.iteration)

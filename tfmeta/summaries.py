@@ -11,6 +11,8 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
+from tfmeta.algorithms import MAML_FAMILY
+
 
 def writer(log_dir: Path) -> tf.summary.SummaryWriter:
     """An event-file writer into `log_dir` (a run's is RUN/logs)."""
@@ -68,7 +70,11 @@ def hparams_of(config) -> dict:
               "first_order": c.adapt.first_order, "meta_batch": c.train.meta_batch,
               "meta_lr": c.train.meta_lr, "seed": c.train.seed, "iterations": c.train.iterations,
               "model": c.model.arch, "filters": c.model.filters, "hidden": str(c.model.hidden),
-              "dtype": c.model.dtype, "norm": c.model.norm}
+              "dtype": c.model.dtype, "norm": c.model.norm, "cosine_lr": c.train.cosine_lr,
+              "per_step_lr": c.adapt.per_step_lr, "per_step_norm": c.adapt.per_step_norm}
+    if c.algorithm in MAML_FAMILY:
+        values.update({"maml.multi_step_epochs": c.algorithms.maml.multi_step_epochs,
+                       "maml.first_order_epochs": c.algorithms.maml.first_order_epochs})
     if c.algorithm == "maml-reg":
         values.update({"maml_reg.gamma": c.algorithms.maml_reg.gamma,
                        "maml_reg.constant_mean": c.algorithms.maml_reg.constant_mean})

@@ -21,6 +21,7 @@ checkpoints, TensorBoard and history; the other workers train and write nothing 
 """
 
 import copy
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -56,8 +57,9 @@ def make_meta_step(model: MetaModel, optimizer: keras.optimizers.Optimizer,
         -> (metrics dict: scalars summed over replicas, vectors joined; finite bool scalar).
     """
     distribution = distribution or tf.distribute.get_strategy()
-    with distribution.scope():
-        optimizer.build(model.trainable_variables)
+    if not optimizer.built:  # a second step (derivative-order annealing) shares the Adam state
+        with distribution.scope():
+            optimizer.build(model.trainable_variables)
     total = lambda value: distribution.reduce(tf.distribute.ReduceOp.SUM, value,  # noqa: E731
                                               axis=None)
 
@@ -132,17 +134,26 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
     config_pending = start > 0
     if chief and not config_pending:
         config_lib.save(config, run_dir / "config.yaml")
-    step = make_meta_step(run.model, run.optimizer,
-                          algorithms.build(config.algorithm, config.algorithms), config.adapt,
-                          run.batch_size, task_strategy(config, run.model),
-                          config.train.jit_compile, strategy)
+    iterations, epochs = config.train.iterations, config.train.epochs
+    meta_gradient = algorithms.build(config.algorithm, config.algorithms,
+                                     epoch=lambda: run.optimizer.iterations // iterations)
+    steps = {}
+
+    def step_of(epoch: int) -> Callable:
+        """The meta-step of a (0-based) epoch: first order during derivative-order annealing."""
+        first_order = config.adapt.first_order or epoch < config.algorithms.maml.first_order_epochs
+        if first_order not in steps:
+            steps[first_order] = make_meta_step(
+                run.model, run.optimizer, meta_gradient,
+                dataclasses.replace(config.adapt, first_order=first_order), run.batch_size,
+                task_strategy(config, run.model), config.train.jit_compile, strategy)
+        return steps[first_order]
     batches = distribute.replica_batches(
         strategy, lambda replica, replicas: run.training_batches(start, replica, replicas))
     epoch_end = EpochEnd(run, chief, progress, fresh=start == 0)
-    iterations, epochs = config.train.iterations, config.train.epochs
     for epoch in range(start // iterations, epochs):
         first, last = max(start, epoch * iterations), (epoch + 1) * iterations
-        means, vectors = _train_iterations(step, batches, run, first, last,
+        means, vectors = _train_iterations(step_of(epoch), batches, run, first, last,
                                            f"epoch {epoch + 1}/{epochs}", progress and chief)
         run.iteration.assign(last)
         record = epoch_end(epoch + 1, last, means, vectors)

@@ -8,9 +8,14 @@ For a meta-batch of n tasks with support sets D_i and query sets D'_i:
 The gradient of Eq. 2 flows through the inner loop (Hessian-vector terms included) unless the inner
 loop is first-order. Tasks are processed one at a time and their gradients summed (see
 `tfmeta.meta_batch`), so memory does not grow with n.
+
+ANIL, Meta-SGD and Wormhole MAML take this meta-step on a model whose inner loop differs
+(`models.InnerLoop`, `models.Gains`). MAML++'s multi-step loss (Antoniou et al., 2019) replaces
+L(D'; theta~) by sum_t w_t L(D'; theta_t) over the inner steps t = 1..T (`multi_step_weights`).
 """
 
-from typing import Sequence
+import dataclasses
+from typing import Callable, Optional, Sequence
 
 import tensorflow as tf
 
@@ -21,19 +26,61 @@ from tfmeta.models import MetaModel
 from tfmeta.tasks.episode import Episode
 
 
+@dataclasses.dataclass
+class MamlConfig:
+    """MAML++'s training options for MAML and the algorithms that take its meta-step (anil,
+    meta-sgd, wormhole).
+
+    Attributes:
+        multi_step_epochs: E > 0 turns on the multi-step loss for the first E epochs, its weights
+            annealed towards the last step (`multi_step_weights`); 0: the last step's loss only.
+        first_order_epochs: derivative-order annealing: first-order meta-gradients for the first
+            this many epochs, second order after.
+    """
+    multi_step_epochs: int = 0
+    first_order_epochs: int = 0
+
+
+def multi_step_weights(epoch: tf.Tensor, steps: int, anneal_epochs: int, dtype) -> tf.Tensor:
+    """MAML++'s weights w [T] of the query losses after inner steps 1..T at (0-based) `epoch`.
+
+    They start uniform, 1/T. Each epoch the first T - 1 lose 1/(T E) down to a floor of 0.03/T, and
+    the last gains what they lose; from epoch E = `anneal_epochs` on, the last step alone counts.
+    """
+    epoch = tf.cast(epoch, dtype)
+    decay, floor = 1.0 / steps / anneal_epochs, 0.03 / steps
+    early = tf.maximum(1.0 / steps - epoch * decay, floor)
+    last = tf.minimum(1.0 / steps + epoch * (steps - 1) * decay, 1.0 - (steps - 1) * floor)
+    annealed = tf.concat([tf.fill([steps - 1], early), tf.reshape(last, [1])], 0)
+    return tf.where(epoch < anneal_epochs, annealed, tf.one_hot(steps - 1, steps, dtype=dtype))
+
+
 def task_objective(model: MetaModel, params: Sequence[tf.Tensor], episode: Episode,
-                   config: AdaptConfig) -> tuple:
-    """L(D'; theta~) for one task, with theta~ = adapt(theta, D).
+                   config: AdaptConfig, step_weights: Optional[tf.Tensor] = None) -> tuple:
+    """L(D'; theta~) for one task, with theta~ = adapt(theta, D); with `step_weights` w [T], the
+    multi-step loss sum_t w_t L(D'; theta_t), the query after step t seeing that step's per-step
+    batch-norm weights.
 
     Returns:
-        (query loss scalar, metrics dict of scalars: query loss, query accuracy for classifiers,
-        and the support loss before adaptation).
+        (objective scalar, metrics dict of scalars: query loss and, for classifiers, accuracy at
+        theta~, and the support loss before adaptation).
     """
-    adapted, trajectory = adapt(model, params, episode.support, config)
-    metrics = query_metrics(model, adapted, episode)
-    if config.steps > 0:
+    steps = config.steps
+
+    def query_loss(p, t):  # after step t of 1..T-1; the last one is `metrics` below
+        if step_weights is None or not 0 < t < steps:
+            return tf.zeros([], params[0].dtype)
+        return query_metrics(model, p, episode, t - 1)["loss"]
+
+    adapted, trajectory = adapt(model, params, episode.support, config, observe=query_loss)
+    metrics = query_metrics(model, adapted, episode, steps - 1 if steps else None)
+    objective = metrics["loss"]
+    if step_weights is not None and steps:
+        objective = (tf.reduce_sum(step_weights[:-1] * trajectory.observations[1:-1])
+                     + step_weights[-1] * objective)
+    if steps > 0:
         metrics["support_loss_before_adaptation"] = trajectory.losses[0]
-    return metrics["loss"], metrics
+    return objective, metrics
 
 
 def task_gradient(model: MetaModel, params: Sequence[tf.Tensor], episode: Episode,
@@ -44,7 +91,8 @@ def task_gradient(model: MetaModel, params: Sequence[tf.Tensor], episode: Episod
 
 
 def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
-                  config: AdaptConfig, global_batch_size, strategy: str = "loop") -> tuple:
+                  config: AdaptConfig, global_batch_size, strategy: str = "loop",
+                  multi_step_epochs: int = 0, epoch: Optional[Callable] = None) -> tuple:
     """The MAML meta-gradient of a (replica's share of a) meta-batch.
 
     Args:
@@ -53,11 +101,16 @@ def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
             summed and divided by it, so that summing over replicas (what Keras optimizers do under
             a `tf.distribute` strategy) yields the mean over the whole meta-batch.
         strategy: how tasks are mapped ("loop", "map" or "vectorized").
+        multi_step_epochs: E > 0: MAML++'s multi-step loss, annealed over E epochs.
+        epoch: () -> the current 0-based epoch (a tensor), for the multi-step weights.
 
     Returns:
         (gradients matching params, metrics: per-task metrics summed and divided by n).
     """
     params = list(params)
+    weights = (multi_step_weights(epoch(), config.steps, multi_step_epochs, params[0].dtype)
+               if multi_step_epochs and config.steps else None)
     grads, metrics = meta_batch.sum_gradients(
-        lambda p, episode: task_objective(model, p, episode, config), params, batch, strategy)
+        lambda p, episode: task_objective(model, p, episode, config, weights), params, batch,
+        strategy)
     return meta_batch.scale_by(grads, metrics, global_batch_size)
