@@ -5,8 +5,9 @@ Run in a fresh process (logical devices must exist before TensorFlow starts):
 
     python tests/mirrored_equivalence.py WORK_DIR [OMNIGLOT_DIR]
 
-Cases: every algorithm on sine (float32, and maml in float64), maml on a small Omniglot conv4
-(batch norm, max-pool), and a run trained one epoch on one device then resumed on two replicas.
+Cases: every algorithm on sine (float32, and maml in float64) and MAML++'s options, maml and anil
+with per-step batch norm on a small Omniglot conv4 (batch norm, max-pool), and a run trained one
+epoch on one device then resumed on two replicas.
 """
 
 import json
@@ -39,6 +40,9 @@ SINE = {
     "gradient-agreement": ["algorithm=gradient-agreement"],
     "gradient-agreement float64": ["algorithm=gradient-agreement", "model.dtype=float64"],
     "wormhole": ["algorithm=wormhole"], "nal": ["algorithm=nal"],
+    "anil": ["algorithm=anil"], "meta-sgd": ["algorithm=meta-sgd"],
+    "maml++ options": ["adapt.steps=2", "adapt.per_step_lr=true", "train.cosine_lr=true",
+                       "algorithms.maml.multi_step_epochs=1"],
     "finetune": ["algorithm=finetune", "algorithms.finetune.batch_size=8"],
 }
 
@@ -70,9 +74,10 @@ def main():
     distribute.configure_devices(DEVICES)  # before any TensorFlow op
     cases = [(name, "sine", overrides) for name, overrides in SINE.items()]
     if omniglot:
-        cases.append(("omniglot conv4", "omniglot_5w1s-cpu",
-                      [f"data.omniglot.data_dir={omniglot}", "model.filters=8",
-                       "model.pool=max"]))
+        conv4 = [f"data.omniglot.data_dir={omniglot}", "model.filters=8", "model.pool=max"]
+        cases.append(("omniglot conv4", "omniglot_5w1s-cpu", conv4))
+        cases.append(("omniglot conv4 anil per-step norms", "omniglot_5w1s-cpu",
+                      conv4 + ["algorithm=anil", "adapt.steps=2", "adapt.per_step_norm=true"]))
     for name, preset, overrides in cases:
         one = weights(train(work, name, preset, overrides, "default"))
         two = weights(train(work, name, preset, overrides, "mirrored"))

@@ -74,7 +74,8 @@ def test_mirrored_on_two_devices_equals_one_device_for_every_algorithm(tmp_path,
     assert {"maml", "maml first-order", "maml-reg", "maml-reg differentiated mean",
             "gradient-agreement", "wormhole", "nal", "finetune", "omniglot conv4",
             "maml float64", "maml-reg float64", "gradient-agreement float64",
-            "resumed on 2 replicas"} <= set(cases)
+            "resumed on 2 replicas", "anil", "meta-sgd", "maml++ options",
+            "omniglot conv4 anil per-step norms"} <= set(cases)
     for name, case in cases.items():
         tolerance = 1e-10 if case["dtype"] == "float64" else 1e-5
         assert case["relative_difference"] < tolerance, (name, case)

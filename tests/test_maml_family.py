@@ -192,6 +192,7 @@ def test_meta_sgd_trains_on_sine_and_its_export_adapts_with_the_learned_rates(tm
     learned = [v.numpy() for v in run.model.rates.values]
     assert not all(np.allclose(r, run.config.adapt.lr) for r in learned)   # meta-learned
     version = export.export_run(run_dir, tmp_path / "models" / "sine")
+    assert export.read_metadata(version)["learned_lr"] == "element"
     episode = sine_episode(4)
     cast = lambda t: t.numpy().astype(np.float32)  # noqa: E731
     served = session_run(version, "adapt_predict", {
@@ -230,7 +231,8 @@ def test_bad_maml_family_options_are_user_errors(tmp_path, args, message):
 @pytest.mark.parametrize("preset", ["omniglot_5w1s_anil-cpu", "omniglot_5w1s_meta_sgd-cpu",
                                     "omniglot_5w1s_mamlpp-cpu", "omniglot_20w1s_mamlpp-cpu",
                                     "sine_meta_sgd-cpu", "omniglot_20w1s_mamlpp",
-                                    "omniglot_5w1s_anil", "omniglot_5w1s_meta_sgd"])
+                                    "omniglot_5w1s_anil", "omniglot_5w1s_meta_sgd",
+                                    "omniglot_5w1s_mamlpp"])
 def test_presets_load(preset):
     from tfmeta import config as config_lib
     config = config_lib.load(preset)

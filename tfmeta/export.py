@@ -308,6 +308,7 @@ def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
         "ways": model.head.units if model.loss_name == "cross_entropy" else 0,
         "shots": config.data.shots, "example_shape": list(model.example_shape),
         "dtype": config.model.dtype, "steps": steps, "lr": config.adapt.lr,
+        "learned_lr": model.inner.learned_lr or "none",
         "trained_norm": trained,
         "run_dir": str(run_dir.resolve()), "checkpoint": path}
     return export(model, config.adapt, out, steps, metadata, version, run.source.image_format)
