@@ -7,8 +7,8 @@
 with alpha = `lr` (Wormhole MAML's gains step at `gain_lr_scale` times it), and returns theta_T
 (written theta~ in the landscape paper). The model says which parameters step and whether alpha is
 meta-learned (`models.InnerLoop`): ANIL steps the head only, Meta-SGD one learned rate per
-parameter element, MAML++'s LSLR one per tensor and step; the others stay at theta. Called under an outer
-`tf.GradientTape`, the result differentiates to second order through every inner step, so
+parameter element, MAML++'s LSLR one per tensor and step; the others stay at theta. Called under
+an outer `tf.GradientTape`, the result differentiates to second order through every inner step, so
 d theta_T / d theta includes the Hessian terms (MAML). With `first_order=True` the inner gradients
 are treated as constants (first-order MAML), so d theta_T / d theta = I.
 

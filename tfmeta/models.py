@@ -141,8 +141,9 @@ class MetaModel(keras.Model):
         self.inner_indices = tuple(indices)
         self.rates = None
         if self.inner.learned_lr:
-            shapes = ([tuple(weights[i].shape) for i in indices]
-                      if self.inner.learned_lr == "element" else [(self.inner.steps,)] * len(indices))
+            per_step = self.inner.learned_lr == "layer_step"
+            shapes = [(self.inner.steps,) if per_step else tuple(weights[i].shape)
+                      for i in indices]
             self.rates = InnerRates(shapes, self.inner.lr, dtype=self.head.dtype_policy)
         self.built = True
 
