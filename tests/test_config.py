@@ -23,16 +23,6 @@ CPU_CHANGES = {"train.meta_batch", "train.epochs", "train.iterations", "train.ev
                "algorithms.maml.multi_step_epochs", "algorithms.maml.first_order_epochs"}
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -54,8 +44,8 @@ def test_every_preset_loads(name):
 
 @pytest.mark.parametrize("name", CPU_PRESETS)
 def test_cpu_preset_changes_only_the_budget_and_split(name):
-    base = flatten(config.to_dict(config.load(name.removesuffix("-cpu"))))
-    cpu = flatten(config.to_dict(config.load(name)))
+    base = config.flat_dict(config.load(name.removesuffix("-cpu")))
+    cpu = config.flat_dict(config.load(name))
     changed = {key for key in base if base[key] != cpu[key]}
     assert changed <= CPU_CHANGES
     budget = lambda c: c["train.epochs"] * c["train.iterations"]  # noqa: E731

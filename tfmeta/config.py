@@ -312,6 +312,19 @@ def to_dict(config: Config) -> dict:
     return dataclasses.asdict(config)
 
 
+def flat_dict(config: Config) -> dict:
+    """{"dotted.key": value} for every field of the config, as overrides name them."""
+    def flatten(tree: dict, prefix: str) -> dict:
+        flat = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                flat.update(flatten(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = value
+        return flat
+    return flatten(to_dict(config), "")
+
+
 def save(config: Config, path: Path) -> None:
     """Writes the resolved config as YAML, atomically (a killed run never leaves half a file)."""
     with atomic_open(path) as f:

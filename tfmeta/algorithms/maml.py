@@ -68,11 +68,13 @@ def task_objective(model: MetaModel, params: Sequence[tf.Tensor], episode: Episo
     steps = config.steps
 
     def query_loss(p, t):  # after step t of 1..T-1; the last one is `metrics` below
-        if step_weights is None or not 0 < t < steps:
+        if not 0 < t < steps:
             return tf.zeros([], params[0].dtype)
         return query_metrics(model, p, episode, t - 1)["loss"]
 
-    adapted, trajectory = adapt(model, params, episode.support, config, observe=query_loss)
+    # Plain MAML observes nothing: the meta-step is the hot path.
+    adapted, trajectory = adapt(model, params, episode.support, config,
+                                observe=None if step_weights is None else query_loss)
     metrics = query_metrics(model, adapted, episode, steps - 1 if steps else None)
     objective = metrics["loss"]
     if step_weights is not None and steps:

@@ -182,23 +182,13 @@ def finished(run_dir: Path, epochs: int) -> bool:
         return False
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _check_same(spec: RunSpec, run_dir: Path) -> None:
     """A run directory made with other settings must not be continued as if it were this run."""
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
-    want = _flatten(config_lib.to_dict(run_config(spec, run_dir)))
-    have = _flatten(config_lib.to_dict(config_lib.load(str(saved))))
+    want = config_lib.flat_dict(run_config(spec, run_dir))
+    have = config_lib.flat_dict(config_lib.load(str(saved)))
     for key, value in want.items():
         if have.get(key) != value:
             raise ConfigError(f"{saved} was made with other settings ({key}: {have.get(key)!r} "
