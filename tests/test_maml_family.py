@@ -242,3 +242,45 @@ def test_presets_load(preset):
         maml_options = config.algorithms.maml
         assert maml_options.multi_step_epochs > 0 and maml_options.first_order_epochs > 0
     json.dumps(config_lib.to_dict(config))
+
+
+def test_per_step_norm_rows_are_clipped_to_the_learned_steps():
+    layer = models.BatchNorm(steps=2, dtype="float64")
+    layer.build((None, 3))
+    layer.gamma.assign(tf.constant([[1.0] * 3, [2.0] * 3], tf.float64))
+    x = tf.constant([[0.0, 1.0, 2.0], [2.0, 3.0, 4.0]], tf.float64)
+    rows = {step: layer(x, step=step).numpy() for step in (-1, 0, 1, 5, None)}
+    np.testing.assert_array_equal(rows[-1], rows[0])
+    np.testing.assert_array_equal(rows[5], rows[1])
+    np.testing.assert_array_equal(rows[None], rows[1])
+    np.testing.assert_allclose(rows[1], 2 * rows[0])
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_per_step_norm_export_answers_as_evaluation_scores(tmp_path, steps):
+    """The served query sees the row of the last step taken, as `tfmeta evaluate` scores it,
+    also when the export adapts fewer steps than the rows learned."""
+    from helpers import session_run
+    from tfmeta import export
+    from tfmeta.losses import query_metrics
+    tf.keras.utils.set_random_seed(0)
+    model = models.conv4(5, (16, 16, 1), filters=4,
+                         inner=InnerLoop(learned_lr="layer_step", lr=0.3, steps=3,
+                                         step_norms=True))
+    for layer in model.features.layers:  # distinct rows, so that a wrong row shows
+        if isinstance(layer, models.BatchNorm):
+            layer.gamma.assign(tf.random.uniform(layer.gamma.shape, 0.5, 2.0))
+    config = AdaptConfig(steps=3, lr=0.3)
+    version = export.export(model, config, tmp_path / "m", steps, {"ways": 5})
+    episode = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32)
+                                    if t.dtype == tf.float64 else t, image_episode(5))
+    served = session_run(version, "adapt_predict", {
+        "support_x": episode.support_x.numpy(), "support_y": episode.support_y.numpy(),
+        "query_x": episode.query_x.numpy()})["logits"]
+    adapted, _ = adapt(model, params_of(model), episode.support, config, steps=steps)
+    scored = query_metrics(model, adapted, episode, steps - 1)
+    expected = models.query_outputs(model, adapted, episode.support_x, episode.query_x,
+                                    steps - 1)
+    np.testing.assert_allclose(served, expected.numpy(), rtol=1e-4, atol=1e-5)
+    accuracy = np.mean(served.argmax(-1) == episode.query_y.numpy())
+    assert accuracy == pytest.approx(float(scored["accuracy"]))

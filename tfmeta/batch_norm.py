@@ -29,8 +29,8 @@ class BatchNorm(keras.layers.Layer):
     Hessian-vector products by 8-20% (tests/test_maml.py shows it failing a finite-difference check).
 
     With `steps` S > 0 (MAML++'s per-step weights and biases, BNWB), gamma and beta are [S, C]:
-    the forward pass of inner step t uses row min(t, S - 1), and `step=None` (the adapted
-    solution) the last row.
+    the forward pass of inner step t uses row t, clipped to [0, S - 1], and `step=None` the last
+    row. A query after t steps is seen with row t - 1, the row of the step that produced it.
 
     Args:
         epsilon: added to the variance for numerical stability.
@@ -61,7 +61,7 @@ class BatchNorm(keras.layers.Layer):
         variance = ops.mean(ops.square(head(centered)), axis=axes, keepdims=True)
         gamma, beta = self.gamma, self.beta
         if self.steps:
-            row = self.steps - 1 if step is None else min(step, self.steps - 1)
+            row = self.steps - 1 if step is None else min(max(step, 0), self.steps - 1)
             gamma, beta = gamma[row], beta[row]
         # The per-channel factor is formed first so that only two ops touch the full activation.
         return centered * (gamma * ops.rsqrt(variance + self.epsilon)) + beta

@@ -66,8 +66,7 @@ def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, st
         def one_task(episode):
             start = task_start(params, episode.support) if task_start else params
             _, trajectory = adapt(model, start, episode.support, config, steps=steps,
-                                  observe=lambda p, t: query_metrics(model, p, episode,
-                                                                     max(t - 1, 0)))
+                                  observe=lambda p, t: query_metrics(model, p, episode, t - 1))
             return trajectory.observations
 
         return meta_batch.map_tasks(one_task, episodes, strategy)

@@ -124,7 +124,10 @@ class AdaptivePredictor(tf.Module):
         classes = tf.reduce_max(support_y) + 1 if self.ways else None
         adapted, _ = adapt(self.model, self._params(), (support_x, support_y), self.config,
                            classes=classes)
-        return self._outputs(query_outputs(self.model, adapted, support_x, query_x), classes)
+        # With per-step batch norm, the query sees the row of the last step taken, as in
+        # evaluation.
+        outputs = query_outputs(self.model, adapted, support_x, query_x, self.config.steps - 1)
+        return self._outputs(outputs, classes)
 
     def _adapt_predict_images(self, support_images, support_y, query_images):
         decode = lambda images, name: decode_images(  # noqa: E731

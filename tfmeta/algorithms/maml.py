@@ -75,7 +75,7 @@ def task_objective(model: MetaModel, params: Sequence[tf.Tensor], episode: Episo
     # Plain MAML observes nothing: the meta-step is the hot path.
     adapted, trajectory = adapt(model, params, episode.support, config,
                                 observe=None if step_weights is None else query_loss)
-    metrics = query_metrics(model, adapted, episode, steps - 1 if steps else None)
+    metrics = query_metrics(model, adapted, episode, steps - 1)
     objective = metrics["loss"]
     if step_weights is not None and steps:
         objective = (tf.reduce_sum(step_weights[:-1] * trajectory.observations[1:-1])
