@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfmeta import algorithms, config as config_lib, export, training
+from tfmeta import config as config_lib, export, training
 from tfmeta.adaptation import adapt
 from tfmeta.evaluation import estimate
 from tfmeta.models import params_of, query_outputs
-from tfmeta.run import Run, configure_threads, task_strategy
+from tfmeta.run import Run, configure_threads
 
 
 def score(run: Run, tasks: int) -> tuple:
@@ -80,9 +80,7 @@ def step_ms(run_dir: Path, steps: int) -> float:
     configure_threads(config)
     with tempfile.TemporaryDirectory() as work:
         run = Run(config, Path(work))
-        step = training.make_meta_step(
-            run.model, run.optimizer, algorithms.build(config.algorithm, config.algorithms),
-            config.adapt, run.batch_size, task_strategy(config, run.model))
+        step = training.RunSteps(run)(config.train.epochs - 1)
         batches = iter(run.training_batches(0))
         times = []
         for i in range(steps + 3):

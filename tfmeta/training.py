@@ -85,6 +85,29 @@ def make_meta_step(model: MetaModel, optimizer: keras.optimizers.Optimizer,
     return step
 
 
+class RunSteps:
+    """The compiled meta-steps of a run, by (0-based) epoch: `steps(epoch)` is first order during
+    derivative-order annealing (`algorithms.maml.first_order_epochs`) and as configured after;
+    each is built on first use, and both share the run's optimizer."""
+
+    def __init__(self, run: Run, strategy: Optional[tf.distribute.Strategy] = None):
+        self.run, self.strategy, self.steps = run, strategy, {}
+        iterations = run.config.train.iterations
+        self.meta_gradient = algorithms.build(
+            run.config.algorithm, run.config.algorithms,
+            epoch=lambda: run.optimizer.iterations // iterations)
+
+    def __call__(self, epoch: int) -> Callable:
+        config, run = self.run.config, self.run
+        first_order = config.adapt.first_order or epoch < config.algorithms.maml.first_order_epochs
+        if first_order not in self.steps:
+            self.steps[first_order] = make_meta_step(
+                run.model, run.optimizer, self.meta_gradient,
+                dataclasses.replace(config.adapt, first_order=first_order), run.batch_size,
+                task_strategy(config, run.model), config.train.jit_compile, self.strategy)
+        return self.steps[first_order]
+
+
 def with_absolute_paths(config: Config) -> Config:
     """A copy whose data directories are absolute, so the saved config works from any directory."""
     config = copy.deepcopy(config)
@@ -135,19 +158,7 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
     if chief and not config_pending:
         config_lib.save(config, run_dir / "config.yaml")
     iterations, epochs = config.train.iterations, config.train.epochs
-    meta_gradient = algorithms.build(config.algorithm, config.algorithms,
-                                     epoch=lambda: run.optimizer.iterations // iterations)
-    steps = {}
-
-    def step_of(epoch: int) -> Callable:
-        """The meta-step of a (0-based) epoch: first order during derivative-order annealing."""
-        first_order = config.adapt.first_order or epoch < config.algorithms.maml.first_order_epochs
-        if first_order not in steps:
-            steps[first_order] = make_meta_step(
-                run.model, run.optimizer, meta_gradient,
-                dataclasses.replace(config.adapt, first_order=first_order), run.batch_size,
-                task_strategy(config, run.model), config.train.jit_compile, strategy)
-        return steps[first_order]
+    step_of = RunSteps(run, strategy)
     batches = distribute.replica_batches(
         strategy, lambda replica, replicas: run.training_batches(start, replica, replicas))
     epoch_end = EpochEnd(run, chief, progress, fresh=start == 0)

@@ -1,0 +1,86 @@
+"""Training cost of the MAML family: ms per meta-iteration of each preset, as ratios to MAML.
+
+    python benchmarks/maml_family.py --data-dir ../shared/data/omniglot [--steps 20] [--passes 2]
+                                     [PRESET ...]
+
+Default presets: omniglot_5w1s-cpu and its anil, meta_sgd and mamlpp variants. Each preset's
+compiled meta-step (the one `tfmeta train` runs, on its own real batches) is timed in turn, the
+median of --steps steps after 3 warm-up steps, and the presets alternate over --passes passes so
+that a change in the machine's load reaches all of them alike. A preset with derivative-order
+annealing is timed in both phases: first order (its first epoch) and second order (its last).
+Prints one JSON line per preset and pass, then one per preset with the median over passes and
+its ratio to the first preset's.
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tfmeta import config as config_lib, training
+from tfmeta.run import Run, configure_threads
+
+PRESETS = ["omniglot_5w1s-cpu", "omniglot_5w1s_anil-cpu", "omniglot_5w1s_meta_sgd-cpu",
+           "omniglot_5w1s_mamlpp-cpu"]
+
+
+def timer(preset: str, data_dir: str, epoch: int, work: Path):
+    """A function timing `steps` meta-steps of `preset`'s run at (0-based) `epoch`."""
+    config = config_lib.load(preset, [f"data.omniglot.data_dir={data_dir}"])
+    configure_threads(config)
+    run = Run(config, work / f"{preset}-{epoch}")
+    step = training.RunSteps(run)(epoch)
+    batches = iter(run.training_batches(0))
+
+    def median_ms(steps: int) -> float:
+        times = []
+        for i in range(steps + 3):
+            batch = next(batches)
+            start = time.perf_counter()
+            metrics, _ = step(batch)
+            float(metrics["loss"])
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+        return float(np.median(times) * 1e3)
+
+    return median_ms
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("presets", nargs="*", default=PRESETS)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--passes", type=int, default=2)
+    args = parser.parse_args()
+    cases = []
+    with tempfile.TemporaryDirectory() as work:
+        for preset in args.presets:
+            config = config_lib.load(preset, [f"data.omniglot.data_dir={args.data_dir}"])
+            epochs = [config.train.epochs - 1]
+            if config.algorithms.maml.first_order_epochs:
+                epochs.insert(0, 0)
+            for epoch in epochs:
+                order = "first" if config.adapt.first_order or epoch < (
+                    config.algorithms.maml.first_order_epochs) else "second"
+                cases.append((preset, order, timer(preset, args.data_dir, epoch, Path(work))))
+        results = {(p, o): [] for p, o, _ in cases}
+        for number in range(args.passes):
+            for preset, order, median_ms in cases:
+                ms = median_ms(args.steps)
+                results[(preset, order)].append(ms)
+                print(json.dumps({"pass": number, "preset": preset, "order": order,
+                                  "ms_per_iteration": round(ms, 1)}), flush=True)
+    first = float(np.median(next(iter(results.values()))))
+    for (preset, order), values in results.items():
+        ms = float(np.median(values))
+        print(json.dumps({"preset": preset, "order": order, "ms_per_iteration": round(ms, 1),
+                          "ratio_to_first": round(ms / first, 3)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
