@@ -69,7 +69,8 @@ def bench(fn, iters, warmup=2):
                 iters=iters, warmup=warmup, warmup_s=[round(w, 3) for w in warm])
 
 
-def run(name: str, iters, strategy: str) -> dict:
+def workload(name: str, strategy: str) -> tuple:
+    """(fn: one meta-iteration, returning its loss as a number; the strategy used)."""
     arch, steps, first_order, n, lr = WORKLOADS[name]
     keras.utils.set_random_seed(0)
     model = models.conv4(5, pool="max") if arch == "conv4" else models.mlp((40, 40))
@@ -80,17 +81,26 @@ def run(name: str, iters, strategy: str) -> dict:
                                    strategy)
     if arch == "conv4":
         batch = tf.nest.map_structure(tf.constant, conv_batch(n))
-        fn = lambda: step(batch)[0]["loss"].numpy()  # noqa: E731
-    else:
-        rng = np.random.default_rng(0)
-        batches = [tf.nest.map_structure(tf.constant, sine_batch(rng, n)) for _ in range(64)]
-        counter = iter(range(10**9))
-        fn = lambda: step(batches[next(counter) % 64])[0]["loss"].numpy()  # noqa: E731
+        return (lambda: step(batch)[0]["loss"].numpy()), strategy
+    rng = np.random.default_rng(0)
+    batches = [tf.nest.map_structure(tf.constant, sine_batch(rng, n)) for _ in range(64)]
+    counter = iter(range(10**9))
+    return (lambda: step(batches[next(counter) % 64])[0]["loss"].numpy()), strategy
+
+
+def run(name: str, iters, strategy: str) -> dict:
+    _, steps, first_order, n, _ = WORKLOADS[name]
+    fn, strategy = workload(name, strategy)
     result = bench(fn, iters)
     return dict(framework="tfmeta", version=tf.__version__, workload=name, **result, T=steps,
                 second_order=not first_order, meta_batch=n, strategy=strategy, threads=THREADS,
                 peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 loadavg_1m=round(os.getloadavg()[0], 2))
+
+
+def configure():
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(THREADS)
 
 
 def main():
@@ -99,8 +109,7 @@ def main():
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--strategy", default="auto", choices=["auto", "loop", "map", "vectorized"])
     args = parser.parse_args()
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(THREADS)
+    configure()
     names = list(WORKLOADS) if args.workload == "all" else args.workload.split(",")
     for name in names:
         print(json.dumps(run(name, args.iters, args.strategy)), flush=True)

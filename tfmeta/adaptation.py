@@ -13,8 +13,11 @@ d theta_T / d theta includes the Hessian terms (MAML). With `first_order=True` t
 are treated as constants (first-order MAML), so d theta_T / d theta = I.
 
 Every meta-step, evaluation, landscape metric and export adapts through this function; nothing else
-runs an inner loop. Cost: T forward and backward passes on the support set, doubled in memory when
-an outer tape records them for the second-order meta-gradient.
+runs an inner loop. Cost: T forward and backward passes on the support set. An outer tape that
+records them for the second-order meta-gradient keeps every step's activations until its backward
+pass, so memory grows with T; with `recompute` it keeps only theta_0 ... theta_T and recomputes each
+step's activations when its backward pass needs them, for one more forward and backward pass per
+step.
 """
 
 import dataclasses
@@ -43,6 +46,9 @@ class AdaptConfig:
             at lr (`models.InnerLoop`).
         per_step_norm: MAML++'s BNWB: per-step batch-norm weights and biases, meta-learned and not
             adapted (`models.InnerLoop`).
+        recompute: keep no inner step's activations for the meta-gradient; recompute them in its
+            backward pass (`tf.recompute_grad`), so memory holds the parameter trajectory and one
+            step's activations whatever T. The meta-gradient is the same.
     """
     steps: int = 1
     lr: float = 0.01
@@ -51,6 +57,7 @@ class AdaptConfig:
     gain_lr_scale: float = 0.1
     per_step_lr: bool = False
     per_step_norm: bool = False
+    recompute: bool = False
 
     @property
     def eval_steps(self) -> int:
@@ -104,6 +111,75 @@ def support_loss_fn(model: MetaModel, params: Sequence[tf.Tensor], support: tupl
     return lambda theta, step: task_loss(model, theta, x, y, classes, step)
 
 
+def sgd_step(model: MetaModel, params: Sequence[tf.Tensor], theta: Sequence[tf.Tensor],
+             support_loss: Callable, config: AdaptConfig, step: int) -> tuple:
+    """One inner step from theta_t (`theta`, the full parameter list) at step t = `step`.
+
+    Returns:
+        ([theta_{t+1}[i] for i in model.inner_indices], the support loss at theta_t).
+    """
+    moving = [theta[i] for i in model.inner_indices]
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(moving)
+        loss = support_loss(theta, step)
+    grads = tape.gradient(loss, moving)
+    if config.first_order:
+        grads = tree.stop_gradient(grads)
+    rates = learning_rates(model, params, config, step)
+    return [w - rate * g for w, rate, g in zip(moving, rates, grads)], loss
+
+
+def recomputed(f: Callable) -> Callable:
+    """f(*tensors) -> tuple of tensors, differentiable, with no activations kept for the
+    backward pass: the gradient runs f again under its own tape and differentiates that.
+
+    Unlike `tf.recompute_grad`, f runs with gradient recording on, so it may differentiate
+    internally (an inner step's gradient) and the backward pass reaches second order through it.
+    A compiled graph keeps nothing of the first run for the backward pass, since the outer tape
+    reaches only the arguments; an eager outer tape still holds it.
+    """
+    @tf.custom_gradient
+    def wrapped(*args):
+        def grad(*upstream):
+            # A data dependency on the incoming gradient makes the second run a different
+            # computation, so that Grappler cannot merge it with the first (control dependencies
+            # are not enough under XLA). It adds zero, or NaN where the gradient already is NaN.
+            first = tf.reshape(upstream[0], [-1])[:1]
+            zero = tf.reduce_sum(tf.where(tf.math.is_nan(first), first, tf.zeros_like(first)))
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                again = [a + tf.cast(zero, a.dtype) for a in args]
+                tape.watch(again)
+                outputs = f(*again)
+            return tape.gradient(outputs, again, output_gradients=list(upstream),
+                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return f(*args), grad
+    return wrapped
+
+
+def _recomputed_step(model: MetaModel, params: Sequence[tf.Tensor], support: tuple,
+                     config: AdaptConfig, classes, step: int) -> Callable:
+    """`sgd_step` as a function of (*params, *theta_t's adapted entries), `recomputed`. Everything
+    it differentiates through is an argument, for a custom gradient passes none to captured
+    tensors: ANIL's features, per-step batch-norm weights and learned rates come from params."""
+    count = len(params)
+
+    @recomputed
+    def step_fn(*tensors):
+        params, moving = list(tensors[:count]), tensors[count:]
+        theta = list(params)
+        for i, w in zip(model.inner_indices, moving):
+            theta[i] = w
+        loss_fn = support_loss_fn(model, params, support, classes)
+        new, loss = sgd_step(model, params, theta, loss_fn, config, step)
+        return (*new, loss)
+
+    def run(*tensors):
+        *new, loss = step_fn(*tensors)
+        return new, loss
+
+    return run
+
+
 def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config: AdaptConfig,
           steps: Optional[int] = None,
           observe: Optional[Callable[[list], Any]] = None, classes=None) -> tuple:
@@ -127,20 +203,19 @@ def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config:
     steps = config.steps if steps is None else steps
     theta = list(params)
     indices = model.inner_indices
-    support_loss = support_loss_fn(model, theta, support, classes)
+    if config.recompute:
+        step = lambda theta, t: _recomputed_step(model, params, support, config, classes, t)(  # noqa: E731
+            *params, *[theta[i] for i in indices])
+    else:
+        support_loss = support_loss_fn(model, theta, support, classes)
+        step = lambda theta, t: sgd_step(model, params, theta, support_loss, config, t)  # noqa: E731
     losses, observations = [], []
     for t in range(steps):
         if observe is not None:
             observations.append(observe(theta, t))
-        moving = [theta[i] for i in indices]
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(moving)
-            loss = support_loss(theta, t)
-        grads = tape.gradient(loss, moving)
-        if config.first_order:
-            grads = tree.stop_gradient(grads)
-        for i, rate, g in zip(indices, learning_rates(model, params, config, t), grads):
-            theta[i] = theta[i] - rate * g
+        moving, loss = step(theta, t)
+        for i, new in zip(indices, moving):
+            theta[i] = new
         losses.append(loss)
     if observe is not None:
         observations.append(observe(theta, steps))
