@@ -92,7 +92,7 @@ def learning_rates(model: MetaModel, params: Sequence[tf.Tensor], config: AdaptC
     if model.rates is not None:
         learned = list(params[len(params) - model.num_rates:])
         if model.inner.learned_lr == "layer_step":
-            return [rates[min(step, model.inner.steps - 1)] for rates in learned]
+            return [rates[tf.minimum(step, model.inner.steps - 1)] for rates in learned]
         return learned
     gains = model.num_gated if model.gains is not None else None
     return [config.lr * config.gain_lr_scale if i == gains else config.lr
@@ -129,14 +129,17 @@ def sgd_step(model: MetaModel, params: Sequence[tf.Tensor], theta: Sequence[tf.T
     return [w - rate * g for w, rate, g in zip(moving, rates, grads)], loss
 
 
-def recomputed(f: Callable) -> Callable:
-    """f(*tensors) -> tuple of tensors, differentiable, with no activations kept for the
-    backward pass: the gradient runs f again under its own tape and differentiates that.
+def recomputed(f: Callable, count: int) -> Callable:
+    """f(*tensors) -> tuple of tensors, differentiable in its first `count` arguments (the rest are
+    data), with no activations kept for the backward pass: the gradient runs f again under its
+    own tape and differentiates that.
 
     Unlike `tf.recompute_grad`, f runs with gradient recording on, so it may differentiate
     internally (an inner step's gradient) and the backward pass reaches second order through it.
     A compiled graph keeps nothing of the first run for the backward pass, since the outer tape
-    reaches only the arguments; an eager outer tape still holds it.
+    reaches only the arguments; an eager outer tape still holds it. f must take everything it
+    reads as an argument: a custom gradient passes none to captured tensors, and a while loop's
+    gradient cannot reach tensors that only the gradient function captures.
     """
     @tf.custom_gradient
     def wrapped(*args):
@@ -147,37 +150,65 @@ def recomputed(f: Callable) -> Callable:
             first = tf.reshape(upstream[0], [-1])[:1]
             zero = tf.reduce_sum(tf.where(tf.math.is_nan(first), first, tf.zeros_like(first)))
             with tf.GradientTape(watch_accessed_variables=False) as tape:
-                again = [a + tf.cast(zero, a.dtype) for a in args]
+                again = [a + tf.cast(zero, a.dtype) for a in args[:count]]
                 tape.watch(again)
-                outputs = f(*again)
-            return tape.gradient(outputs, again, output_gradients=list(upstream),
-                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                outputs = f(*again, *args[count:])
+            grads = tape.gradient(outputs, again, output_gradients=list(upstream),
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return grads + [None] * (len(args) - count)
         return f(*args), grad
     return wrapped
 
 
 def _recomputed_step(model: MetaModel, params: Sequence[tf.Tensor], support: tuple,
-                     config: AdaptConfig, classes, step: int) -> Callable:
-    """`sgd_step` as a function of (*params, *theta_t's adapted entries), `recomputed`. Everything
-    it differentiates through is an argument, for a custom gradient passes none to captured
-    tensors: ANIL's features, per-step batch-norm weights and learned rates come from params."""
-    count = len(params)
+                     config: AdaptConfig, classes, step) -> Callable:
+    """`sgd_step` as a function of theta_t's adapted entries, `recomputed`. Everything it reads is
+    an argument of the recomputed function: params (ANIL's features, per-step batch-norm weights
+    and learned rates come from them), the support set and the step."""
+    count = len(params) + len(model.inner_indices)
+    data = [*support, step] + ([classes] if tf.is_tensor(classes) else [])
 
-    @recomputed
     def step_fn(*tensors):
-        params, moving = list(tensors[:count]), tensors[count:]
+        params, moving = list(tensors[:len(params_)]), tensors[len(params_):count]
+        x, y, t, *rest = tensors[count:]
         theta = list(params)
         for i, w in zip(model.inner_indices, moving):
             theta[i] = w
-        loss_fn = support_loss_fn(model, params, support, classes)
-        new, loss = sgd_step(model, params, theta, loss_fn, config, step)
+        loss_fn = support_loss_fn(model, params, (x, y), rest[0] if rest else classes)
+        new, loss = sgd_step(model, params, theta, loss_fn, config, t)
         return (*new, loss)
 
-    def run(*tensors):
-        *new, loss = step_fn(*tensors)
+    params_ = list(params)
+    run = recomputed(step_fn, count)
+
+    def apply(*moving):
+        *new, loss = run(*params_, *moving, *data)
         return new, loss
 
-    return run
+    return apply
+
+
+def _loop(model: MetaModel, theta: list, step: Callable, steps: int) -> tuple:
+    """theta_T and the [T] support losses, the steps run as one `tf.while_loop`: with recomputed
+    steps, neither the graph nor the memory its gradient keeps (theta_0 ... theta_T) grows with
+    more than T's parameter vectors."""
+    indices = model.inner_indices
+
+    def body(t, moving, losses):
+        current = list(theta)
+        for i, w in zip(indices, moving):
+            current[i] = w
+        new, loss = step(current, t)
+        return t + 1, new, losses.write(t, loss)
+
+    _, moving, losses = tf.while_loop(
+        lambda t, *_: t < steps, body,
+        (tf.constant(0), [theta[i] for i in indices], tf.TensorArray(theta[0].dtype, steps)),
+        maximum_iterations=steps)
+    theta = list(theta)
+    for i, w in zip(indices, moving):
+        theta[i] = w
+    return theta, losses.stack()
 
 
 def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config: AdaptConfig,
@@ -205,10 +236,13 @@ def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config:
     indices = model.inner_indices
     if config.recompute:
         step = lambda theta, t: _recomputed_step(model, params, support, config, classes, t)(  # noqa: E731
-            *params, *[theta[i] for i in indices])
+            *[theta[i] for i in indices])
     else:
         support_loss = support_loss_fn(model, theta, support, classes)
         step = lambda theta, t: sgd_step(model, params, theta, support_loss, config, t)  # noqa: E731
+    if config.recompute and observe is None and steps:
+        theta, losses = _loop(model, theta, step, steps)
+        return theta, Trajectory(list(params), losses, None)
     losses, observations = [], []
     for t in range(steps):
         if observe is not None:

@@ -53,7 +53,8 @@ class BatchNorm(keras.layers.Layer):
 
     def call(self, x, training=None, reference_rows=None, step=None):
         """x [B, ..., C] -> [B, ..., C]; `reference_rows` k: statistics of x[:k] (default: all);
-        `step` t: the inner step whose gamma and beta to use (per-step layers only)."""
+        `step` t (an int or int tensor): the inner step whose gamma and beta to use (per-step
+        layers only)."""
         axes = list(range(len(x.shape) - 1))
         head = (lambda t: t) if reference_rows is None else (lambda t: t[:reference_rows])
         mean = ops.mean(head(x), axis=axes, keepdims=True)
@@ -61,8 +62,9 @@ class BatchNorm(keras.layers.Layer):
         variance = ops.mean(ops.square(head(centered)), axis=axes, keepdims=True)
         gamma, beta = self.gamma, self.beta
         if self.steps:
-            row = self.steps - 1 if step is None else min(max(step, 0), self.steps - 1)
-            gamma, beta = gamma[row], beta[row]
+            row = self.steps - 1 if step is None else ops.clip(
+                ops.convert_to_tensor(step, "int32"), 0, self.steps - 1)
+            gamma, beta = gamma[row], beta[row]  # a slice: a gather's gradient is sparse
         # The per-channel factor is formed first so that only two ops touch the full activation.
         return centered * (gamma * ops.rsqrt(variance + self.epsilon)) + beta
 
