@@ -21,7 +21,6 @@ One JSON line per pair, then the ratios T=max / T=min and recompute / not.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 

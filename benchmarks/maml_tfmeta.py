@@ -7,7 +7,8 @@ Adam included: 2 warm-up calls (tracing happens here; reported as warmup_s), the
 calls, or of 5 when a call takes over 2 s. Run the peers one after another on an idle machine and
 compare ratios.
 
-    python benchmarks/maml_tfmeta.py [--workload all|NAME[,NAME]] [--iters N] [--strategy auto|loop|map|vectorized]
+    python benchmarks/maml_tfmeta.py [--workload all|NAME[,NAME]] [--iters N]
+        [--strategy auto|loop|map|vectorized] [--jit]
 """
 
 import argparse
@@ -69,8 +70,9 @@ def bench(fn, iters, warmup=2):
                 iters=iters, warmup=warmup, warmup_s=[round(w, 3) for w in warm])
 
 
-def workload(name: str, strategy: str) -> tuple:
-    """(fn: one meta-iteration, returning its loss as a number; the strategy used)."""
+def workload(name: str, strategy: str = "auto", jit: bool = False) -> tuple:
+    """(fn: one meta-iteration, returning its loss as a number; the strategy used; whether XLA
+    compiles it). strategy "auto" chooses as `tfmeta train` does, by architecture."""
     arch, steps, first_order, n, lr = WORKLOADS[name]
     keras.utils.set_random_seed(0)
     model = models.conv4(5, pool="max") if arch == "conv4" else models.mlp((40, 40))
@@ -78,22 +80,23 @@ def workload(name: str, strategy: str) -> tuple:
         strategy = "vectorized" if arch == "mlp" else "loop"
     step = training.make_meta_step(model, keras.optimizers.Adam(1e-3), maml.meta_gradient,
                                    AdaptConfig(steps=steps, lr=lr, first_order=first_order), n,
-                                   strategy)
+                                   strategy, jit)
     if arch == "conv4":
         batch = tf.nest.map_structure(tf.constant, conv_batch(n))
-        return (lambda: step(batch)[0]["loss"].numpy()), strategy
+        return (lambda: step(batch)[0]["loss"].numpy()), strategy, jit
     rng = np.random.default_rng(0)
     batches = [tf.nest.map_structure(tf.constant, sine_batch(rng, n)) for _ in range(64)]
     counter = iter(range(10**9))
-    return (lambda: step(batches[next(counter) % 64])[0]["loss"].numpy()), strategy
+    return (lambda: step(batches[next(counter) % 64])[0]["loss"].numpy()), strategy, jit
 
 
-def run(name: str, iters, strategy: str) -> dict:
+def run(name: str, iters, strategy: str, jit: bool) -> dict:
     _, steps, first_order, n, _ = WORKLOADS[name]
-    fn, strategy = workload(name, strategy)
+    fn, strategy, jit = workload(name, strategy, jit)
     result = bench(fn, iters)
     return dict(framework="tfmeta", version=tf.__version__, workload=name, **result, T=steps,
-                second_order=not first_order, meta_batch=n, strategy=strategy, threads=THREADS,
+                second_order=not first_order, meta_batch=n, strategy=strategy, jit_compile=jit,
+                threads=THREADS,
                 peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 loadavg_1m=round(os.getloadavg()[0], 2))
 
@@ -108,11 +111,12 @@ def main():
     parser.add_argument("--workload", default="all")
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--strategy", default="auto", choices=["auto", "loop", "map", "vectorized"])
+    parser.add_argument("--jit", action="store_true", help="compile the meta-step with XLA")
     args = parser.parse_args()
     configure()
     names = list(WORKLOADS) if args.workload == "all" else args.workload.split(",")
     for name in names:
-        print(json.dumps(run(name, args.iters, args.strategy)), flush=True)
+        print(json.dumps(run(name, args.iters, args.strategy, args.jit)), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ both threads, so it can exceed the wall time by up to 2x; `busy` is their ratio 
 threads always in an op).
 
     python benchmarks/meta_step_profile.py [--workload omniglot-conv4-t1] [--calls 1] [--top 15]
+        [--jit]
 """
 
 import argparse
@@ -54,9 +55,10 @@ def main():
     parser.add_argument("--workload", default="omniglot-conv4-t1")
     parser.add_argument("--calls", type=int, default=1)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--jit", action="store_true", help="compile the meta-step with XLA")
     args = parser.parse_args()
     maml_tfmeta.configure()
-    fn, _ = maml_tfmeta.workload(args.workload, "auto")
+    fn = maml_tfmeta.workload(args.workload, jit=args.jit)[0]
     fn(), fn()
     logdir = tempfile.mkdtemp(prefix="tfmeta-profile-")
     tf.profiler.experimental.start(logdir)
