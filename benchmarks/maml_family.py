@@ -27,11 +27,11 @@ PRESETS = ["omniglot_5w1s-cpu", "omniglot_5w1s_anil-cpu", "omniglot_5w1s_meta_sg
            "omniglot_5w1s_mamlpp-cpu"]
 
 
-def timer(preset: str, data_dir: str, epoch: int, work: Path):
-    """A function timing `steps` meta-steps of `preset`'s run at (0-based) `epoch`."""
-    config = config_lib.load(preset, [f"data.omniglot.data_dir={data_dir}"])
+def step_timer(config: config_lib.Config, work: Path, epoch: int):
+    """median_ms(steps): the median ms of `steps` meta-steps that `config`'s run (in `work`) takes
+    at (0-based) `epoch`, on its own batches, after 3 warm-up steps."""
     configure_threads(config)
-    run = Run(config, work / f"{preset}-{epoch}")
+    run = Run(config, work)
     step = training.RunSteps(run)(epoch)
     batches = iter(run.training_batches(0))
 
@@ -67,7 +67,8 @@ def main():
             for epoch in epochs:
                 order = "first" if config.adapt.first_order or epoch < (
                     config.algorithms.maml.first_order_epochs) else "second"
-                cases.append((preset, order, timer(preset, args.data_dir, epoch, Path(work))))
+                cases.append((preset, order,
+                              step_timer(config, Path(work) / f"{preset}-{epoch}", epoch)))
         results = {(p, o): [] for p, o, _ in cases}
         for number in range(args.passes):
             for preset, order, median_ms in cases:

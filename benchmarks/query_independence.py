@@ -17,17 +17,18 @@ request per query.
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from tfmeta import config as config_lib, export, training
+from tfmeta import config as config_lib, export
 from tfmeta.adaptation import adapt
 from tfmeta.evaluation import estimate
 from tfmeta.models import params_of, query_outputs
-from tfmeta.run import Run, configure_threads
+from tfmeta.run import Run
+
+from maml_family import step_timer
 
 
 def score(run: Run, tasks: int) -> tuple:
@@ -77,21 +78,8 @@ def verify(run_dir: Path, norm: str, run: Run, logits: list, count: int) -> dict
 def step_ms(run_dir: Path, steps: int) -> float:
     """Median ms of the run's meta-step (its preset, its norm) over `steps` steps."""
     config = config_lib.load(str(run_dir / "config.yaml"))
-    configure_threads(config)
     with tempfile.TemporaryDirectory() as work:
-        run = Run(config, Path(work))
-        step = training.RunSteps(run)(config.train.epochs - 1)
-        batches = iter(run.training_batches(0))
-        times = []
-        for i in range(steps + 3):
-            batch = next(batches)
-            start = time.perf_counter()
-            metrics, _ = step(batch)
-            float(metrics["loss"])
-            if i >= 3:
-                times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
-
+        return step_timer(config, Path(work), config.train.epochs - 1)(steps)
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__,

@@ -168,6 +168,7 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
     ("train.epochs=true", "train.epochs", "int"),
     ("adapt.lr=fast", "adapt.lr", "float"),
     ("adapt.first_order=1", "adapt.first_order", "bool"),
+    ("adapt.recompute=maybe", "adapt.recompute", "bool"),
     ("data.dataset=3", "data.dataset", "str"),
     ("model.hidden=40", "model.hidden", "list"),
 ])

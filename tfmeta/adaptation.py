@@ -111,17 +111,31 @@ def support_loss_fn(model: MetaModel, params: Sequence[tf.Tensor], support: tupl
     return lambda theta, step: task_loss(model, theta, x, y, classes, step)
 
 
-def sgd_step(model: MetaModel, params: Sequence[tf.Tensor], theta: Sequence[tf.Tensor],
-             support_loss: Callable, config: AdaptConfig, step: int) -> tuple:
-    """One inner step from theta_t (`theta`, the full parameter list) at step t = `step`.
+def inner_part(model: MetaModel, params: Sequence[tf.Tensor]) -> list:
+    """The entries of `params` that the inner loop adapts."""
+    return [params[i] for i in model.inner_indices]
+
+
+def with_inner(model: MetaModel, params: Sequence[tf.Tensor], part: Sequence[tf.Tensor]) -> list:
+    """`params` with its adapted entries replaced by `part`."""
+    params = list(params)
+    for i, p in zip(model.inner_indices, part):
+        params[i] = p
+    return params
+
+
+def sgd_step(model: MetaModel, params: Sequence[tf.Tensor], moving: Sequence[tf.Tensor],
+             support_loss: Callable, config: AdaptConfig, step) -> tuple:
+    """One inner step at step t = `step`, from theta_t = `params` with its adapted entries at
+    `moving` (the entries the inner loop leaves alone stay at params).
 
     Returns:
-        ([theta_{t+1}[i] for i in model.inner_indices], the support loss at theta_t).
+        (theta_{t+1}'s adapted entries, the support loss at theta_t).
     """
-    moving = [theta[i] for i in model.inner_indices]
+    moving = list(moving)
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(moving)
-        loss = support_loss(theta, step)
+        loss = support_loss(with_inner(model, params, moving), step)
     grads = tape.gradient(loss, moving)
     if config.first_order:
         grads = tree.stop_gradient(grads)
@@ -161,54 +175,43 @@ def recomputed(f: Callable, count: int) -> Callable:
 
 
 def _recomputed_step(model: MetaModel, params: Sequence[tf.Tensor], support: tuple,
-                     config: AdaptConfig, classes, step) -> Callable:
-    """`sgd_step` as a function of theta_t's adapted entries, `recomputed`. Everything it reads is
-    an argument of the recomputed function: params (ANIL's features, per-step batch-norm weights
-    and learned rates come from them), the support set and the step."""
+                     config: AdaptConfig, classes) -> Callable:
+    """`sgd_step` as step(moving, t), `recomputed`. Everything it reads is an argument of the
+    recomputed function: params (ANIL's features, per-step batch-norm weights and learned rates
+    come from them), the support set, the step and a traced `classes`."""
+    params = list(params)
     count = len(params) + len(model.inner_indices)
-    data = [*support, step] + ([classes] if tf.is_tensor(classes) else [])
 
-    def step_fn(*tensors):
-        params, moving = list(tensors[:len(params_)]), tensors[len(params_):count]
-        x, y, t, *rest = tensors[count:]
-        theta = list(params)
-        for i, w in zip(model.inner_indices, moving):
-            theta[i] = w
-        loss_fn = support_loss_fn(model, params, (x, y), rest[0] if rest else classes)
-        new, loss = sgd_step(model, params, theta, loss_fn, config, t)
+    def fn(*tensors):
+        start, moving = list(tensors[:len(params)]), tensors[len(params):count]
+        x, y, t, *traced = tensors[count:]
+        loss_fn = support_loss_fn(model, start, (x, y), traced[0] if traced else classes)
+        new, loss = sgd_step(model, start, moving, loss_fn, config, t)
         return (*new, loss)
 
-    params_ = list(params)
-    run = recomputed(step_fn, count)
+    fn = recomputed(fn, count)
+    traced = [classes] if tf.is_tensor(classes) else []
 
-    def apply(*moving):
-        *new, loss = run(*params_, *moving, *data)
+    def step(moving, t):
+        *new, loss = fn(*params, *moving, *support, t, *traced)
         return new, loss
 
-    return apply
+    return step
 
 
-def _loop(model: MetaModel, theta: list, step: Callable, steps: int) -> tuple:
-    """theta_T and the [T] support losses, the steps run as one `tf.while_loop`: with recomputed
-    steps, neither the graph nor the memory its gradient keeps (theta_0 ... theta_T) grows with
-    more than T's parameter vectors."""
-    indices = model.inner_indices
-
+def _loop(step: Callable, moving: list, steps: int) -> tuple:
+    """step(moving, t) for t = 0 .. T-1 as one `tf.while_loop`: with recomputed steps, neither the
+    graph nor the memory its gradient keeps (theta_0 ... theta_T) grows with more than T's
+    parameter vectors. Returns the last adapted entries and the [T] support losses."""
     def body(t, moving, losses):
-        current = list(theta)
-        for i, w in zip(indices, moving):
-            current[i] = w
-        new, loss = step(current, t)
+        new, loss = step(moving, t)
         return t + 1, new, losses.write(t, loss)
 
     _, moving, losses = tf.while_loop(
         lambda t, *_: t < steps, body,
-        (tf.constant(0), [theta[i] for i in indices], tf.TensorArray(theta[0].dtype, steps)),
+        (tf.constant(0), moving, tf.TensorArray(moving[0].dtype, steps)),
         maximum_iterations=steps)
-    theta = list(theta)
-    for i, w in zip(indices, moving):
-        theta[i] = w
-    return theta, losses.stack()
+    return moving, losses.stack()
 
 
 def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config: AdaptConfig,
@@ -232,25 +235,24 @@ def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config:
         (adapted, trajectory): theta_T as a parameter list, and a `Trajectory`.
     """
     steps = config.steps if steps is None else steps
-    theta = list(params)
-    indices = model.inner_indices
     if config.recompute:
-        step = lambda theta, t: _recomputed_step(model, params, support, config, classes, t)(  # noqa: E731
-            *[theta[i] for i in indices])
+        step = _recomputed_step(model, params, support, config, classes)
     else:
-        support_loss = support_loss_fn(model, theta, support, classes)
-        step = lambda theta, t: sgd_step(model, params, theta, support_loss, config, t)  # noqa: E731
+        support_loss = support_loss_fn(model, params, support, classes)
+
+        def step(moving, t):
+            return sgd_step(model, params, moving, support_loss, config, t)
+    moving = inner_part(model, params)
     if config.recompute and observe is None and steps:
-        theta, losses = _loop(model, theta, step, steps)
-        return theta, Trajectory(list(params), losses, None)
+        moving, losses = _loop(step, moving, steps)
+        return with_inner(model, params, moving), Trajectory(list(params), losses, None)
     losses, observations = [], []
     for t in range(steps):
         if observe is not None:
-            observations.append(observe(theta, t))
-        moving, loss = step(theta, t)
-        for i, new in zip(indices, moving):
-            theta[i] = new
+            observations.append(observe(with_inner(model, params, moving), t))
+        moving, loss = step(moving, t)
         losses.append(loss)
+    theta = with_inner(model, params, moving)
     if observe is not None:
         observations.append(observe(theta, steps))
         observations = tf.nest.map_structure(lambda *leaves: tf.stack(leaves), *observations)

@@ -34,7 +34,8 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from tfmeta import hessian, meta_batch, tree
-from tfmeta.adaptation import AdaptConfig, adapt, displacement, learning_rates
+from tfmeta.adaptation import (AdaptConfig, adapt, displacement, inner_part, learning_rates,
+                               with_inner)
 from tfmeta.losses import task_loss
 from tfmeta.models import MetaModel, features, params_of
 from tfmeta.tasks import TaskSource
@@ -104,19 +105,6 @@ def layer_groups(model: MetaModel) -> tuple:
             groups.append(group)
         start += count
     return names, groups
-
-
-def inner_part(model: MetaModel, params: Sequence[tf.Tensor]) -> list:
-    """The entries of `params` that the inner loop adapts."""
-    return [params[i] for i in model.inner_indices]
-
-
-def with_inner(model: MetaModel, params: Sequence[tf.Tensor], part: Sequence[tf.Tensor]) -> list:
-    """`params` with its adapted entries replaced by `part`."""
-    params = list(params)
-    for i, p in zip(model.inner_indices, part):
-        params[i] = p
-    return params
 
 
 class Landscape:
