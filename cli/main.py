@@ -1,10 +1,12 @@
 """`tfmeta`: train and evaluate meta-learners. Thin: parse, load the config, call the library."""
 
+import contextlib
 import dataclasses
 import functools
 import os
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -35,14 +37,18 @@ DATASET_PRESETS = {"sine": "sine", "omniglot": "omniglot_5w1s",
 
 
 def user_errors(fn):
-    """Turns a TfmetaError into its message on stderr and exit status 2, without a traceback."""
+    """Turns a TfmetaError into one `error:` line on stderr and its exit status (2; 138 for a lost
+    worker), with the traceback only under --verbose."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except TfmetaError as e:
+            from tfmeta import quiet
+            if quiet.verbose():
+                traceback.print_exc()
             click.echo(f"error: {e}", err=True)
-            raise SystemExit(2)
+            raise SystemExit(e.exit_status)
     return wrapper
 
 
@@ -55,8 +61,11 @@ def cli(verbose):
     from tfmeta import quiet
     if verbose:
         os.environ[quiet.VERBOSE] = "1"
-    if click.get_current_context().invoked_subcommand and "--help" not in sys.argv \
-            and "-h" not in sys.argv:
+    command = click.get_current_context().invoked_subcommand
+    if command == "serve":
+        from tfmeta_serving import memory
+        memory.configure_allocators()  # before TensorFlow starts, which reads it once
+    if command and "--help" not in sys.argv and "-h" not in sys.argv:
         quiet.start()
 
 
@@ -136,8 +145,12 @@ def train(config_path, sets, resume_dir, auto_resume, no_progress, first_order, 
         # The dataset (from the flag or the preset) says which data_dir the flag sets.
         config = config_lib.load(source, overrides + [
             f"{config_lib.data_dir_key(config.data.dataset)}={data_dir}"])
-    run_dir = training.train(config, resume=bool(resume_dir), progress=not no_progress,
-                             log=click.echo)
+    from tfmeta import quiet
+    from tfmeta.errors import LostWorkerError
+    with (quiet.held(quiet.COLLECTIVE_ABORT, LostWorkerError)
+          if config.train.strategy == "multi-worker" else contextlib.nullcontext()):
+        run_dir = training.train(config, resume=bool(resume_dir), progress=not no_progress,
+                                 log=click.echo)
     click.echo(f"run: {run_dir}  (tensorboard --logdir {run_dir})")
 
 
@@ -184,18 +197,24 @@ def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr, norm):
 @click.option("--norm", type=click.Choice(NORMS),
               help="query normalization to serve with (default: the run's model.norm); support "
                    "lets a transductive model answer one query at a time")
+@click.option("--max-image-side", type=int, metavar="PIXELS",
+              help="image datasets: the image signature refuses a file whose header declares a "
+                   "larger width or height, before decoding it (default 2048)")
 @user_errors
-def export(run_dir, out_dir, version, steps, checkpoint, norm):
+def export(run_dir, out_dir, version, steps, checkpoint, norm, max_image_side):
     """Export RUN_DIR as a SavedModel that adapts to each request's support set, in TensorFlow
     Serving's layout (signatures adapt_predict, the default, adapt_predict_images for image
     datasets, and predict)."""
     from tfmeta import export as export_lib
 
-    path = export_lib.export_run(Path(run_dir), Path(out_dir), version, steps, checkpoint, norm)
+    path = export_lib.export_run(Path(run_dir), Path(out_dir), version, steps, checkpoint, norm,
+                                 max_image_side)
     meta = export_lib.read_metadata(path)
     click.echo(f"exported {run_dir} to {path}: {meta['task']}, ways {meta['ways']}, example "
                f"shape {meta['example_shape']}, {meta['steps']} steps at lr {meta['lr']}, "
-               f"norm {meta['norm']}")
+               f"norm {meta['norm']}"
+               + (f", images up to {meta['max_image_side']} pixels a side"
+                  if meta.get("max_image_side") else ""))
     click.echo(f"signatures: {', '.join(meta['signatures'])}; "
                f"{meta['signatures']['adapt_predict']['queries']}")
 
@@ -212,11 +231,20 @@ def export(run_dir, out_dir, version, steps, checkpoint, norm):
               help="largest request body (embedded server)")
 @click.option("--poll-seconds", type=float, default=2, show_default=True,
               help="how often to look for a new version (embedded server)")
+@click.option("--rest_api_timeout_in_ms", "--rest-api-timeout-in-ms", "rest_timeout_ms", type=int,
+              default=30000, show_default=True,
+              help="deadline of a REST predict request, TF Serving's flag (0: none); gRPC "
+                   "requests get the client's deadline")
+@click.option("--max-concurrent-predictions", "concurrent", type=int,
+              help="predictions run at once (embedded server; default 2)")
+@click.option("--max-queued-predictions", "queued", type=int,
+              help="requests that may wait for a prediction slot; beyond them a request gets "
+                   "503 / UNAVAILABLE at once (embedded server; default 8)")
 @click.option("--embedded", is_flag=True,
               help="use the embedded server even when tensorflow_model_server is on PATH")
 @user_errors
 def serve(model_base_path, model_name, host, port, grpc_port, max_body_mb, poll_seconds,
-          embedded):
+          rest_timeout_ms, concurrent, queued, embedded):
     """Serve an export over TensorFlow Serving's REST and gRPC APIs: tensorflow_model_server
     when it is on PATH, else the embedded server with the same contract."""
     from tfmeta.errors import ConfigError
@@ -228,12 +256,21 @@ def serve(model_base_path, model_name, host, port, grpc_port, max_body_mb, poll_
                           f"`tfmeta export RUN_DIR --out {base}`")
     if max_body_mb <= 0 or poll_seconds <= 0:
         raise click.BadParameter("--max-body-mb and --poll-seconds must be positive")
+    if rest_timeout_ms < 0 or (concurrent is not None and concurrent < 1) or (
+            queued is not None and queued < 0):
+        raise click.BadParameter("--rest_api_timeout_in_ms and --max-queued-predictions must "
+                                 "be >= 0, --max-concurrent-predictions >= 1")
     name = model_name or base.resolve().name
-    command = None if embedded else server.binary_command(base, name, port, grpc_port)
+    command = None if embedded else server.binary_command(base, name, port, grpc_port,
+                                                          rest_timeout_ms)
     if command:
-        if host != "0.0.0.0":
-            raise ConfigError(f"--host {host}: tensorflow_model_server listens on every address "
-                              "and has no such flag; drop --host, or pass --embedded")
+        embedded_only = [flag for flag, value in (("--host", host != "0.0.0.0"),
+                                                  ("--max-concurrent-predictions", concurrent),
+                                                  ("--max-queued-predictions", queued))
+                         if value is not None and value is not False]
+        if embedded_only:
+            raise ConfigError(f"{', '.join(embedded_only)}: tensorflow_model_server has no such "
+                              "flag (it listens on every address); drop it, or pass --embedded")
         notice = server.newest_notice(base)
         if notice:
             click.echo(notice)
@@ -241,7 +278,8 @@ def serve(model_base_path, model_name, host, port, grpc_port, max_body_mb, poll_
         server.exec_binary(command)
     try:
         server.serve(base, name, port, grpc_port, int(max_body_mb * (1 << 20)), poll_seconds,
-                     host=host, log=click.echo)
+                     host=host, rest_timeout_ms=rest_timeout_ms, concurrent=concurrent,
+                     queued=queued, log=click.echo)
     except OSError as error:
         raise ConfigError(f"cannot serve: {error}") from None
 

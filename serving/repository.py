@@ -2,24 +2,29 @@
 
 TensorFlow Serving's layout is BASE/<integer version>/saved_model.pb. The repository loads the
 largest version that has a saved_model.pb, serves it, and polls BASE for a newer one; a request in
-flight keeps the version it started with. Inputs are typed arrays checked against the signature's
-specs (names, exact dtype, shape) before the call: like TF Serving, nothing is cast. Errors carry
-an HTTP status: 400 for a bad request (including the model's own InvalidArgumentError checks), 404
-for an unknown model or version, 500 for anything else. Each request runs the signature on its own
-inputs alone: requests are never batched together.
+flight keeps the version it started with. A version is loaded as TensorFlow Serving loads it: the
+session-based SavedModel loader (`tf.compat.v1.saved_model.loader.load`), its signatures run by
+tensor name in a Session, with the request's deadline as `RunOptions.timeout_in_ms`, so that an
+expired request is cancelled inside the graph. Inputs are typed arrays checked against the
+signature's specs (names, exact dtype, shape) before the call: like TF Serving, nothing is cast.
+Errors carry an HTTP status: 400 for a bad request (including the model's own
+InvalidArgumentError checks), 404 for an unknown model or version, 503 when the server is busy,
+504 past the deadline, 500 for anything else. Each request runs the signature on its own inputs
+alone: requests are never batched together.
 """
 
 import gc
+import logging
+import math
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
 
 from tfmeta import export
 
@@ -42,25 +47,46 @@ class Version:
     Attributes:
         number: the version directory's integer name.
         path: the version directory.
+        session: the Session holding the restored graph and variables.
         signature_defs: the SignatureDef protos by signature name, as saved_model.pb has them.
         inputs: per signature, the input TensorSpecs by input name.
     """
     number: int
     path: Path
-    module: object
+    session: tf.compat.v1.Session
     signature_defs: dict
-    inputs: dict = field(default_factory=dict)
+    inputs: dict
+
+
+class _LoaderDeprecation(logging.Filter):
+    """Drops TensorFlow's notice that the session-based loader is deprecated: it is chosen on
+    purpose, as the loader TensorFlow Serving itself uses."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is deprecated" not in record.getMessage()
 
 
 def load_version(path: Path) -> Version:
-    """Loads BASE/<version> and reads its signatures."""
-    module = tf.saved_model.load(str(path))
-    saved = saved_model_pb2.SavedModel()
-    saved.ParseFromString((path / "saved_model.pb").read_bytes())
-    defs = dict(saved.meta_graphs[0].signature_def)
-    inputs = {name: dict(fn.structured_input_signature[1])
-              for name, fn in module.signatures.items()}
-    return Version(int(path.name), path, module, defs, inputs)
+    """Loads BASE/<version> with the session-based loader and reads its signatures."""
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph)
+    quiet = _LoaderDeprecation()
+    tf.get_logger().addFilter(quiet)
+    try:
+        with graph.as_default():
+            meta_graph = tf.compat.v1.saved_model.loader.load(
+                session, [tf.saved_model.SERVING], str(path))
+    except Exception:
+        session.close()
+        raise
+    finally:
+        tf.get_logger().removeFilter(quiet)
+    defs = dict(meta_graph.signature_def)
+    # "__saved_model_init_op" is the SavedModel's initializer, listed among the signatures.
+    inputs = {name: {key: tf.TensorSpec(tf.TensorShape(info.tensor_shape), tf.as_dtype(info.dtype))
+                     for key, info in signature.inputs.items()}
+              for name, signature in defs.items() if not name.startswith("__")}
+    return Version(int(path.name), path, session, defs, inputs)
 
 
 def versions_in(base: Path) -> list:
@@ -148,11 +174,12 @@ class Repository:
         return served, signature, served.inputs[signature]
 
     def predict(self, name: str, version: Optional[int], signature: Optional[str],
-                inputs: dict) -> tuple:
+                inputs: dict, deadline: Optional[float] = None) -> tuple:
         """Runs a signature on typed arrays {input name: np.ndarray} whose dtypes must be the
-        signature's, as TensorFlow Serving requires; returns (Version, {output: np.ndarray})."""
+        signature's, as TensorFlow Serving requires, cancelled at `deadline` (a
+        `time.monotonic()` instant; None: none); returns (Version, {output: np.ndarray})."""
         served, signature, _ = self.signature(name, version, signature)
-        return served, run(served, signature, inputs)
+        return served, run(served, signature, inputs, deadline)
 
 
 def check_names(signature: str, specs: dict, inputs: dict) -> None:
@@ -167,22 +194,47 @@ def check_names(signature: str, specs: dict, inputs: dict) -> None:
                                 f"takes {', '.join(specs)}")
 
 
-def run(served: Version, signature: str, inputs: dict) -> dict:
-    """Calls `signature` of a loaded version on typed arrays; the model's own checks become 400s."""
+def deadline_after(milliseconds: Optional[float]) -> Optional[float]:
+    """The `time.monotonic()` instant `milliseconds` from now; None (no deadline) for None or 0,
+    as TensorFlow Serving reads a timeout of 0."""
+    return time.monotonic() + milliseconds / 1000 if milliseconds else None
+
+
+def milliseconds_left(deadline: Optional[float]) -> Optional[int]:
+    """Whole milliseconds until `deadline` (None: no deadline); a 504 when none are left."""
+    if deadline is None:
+        return None
+    left = math.floor((deadline - time.monotonic()) * 1000)
+    if left <= 0:
+        raise ServingError(504, "the request's deadline passed before the model ran")
+    return left
+
+
+def run(served: Version, signature: str, inputs: dict, deadline: Optional[float] = None) -> dict:
+    """Calls `signature` of a loaded version on typed arrays, cancelled at `deadline` (a
+    `time.monotonic()` instant; None: none); the model's own checks become 400s and the deadline
+    a 504."""
     specs = served.inputs[signature]
     check_names(signature, specs, inputs)
-    tensors = {k: to_tensor(k, inputs[k], spec, signature) for k, spec in specs.items()}
+    definition = served.signature_defs[signature]
+    feed = {definition.inputs[k].name: checked(k, inputs[k], spec, signature)
+            for k, spec in specs.items()}
+    fetches = {k: v.name for k, v in definition.outputs.items()}
+    timeout = milliseconds_left(deadline)
+    options = tf.compat.v1.RunOptions(timeout_in_ms=timeout or 0)
     try:
-        outputs = served.module.signatures[signature](**tensors)
+        return served.session.run(fetches, feed, options=options)
     except tf.errors.InvalidArgumentError as error:
         raise ServingError(400, describe_error(error.message, specs)) from None
+    except tf.errors.DeadlineExceededError:
+        raise ServingError(504, f"the request's deadline passed while the model ran ({timeout} "
+                                "ms were left); it was cancelled") from None
     except Exception as error:
         raise ServingError(500, f"{type(error).__name__}: {first_line(str(error))}") from None
-    return {k: v.numpy() for k, v in outputs.items()}
 
 
-def to_tensor(name: str, array: np.ndarray, spec: tf.TensorSpec, signature: str) -> tf.Tensor:
-    """A typed array as a tensor, or a 400 when its dtype is not the signature's (no cast: a cast
+def checked(name: str, array: np.ndarray, spec: tf.TensorSpec, signature: str) -> np.ndarray:
+    """A typed array fed as it is, or a 400 when its dtype is not the signature's (no cast: a cast
     may change values, and TF Serving refuses a dtype mismatch too) or its shape does not fit."""
     array = np.asarray(array)
     if spec.dtype == tf.string:
@@ -198,14 +250,14 @@ def to_tensor(name: str, array: np.ndarray, spec: tf.TensorSpec, signature: str)
         expected = [("?" if d is None else d) for d in spec.shape.as_list()]
         raise ServingError(400, f"input '{name}' has shape {list(array.shape)}; expected "
                                 f"[{', '.join(map(str, expected))}]")
-    return tf.constant(array, dtype=spec.dtype)
+    return array
 
 
 def describe_error(message: str, specs: dict) -> str:
     """The model's error for a client: its `first_line`, prefixed with the input whose ops failed
     when the failing node sits in that input's name scope (as the image decoders do)."""
     line = first_line(message)
-    node = re.search(r"Detected at node '?([\w./-]+)", message)
+    node = re.search(r"(?:Detected at node '?|\{\{node )([\w./-]+)", message)
     if node:
         # A scope named like an input placeholder is made unique as "<input>_1".
         scope = re.sub(r"_\d+$", "", node.group(1).split("/")[0])

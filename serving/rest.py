@@ -5,11 +5,15 @@
     GET  /v1/models/NAME[/versions/V]           model status
     GET  /v1/models/NAME[/versions/V]/metadata  signatures
 
+Each predict request is admitted, bounded and timed by `admission.Admission` (503 when the server is
+busy) and must finish within `timeout_ms` (TF Serving's --rest_api_timeout_in_ms; 504 after it):
+its body is read within the deadline, then parsed, run and encoded in one of the prediction
+slots, on a thread pool of the admitted requests' size, so the event loop keeps accepting.
+
 Row format ("instances") stacks each named input across the instances, so every input needs the
 same number of rows, and answers {"predictions": [...]} row by row. Columnar format ("inputs")
 passes each input whole and answers {"outputs": ...}. Errors are {"error": "..."} with a 4xx or 5xx
-status. Parsing, the signature call and encoding run in a thread pool, so the event loop keeps
-accepting requests. JSON goes through orjson (numbers parse several times faster than with the
+status. JSON goes through orjson (numbers parse several times faster than with the
 standard library, which an image request is mostly made of); NaN and Infinity, which strict JSON
 lacks but TF Serving accepts, fall back to the standard parser and reach the model's own checks.
 Values become arrays of the signature's dtypes by TF Serving's JSON mapping (`json_tensors`):
@@ -19,27 +23,42 @@ binary strings as {"b64": ...}, and nothing converted that would change a value.
 import asyncio
 import json
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 from aiohttp import web
 from google.protobuf import json_format
 
 from tfmeta_serving import json_tensors
-from tfmeta_serving.repository import (Repository, ServingError, check_names, run,
+from tfmeta_serving.admission import Admission
+from tfmeta_serving.repository import (Repository, ServingError, check_names, deadline_after, run,
                                        signature_def_map)
 
 ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
                    r"(?P<action>:predict|/metadata)?$")
 
 
-def app(repository: Repository, max_body_bytes: int = 16 << 20) -> web.Application:
-    """The REST application serving `repository`; bodies over `max_body_bytes` get a 400."""
+def app(repository: Repository, admission: Admission, max_body_bytes: int = 16 << 20,
+        timeout_ms: int = 30000) -> web.Application:
+    """The REST application serving `repository` within `admission`'s limits; bodies over
+    `max_body_bytes` get a 400, and a predict request gets `timeout_ms` (0: no limit)."""
     application = web.Application(client_max_size=max_body_bytes,
                                   middlewares=[_errors_as_json])
     application["repository"] = repository
+    application["admission"] = admission
     application["max_body_bytes"] = max_body_bytes
+    application["timeout_ms"] = timeout_ms
+    # A thread for every admitted request: they wait for a slot there, never in this pool's queue.
+    application["executor"] = ThreadPoolExecutor(admission.concurrent + admission.queued,
+                                                 thread_name_prefix="rest-predict")
+    application.on_cleanup.append(lambda app: _shutdown(app["executor"]))
     application.router.add_route("*", "/{tail:.*}", _dispatch)
     return application
+
+
+async def _shutdown(executor: ThreadPoolExecutor) -> None:
+    executor.shutdown(wait=False, cancel_futures=True)
 
 
 @web.middleware
@@ -47,7 +66,8 @@ async def _errors_as_json(request, handler):
     try:
         return await handler(request)
     except ServingError as error:
-        return web.json_response({"error": error.message}, status=error.status)
+        headers = {"Retry-After": "1"} if error.status == 503 else None
+        return web.json_response({"error": error.message}, status=error.status, headers=headers)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app["max_body_bytes"]
         return web.json_response({"error": f"request body is over the limit of {limit} bytes "
@@ -83,18 +103,41 @@ async def _dispatch(request: web.Request) -> web.Response:
 
 
 async def _predict(request: web.Request, repository: Repository, name: str, version):
-    limit = request.app["max_body_bytes"]
+    app = request.app
+    deadline = deadline_after(app["timeout_ms"])
+    limit = app["max_body_bytes"]
     if request.content_length is not None and request.content_length > limit:
         raise ServingError(400, f"request body is {request.content_length} bytes, over the "
                                 f"limit of {limit} bytes (tfmeta serve --max-body-mb)")
-    body = await request.read()
-    loop = asyncio.get_running_loop()
-    answer = await loop.run_in_executor(None, _answer, repository, name, version, body)
+    admission = app["admission"]
+    admission.admit()
+    working = None
+    try:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            body = await asyncio.wait_for(request.read(), left)
+        except asyncio.TimeoutError:
+            raise ServingError(504, f"the request body did not arrive within the deadline of "
+                                    f"{app['timeout_ms']} ms") from None
+        working = asyncio.get_running_loop().run_in_executor(
+            app["executor"], _answer, repository, admission, name, version, body, deadline)
+        # The ticket is held until the work ends, even if this handler is cancelled first.
+        working.add_done_callback(lambda _: admission.leave())
+        answer = await working
+    finally:
+        if working is None:
+            admission.leave()
     return web.Response(body=answer, content_type="application/json")
 
 
-def _answer(repository: Repository, name: str, version, body: bytes) -> bytes:
-    """The JSON answer to a predict body; raises ServingError."""
+def _answer(repository: Repository, admission: Admission, name: str, version, body: bytes,
+            deadline) -> bytes:
+    """The JSON answer to a predict body, worked out in a prediction slot; raises ServingError."""
+    with admission.slot(deadline):
+        return _work(repository, name, version, body, deadline)
+
+
+def _work(repository: Repository, name: str, version, body: bytes, deadline) -> bytes:
     payload = parse(body)
     if not isinstance(payload, dict):
         raise ServingError(400, "the body must be a JSON object with \"instances\" or \"inputs\"")
@@ -115,7 +158,7 @@ def _answer(repository: Repository, name: str, version, body: bytes) -> bytes:
     check_names(signature, specs, inputs)
     booleans = b"true" in body or b"false" in body
     arrays = {k: json_tensors.to_array(k, v, specs[k], booleans) for k, v in inputs.items()}
-    outputs = run(served, signature, arrays)
+    outputs = run(served, signature, arrays, deadline)
     if rows:
         answer = {"predictions": unstack(outputs)}
     elif len(outputs) == 1:

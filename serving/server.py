@@ -2,7 +2,10 @@
 
 The embedded server holds one model (the newest version under --model-base-path, picked up
 without a restart when a new version directory appears) and answers REST on aiohttp and gRPC on
-grpcio, with TF Serving's paths, messages and status codes.
+grpcio, with TF Serving's paths, messages and status codes. Both fronts share one
+`admission.Admission`: a cap on running predictions and a bounded queue, beyond which a request is
+refused at once; REST requests get a deadline (TF Serving's --rest_api_timeout_in_ms), gRPC ones
+the client's.
 """
 
 import logging
@@ -14,13 +17,15 @@ from typing import Callable, Optional
 BINARY = "tensorflow_model_server"
 
 
-def binary_command(base_path: Path, name: str, port: int, grpc_port: int) -> Optional[list]:
+def binary_command(base_path: Path, name: str, port: int, grpc_port: int,
+                   rest_timeout_ms: int) -> Optional[list]:
     """The tensorflow_model_server command line, or None when the binary is not on PATH."""
     binary = shutil.which(BINARY)
     if binary is None:
         return None
     return [binary, f"--port={grpc_port}", f"--rest_api_port={port}", f"--model_name={name}",
-            f"--model_base_path={Path(base_path).resolve()}"]
+            f"--model_base_path={Path(base_path).resolve()}",
+            f"--rest_api_timeout_in_ms={rest_timeout_ms}"]
 
 
 def newest_notice(base_path: Path) -> Optional[str]:
@@ -37,24 +42,39 @@ def newest_notice(base_path: Path) -> Optional[str]:
 
 def serve(base_path: Path, name: str, port: int = 8501, grpc_port: int = 8500,
           max_body_bytes: int = 16 << 20, poll_seconds: float = 2.0, host: str = "0.0.0.0",
-          log: Callable[[str], None] = print) -> None:
-    """Runs the embedded server until interrupted (SIGINT or SIGTERM)."""
+          rest_timeout_ms: Optional[int] = None, concurrent: Optional[int] = None,
+          queued: Optional[int] = None, log: Callable[[str], None] = print) -> None:
+    """Runs the embedded server until interrupted (SIGINT or SIGTERM).
+
+    `rest_timeout_ms` (0: none), `concurrent` and `queued` default to `admission`'s
+    REST_TIMEOUT_MS, CONCURRENT and QUEUED.
+    """
     from aiohttp import web
 
-    from tfmeta_serving import grpc_service, rest
+    from tfmeta_serving import admission as admission_lib, grpc_service, memory, rest
     from tfmeta_serving.repository import Repository
 
+    memory.configure_allocators()  # in time only if TensorFlow has not started: the CLI sets it
+    admission = admission_lib.Admission(
+        admission_lib.CONCURRENT if concurrent is None else concurrent,
+        admission_lib.QUEUED if queued is None else queued)
+    memory.Trimmer(lambda: admission.admitted == 0, lambda: admission.finished).start()
+    timeout = admission_lib.REST_TIMEOUT_MS if rest_timeout_ms is None else rest_timeout_ms
     repository = Repository(name, Path(base_path), log=log)
     if not repository.refresh():
         log(f"no version under {base_path} yet; waiting for one (every {poll_seconds:g} s)")
     repository.watch(poll_seconds)
-    grpc_server = grpc_service.server(repository, grpc_port, max_body_bytes, host=host)
+    grpc_server = grpc_service.server(repository, admission, grpc_port, max_body_bytes,
+                                      host=host)
     grpc_server.start()
     logging.getLogger("aiohttp.server").addFilter(OneLineClientErrors())
-    log(f"REST on http://{host}:{port}/v1/models/{name}, gRPC on {host}:{grpc_port}")
+    log(f"REST on http://{host}:{port}/v1/models/{name}, gRPC on {host}:{grpc_port}; "
+        f"{admission.concurrent} predictions at once, {admission.queued} waiting, REST deadline "
+        + (f"{timeout} ms" if timeout else "none"))
     try:
         # run_app turns SIGINT and SIGTERM into a clean shutdown.
-        web.run_app(rest.app(repository, max_body_bytes), host=host, port=port, print=None)
+        web.run_app(rest.app(repository, admission, max_body_bytes, timeout), host=host,
+                    port=port, print=None)
     finally:
         grpc_server.stop(grace=1)
 

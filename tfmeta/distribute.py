@@ -20,14 +20,16 @@ maml-reg's mean direction) are summed across replicas with `all_sum`, which is d
 the identity with one replica.
 """
 
+import contextlib
 import json
 import os
+import re
 import socket
 from typing import Callable, Iterator, Optional
 
 import tensorflow as tf
 
-from tfmeta.errors import ConfigError
+from tfmeta.errors import ConfigError, LostWorkerError
 
 STRATEGIES = ("default", "mirrored", "multi-worker")
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
@@ -182,6 +184,40 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return is_chief_task(read_tf_config(os.environ.get("TF_CONFIG")))
     return True
+
+
+@contextlib.contextmanager
+def peers_watched(strategy: tf.distribute.Strategy, checkpoint: Callable[[], Optional[str]]):
+    """Turns the error a surviving worker gets when a peer of its multi-worker job dies into a
+    `LostWorkerError` that names the peer and the remedy; `checkpoint()` gives the checkpoint a
+    restarted job continues from. Other errors, and other strategies, pass unchanged."""
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
+            tf.errors.InternalError) as error:
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or not (
+                isinstance(error, tf.errors.UnavailableError)
+                or "Collective ops is aborted" in error.message):
+            raise
+        raise LostWorkerError(lost_peer_message(
+            error.message, read_tf_config(os.environ.get("TF_CONFIG")), checkpoint())) from error
+
+
+def lost_peer_message(message: str, tf_config: dict, checkpoint: Optional[str]) -> str:
+    """One line for TensorFlow's lost-peer `message`: which task was lost (as TF_CONFIG names it),
+    why, and how to continue from `checkpoint` (None: from the beginning)."""
+    task = re.search(r"remote target /job:(\w+)/replica:\d+/task:(\d+)", message)
+    peer = "a peer"
+    if task:
+        role, index = task.group(1), int(task.group(2))
+        addresses = tf_config["cluster"].get(role, [])
+        peer = f"{role} {index}" + (f" ({addresses[index]})" if index < len(addresses) else "")
+    cause = re.search(r"Collective ops is aborted by: ([^\n]+)", message)
+    reason = (cause.group(1) if cause else message.strip().splitlines()[-1]).strip()
+    where = f"its last checkpoint, {checkpoint}" if checkpoint else "the beginning (no checkpoint yet)"
+    return (f"lost {peer} of the multi-worker job ({reason}); the job cannot go on without it. "
+            f"Restart every worker with the same command and --auto-resume: the job continues "
+            f"from {where}")
 
 
 def check_divisible(batch_size: int, strategy: tf.distribute.Strategy, key: str) -> None:

@@ -25,8 +25,9 @@ their probabilities 0.
 
 Bad requests fail inside the graph with an InvalidArgumentError whose message names the input, so
 TensorFlow Serving and the embedded server reject them alike: an empty support or query set,
-support sizes that disagree, NaN or Inf values, labels outside [0, N), labels that skip a class,
-and files that are empty or not PNG or JPEG. Cost of a request: T forward and backward passes on
+support sizes that disagree, NaN or Inf values, labels outside [0, N), a support set of one class,
+labels that skip a class, files that are empty or not PNG or JPEG, and files whose header declares
+a side over the export's `max_image_side` (refused before they are decoded). Cost of a request: T forward and backward passes on
 the support set and one forward pass on the query set (on support and query together with
 "support" norm).
 
@@ -51,7 +52,7 @@ from tfmeta.adaptation import AdaptConfig, adapt
 from tfmeta.errors import ConfigError
 from tfmeta.losses import mask_classes
 from tfmeta.models import NORMS, MetaModel, apply, query_outputs
-from tfmeta.tasks.image_format import ImageFormat, decode_images
+from tfmeta.tasks.image_format import DEFAULT_MAX_SIDE, ImageFormat, decode_images
 
 METADATA_FILE = "assets.extra/tfmeta.json"
 
@@ -66,10 +67,12 @@ class AdaptivePredictor(tf.Module):
         steps: adaptation steps per request.
         metadata: JSON-serializable facts about the export, kept as `metadata_json`.
         image_format: the dataset's image files, for `adapt_predict_images`; None for none.
+        max_image_side: the largest width or height of a file `adapt_predict_images` decodes.
     """
 
     def __init__(self, model: MetaModel, config: AdaptConfig, steps: int, metadata: dict,
-                 image_format: Optional[ImageFormat] = None):
+                 image_format: Optional[ImageFormat] = None,
+                 max_image_side: int = DEFAULT_MAX_SIDE):
         super().__init__(name="tfmeta")
         self.model = model
         # The backend tf.Variables, tracked directly (as keras.export.ExportArchive does). Through
@@ -80,6 +83,7 @@ class AdaptivePredictor(tf.Module):
         self.config = dataclasses.replace(config, steps=steps)
         self.metadata_json = tf.Variable(json.dumps(metadata), trainable=False)
         self.image_format = image_format
+        self.max_image_side = max_image_side
         self.dtype = model.trainable_variables[0].dtype
         example = tf.TensorSpec([None, *model.example_shape], self.dtype)
         if model.loss_name == "cross_entropy":
@@ -131,7 +135,7 @@ class AdaptivePredictor(tf.Module):
 
     def _adapt_predict_images(self, support_images, support_y, query_images):
         decode = lambda images, name: decode_images(  # noqa: E731
-            images, self.image_format, name, self.dtype)
+            images, self.image_format, name, self.dtype, self.max_image_side)
         return self._adapt_predict(decode(support_images, "support_images"), support_y,
                                    decode(query_images, "query_images"),
                                    names=("support_images", "query_images"))
@@ -152,8 +156,10 @@ def check_request(support_x: tf.Tensor, support_y: tf.Tensor, query_x: tf.Tensor
     """Graph assertions on one adapt_predict request; `ways` 0 means regression; `names` are the
     support and query inputs' names for the messages.
 
-    A classifier's labels must lie in [0, ways) and use every class in 0..max(support_y). The
-    label checks run after the emptiness checks, so an empty support set is reported as such.
+    A classifier's labels must lie in [0, ways), hold at least two classes (one class leaves
+    nothing to learn, and is most likely a client's mistake) and use every class in
+    0..max(support_y). The label checks run after the emptiness checks and each after the one
+    before, so a request is reported by its first fault.
     """
     support, query = names
     checks = _check_examples(support_x, support) + _check_examples(query_x, query)
@@ -171,15 +177,21 @@ def check_request(support_x: tf.Tensor, support_y: tf.Tensor, query_x: tf.Tensor
                 support_y, ways, message=f"support_y holds a label outside [0, {ways})")]
     with tf.control_dependencies(in_range):  # bincount itself fails on a negative label
         counts = tf.math.bincount(support_y, minlength=ways, maxlength=ways)
-    used = tf.range(ways) <= tf.reduce_max(support_y)
-    checks += in_range + [tf.debugging.Assert(
+    low, high = tf.reduce_min(support_y), tf.reduce_max(support_y)
+    two_classes = tf.debugging.Assert(low < high, [tf.strings.format(
+        "support_y holds one class only (label {} on all {} support examples); a task needs at "
+        "least two classes", (high, tf.size(support_y)))])
+    with tf.control_dependencies([two_classes]):
+        used = tf.range(ways) <= high
+    checks += in_range + [two_classes, tf.debugging.Assert(
         tf.reduce_all(tf.logical_or(counts > 0, tf.logical_not(used))),
         ["support_y must use classes 0..M-1 with a support example of each (M = the largest "
          "label + 1); examples per class:", counts])]
     return checks
 
 
-def describe_signatures(model: MetaModel, image_format: Optional[ImageFormat]) -> dict:
+def describe_signatures(model: MetaModel, image_format: Optional[ImageFormat],
+                        max_image_side: int = DEFAULT_MAX_SIDE) -> dict:
     """What each signature takes and returns, for the export's metadata."""
     dtype = tf.as_dtype(model.trainable_variables[0].dtype).name
     shape = ["K", *model.example_shape]
@@ -190,7 +202,7 @@ def describe_signatures(model: MetaModel, image_format: Optional[ImageFormat]) -
     if model.loss_name == "cross_entropy":
         ways = model.head.units
         labels = {"dtype": "int32", "shape": ["K"],
-                  "values": f"classes 0..M-1 for any M <= {ways}, each with an example"}
+                  "values": f"classes 0..M-1 for any 2 <= M <= {ways}, each with an example"}
         outputs = {"logits": {"dtype": dtype, "shape": ["Q", ways],
                               "note": "classes >= M hold the lowest float"},
                    "probabilities": {"dtype": dtype, "shape": ["Q", ways],
@@ -215,6 +227,7 @@ def describe_signatures(model: MetaModel, image_format: Optional[ImageFormat]) -
                                           "; the rows of x are normalized together")}}
     if image_format is not None:
         files = {"dtype": "string", "encoding": "PNG or JPEG file bytes (REST: {\"b64\": ...})",
+                 "max_side": max_image_side,
                  "preprocessing": image_format.describe()["preprocessing"] + ", in the graph"}
         signatures["adapt_predict_images"] = {
             "inputs": {"support_images": {**files, "shape": ["K"]}, "support_y": labels,
@@ -230,15 +243,19 @@ def next_version(model_dir: Path) -> int:
 
 
 def export(model: MetaModel, config: AdaptConfig, out: Path, steps: int, metadata: dict,
-           version: Optional[int] = None, image_format: Optional[ImageFormat] = None) -> Path:
+           version: Optional[int] = None, image_format: Optional[ImageFormat] = None,
+           max_image_side: int = DEFAULT_MAX_SIDE) -> Path:
     """Writes `model` as MODELS/NAME/<version> (`out` is MODELS/NAME); returns the version path.
 
-    `metadata` is completed with the version, the norm mode, the image format and the
-    signatures' inputs.
+    `metadata` is completed with the version, the norm mode, the image format, the largest image
+    side accepted (`max_image_side`) and the signatures' inputs.
 
     Raises:
-        ConfigError: the version exists or is not positive.
+        ConfigError: the version exists or is not positive, or `max_image_side` is below 1.
     """
+    if max_image_side < 1:
+        raise ConfigError(f"--max-image-side must be a positive number of pixels, got "
+                          f"{max_image_side}")
     out = Path(out)
     version = next_version(out) if version is None else version
     if version < 1:
@@ -251,8 +268,9 @@ def export(model: MetaModel, config: AdaptConfig, out: Path, steps: int, metadat
     metadata = {**metadata, "version": version, "norm": model.norm,
                 "query_independent": model.query_independent,
                 "image_format": dataclasses.asdict(image_format) if image_format else None,
-                "signatures": describe_signatures(model, image_format)}
-    module = AdaptivePredictor(model, config, steps, metadata, image_format)
+                "max_image_side": max_image_side if image_format else None,
+                "signatures": describe_signatures(model, image_format, max_image_side)}
+    module = AdaptivePredictor(model, config, steps, metadata, image_format, max_image_side)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=out))
     try:
         tf.saved_model.save(module, str(staging), signatures=module.signatures())
@@ -282,12 +300,14 @@ def queries_notice(metadata: dict) -> str:
 
 def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
                steps: Optional[int] = None, checkpoint: Optional[str] = None,
-               norm: Optional[str] = None) -> Path:
+               norm: Optional[str] = None, max_image_side: Optional[int] = None) -> Path:
     """Exports a run's checkpoint (default: the latest) with `steps` adaptation steps per
     request (default: the run's test steps); returns the version directory.
 
     `norm` serves the model with another query normalization than it was trained with (one of
-    NORMS; "support" lets a transductive model answer one query at a time).
+    NORMS; "support" lets a transductive model answer one query at a time). `max_image_side`
+    (default `image_format.DEFAULT_MAX_SIDE`) is the largest side of an image file the image
+    signature accepts; it is for image datasets only.
     """
     from tfmeta.run import Run
 
@@ -314,4 +334,9 @@ def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
         "learned_lr": model.inner.learned_lr or "none",
         "trained_norm": trained,
         "run_dir": str(run_dir.resolve()), "checkpoint": path}
-    return export(model, config.adapt, out, steps, metadata, version, run.source.image_format)
+    image_format = run.source.image_format
+    if max_image_side is not None and image_format is None:
+        raise ConfigError(f"--max-image-side is for models of image files; {run_dir} is a "
+                          f"{config.data.dataset} run, whose export has no image signature")
+    return export(model, config.adapt, out, steps, metadata, version, image_format,
+                  DEFAULT_MAX_SIDE if max_image_side is None else max_image_side)

@@ -7,12 +7,18 @@ not find cuda drivers") and, on a machine without a GPU driver, an error-level "
 enumeration with file descriptor 2 pointed at a temporary file, then replays every line except
 those: other warnings and errors still reach the user, and the devices are enumerated as usual,
 so a GPU is still found. `TFMETA_VERBOSE=1` (or `tfmeta --verbose`) keeps TensorFlow's full logging.
+
+`held` does the same while a block runs, for lines that only repeat what an error says: when a peer
+of a multi-worker job dies, TensorFlow's collectives log its abort from C++ (`COLLECTIVE_ABORT`)
+before the error reaches Python, where it becomes one `LostWorkerError` line.
 """
 
+import contextlib
 import os
 import re
 import sys
 import tempfile
+import threading
 
 VERBOSE = "TFMETA_VERBOSE"
 
@@ -24,6 +30,12 @@ BENIGN = re.compile(
     r"|E\d{4} [\d:.]+ +\d+ cuda_platform\.cc:\d+\] failed call to cuInit: .*\(303\)"
     r"|To enable the following instructions: .* in other operations, rebuild TensorFlow"
     r")")
+
+# What a surviving worker's collectives log, from C++, when a peer of the job dies.
+COLLECTIVE_ABORT = re.compile(
+    r"^(E\d{4} [\d:.]+ +\d+ (ring_alg|base_collective_executor|collective_\w+)\.cc:\d+\] "
+    r"|Additional GRPC error information from remote target "
+    r"|:UNKNOWN:Error received from peer)")
 
 
 def verbose() -> bool:
@@ -53,3 +65,49 @@ def start() -> None:
             for line in sink.read().decode(errors="replace").splitlines():
                 if not BENIGN.match(line):
                     print(line, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def held(pattern: re.Pattern, dropped_on: type = ()):
+    """Holds back the lines of TensorFlow's native log (file descriptor 2) that match `pattern`
+    while the block runs; every other line passes at once. The held lines are written at the end,
+    unless the block raised one of `dropped_on` (whose message says it all) and TFMETA_VERBOSE is
+    unset. Python's own `sys.stderr` (progress bars, messages) keeps writing to the terminal."""
+    if verbose():
+        yield
+        return
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    reader, writer = os.pipe()
+    os.dup2(writer, 2)
+    os.close(writer)
+    python_stderr = sys.stderr
+    sys.stderr = open(os.dup(terminal), "w", buffering=1, errors="replace")
+    kept = []
+
+    def route():
+        with open(reader, "rb") as lines:
+            for line in lines:
+                if pattern.match(line.decode(errors="replace")):
+                    kept.append(line)
+                else:
+                    os.write(terminal, line)
+
+    router = threading.Thread(target=route, name="native-log", daemon=True)
+    router.start()
+    drop = False
+    try:
+        yield
+    except dropped_on:
+        drop = True
+        raise
+    finally:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.dup2(terminal, 2)  # closes the pipe's last writer: the router reads to its end
+        router.join(5)
+        if not drop:
+            for line in kept:
+                os.write(terminal, line)
+        os.close(terminal)

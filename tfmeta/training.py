@@ -140,6 +140,7 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
     Raises:
         DivergedError: the meta-loss became NaN or Inf; the last good checkpoint is kept.
         ConfigError: a bad config, strategy or cluster.
+        LostWorkerError: a peer of a multi-worker job died; restart the job to continue.
     """
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)
     config = with_absolute_paths(config)
@@ -162,17 +163,20 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
     batches = distribute.replica_batches(
         strategy, lambda replica, replicas: run.training_batches(start, replica, replicas))
     epoch_end = EpochEnd(run, chief, progress, fresh=start == 0)
-    for epoch in range(start // iterations, epochs):
-        first, last = max(start, epoch * iterations), (epoch + 1) * iterations
-        means, vectors = _train_iterations(step_of(epoch), batches, run, first, last,
-                                           f"epoch {epoch + 1}/{epochs}", progress and chief)
-        run.iteration.assign(last)
-        record = epoch_end(epoch + 1, last, means, vectors)
-        run.save(epoch + 1, chief)
-        if chief and config_pending:
-            config_lib.save(config, run_dir / "config.yaml")
-            config_pending = False
-        log(records.epoch_line(record, epochs * iterations))
+    # Read when the error comes: on a worker other than the chief, the chief wrote it.
+    with distribute.peers_watched(
+            strategy, lambda: tf.train.latest_checkpoint(str(run_dir / "checkpoints"))):
+        for epoch in range(start // iterations, epochs):
+            first, last = max(start, epoch * iterations), (epoch + 1) * iterations
+            means, vectors = _train_iterations(step_of(epoch), batches, run, first, last,
+                                               f"epoch {epoch + 1}/{epochs}", progress and chief)
+            run.iteration.assign(last)
+            record = epoch_end(epoch + 1, last, means, vectors)
+            run.save(epoch + 1, chief)
+            if chief and config_pending:
+                config_lib.save(config, run_dir / "config.yaml")
+                config_pending = False
+            log(records.epoch_line(record, epochs * iterations))
     return run_dir
 
 

@@ -19,7 +19,16 @@ bytes, which reimplements those steps in TensorFlow ops, PIL's arithmetic includ
   differently.)
 - JPEG is decoded with libjpeg's accurate integer DCT, PIL's default.
 
-Cost: two small matrix products per image ([H, W] by [W, w] and [h, H]).
+Hostile files: a decoder allocates what the file's header says (a 1.6 MB PNG can declare
+20000x20000 RGBA, 1.6 GB decoded), so every file's width and height are read from its header first
+(a PNG's IHDR chunk, a JPEG's frame header through `tf.io.extract_jpeg_shape`) and a file with a
+side over `max_side` is refused before it is decoded. Files are decoded one at a time, so a
+request's decoding holds one file's pixels at once.
+
+Cost: two small matrix products per image ([H, W] by [W, w] and [h, H]). Memory: TensorFlow's
+allocator peaks at about 14 bytes per pixel of the largest file for a grayscale model and 38 for
+an RGB one (the decoded uint8 pixels and one float64 copy of them), 56 MB and 152 MB for a
+2048 x 2048 RGBA file.
 """
 
 import dataclasses
@@ -29,6 +38,10 @@ import numpy as np
 import tensorflow as tf
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The largest image side an export accepts by default: every Omniglot drawing (105 pixels) and
+# ImageNet photograph that MiniImagenet comes from (mostly under 1,000) with room to spare, while
+# decoding one such file peaks at 56 MB (grayscale model) or 152 MB (RGB).
+DEFAULT_MAX_SIDE = 2048
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 _PRECISION_BITS = 22  # PIL's fixed point for 8-bit images: 32 - 8 - 2
 
@@ -75,7 +88,7 @@ class ImageFormat:
 
 
 def decode_images(encoded: tf.Tensor, image_format: ImageFormat, name: str,
-                  dtype=tf.float32) -> tf.Tensor:
+                  dtype=tf.float32, max_side: int = DEFAULT_MAX_SIDE) -> tf.Tensor:
     """PNG or JPEG files as the model's inputs, exactly as training preprocesses them.
 
     Args:
@@ -83,21 +96,24 @@ def decode_images(encoded: tf.Tensor, image_format: ImageFormat, name: str,
         image_format: the dataset's format.
         name: the input's name: the ops' name scope and the start of every error message.
         dtype: the model's float dtype.
+        max_side: the largest width or height accepted, read from each file's header before
+            the file is decoded.
 
     Returns:
         [n, height, width, channels] in [0, 1]. Raises InvalidArgumentError naming the input and
-        the entries when an entry is empty, not a PNG or JPEG file, a 16-bit PNG or a CMYK JPEG
-        (which PIL and TensorFlow convert differently), or a damaged file (then the failing op
-        sits in the input's name scope).
+        the entries when an entry is empty, not a PNG or JPEG file, a PNG without its IHDR
+        header, a 16-bit PNG or a CMYK JPEG (which PIL and TensorFlow convert differently), an
+        image with a side over `max_side` (the message gives its size), or a damaged file (then
+        the failing op sits in the input's name scope).
     """
     with tf.name_scope(name):
         index = tf.range(tf.size(encoded))
         empty = tf.equal(tf.strings.length(encoded), 0)
         png = tf.equal(tf.strings.substr(encoded, 0, len(PNG_SIGNATURE)), PNG_SIGNATURE)
         jpeg = tf.equal(tf.strings.substr(encoded, 0, len(JPEG_SIGNATURE)), JPEG_SIGNATURE)
-        # IHDR's bit depth is byte 24 of a PNG file; the padding keeps substr in range.
-        header = tf.strings.join([encoded, tf.constant(b"\0" * 25)])
+        header = _png_header(encoded)
         deep = png & tf.equal(tf.strings.substr(header, 24, 1), b"\x10")
+        no_ihdr = png & tf.not_equal(tf.strings.substr(header, 12, 4), b"IHDR")
 
         def refuse(bad, what):
             return tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)),
@@ -105,17 +121,53 @@ def decode_images(encoded: tf.Tensor, image_format: ImageFormat, name: str,
 
         checks = [refuse(empty, "an empty string"),
                   refuse(~(png | jpeg | empty), "bytes that are not a PNG or JPEG file"),
+                  refuse(no_ihdr, "a PNG file whose first chunk is not IHDR (a damaged file)"),
                   refuse(deep, "a 16-bit PNG (save it with 8 bits per channel)")]
         with tf.control_dependencies(checks):
             encoded = tf.identity(encoded)
-        pixels = tf.map_fn(lambda item: _decode_one(*item, image_format, name), (encoded, index),
+        # One file at a time: the side limit bounds a file, this bounds a request.
+        pixels = tf.map_fn(lambda item: _decode_one(*item, image_format, name, max_side),
+                           (encoded, index), parallel_iterations=1,
                            fn_output_signature=tf.TensorSpec(image_format.shape, tf.uint8))
         return tf.cast(pixels, dtype) / 255.0
 
 
+def _png_header(encoded: tf.Tensor) -> tf.Tensor:
+    """The first 33 bytes of each file (signature, IHDR length, type, width, height, bit depth),
+    zero-padded, so that reading them stays in range for any file."""
+    return tf.strings.substr(tf.strings.join([tf.strings.substr(encoded, 0, 33),
+                                              tf.constant(b"\0" * 33)]), 0, 33)
+
+
+def _size(data: tf.Tensor) -> tf.Tensor:
+    """int64 [height, width] of one PNG or JPEG file, read from its header without decoding:
+    a PNG's IHDR holds the width and height as big-endian uint32 at bytes 16-23."""
+    def png():
+        raw = tf.cast(tf.io.decode_raw(tf.strings.substr(_png_header(data), 16, 8), tf.uint8),
+                      tf.int64)
+        big_endian = tf.reduce_sum(tf.reshape(raw, [2, 4]) * [1 << 24, 1 << 16, 1 << 8, 1],
+                                   axis=1)
+        return big_endian[::-1]
+
+    def jpeg():
+        return tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64)
+
+    return tf.cond(tf.equal(tf.strings.substr(data, 0, len(PNG_SIGNATURE)), PNG_SIGNATURE),
+                   png, jpeg)
+
+
 def _decode_one(data: tf.Tensor, index: tf.Tensor, image_format: ImageFormat,
-                name: str) -> tf.Tensor:
-    """One file's bytes -> uint8 [height, width, channels], as `ImageFormat.from_pil`."""
+                name: str, max_side: int) -> tf.Tensor:
+    """One file's bytes -> uint8 [height, width, channels], as `ImageFormat.from_pil`; refused
+    before decoding when a side is over `max_side`."""
+    size = _size(data)
+    limit = tf.debugging.Assert(tf.reduce_max(size) <= max_side, [tf.strings.format(
+        f"{name} holds an image of {{}}x{{}} pixels (width x height) at index {{}}, over the "
+        f"limit of {max_side} pixels per side set at export (tfmeta export --max-image-side); "
+        "send it resized", (size[1], size[0], index))])
+    with tf.control_dependencies([limit]):
+        data = tf.identity(data)
+
     def jpeg():
         cmyk = tf.equal(tf.io.extract_jpeg_shape(data)[2], 4)
         check = tf.debugging.Assert(tf.logical_not(cmyk), [
@@ -140,17 +192,15 @@ def _decode_one(data: tf.Tensor, index: tf.Tensor, image_format: ImageFormat,
 
 def _convert_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
     """uint8 [H, W, c] with c in 1..4 (gray, gray+alpha, RGB, RGBA) -> [H, W, channels], as PIL's
-    convert("L") or convert("RGB")."""
+    convert("L") or convert("RGB"). Only the luma of a colour file widens, one channel at a time."""
     c = tf.shape(image)[-1]
-    wide = tf.cast(image, tf.int32)
     if channels == 1:
         def luma():
-            r, g, b = wide[..., 0], wide[..., 1], wide[..., 2]
-            return tf.bitwise.right_shift(19595 * r + 38470 * g + 7471 * b + 32768, 16)[..., None]
-        out = tf.cond(c >= 3, luma, lambda: wide[..., :1])
-    else:
-        out = tf.cond(c >= 3, lambda: wide[..., :3], lambda: tf.tile(wide[..., :1], [1, 1, 3]))
-    return tf.cast(out, tf.uint8)
+            r, g, b = (tf.cast(image[..., i], tf.int32) for i in range(3))
+            gray = tf.bitwise.right_shift(19595 * r + 38470 * g + 7471 * b + 32768, 16)
+            return tf.cast(gray, tf.uint8)[..., None]
+        return tf.cond(c >= 3, luma, lambda: image[..., :1])
+    return tf.cond(c >= 3, lambda: image[..., :3], lambda: tf.tile(image[..., :1], [1, 1, 3]))
 
 
 def _lanczos(x: tf.Tensor) -> tf.Tensor:
@@ -183,13 +233,17 @@ def _coefficients(in_size: tf.Tensor, out_size: int) -> tf.Tensor:
 
 def _resample(image: tf.Tensor, size: int, axis: int) -> tf.Tensor:
     """One PIL Lanczos pass along `axis` (1: horizontal, 0: vertical) of uint8 [H, W, C] to `size`,
-    rounded and clipped to uint8; the identity when the axis already has that size."""
+    rounded and clipped to uint8; the identity when the axis already has that size. Both passes
+    are one matrix product on the pixels as they lie (the horizontal one broadcast over rows), so
+    their float64 copy is the only large tensor."""
     coefficients = _coefficients(tf.shape(image)[axis], size)               # [size, in]
     pixels = tf.cast(image, tf.float64)
-    if axis == 1:
-        sums = tf.einsum("hwc,ow->hoc", pixels, coefficients)
+    if axis == 0:
+        height, width, channels = tf.unstack(tf.shape(image))
+        sums = tf.reshape(tf.matmul(coefficients, tf.reshape(pixels, [height, -1])),
+                          [size, width, channels])
     else:
-        sums = tf.einsum("hwc,oh->owc", pixels, coefficients)
+        sums = tf.matmul(coefficients[None], pixels)                         # [H, size, C]
     rounded = tf.math.floor((sums + float(1 << (_PRECISION_BITS - 1))) / float(1 << _PRECISION_BITS))
     return tf.cast(tf.clip_by_value(rounded, 0.0, 255.0), tf.uint8)
 
