@@ -41,11 +41,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(models: Path, log: Path) -> tuple:
+def start_server(models: Path, log: Path, *flags: str) -> tuple:
+    """`tfmeta serve --embedded FLAGS` on free ports of 127.0.0.1: (process, REST URL, gRPC
+    target), once it answers."""
     port, grpc_port = free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "tfmeta_cli.main", "serve", "--model-base-path", str(models),
-         "--port", str(port), "--grpc-port", str(grpc_port), "--embedded"],
+         "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port),
+         "--embedded", *flags],
         stdout=log.open("w"), stderr=subprocess.STDOUT,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     url = f"http://127.0.0.1:{port}"

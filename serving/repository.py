@@ -268,9 +268,12 @@ def describe_error(message: str, specs: dict) -> str:
 
 def first_line(message: str) -> str:
     """The line of a TensorFlow error that says what failed, without the node and trace lines
-    ("Graph execution error:", "Detected at node ...") around it."""
+    ("Graph execution error:", "Detected at node ...") around it, and without the "assertion
+    failed: [...]" around an assertion whose message is one sentence."""
     lines = [line.strip() for line in message.split("\n\t [[")[0].splitlines() if line.strip()]
-    return lines[-1] if lines else message.strip()
+    line = lines[-1] if lines else message.strip()
+    sentence = re.fullmatch(r"assertion failed: \[([^\[\]]*)\]", line)
+    return sentence.group(1) if sentence else line
 
 
 def signature_def_map(version: Version):

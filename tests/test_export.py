@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from bombs import jpeg_bomb, png_bomb
 from helpers import SessionModel, session_run, train_tiny
 from tfmeta import config as config_lib, export, models
 from tfmeta.adaptation import adapt
@@ -185,6 +186,11 @@ def test_sine_export_any_sizes_and_next_version(sine_run, tmp_path):
     (lambda r: r.update(support_y=r["support_y"][:4]), "different numbers of examples"),
     (lambda r: r.update(support_y=np.array([0, 0, 2, 2, 3], np.int32)),
      "must use classes 0..M-1 with a support example of each"),
+    (lambda r: r.update(support_y=np.zeros(5, np.int32)),
+     r"support_y holds one class only \(label 0 on all 5 support examples\); a task needs at "
+     "least two classes"),
+    (lambda r: r.update(support_y=np.full(5, 3, np.int32)),
+     r"support_y holds one class only \(label 3 on all 5 support examples\)"),
 ])
 def test_bad_requests_fail_in_the_graph_with_a_named_input(omniglot_run, omniglot_export,
                                                           omniglot_session, change, message):
@@ -300,7 +306,7 @@ def test_png_files_of_held_out_alphabets_give_the_float_paths_answers(support_ru
         query_images=tf.constant(task.query_png))["logits"].numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize("ways", [1, 2, 3])
+@pytest.mark.parametrize("ways", [2, 3])
 def test_fewer_classes_adapt_and_predict_as_an_m_way_head(support_run, support_version, ways):
     """Independent truth: the same network with its head cut to the first M rows, adapted at
     alpha M / N (each support example weighs what it weighed in N-way meta-training)."""
@@ -340,6 +346,17 @@ def test_fewer_classes_adapt_and_predict_as_an_m_way_head(support_run, support_v
      "support_images is empty"),
     (lambda r: r.update(support_y=r["support_y"][:3]),
      "support_images and support_y hold different numbers of examples"),
+    (lambda r: r.update(support_images=r["support_images"][:-1] + [png_bomb()]),
+     r"support_images holds an image of 20000x20000 pixels \(width x height\) at index 4, over "
+     "the limit of 2048 pixels per side set at export"),
+    (lambda r: r.update(query_images=[png_bomb(30000, 30000, 0)]),
+     "query_images holds an image of 30000x30000 pixels .* at index 0"),
+    (lambda r: r.update(query_images=r["query_images"][:1] + [jpeg_bomb(60000, 50000)]),
+     "query_images holds an image of 60000x50000 pixels .* at index 1"),
+    (lambda r: r.update(query_images=[png_bomb(2049, 1, 0)]),
+     "query_images holds an image of 2049x1 pixels"),
+    (lambda r: r.update(query_images=[r["query_images"][0][:12] + b"tEXt" + r["query_images"][0][16:]]),
+     "query_images holds a PNG file whose first chunk is not IHDR"),
 ])
 def test_bad_image_requests_fail_in_the_graph_with_a_named_input(omniglot_export, omniglot_run,
                                                                  omniglot_session, change,
@@ -359,3 +376,53 @@ def test_bad_image_requests_fail_in_the_graph_with_a_named_input(omniglot_export
             "support_images": np.array(request["support_images"], object).reshape(-1),
             "support_y": request["support_y"],
             "query_images": np.array(request["query_images"], object).reshape(-1)})
+
+
+def test_bombs_are_refused_before_decoding_in_both_loaders(omniglot_export, omniglot_session,
+                                                          omniglot_run):
+    """A 1.6 MB PNG that declares 20000 x 20000 RGBA would decode to 1.6 GB: refused from its
+    header in TensorFlow's allocator peak of a few MB, and in the session loader within seconds
+    and without the resident set growing by the decoded size."""
+    import resource
+    import time
+    config = config_lib.load(str(omniglot_run / "config.yaml"))
+    task = file_tasks(config.data.omniglot, 5, 1, 2, count=1)[0]
+    request = {"support_images": np.array(task.support_png, object), "support_y": task.support_y,
+               "query_images": np.array([png_bomb(), jpeg_bomb()], object)}
+    signature = omniglot_export.signatures["adapt_predict_images"]
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="20000x20000 pixels"):
+        signature(**{k: tf.constant(v) for k, v in request.items()})
+    assert tf.config.experimental.get_memory_info("CPU:0")["peak"] < 64 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="20000x20000 pixels"):
+        omniglot_session.run("adapt_predict_images", request)
+    assert time.perf_counter() - start < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 << 10  # kB
+
+
+def test_max_image_side_is_recorded_and_enforced(omniglot_run, sine_run, tmp_path):
+    version = export.export_run(omniglot_run, tmp_path / "models" / "o", max_image_side=104)
+    metadata = export.read_metadata(version)
+    assert metadata["max_image_side"] == 104
+    for name in ("support_images", "query_images"):
+        assert metadata["signatures"]["adapt_predict_images"]["inputs"][name]["max_side"] == 104
+    config = config_lib.load(str(omniglot_run / "config.yaml"))
+    task = file_tasks(config.data.omniglot, 5, 1, 1, count=1)[0]  # Omniglot's files: 105 x 105
+    request = {"support_images": np.array(task.support_png, object), "support_y": task.support_y,
+               "query_images": np.array(task.query_png, object)}
+    model = SessionModel(version)
+    try:
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"support_images holds an image of 105x105 pixels \(width x "
+                                 r"height\) at index 0, over the limit of 104 pixels per side"):
+            model.run("adapt_predict_images", request)
+    finally:
+        model.close()
+    assert export.read_metadata(export.export_run(omniglot_run, tmp_path / "models" / "d"))[
+        "max_image_side"] == 2048
+    with pytest.raises(ConfigError, match="positive number of pixels, got 0"):
+        export.export_run(omniglot_run, tmp_path / "models" / "z", max_image_side=0)
+    with pytest.raises(ConfigError, match="--max-image-side is for models of image files"):
+        export.export_run(sine_run, tmp_path / "models" / "s", max_image_side=64)

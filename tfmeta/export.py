@@ -177,10 +177,10 @@ def check_request(support_x: tf.Tensor, support_y: tf.Tensor, query_x: tf.Tensor
                 support_y, ways, message=f"support_y holds a label outside [0, {ways})")]
     with tf.control_dependencies(in_range):  # bincount itself fails on a negative label
         counts = tf.math.bincount(support_y, minlength=ways, maxlength=ways)
-    low, high = tf.reduce_min(support_y), tf.reduce_max(support_y)
-    two_classes = tf.debugging.Assert(low < high, [tf.strings.format(
-        "support_y holds one class only (label {} on all {} support examples); a task needs at "
-        "least two classes", (high, tf.size(support_y)))])
+        low, high = tf.reduce_min(support_y), tf.reduce_max(support_y)
+        two_classes = tf.debugging.Assert(low < high, [tf.strings.format(
+            "support_y holds one class only (label {} on all {} support examples); a task needs "
+            "at least two classes", (high, tf.size(support_y)))])
     with tf.control_dependencies([two_classes]):
         used = tf.range(ways) <= high
     checks += in_range + [two_classes, tf.debugging.Assert(
