@@ -246,6 +246,44 @@ def test_a_healthy_command_starts_quietly_and_verbose_restores_the_logging(tmp_p
                                   "cuInit: CUDA_ERROR_OUT_OF_MEMORY (2)")
 
 
+def test_collective_abort_lines_are_held_and_dropped_for_a_lost_worker(capfd, monkeypatch):
+    """What a surviving worker's C++ collectives log when a peer dies (fd 2) is dropped when the
+    error becomes one LostWorkerError line, and replayed for any other error; other native lines
+    and Python's own stderr pass at once."""
+    from tfmeta import quiet
+    from tfmeta.errors import LostWorkerError
+    monkeypatch.delenv(quiet.VERBOSE, raising=False)
+    abort = (b"E0000 00:00:1796185158.612626    2286 ring_alg.cc:291] Aborting RingReduce with "
+             b"UNAVAILABLE: recvmsg:Connection reset by peer\n"
+             b"Additional GRPC error information from remote target /job:worker/replica:0/task:1 "
+             b"while calling /tensorflow.WorkerService/RecvBuf:\n")
+    with pytest.raises(LostWorkerError):
+        with quiet.held(quiet.COLLECTIVE_ABORT, LostWorkerError):
+            os.write(2, abort)
+            os.write(2, b"W0000 00:00:1.5    12 foo.cc:3] a real warning\n")
+            print("from python", file=sys.stderr)
+            raise LostWorkerError("lost")
+    err = capfd.readouterr().err
+    assert "a real warning" in err and "from python" in err and "Aborting" not in err
+    assert "GRPC" not in err
+    with pytest.raises(ValueError):
+        with quiet.held(quiet.COLLECTIVE_ABORT, LostWorkerError):
+            os.write(2, abort)
+            raise ValueError("something else")
+    assert "Aborting RingReduce" in capfd.readouterr().err
+    os.write(2, b"fd 2 is the terminal again\n")
+    assert "fd 2 is the terminal again" in capfd.readouterr().err
+
+
+def test_a_user_error_has_its_traceback_only_with_verbose(tmp_path):
+    for flags, traceback in (([], False), (["--verbose"], True)):
+        done = subprocess.run([console_script(), *flags, "train", "--config", "no-such-preset"],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 2
+        assert ("Traceback" in done.stderr) == traceback, done.stderr
+        assert done.stderr.splitlines()[-1].startswith("error: "), done.stderr
+
+
 def test_console_script_version():
     done = subprocess.run([console_script(), "--version"], capture_output=True, text=True,
                           timeout=60)
