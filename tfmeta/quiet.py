@@ -22,24 +22,28 @@ import threading
 
 VERBOSE = "TFMETA_VERBOSE"
 
+# What follows the severity letter at the start of each record of TensorFlow's native log:
+# "E1202 07:58:46.123456    2286 file.cc:12] ".
+STAMP = r"\d{4} [\d:.]+ +\d+ "
+
 # Start-up lines that say nothing is wrong. Info-level lines are below TF_CPP_MIN_LOG_LEVEL=2,
 # which tfmeta sets; the cuInit error only says that this machine has no CUDA driver.
 BENIGN = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|I\d{4} [\d:.]+ +\d+ \S+:\d+\] "
-    r"|E\d{4} [\d:.]+ +\d+ cuda_platform\.cc:\d+\] failed call to cuInit: .*\(303\)"
+    rf"|I{STAMP}\S+:\d+\] "
+    rf"|E{STAMP}cuda_platform\.cc:\d+\] failed call to cuInit: .*\(303\)"
     r"|To enable the following instructions: .* in other operations, rebuild TensorFlow"
     r")")
 
 # What a surviving worker's collectives log, from C++, when a peer of the job dies.
 COLLECTIVE_ABORT = re.compile(
-    r"^(E\d{4} [\d:.]+ +\d+ (ring_alg|base_collective_executor|collective_\w+)\.cc:\d+\] "
+    rf"^(E{STAMP}(ring_alg|base_collective_executor|collective_\w+)\.cc:\d+\] "
     r"|Additional GRPC error information from remote target "
     r"|:UNKNOWN:Error received from peer)")
 
-# The start of a record of TensorFlow's native log ("E1202 07:58:46.123456  2286 file.cc:12] "); a
-# line without it continues the record before it (a status message of several lines).
-RECORD = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ ")
+# A line that does not start like a record continues the record before it (a status message of
+# several lines).
+RECORD = re.compile(rf"^[IWEF]{STAMP}")
 
 
 def verbose() -> bool:
@@ -74,9 +78,10 @@ def start() -> None:
 @contextlib.contextmanager
 def held(pattern: re.Pattern, dropped_on: type = ()):
     """Holds back the lines of TensorFlow's native log (file descriptor 2) that match `pattern`
-    while the block runs, with the lines that continue them; every other line passes at once. The held lines are written at the end,
-    unless the block raised one of `dropped_on` (whose message says it all) and TFMETA_VERBOSE is
-    unset. Python's own `sys.stderr` (progress bars, messages) keeps writing to the terminal."""
+    while the block runs, with the lines that continue them; every other line passes at once. The
+    held lines are written at the end, unless the block raised one of `dropped_on` (whose message
+    says it all) and TFMETA_VERBOSE is unset. Python's own `sys.stderr` (progress bars, messages)
+    keeps writing to the terminal."""
     if verbose():
         yield
         return
