@@ -41,6 +41,8 @@ class TrainConfig:
         iterations: meta-iterations per epoch (500 in the landscape paper).
         eval_tasks: meta-test tasks evaluated after each epoch (a fixed set per run).
         eval_every: evaluate every k epochs; 0 turns per-epoch evaluation off.
+        eval_at_start: also evaluate, and measure the landscape when it is on, before the first
+            meta-step: a history line and TensorBoard scalars for epoch 0 (iteration 0).
         eval_batch: tasks adapted per evaluation call.
         seed: seeds the initial parameters and every episode stream.
         task_strategy: how tasks of a meta-batch are mapped: "loop", "map", "vectorized", or
@@ -66,6 +68,7 @@ class TrainConfig:
     iterations: int = 500
     eval_tasks: int = 600
     eval_every: int = 1
+    eval_at_start: bool = False
     eval_batch: int = 25
     seed: int = 0
     task_strategy: str = "auto"
@@ -262,8 +265,8 @@ def validate(config: Config, where: str) -> Config:
          "between 0 and train.meta_lr", config.train.min_meta_lr)
     _check_inner_loop_options(config, need)
     land = config.landscape
-    for key in ("every", "flatness_tasks", "coherence_tasks", "representation_inputs",
-                "trace_probes", "top_k", "density_probes"):
+    for key in ("every", "flatness_tasks", "coherence_tasks", "trace_probes", "top_k",
+                "density_probes"):
         need(getattr(land, key) >= 0, f"landscape.{key}", "a non-negative integer",
              getattr(land, key))
     for key in ("max_iters", "density_iters", "batch"):
