@@ -92,7 +92,8 @@ def test_peak_detects_meta_overfitting_only_beyond_the_evaluation_noise():
     p = V.peak(acc, np.full(E.size, 0.01), E)
     assert p.epoch in (11, 12, 13) and p.index == p.epoch and p.overfits and p.drop > 0.03
     assert not V.peak(acc, np.full(E.size, 0.05), E).overfits         # drop within the noise
-    assert not V.peak(acc, np.full(E.size, 0.02), E, fall=2.0).overfits  # not twice the noise
+    assert V.peak(acc, np.full(E.size, 0.03), E).overfits
+    assert not V.peak(acc, np.full(E.size, 0.03), E, fall=2.0).overfits  # not twice the noise
     assert not V.peak(np.linspace(0.5, 0.6, E.size)).overfits         # still rising
     assert not V.peak(np.r_[np.linspace(0.5, 0.6, E.size - 2), 0.5, 0.5]).overfits  # too late
 
@@ -124,19 +125,20 @@ def test_tracking_needs_both_phases_so_a_trend_alone_decides_nothing():
 
 
 def test_the_old_rule_over_all_epochs_is_decided_by_the_trend():
-    """What the phase rule replaces: rho(metric, accuracy) over all epochs, when accuracy rises
-    for half the run and falls for the other half, calls a pure trend one way or the other."""
+    """What the phase rule replaces: rho(metric, accuracy) over all epochs. When accuracy peaks
+    early and then falls for most of the run, it is about rho(metric, -epoch), so a metric that
+    only rises with the epoch is called "contradicted" on "|rho| < 0.3" (the old C7)."""
     rng = np.random.default_rng(5)
     verdicts = []
     for _ in range(300):
-        accs = [accuracy_curve(rng, peak_epoch=4) for _ in range(5)]
+        accs = [accuracy_curve(rng, peak_epoch=3, fall=0.25) for _ in range(5)]
         rho = V.correlation_interval([V.rank_correlation(trend(1.0)(rng, a), a) for a in accs])
         verdicts.append(V.within(rho, V.CORRELATION))
     assert verdicts.count(V.CONTRADICTED) > 150
 
 
 def test_without_a_fall_first_differences_decide_and_a_linear_trend_still_does_not():
-    rising = lambda rng: 0.4 + 0.2 * (1 - np.exp(-E / 6)) + rng.normal(0, 0.01, E.size)  # noqa: E731
+    rising = lambda rng: 0.4 + 0.2 * (1 - np.exp(-E / 6)) + rng.normal(0, 0.003, E.size)  # noqa: E731
     follows = draws(lambda rng, acc: 3 * acc + rng.normal(0, 0.004, E.size), target=rising)
     assert follows[V.REPRODUCED] >= 290
     assert draws(trend(0.01), target=rising)[V.REPRODUCED] == 0
@@ -148,7 +150,7 @@ def test_without_a_fall_first_differences_decide_and_a_linear_trend_still_does_n
 
 
 def test_the_claims_on_curves_of_known_shape():
-    rows = {r["id"]: r for r in lc.judge(
+    rows = {r["id"]: r for r in J.judge(
         {"maml-t5": seeds_of(), "maml-t1": seeds_of(seed=4), "finetune": finetune_of(),
          "sine": seeds_of(seed=5)}, None, None, None)}
     assert rows["C1"]["verdict"] == V.REPRODUCED   # sharper to epoch 3, flatter after
@@ -170,18 +172,18 @@ def test_representation_coherence_that_only_trends_is_neither_and_pools_decide_t
     pools = [{"pool": ["a", "b", "c", "d"], "generalization": np.array([.5, .6, .7, .8]),
               "representation_coherence": np.array([1.0, 2.0, 3.0, 4.0]) + s}
              for s in range(3)]
-    c6 = {r["id"]: r for r in lc.judge({"maml-t5": seeds_of()}, pools, None, None)}["C6"]
+    c6 = {r["id"]: r for r in J.judge({"maml-t5": seeds_of()}, pools, None, None)}["C6"]
     assert c6["parts"][0].verdict == V.INCONCLUSIVE
     assert c6["parts"][1].verdict == V.REPRODUCED and c6["verdict"] == V.INCONCLUSIVE
 
 
 def test_the_regularizer_verdict_is_the_paired_difference():
     maml = [0.730, 0.745, 0.731, 0.738, 0.742]
-    better = {r["id"]: r for r in lc.judge({}, None, None, {
+    better = {r["id"]: r for r in J.judge({}, None, None, {
         "maml": maml, "maml-reg": [m + d for m, d in zip(maml, (.014, .016, .013, .017, .015))]})}
     assert better["R"]["verdict"] == V.REPRODUCED
     assert better["R"]["parts"][0].value.mean == pytest.approx(1.5, abs=1e-9)
-    same = {r["id"]: r for r in lc.judge({}, None, None, {
+    same = {r["id"]: r for r in J.judge({}, None, None, {
         "maml": maml, "maml-reg": [m + d for m, d in zip(maml, (.01, -.012, .004, -.003, .0))]})}
     assert same["R"]["verdict"] == V.INCONCLUSIVE
     text = "\n".join(write.regularizer_section(
@@ -208,7 +210,7 @@ def test_the_pilot_picks_the_largest_pool_in_the_regime():
 
 
 def test_missing_runs_leave_claims_pending_and_the_table_says_so():
-    rows = lc.judge({}, None, None, None)
+    rows = J.judge({}, None, None, None)
     assert [r["id"] for r in rows] == list(lc.CLAIMS)
     assert all(r["verdict"].startswith("pending") for r in rows)
     md = write.format_markdown(rows, lc.ClaimsConfig(data_dir="x"), "0 of 1 runs finished.")

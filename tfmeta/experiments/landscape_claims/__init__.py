@@ -29,12 +29,12 @@ import numpy as np
 
 from tfmeta.errors import ConfigError
 from tfmeta.experiments.landscape_claims import judge as judge_lib, plan, runner, write
-from tfmeta.experiments.landscape_claims.judge import CLAIMS, judge
+from tfmeta.experiments.landscape_claims.judge import CLAIMS
 from tfmeta.experiments.landscape_claims.plan import PARTS, ClaimsConfig, quick
 from tfmeta.experiments.landscape_claims.runner import MEASURED, curves
 from tfmeta.files import atomic_open
 
-__all__ = ["CLAIMS", "MEASURED", "PARTS", "ClaimsConfig", "curves", "judge", "quick", "run"]
+__all__ = ["CLAIMS", "MEASURED", "PARTS", "ClaimsConfig", "curves", "quick", "run"]
 MAIN = ("maml-t5", "maml-t1", "finetune", "sine")
 
 
@@ -49,7 +49,7 @@ def run(config: ClaimsConfig, out_dir, quick_run: bool = False, parts: Sequence[
     """Trains every run of `parts` not yet finished under OUT/runs, then judges the claims.
 
     The main settings and the pools need the pilot's choice of pool, so the pilot runs first
-    whenever one of them is asked for. Writes OUT/claims.md and OUT/claims.json (rewritten after
+    (with the sine sweep and the regularizer beside it) whenever one of them is asked for. Writes OUT/claims.md and OUT/claims.json (rewritten after
     each run), OUT/pilot.json, OUT/noise.json, the twin-axis figures per setting under
     OUT/figures/<setting>/, OUT/figures/pools.png and OUT/figures/sine_sweep.png.
     Returns {"claims": rows, "table": path, "json": path, "figures": [paths]}.
@@ -67,17 +67,17 @@ def run(config: ClaimsConfig, out_dir, quick_run: bool = False, parts: Sequence[
     runs_dir.mkdir(parents=True, exist_ok=True)
     _check_plan(config, out)
     experiment = _Experiment(config, out, characters, log)
-    if any(p in parts for p in ("pilot", "main", "pools")):
-        runner.train(plan.pilot_runs(config, characters), runs_dir, config.jobs, log,
-                     experiment.write)
-    rest = [p for p in parts if p != "pilot"]
-    if rest:
-        pool = experiment.chosen_pool()
-        if pool is None:
-            raise ConfigError(f"the pilot has not finished in {runs_dir}: run it first "
-                              "(--only pilot), or ask for it with the other parts")
-        runner.train(plan.every_run(config, characters, pool, rest), runs_dir, config.jobs, log,
-                     experiment.write)
+    # The parts that do not need the pilot's choice train beside it.
+    needs_pilot = [p for p in ("main", "pools") if p in parts]
+    first = [p for p in ("sine", "regularizer") if p in parts]
+    if needs_pilot or "pilot" in parts:
+        first = ["pilot", *first]
+    if first:
+        runner.train(plan.every_run(config, characters, None, first), runs_dir, config.jobs,
+                     log, experiment.write)
+    if needs_pilot:
+        runner.train(plan.every_run(config, characters, experiment.chosen_pool(), needs_pilot),
+                     runs_dir, config.jobs, log, experiment.write)
     rows = experiment.write(final=True)
     for row in rows:
         log(f"{row['id']}: {row['verdict']}")
@@ -131,9 +131,9 @@ class _Experiment:
                 out[setting] = [curves(finished[n]) for n in names]
         return out
 
-    def pools(self, measure: bool):
-        """Per seed across pools, each run's landscape at its accuracy peak; None until every
-        pool run has finished (and, with measure False, been measured)."""
+    def pools(self):
+        """Per seed across pools, each run's landscape at its accuracy peak (measured by the
+        process that trained it); None until every pool run has finished and been measured."""
         c = self.config
         names = [[f"pilot-{c.algorithm}-{plan.pool_name(p)}-s{seed}" for p in c.pools]
                  for seed in range(c.pool_seeds)]
@@ -141,7 +141,7 @@ class _Experiment:
         every = [d for seed in dirs for d in seed]
         if not all(runner.finished(d, c.epochs) for d in every):
             return None
-        if not measure and not all((d / "peak_landscape.json").is_file() for d in every):
+        if not all((d / "peak_landscape.json").is_file() for d in every):
             return None
         per_seed = []
         for seed in dirs:
@@ -175,11 +175,11 @@ class _Experiment:
 
     def write(self, final: bool = False) -> list:
         """Judges what has finished and rewrites claims.md and claims.json. `final`: also the
-        measurements that cost time (each pool run's landscape at its peak, the metric noise)."""
+        metric-noise check and the pools figure."""
         config = self.config
         pilot, main = self.pilot(), self.main()
-        pools, sweep, regularizer = self.pools(measure=final), self.sweep(), self.regularizer()
-        rows = judge(main, pools, sweep, regularizer)
+        pools, sweep, regularizer = self.pools(), self.sweep(), self.regularizer()
+        rows = judge_lib.judge(main, pools, sweep, regularizer)
         noise = scale = None
         if final and "maml-t5" in main:
             noise, scale = self._noise_and_scale()

@@ -2,7 +2,7 @@
 sine sweep and the regularizer comparison. Pure: no TensorFlow, no files."""
 
 import dataclasses
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from tfmeta.errors import ConfigError
 
@@ -77,16 +77,17 @@ def quick(config: ClaimsConfig) -> ClaimsConfig:
     short epochs, few tasks, narrow models and short sweeps."""
     return dataclasses.replace(
         config, seeds=2, pool_seeds=2, regularizer_seeds=2, filters=8, meta_batch=2, queries=2,
-        pools=[[3, 6], [6, 6]], epochs=6, iterations=3, eval_tasks=20, rise_epochs=2,
-        flatness_tasks=2, coherence_tasks=8, max_hvps=6, finetune_iterations=3,
-        sine_shots=[2, 5, 10], sine_epochs=4, sine_iterations=4, regularizer_ways=5,
-        regularizer_epochs=2, regularizer_iterations=3, regularizer_eval_tasks=20,
+        pools=[[3, 6], [6, 6]], epochs=5, iterations=3, eval_tasks=10, rise_epochs=2,
+        flatness_tasks=1, coherence_tasks=6, max_hvps=4, finetune_iterations=3,
+        sine_shots=[2, 5, 10], sine_epochs=3, sine_iterations=4, regularizer_ways=5,
+        regularizer_epochs=1, regularizer_iterations=3, regularizer_eval_tasks=10,
         noise_draws=2)
 
 
 @dataclasses.dataclass
 class RunSpec:
-    """One training run: a preset with overrides, and what the experiment does with it."""
+    """One training run: a preset with overrides, and what the experiment does with it.
+    `at_peak`: once trained, its landscape is measured at its accuracy peak (the pools)."""
     name: str
     part: str
     setting: str
@@ -94,6 +95,7 @@ class RunSpec:
     preset: str
     overrides: list
     epochs: int
+    at_peak: bool = False
 
 
 def pool_name(pool: Sequence[int]) -> str:
@@ -146,9 +148,9 @@ def _maml(config: ClaimsConfig, algorithm: str, steps: int) -> list:
 
 
 def _runs(name: str, part: str, seeds: Sequence[int], preset: str, overrides: list,
-          epochs: int) -> List[RunSpec]:
+          epochs: int, at_peak: bool = False) -> List[RunSpec]:
     return [RunSpec(f"{name}-s{seed}", part, name, seed, preset,
-                    [*overrides, f"train.seed={seed}"], epochs) for seed in seeds]
+                    [*overrides, f"train.seed={seed}"], epochs, at_peak) for seed in seeds]
 
 
 def pilot_runs(config: ClaimsConfig, characters: int) -> List[RunSpec]:
@@ -160,7 +162,7 @@ def pilot_runs(config: ClaimsConfig, characters: int) -> List[RunSpec]:
             overrides = [*_omniglot(config, pool, characters), *_maml(config, algorithm, 5),
                          *_landscape(config, 0), "train.keep_checkpoints=0"]
             specs += _runs(f"pilot-{algorithm}-{pool_name(pool)}", "pilot", [0], "omniglot_5w1s",
-                           overrides, config.epochs)
+                           overrides, config.epochs, at_peak=algorithm == config.algorithm)
     return specs
 
 
@@ -193,7 +195,8 @@ def pool_runs(config: ClaimsConfig, characters: int) -> List[RunSpec]:
         overrides = [*_omniglot(config, pool, characters), *_maml(config, config.algorithm, 5),
                      *_landscape(config, 0), "train.keep_checkpoints=0"]
         specs += _runs(f"pilot-{config.algorithm}-{pool_name(pool)}", "pools",
-                       range(1, config.pool_seeds), "omniglot_5w1s", overrides, config.epochs)
+                       range(1, config.pool_seeds), "omniglot_5w1s", overrides, config.epochs,
+                       at_peak=True)
     return specs
 
 
@@ -225,9 +228,9 @@ def regularizer_runs(config: ClaimsConfig) -> List[RunSpec]:
                    shared, c.regularizer_epochs)]
 
 
-def every_run(config: ClaimsConfig, characters: int, pool: Sequence[int],
+def every_run(config: ClaimsConfig, characters: int, pool: Optional[Sequence[int]],
               parts: Sequence[str] = PARTS) -> List[RunSpec]:
-    """The runs of `parts` after the pilot, the main settings on `pool`."""
+    """The runs of `parts`, the main settings on `pool` (the pilot's choice)."""
     builders: Dict[str, callable] = {
         "pilot": lambda: pilot_runs(config, characters),
         "main": lambda: main_runs(config, characters, pool),

@@ -1,7 +1,7 @@
 """Training the experiment's runs and reading their curves.
 
-Each run is an ordinary tfmeta run directory under OUT/runs, trained in a fresh process (`jobs` at
-a time, one thread each, so that thread settings apply). A finished run is reused and an
+Each run is an ordinary tfmeta run directory under OUT/runs, trained in a worker process (`jobs`
+at a time, one thread each, so that thread settings apply before TensorFlow starts). A finished run is reused and an
 unfinished one resumed from its last checkpoint; a directory made with other settings is refused.
 """
 
@@ -22,6 +22,7 @@ from tfmeta.landscape import METRICS, VARIANTS
 from tfmeta.report import column, load_records
 
 MEASURED = METRICS + VARIANTS
+RUNS_PER_WORKER = 8
 
 
 def run_config(spec: RunSpec, run_dir: Path):
@@ -53,16 +54,19 @@ def check_same(spec: RunSpec, run_dir: Path) -> None:
 
 
 def train_one(spec: RunSpec, run_dir: str) -> str:
-    """Trains (or resumes) one run; executed in a fresh process so that its thread settings apply.
-    Its epoch lines go to RUN_DIR.log."""
+    """Trains (or resumes) one run in a worker process, then measures its landscape at its
+    accuracy peak if `spec.at_peak`. Its epoch lines go to RUN_DIR.log."""
     from tfmeta import quiet, training
     quiet.start()
     run_dir = Path(run_dir)
     config = run_config(spec, run_dir)
     resume = (run_dir / "checkpoints" / "checkpoint").exists()
     with open(str(run_dir) + ".log", "a") as log:
-        training.train(config, run_dir, resume=resume, progress=False,
-                       log=lambda line: print(line, file=log, flush=True))
+        if not finished(run_dir, spec.epochs):
+            training.train(config, run_dir, resume=resume, progress=False,
+                           log=lambda line: print(line, file=log, flush=True))
+    if spec.at_peak:
+        at_peak(run_dir)
     return spec.name
 
 
@@ -72,14 +76,17 @@ def train(specs: Sequence[RunSpec], runs_dir: Path, jobs: int, log: Callable[[st
     after each one (to rewrite the tables)."""
     for spec in specs:
         check_same(spec, runs_dir / spec.name)
-    todo = [s for s in specs if not finished(runs_dir / s.name, s.epochs)]
+    todo = [s for s in specs if not finished(runs_dir / s.name, s.epochs)
+            or (s.at_peak and not (runs_dir / s.name / "peak_landscape.json").is_file())]
     log(f"{len(specs) - len(todo)} of {len(specs)} runs already finished in {runs_dir}; "
         f"training {len(todo)}, {jobs} at a time (each run's epochs: RUN.log)")
     if not todo:
         return
     began = time.perf_counter()
     context = multiprocessing.get_context("spawn")
-    with context.Pool(jobs, maxtasksperchild=1) as pool:
+    # A worker trains several runs: every run has the same thread settings, and starting
+    # TensorFlow anew costs seconds; a fresh worker every RUNS_PER_WORKER bounds its memory.
+    with context.Pool(jobs, maxtasksperchild=RUNS_PER_WORKER) as pool:
         pending = [pool.apply_async(train_one, (s, str(runs_dir / s.name))) for s in todo]
         for i, result in enumerate(_as_completed(pending), 1):
             log(f"[{i}/{len(todo)}] {result.get()} finished "
