@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterable, Sequence
 
 import numpy as np
 
-from tfmeta import config as config_lib
+from tfmeta import config as config_lib, quiet
 from tfmeta.errors import ConfigError, TfmetaError
 from tfmeta.experiments.landscape_claims.plan import RunSpec
 from tfmeta.files import atomic_open
@@ -56,8 +56,7 @@ def check_same(spec: RunSpec, run_dir: Path) -> None:
 def train_one(spec: RunSpec, run_dir: str) -> str:
     """Trains (or resumes) one run in a worker process, then measures its landscape at its
     accuracy peak if `spec.at_peak`. Its epoch lines go to RUN_DIR.log."""
-    from tfmeta import quiet, training
-    quiet.start()
+    from tfmeta import training
     run_dir = Path(run_dir)
     config = run_config(spec, run_dir)
     resume = (run_dir / "checkpoints" / "checkpoint").exists()
@@ -86,7 +85,8 @@ def train(specs: Sequence[RunSpec], runs_dir: Path, jobs: int, log: Callable[[st
     context = multiprocessing.get_context("spawn")
     # A worker trains several runs: every run has the same thread settings, and starting
     # TensorFlow anew costs seconds; a fresh worker every RUNS_PER_WORKER bounds its memory.
-    with context.Pool(jobs, maxtasksperchild=RUNS_PER_WORKER) as pool:
+    # quiet.start runs before unpickling train_one, whose module imports TensorFlow.
+    with context.Pool(jobs, initializer=quiet.start, maxtasksperchild=RUNS_PER_WORKER) as pool:
         pending = [pool.apply_async(train_one, (s, str(runs_dir / s.name))) for s in todo]
         for i, result in enumerate(_as_completed(pending), 1):
             log(f"[{i}/{len(todo)}] {result.get()} finished "
