@@ -214,6 +214,8 @@ def lost_peer_message(message: str, tf_config: dict, checkpoint: Optional[str]) 
         peer = f"{role} {index}" + (f" ({addresses[index]})" if index < len(addresses) else "")
     cause = re.search(r"Collective ops is aborted by: ([^\n]+)", message)
     reason = (cause.group(1) if cause else message.strip().splitlines()[-1]).strip()
+    # The coordination service's reason goes on to advise reading logs: its first sentence says it.
+    reason = re.split(r"(?<=[a-z])\. ", reason)[0]
     where = f"its last checkpoint, {checkpoint}" if checkpoint else "the beginning (no checkpoint yet)"
     return (f"lost {peer} of the multi-worker job ({reason}); the job cannot go on without it. "
             f"Restart every worker with the same command and --auto-resume: the job continues "

@@ -37,6 +37,10 @@ COLLECTIVE_ABORT = re.compile(
     r"|Additional GRPC error information from remote target "
     r"|:UNKNOWN:Error received from peer)")
 
+# The start of a record of TensorFlow's native log ("E1202 07:58:46.123456  2286 file.cc:12] "); a
+# line without it continues the record before it (a status message of several lines).
+RECORD = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ ")
+
 
 def verbose() -> bool:
     return os.environ.get(VERBOSE, "") not in ("", "0")
@@ -70,7 +74,7 @@ def start() -> None:
 @contextlib.contextmanager
 def held(pattern: re.Pattern, dropped_on: type = ()):
     """Holds back the lines of TensorFlow's native log (file descriptor 2) that match `pattern`
-    while the block runs; every other line passes at once. The held lines are written at the end,
+    while the block runs, with the lines that continue them; every other line passes at once. The held lines are written at the end,
     unless the block raised one of `dropped_on` (whose message says it all) and TFMETA_VERBOSE is
     unset. Python's own `sys.stderr` (progress bars, messages) keeps writing to the terminal."""
     if verbose():
@@ -86,11 +90,15 @@ def held(pattern: re.Pattern, dropped_on: type = ()):
     kept = []
 
     def route():
+        holding = False
         with open(reader, "rb") as lines:
             for line in lines:
-                if pattern.match(line.decode(errors="replace")):
+                text = line.decode(errors="replace")
+                if pattern.match(text) or (holding and not RECORD.match(text)):
+                    holding = True
                     kept.append(line)
                 else:
+                    holding = False
                     os.write(terminal, line)
 
     router = threading.Thread(target=route, name="native-log", daemon=True)
