@@ -53,8 +53,8 @@ class ClaimsConfig:
     filters: int = 32
     meta_batch: int = 4
     queries: int = 5
-    epochs: int = 24
-    iterations: int = 20
+    epochs: int = 30
+    iterations: int = 25
     eval_tasks: int = 300
     rise_epochs: int = 8
     fall: float = 2.0
