@@ -166,6 +166,14 @@ def parse_override(text: str) -> dict:
     return out
 
 
+# Keys that earlier versions wrote into runs' config.yaml and that no longer mean anything, with
+# why: read and ignored, so that those runs still open (evaluate, export, resume, analyze).
+RETIRED = {
+    "landscape.representation_inputs": "representation coherence is now taken over each "
+                                       "coherence task's query embeddings",
+}
+
+
 def from_dict(cls, data: dict, where: str, prefix: str = ""):
     """Builds dataclass `cls` from a mapping, checking every key and value type."""
     if not isinstance(data, dict):
@@ -175,6 +183,8 @@ def from_dict(cls, data: dict, where: str, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
+        if f"{prefix}{key}" in RETIRED:
+            continue
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
