@@ -4,11 +4,6 @@ and every table, every measured number is finite, and a second call reuses the f
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -90,30 +85,3 @@ def test_a_second_call_reuses_the_runs_and_other_settings_are_refused(quick_run,
     with pytest.raises(ConfigError, match="other settings"):
         lc.run(lc.ClaimsConfig(data_dir=str(omniglot_dir), fall=3.0), out, quick_run=True)
 
-
-def test_a_worker_dies_with_a_killed_experiment(tmp_path):
-    """Killed with SIGKILL, the experiment's process takes its workers with it: a worker left
-    behind would keep writing a run that the restarted experiment resumes at the same time."""
-    script = tmp_path / "parent.py"
-    script.write_text(
-        "import multiprocessing, os, sys, time\n"
-        "from tfmeta.experiments.landscape_claims import runner\n"
-        "if __name__ == '__main__':\n"
-        "    pool = multiprocessing.get_context('spawn').Pool(1, initializer=runner.worker_start)\n"
-        "    print(pool.apply(os.getpid), flush=True)\n"
-        "    pool.apply_async(time.sleep, (120,))\n"
-        "    time.sleep(120)\n")
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    worker = int(parent.stdout.readline())
-    os.kill(worker, 0)  # alive
-    parent.kill()
-    parent.wait(10)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            os.kill(worker, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.kill(worker, signal.SIGKILL)
-    raise AssertionError("the worker outlived the killed experiment")

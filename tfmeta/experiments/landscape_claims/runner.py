@@ -5,27 +5,21 @@ at a time, one thread each, so that thread settings apply before TensorFlow star
 unfinished one resumed from its last checkpoint; a directory made with other settings is refused.
 """
 
-import ctypes
 import json
 import math
 import multiprocessing
-import os
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Sequence
 
 import numpy as np
 
-from tfmeta import config as config_lib, quiet
+from tfmeta import config as config_lib, workers
 from tfmeta.errors import ConfigError, TfmetaError
 from tfmeta.experiments.landscape_claims.plan import RunSpec
 from tfmeta.files import atomic_open
 from tfmeta.landscape import METRICS, VARIANTS
 from tfmeta.report import column, load_records
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 MEASURED = METRICS + VARIANTS
 RUNS_PER_WORKER = 8
@@ -75,18 +69,6 @@ def train_one(spec: RunSpec, run_dir: str) -> str:
     return spec.name
 
 
-def worker_start() -> None:
-    """A worker's first act: on Linux, ask to be killed with the experiment's process (a worker
-    left running would go on writing its run while a restarted experiment resumes the same run);
-    then start TensorFlow quietly, before train_one's module imports it."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != multiprocessing.parent_process().pid:  # it died before the request
-            os._exit(1)
-    quiet.start()
-
-
 def train(specs: Sequence[RunSpec], runs_dir: Path, jobs: int, log: Callable[[str], None],
           after_each: Callable[[], None] = lambda: None) -> None:
     """Trains every run of `specs` that has not finished, `jobs` at a time; `after_each` runs
@@ -103,7 +85,7 @@ def train(specs: Sequence[RunSpec], runs_dir: Path, jobs: int, log: Callable[[st
     context = multiprocessing.get_context("spawn")
     # A worker trains several runs: every run has the same thread settings, and starting
     # TensorFlow anew costs seconds; a fresh worker every RUNS_PER_WORKER bounds its memory.
-    with context.Pool(jobs, initializer=worker_start, maxtasksperchild=RUNS_PER_WORKER) as pool:
+    with context.Pool(jobs, initializer=workers.start, maxtasksperchild=RUNS_PER_WORKER) as pool:
         pending = [pool.apply_async(train_one, (s, str(runs_dir / s.name))) for s in todo]
         for i, result in enumerate(_as_completed(pending), 1):
             log(f"[{i}/{len(todo)}] {result.get()} finished "
