@@ -206,6 +206,7 @@ def scatter_figure(panels: Sequence[tuple], per_seed: Sequence[dict], label: str
                             textcoords="offset points")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(metric.replace("_", " "))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))  # long labels, e.g. 0.0125
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
