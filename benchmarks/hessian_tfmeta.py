@@ -67,7 +67,6 @@ def landscape_epoch(run_dir: str) -> dict:
                 hvps=values["hvps"], seconds_per_hvp=round(values["seconds_per_hvp"], 5),
                 flatness_tasks=config.landscape.flatness_tasks,
                 coherence_tasks=config.landscape.coherence_tasks,
-                representation_inputs=len(landscape.inputs),
                 **{k: round(v, 6) for k, v in values.items() if k in (
                     "flatness", "trajectory_coherence", "gradient_coherence",
                     "representation_coherence")})

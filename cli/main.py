@@ -425,26 +425,38 @@ def task_landscape(out_dir, quick, ratios, spreads, distances, alpha, check_rati
 @click.option("--out", "out_dir", type=click.Path(), default="runs/landscape-claims",
               show_default=True, help="output directory; an unfinished one is continued")
 @click.option("--quick", is_flag=True,
-              help="the same runs and rules at toy scale, 2 seeds (a few minutes; for tests)")
+              help="every part at toy scale, 2 seeds (a few minutes; for tests)")
+@click.option("--pilot", is_flag=True,
+              help="only the pilot: one seed per pool and algorithm, accuracy only, to choose "
+                   "the meta-training pool (the same as --only pilot)")
+@click.option("--only", "only", metavar="PART,...",
+              help="run these parts: pilot, main, pools, sine, regularizer (default: all; main "
+                   "and pools need the pilot, which runs first)")
 @click.option("--seeds", type=int,
-              help="seeds per setting and per k (default 5); more seeds on an existing --out "
-                   "add runs")
+              help="seeds per main setting and per k (default 5); more seeds on an existing "
+                   "--out add runs")
 @click.option("--jobs", type=int, help="runs trained side by side (default 2)")
 @click.option("--data-dir", type=click.Path(),
               help="the Omniglot zips (default $TFMETA_OMNIGLOT_DIR, else ../shared/data/omniglot)")
 @user_errors
-def landscape_claims(out_dir, quick, seeds, jobs, data_dir):
-    """Test claims C1-C8 of Guiroy et al. (2019): train with the paper's protocol, induce
-    meta-overfitting, write claims.md with a verdict per claim (about an hour on 2 CPU cores)."""
+def landscape_claims(out_dir, quick, pilot, only, seeds, jobs, data_dir):
+    """Test the claims of Guiroy et al. (2019) and their regularizer: a pilot chooses a
+    meta-overfitting regime, the settings are trained with the landscape at every epoch, and
+    claims.md gives a verdict per claim (about 3 hours on 2 CPU cores)."""
     from tfmeta.experiments import landscape_claims as lc
+    from tfmeta.experiments.landscape_claims import plan
 
+    if pilot and only:
+        raise click.UsageError("--pilot is --only pilot; pass one of them")
+    parts = plan.parse_parts("pilot" if pilot else only) if (pilot or only) else plan.PARTS
     data_dir = data_dir or os.environ.get("TFMETA_OMNIGLOT_DIR") or (
         "../shared/data/omniglot" if Path("../shared/data/omniglot").is_dir() else "")
     given = {k: v for k, v in dict(seeds=seeds, jobs=jobs).items() if v is not None}
     config = dataclasses.replace(lc.ClaimsConfig(data_dir=data_dir or ""), **given)
-    result = lc.run(config, out_dir, quick_run=quick, log=click.echo)
-    click.echo(Path(result["table"]).read_text())
+    result = lc.run(config, out_dir, quick_run=quick, parts=parts, log=click.echo)
     click.echo(f"claims: {result['table']}")
+    for figure in result["figures"]:
+        click.echo(f"figure  {figure}")
 
 
 def format_table(result: dict) -> str:

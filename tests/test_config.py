@@ -162,6 +162,17 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
         config.load(str(path))
 
 
+def test_a_run_saved_by_an_earlier_version_opens_without_its_retired_keys(tmp_path):
+    """config.yaml of a run made before representation coherence changed (issue 22) holds
+    landscape.representation_inputs: it is read and ignored, every other key kept."""
+    old = config.load("sine")
+    text = yaml.safe_dump({**dataclasses.asdict(old), "landscape": {
+        **dataclasses.asdict(old.landscape), "representation_inputs": 5120}})
+    loaded = config.load(str(write(tmp_path / "config.yaml", text)))
+    assert loaded == old
+    assert set(config.RETIRED) == {"landscape.representation_inputs"}
+
+
 @pytest.mark.parametrize("override, key, kind", [
     ("train.epochs=abc", "train.epochs", "int"),
     ("train.epochs=2.5", "train.epochs", "int"),

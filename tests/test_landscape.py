@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tfmeta import config as config_lib, landscape as landscape_lib, losses, tasks, training
 from tfmeta.adaptation import adapt
-from tfmeta.models import features, params_of
+from tfmeta.models import params_of, query_features
 from tfmeta.run import build_model
 
 
@@ -82,9 +82,45 @@ def test_landscape_metrics_match_naive_computation(measured):
     assert values["trajectory_norm"] == pytest.approx(np.mean(norms), rel=1e-9)
     assert values["support_loss"] == pytest.approx(np.mean(support_losses), rel=1e-9)
     assert values["flatness"] == pytest.approx(np.mean(flatness), rel=1e-6)
-    h = features(model, theta, tf.constant(land.inputs)).numpy()
-    assert len(land.inputs) == 7 * 20
+    everything = [(g_i, g_j) for g_i in gradients for g_j in gradients]  # self-pairs included
+    assert values["gradient_coherence_self"] == pytest.approx(
+        np.mean([a @ b for a, b in everything]), rel=1e-9)
+    h = np.concatenate([query_features(model, theta, e.support_x, e.query_x).numpy()
+                        for e in episodes])
+    assert len(h) == 7 * 10
     assert values["representation_coherence"] == pytest.approx(naive_pairwise(list(h)), rel=1e-9)
+    centered = h - h.mean(0)
+    assert values["representation_spread"] == pytest.approx(
+        np.mean(np.sum(centered ** 2, 1)), rel=1e-9)
+    # The centered variant is minus the spread over N - 1, whatever the embeddings.
+    assert naive_pairwise(list(centered)) == pytest.approx(
+        -values["representation_spread"] / (len(h) - 1), rel=1e-9)
+
+
+@pytest.mark.parametrize("norm", ["transductive", "support"])
+def test_representation_coherence_is_each_tasks_meta_test_pass_whatever_the_batching(
+        omniglot_dir, norm):
+    """With batch norm, each task's query embeddings come from the pass meta-testing makes (its
+    own query statistics, or its support's), so the value is the same for any number of tasks per
+    compiled call; checked against a naive loop over the tasks."""
+    config = config_lib.load("omniglot_5w1s-cpu", [
+        f"data.omniglot.data_dir={omniglot_dir}", "model.filters=4", "model.dtype=float64",
+        f"model.norm={norm}", "landscape.flatness_tasks=0", "landscape.coherence_tasks=6"])
+    source = tasks.build(config.data, "float64")
+    model = build_model(config, source)
+    values = []
+    for batch in (1, 4, 6):
+        land_config = config_lib.load("omniglot_5w1s-cpu", [
+            f"data.omniglot.data_dir={omniglot_dir}", f"landscape.batch={batch}",
+            "landscape.flatness_tasks=0", "landscape.coherence_tasks=6"]).landscape
+        land = landscape_lib.Landscape(model, source, config.adapt, land_config)
+        values.append(land.measure(progress=False)["representation_coherence"])
+    episodes = [tf.nest.map_structure(lambda t: t[0], b) for b in
+                source.episodes(source.eval_split, config.landscape.seed, 1, count=6)]
+    theta = params_of(model)
+    h = np.concatenate([query_features(model, theta, e.support_x, e.query_x).numpy()
+                        for e in episodes])
+    np.testing.assert_allclose(values, naive_pairwise(list(h)), rtol=1e-9)
 
 
 def test_opt_in_hessian_metrics_are_reported(measured):

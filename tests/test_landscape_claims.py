@@ -1,6 +1,6 @@
-"""`tfmeta experiment landscape-claims --quick` end to end on the real Omniglot zips: every run
-trained in its own process, claims.md with a verdict per claim, every measured number finite,
-and a second call that reuses the finished runs."""
+"""`tfmeta experiment landscape-claims --quick` end to end on the real Omniglot zips: the pilot
+chooses a pool, every part's runs train in their own processes, claims.md has a verdict per claim
+and every table, every measured number is finite, and a second call reuses the finished runs."""
 
 import json
 import math
@@ -15,6 +15,7 @@ from tfmeta.report import load_records
 pytestmark = pytest.mark.slow
 
 VERDICTS = {"reproduced", "contradicted", "inconclusive"}
+RUNS = 2 * 2 + 4 * 2 + 2 * 1 + 3 * 2 + 2 * 2   # pilot, main, pools, sine sweep, regularizer
 
 
 @pytest.fixture(scope="module")
@@ -37,47 +38,50 @@ def numbers(tree):
         yield tree
 
 
-def test_quick_writes_a_verdict_per_claim(quick_run):
+def test_quick_writes_a_verdict_per_claim_and_every_table(quick_run):
     out, result, lines = quick_run
     table = (out / "claims.md").read_text()
     for claim in lc.CLAIMS:
         assert f"| {claim}: " in table
     assert [r["id"] for r in result["claims"]] == list(lc.CLAIMS)
-    assert all(r["verdict"] in VERDICTS for r in result["claims"])
-    assert "All 20 runs finished." in table and "## Deviations" in table
-    assert "## Metric noise" in table and "## Scale of trajectory coherence" in table
+    assert all(r["verdict"] in VERDICTS for r in result["claims"]), result["claims"]
+    assert f"All {RUNS} runs finished." in table
+    for section in ("## Pilot", "## Meta-overfitting: MAML, T = 5", "## Across pools",
+                    "## The paper's method", "## Deviations", "## Metric noise",
+                    "## Scale of trajectory coherence"):
+        assert section in table, section
     saved = json.loads((out / "claims.json").read_text())
     assert [r["verdict"] for r in saved["claims"]] == [r["verdict"] for r in result["claims"]]
     assert all(math.isfinite(x) for x in numbers(saved["noise"]))
-    assert all(math.isfinite(x) for x in numbers(saved["scale"]))
-    assert any(line.startswith("[20/20]") for line in lines)
+    assert len(saved["pilot"]) == 4 and json.loads((out / "pilot.json").read_text())["selected"]
     figures = {p.split("/")[-2] + "/" + p.split("/")[-1] for p in result["figures"]}
     assert {"maml-t5/flatness.png", "finetune/trajectory_coherence.png",
-            "sine/gradient_coherence.png", "figures/sweeps.png"} <= figures
+            "sine/gradient_coherence.png", "figures/pools.png",
+            "figures/sine_sweep.png"} <= figures
 
 
-def test_quick_runs_measure_every_metric_at_every_epoch(quick_run):
+def test_main_runs_are_measured_at_epoch_0_and_every_epoch(quick_run):
     out, _, _ = quick_run
-    runs = sorted(p for p in (out / "runs").iterdir() if p.is_dir())
-    assert len(runs) == 20
-    for run in runs:
-        records = load_records(run)
-        measured = [r for r in records if "landscape/flatness" in r]
-        assert measured, run
-        for record in measured:
-            for metric in lc.METRICS:
-                assert np.isfinite(record[f"landscape/{metric}"]), (run.name, metric)
-        every_epoch = not run.name.startswith(("omniglot-k", "sine-k"))
-        assert len(measured) == (len(records) if every_epoch else 1), run.name
+    for name in ("maml-t5-s0", "maml-t1-s1", "finetune-s0", "sine-s1"):
+        records = load_records(out / "runs" / name)
+        assert [r["epoch"] for r in records][0] == 0
+        for record in records:
+            for metric in lc.MEASURED:
+                assert np.isfinite(record[f"landscape/{metric}"]), (name, metric)
+    pilot = load_records(out / "runs" / "pilot-fomaml-c3x6-s0")
+    assert pilot[0]["epoch"] == 0 and "landscape/flatness" not in pilot[-1]
+    peak = json.loads((out / "runs" / "pilot-maml-c6x6-s1" / "peak_landscape.json").read_text())
+    assert peak["epoch"] >= 1 and all(np.isfinite(peak[m]) for m in lc.MEASURED)
 
 
 def test_a_second_call_reuses_the_runs_and_other_settings_are_refused(quick_run, omniglot_dir):
     out, result, _ = quick_run
     lines = []
     again = lc.run(lc.ClaimsConfig(data_dir=str(omniglot_dir)), out, quick_run=True,
-                   log=lines.append)
-    assert lines[0].startswith("20 of 20 runs already finished")
+                   parts=("pilot", "regularizer"), log=lines.append)
+    assert lines[0] == f"8 of 8 runs already finished in {out / 'runs'}; training 0, 2 at a " \
+                       "time (each run's epochs: RUN.log)"
     assert [r["verdict"] for r in again["claims"]] == [r["verdict"] for r in result["claims"]]
     with pytest.raises(ConfigError, match="other settings"):
-        lc.run(lc.ClaimsConfig(data_dir=str(omniglot_dir), train_characters=4), out,
-               quick_run=True)
+        lc.run(lc.ClaimsConfig(data_dir=str(omniglot_dir), fall=3.0), out, quick_run=True)
+

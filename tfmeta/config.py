@@ -41,6 +41,8 @@ class TrainConfig:
         iterations: meta-iterations per epoch (500 in the landscape paper).
         eval_tasks: meta-test tasks evaluated after each epoch (a fixed set per run).
         eval_every: evaluate every k epochs; 0 turns per-epoch evaluation off.
+        eval_at_start: also evaluate, and measure the landscape when it is on, before the first
+            meta-step: a history line and TensorBoard scalars for epoch 0 (iteration 0).
         eval_batch: tasks adapted per evaluation call.
         seed: seeds the initial parameters and every episode stream.
         task_strategy: how tasks of a meta-batch are mapped: "loop", "map", "vectorized", or
@@ -66,6 +68,7 @@ class TrainConfig:
     iterations: int = 500
     eval_tasks: int = 600
     eval_every: int = 1
+    eval_at_start: bool = False
     eval_batch: int = 25
     seed: int = 0
     task_strategy: str = "auto"
@@ -163,6 +166,14 @@ def parse_override(text: str) -> dict:
     return out
 
 
+# Keys that earlier versions wrote into runs' config.yaml and that no longer mean anything, with
+# why: read and ignored, so that those runs still open (evaluate, export, resume, analyze).
+RETIRED = {
+    "landscape.representation_inputs": "representation coherence is now taken over each "
+                                       "coherence task's query embeddings",
+}
+
+
 def from_dict(cls, data: dict, where: str, prefix: str = ""):
     """Builds dataclass `cls` from a mapping, checking every key and value type."""
     if not isinstance(data, dict):
@@ -172,6 +183,8 @@ def from_dict(cls, data: dict, where: str, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
+        if f"{prefix}{key}" in RETIRED:
+            continue
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
@@ -262,8 +275,8 @@ def validate(config: Config, where: str) -> Config:
          "between 0 and train.meta_lr", config.train.min_meta_lr)
     _check_inner_loop_options(config, need)
     land = config.landscape
-    for key in ("every", "flatness_tasks", "coherence_tasks", "representation_inputs",
-                "trace_probes", "top_k", "density_probes"):
+    for key in ("every", "flatness_tasks", "coherence_tasks", "trace_probes", "top_k",
+                "density_probes"):
         need(getattr(land, key) >= 0, f"landscape.{key}", "a non-negative integer",
              getattr(land, key))
     for key in ("max_iters", "density_iters", "batch"):

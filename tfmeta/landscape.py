@@ -6,9 +6,27 @@ meta-learned theta by `adaptation.adapt` to theta~_i (the meta-test number of st
     flatness                  E_i ||H(D_i; theta~_i)||_sigma  (support-loss Hessian; Lanczos on HVPs)
     trajectory_coherence      E_{i != j} u_i^T u_j,  u_i = (theta~_i - theta) / ||theta~_i - theta||
     gradient_coherence        E_{i != j} g_i^T g_j,  g_i = -grad L(D_i; theta)
-    representation_coherence  E_{a != b} h_a^T h_b,  h = f_feat(x) at theta over meta-test inputs
+    representation_coherence  E_{a != b} h_a^T h_b,  h = f_feat(x) at theta of the tasks' queries
     trajectory_norm           E_i ||theta~_i - theta||
     support_loss              E_i L(D_i; theta~_i)
+
+and beside them two variants that a choice of the definition would change:
+
+    gradient_coherence_self   E_{i, j} g_i^T g_j with the pairs i = j: ||mean_i g_i||^2
+    representation_spread     E_a ||h_a - mean_b h_b||^2
+
+Which pairs count. The paper's expectations are over two independently drawn tasks (images), which
+pairs i != j estimate without bias: E_{i != j} g_i^T g_j estimates ||E g||^2. Counting the self-pairs
+too adds (mean ||g_i||^2 - E_{i != j} g_i^T g_j) / n, a term that moves with the gradients' size from
+epoch to epoch; `gradient_coherence_self` reports it so that its effect can be seen.
+
+Representation coherence, as at meta-test: each task's query embeddings h come from the pass
+meta-testing makes (`models.query_features`): batch norm takes the statistics of the task's own
+query set (or its support set, with `norm: support`), never of an arbitrary chunk of images, so
+the value does not depend on how many tasks are computed at once. Its centered variant is
+E_{a != b} (h_a - mu)^T (h_b - mu) with mu the mean embedding, which is identically
+-representation_spread / (N - 1) (the centered embeddings sum to zero): centering leaves the
+spread, and the raw coherence is ||mu||^2 - representation_spread / (N - 1).
 
 All of them live in the space the inner loop moves in, the parameters `model.inner_indices` (the
 others are held at theta~_i = theta): every parameter for MAML, the head alone for ANIL, all but
@@ -37,11 +55,13 @@ from tfmeta import hessian, meta_batch, tree
 from tfmeta.adaptation import (AdaptConfig, adapt, displacement, inner_part, learning_rates,
                                with_inner)
 from tfmeta.losses import task_loss
-from tfmeta.models import MetaModel, features, params_of
+from tfmeta.models import MetaModel, params_of, query_features
 from tfmeta.tasks import TaskSource
 
 METRICS = ("flatness", "trajectory_coherence", "gradient_coherence", "representation_coherence",
            "trajectory_norm", "support_loss")
+# Variants of the definitions, measured beside METRICS (see the module docstring).
+VARIANTS = ("gradient_coherence_self", "representation_spread")
 
 
 @dataclasses.dataclass
@@ -53,9 +73,6 @@ class LandscapeConfig:
         flatness_tasks: tasks averaged for flatness and the opt-in Hessian metrics (paper: 60).
         coherence_tasks: tasks averaged for the coherences, trajectory norm and support loss
             (paper: 500).
-        representation_inputs: meta-test inputs for representation coherence; 0 means all of a
-            finite dataset's meta-test examples (Omniglot), or the inputs of the coherence tasks
-            (sine).
         method: spectral norm by "lanczos" or "power" iteration.
         tol: relative tolerance that stops the eigenvalue iteration.
         max_iters: most HVPs per spectral norm.
@@ -71,7 +88,6 @@ class LandscapeConfig:
     every: int = 1
     flatness_tasks: int = 60
     coherence_tasks: int = 500
-    representation_inputs: int = 0
     method: str = "lanczos"
     tol: float = 1e-3
     max_iters: int = 100
@@ -128,28 +144,14 @@ class Landscape:
         tasks = max(config.flatness_tasks, config.coherence_tasks)
         self.split = source.eval_split
         self.batches = source.episodes(self.split, config.seed, config.batch, count=tasks)
-        self.inputs = self._representation_inputs(source)
         self.layer_names, self.layer_groups = layer_groups(model)
         self._coherence = tf.function(self._coherence_sums, reduce_retracing=True)
         self._hessian = tf.function(self._hessian_metrics, reduce_retracing=True)
-        self._features = tf.function(self._feature_sums, reduce_retracing=True)
-
-    def _representation_inputs(self, source: TaskSource) -> np.ndarray:
-        inputs = source.examples.get(self.split) if source.examples else None
-        if inputs is None:  # an endless task family: use the coherence tasks' inputs
-            parts = [np.concatenate([e.support_x.numpy(), e.query_x.numpy()], axis=1)
-                     for e in source.episodes(self.split, self.config.seed, self.config.batch,
-                                              count=self.config.coherence_tasks)]
-            inputs = np.concatenate(parts).reshape(-1, *source.example_shape)
-        limit = self.config.representation_inputs
-        if limit and limit < len(inputs):
-            pick = np.random.default_rng(self.config.seed).choice(len(inputs), limit, replace=False)
-            inputs = inputs[np.sort(pick)]
-        return inputs
 
     def _coherence_sums(self, batch):
         """Running sums over a batch of tasks: sum of unit displacements and of -gradients, their
-        squared norms, displacement norms and adapted support losses."""
+        squared norms, displacement norms and adapted support losses, and the sum, squared norms
+        and count of the query embeddings at theta."""
         model = self.model
         params = self.params()
 
@@ -173,9 +175,13 @@ class Landscape:
             # not averaged: one Inf would turn every mean into NaN.
             finite = tf.math.is_finite(norm) & tf.math.is_finite(support_loss)
             keep = lambda t: tf.where(finite, t, tf.zeros_like(t))  # noqa: E731
+            h = query_features(model, start, x, task.query_x)
+            h = tf.reshape(h, [tf.shape(h)[0], -1])
             return {"direction": [keep(s / norm) for s in step], "gradient": gradient,
                     "gradient_sq": tree.sum_sq(gradient), "trajectory_norm": keep(norm),
-                    "support_loss": keep(support_loss), "adapted": tf.cast(finite, norm.dtype)}
+                    "support_loss": keep(support_loss), "adapted": tf.cast(finite, norm.dtype),
+                    "feature": tf.reduce_sum(h, 0), "feature_sq": tf.reduce_sum(tf.square(h)),
+                    "embeddings": tf.cast(tf.shape(h)[0], h.dtype)}
 
         return meta_batch.sum_tasks(one, batch, self.strategy)
 
@@ -212,11 +218,6 @@ class Landscape:
             out["hvps"] += config.density_probes * config.density_iters
         return out
 
-    def _feature_sums(self, x):
-        h = features(self.model, self.params(), x)
-        h = tf.reshape(h, [tf.shape(h)[0], -1])
-        return tf.reduce_sum(h, axis=0), tf.reduce_sum(tf.square(h))
-
     def measure(self, progress: bool = True) -> Dict[str, float]:
         """All configured metrics at the model's current weights.
 
@@ -224,7 +225,8 @@ class Landscape:
         solution and counted in `diverged_tasks` (coherence tasks) and `flatness_diverged_tasks`.
 
         Returns:
-            {metric: value} with the METRICS, `hvps` and `seconds_per_hvp` (flatness cost),
+            {metric: value} with the METRICS and VARIANTS, `hvps` and `seconds_per_hvp`
+            (flatness cost),
             and the opt-in metrics: `hessian_trace`, `top_eigenvalue_<k>`, `layer_flatness/<layer>`,
             and `density` ({"grid": [...], "density": [...]}, not a scalar).
         """
@@ -252,24 +254,20 @@ class Landscape:
             adapted = int(round(float(sums["adapted"])))
             results["gradient_coherence"] = float(pairwise_mean(sums["gradient"],
                                                                 sums["gradient_sq"], n))
+            results["gradient_coherence_self"] = float(tree.sum_sq(sums["gradient"])) / n ** 2
             results["trajectory_coherence"] = float(pairwise_mean(sums["direction"],
                                                                   float(adapted), adapted))
             results["trajectory_norm"] = float(sums["trajectory_norm"]) / max(adapted, 1)
             results["support_loss"] = float(sums["support_loss"]) / max(adapted, 1)
             results["diverged_tasks"] = n - adapted
-        results["representation_coherence"] = self._representation_coherence()
+            embeddings = int(round(float(sums["embeddings"])))
+            results["representation_coherence"] = float(pairwise_mean(
+                [sums["feature"]], sums["feature_sq"], embeddings))
+            results["representation_spread"] = float(
+                sums["feature_sq"] / embeddings - tree.sum_sq([sums["feature"] / embeddings]))
         if flat_rows:
             results.update(self._summarize_hessian(flat_rows, hessian_seconds))
         return results
-
-    def _representation_coherence(self) -> float:
-        total, sum_sq = None, 0.0
-        for start in range(0, len(self.inputs), 1024):
-            chunk = tf.constant(self.inputs[start:start + 1024], self.model.compute_dtype)
-            part_total, part_sq = self._features(chunk)
-            total = part_total if total is None else total + part_total
-            sum_sq += float(part_sq)
-        return float(pairwise_mean([total], tf.constant(sum_sq, total.dtype), len(self.inputs)))
 
     def _summarize_hessian(self, rows, seconds: float) -> Dict[str, float]:
         hvps = int(sum(int(r["hvps"]) for r in rows))

@@ -147,10 +147,10 @@ class MetaModel(keras.Model):
             self.rates = InnerRates(shapes, self.inner.lr, dtype=self.head.dtype_policy)
         self.built = True
 
-    def call(self, x, training=None, reference_rows=None, step=None):
-        """x [B, *example_shape] -> outputs [B, outputs]; `reference_rows` k makes every batch
-        norm take its statistics from the first k rows, and `step` t its inner step's weights
-        (see `BatchNorm`)."""
+    def call(self, x, training=None, reference_rows=None, step=None, features_only=False):
+        """x [B, *example_shape] -> outputs [B, outputs], or the representation h [B, D] with
+        `features_only`; `reference_rows` k makes every batch norm take its statistics from the
+        first k rows, and `step` t its inner step's weights (see `BatchNorm`)."""
         # The layers are called one by one because keras.Sequential passes no extra arguments,
         # and `training` is passed explicitly because stateless_call enters `call` directly, with
         # no call context to carry it to the inner layers.
@@ -160,7 +160,7 @@ class MetaModel(keras.Model):
                 h = layer(h, training=training, reference_rows=reference_rows, step=step)
             else:
                 h = layer(h, training=training)
-        return self.head(h, training=training)
+        return h if features_only else self.head(h, training=training)
 
     @property
     def normalizes(self) -> bool:
@@ -246,11 +246,23 @@ def query_outputs(model: MetaModel, params: Sequence[tf.Tensor], support_x: tf.T
     model's `norm` mode says: by the query set's own statistics ("transductive"), or by those of
     support_x [K, ...] at the same params ("support", one pass over [support; query]); `step` as in
     `apply`."""
+    return _query_pass(model, lambda x, k: apply(model, params, x, k, step), support_x, query_x)
+
+
+def query_features(model: MetaModel, params: Sequence[tf.Tensor], support_x: tf.Tensor,
+                   query_x: tf.Tensor) -> tf.Tensor:
+    """The representations h [Q, D] of a task's query set, normalized as `query_outputs`
+    normalizes it: what the head sees at meta-test."""
+    return _query_pass(model, lambda x, k: features(model, params, x, k), support_x, query_x)
+
+
+def _query_pass(model: MetaModel, run: Callable, support_x: tf.Tensor,
+                query_x: tf.Tensor) -> tf.Tensor:
+    """run(x, reference_rows) on the query rows, with the statistics `model.norm` names."""
     if model.norm == "support" and model.normalizes:
         k = tf.shape(support_x)[0]
-        return apply(model, params, tf.concat([support_x, query_x], 0), reference_rows=k,
-                     step=step)[k:]
-    return apply(model, params, query_x, step=step)
+        return run(tf.concat([support_x, query_x], 0), k)[k:]
+    return run(query_x, None)
 
 
 def joint_outputs(model: MetaModel, params: Sequence[tf.Tensor], support_x: tf.Tensor,
@@ -264,10 +276,12 @@ def joint_outputs(model: MetaModel, params: Sequence[tf.Tensor], support_x: tf.T
     return apply(model, params, x)
 
 
-def features(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-    """Returns the representation h = f_feat(x) [B, D] under explicit parameters."""
-    h, _ = model.features.stateless_call(effective(model, params)[:model.num_feature_params],
-                                         _non_trainable(model.features), x, training=True)
+def features(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor,
+             reference_rows=None) -> tf.Tensor:
+    """Returns the representation h = f_feat(x) [B, D] under explicit parameters (batch
+    statistics of x, or of x[:reference_rows])."""
+    h, _ = model.stateless_call(effective(model, params), _non_trainable(model), x,
+                                training=True, reference_rows=reference_rows, features_only=True)
     return h
 
 

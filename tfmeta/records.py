@@ -67,5 +67,6 @@ def epoch_line(record: dict, total: int) -> str:
     for key in ("landscape/flatness", "landscape/trajectory_coherence"):
         if key in record:
             parts.append(f"{key.split('/')[1]} {record[key]:.4g}")
-    parts.append(f"{record['meta_train/seconds_per_iteration'] * 1e3:.0f} ms/it")
+    if "meta_train/seconds_per_iteration" in record:  # none at epoch 0, before training
+        parts.append(f"{record['meta_train/seconds_per_iteration'] * 1e3:.0f} ms/it")
     return "  ".join(parts)

@@ -6,7 +6,8 @@ A run directory holds everything needed to reproduce or continue a run:
     checkpoints/     tf.train.CheckpointManager: model, Adam state and the iteration counter
     logs/            TensorBoard event files
     history.jsonl    one line of per-epoch metrics, appended as each epoch ends (a resume after a
-                     kill may repeat the epoch it was in: keep the last line per iteration)
+                     kill may repeat the epoch it was in: keep the last line per iteration); with
+                     `train.eval_at_start`, a line for epoch 0 before any meta-step
 
 Episodes are a pure function of (seed, index) (see `tasks.sampler`), so the iteration counter is
 the whole data-sampler state: `resume` restores it and the stream continues where it stopped.
@@ -163,6 +164,8 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
     batches = distribute.replica_batches(
         strategy, lambda replica, replicas: run.training_batches(start, replica, replicas))
     epoch_end = EpochEnd(run, chief, progress, fresh=start == 0)
+    if start == 0 and config.train.eval_at_start:
+        log(records.epoch_line(epoch_end(0, 0, {}, {}), epochs * iterations))
     # Read when the error comes: on a worker other than the chief, the chief wrote it.
     with distribute.peers_watched(
             strategy, lambda: tf.train.latest_checkpoint(str(run_dir / "checkpoints"))):

@@ -11,6 +11,16 @@ into a verdict:
 Correlations are averaged as Fisher z = atanh(r), whose spread is near-normal, and mapped back.
 Intervals are Student t intervals (n - 1 degrees of freedom): with 3 seeds t = 4.30, so a verdict
 needs seeds that agree.
+
+"A metric tracks generalization" cannot be read off a correlation over all epochs: when accuracy
+rises and then falls, that correlation is mostly the metric's trend against the epoch, so any
+rising metric would look "contradicted" and any falling one "reproduced". `tracking` therefore
+tests the rising phase (up to each seed's peak) and the falling phase (from it on) separately:
+reproduced only when the metric follows accuracy in both, contradicted only when it fails to in
+both. A metric that merely trends follows accuracy in one phase and opposes it in the other, and
+is neither. Where the target never falls in most seeds (no meta-overfitting), the rule falls back
+to first differences, the correlation of the epoch-to-epoch changes, which a linear trend cannot
+fake; there "contradicted" needs the changes to oppose each other (rho < -threshold).
 """
 
 import dataclasses
@@ -110,24 +120,64 @@ def combine(verdicts: Sequence[str]) -> str:
 class Peak:
     """Where a generalization curve peaks, and whether it then meta-overfits.
 
-    `overfits`: the peak has at least TAIL epochs after it, and the mean of the last TAIL epochs
-    lies below the peak by more than `margin` (the peak's 95% evaluation half-width).
+    `overfits`: the peak has at least TAIL points after it, and the mean of the last TAIL points
+    lies below the peak by more than `fall` times `margin` (the peak's 95% evaluation half-width).
     """
-    epoch: int        # 1-based
+    index: int        # position in the curve
+    epoch: int        # the epoch that position is
     value: float
-    drop: float       # peak - mean of the last TAIL epochs
+    drop: float       # peak - mean of the last TAIL points
     margin: float
     overfits: bool
 
 
-def peak(curve: Sequence[float], ci95: Optional[Sequence[float]] = None) -> Peak:
-    """The peak of a curve indexed by epoch (index 0 = epoch 1), higher = better."""
+def peak(curve: Sequence[float], ci95: Optional[Sequence[float]] = None,
+         epochs: Optional[Sequence[int]] = None, fall: float = 1.0) -> Peak:
+    """The peak of a curve over epochs (`epochs`, default 1, 2, ...), higher = better."""
     y = np.asarray(curve, dtype=np.float64)
     i = int(np.nanargmax(y))
     margin = float(ci95[i]) if ci95 is not None else 0.0
     drop = float(y[i] - np.mean(y[-TAIL:]))
-    overfits = (len(y) - 1 - i >= TAIL) and drop > margin
-    return Peak(i + 1, float(y[i]), drop, margin, bool(overfits))
+    overfits = (len(y) - 1 - i >= TAIL) and drop > fall * margin
+    epoch = int(epochs[i]) if epochs is not None else i + 1
+    return Peak(i, epoch, float(y[i]), drop, margin, bool(overfits))
+
+
+PHASES, DIFFERENCES = "rising and falling phases", "first differences"
+
+
+@dataclasses.dataclass
+class Tracking:
+    """The verdict on "x tracks y" over epochs: per-seed correlations in the rising phase (up to
+    the peak of y) and the falling phase (from it on), or of first differences."""
+    rule: str
+    rise: Optional[Interval]
+    fall: Optional[Interval]
+    differences: Optional[Interval]
+    verdict: str
+
+
+def tracking(xs: Sequence[Sequence[float]], ys: Sequence[Sequence[float]],
+             peaks: Sequence[Peak], threshold: float = 0.3) -> Tracking:
+    """Whether metric curves xs follow target curves ys (one of each per seed), judged so that a
+    shared trend with the epoch cannot decide it (see the module docstring). `peaks` are the
+    targets' peaks; with most seeds meta-overfitting the phases are tested, else first
+    differences."""
+    if sum(p.overfits for p in peaks) * 2 > len(peaks):
+        rise = correlation_interval([rank_correlation(np.asarray(x)[:p.index + 1],
+                                                      np.asarray(y)[:p.index + 1])
+                                     for x, y, p in zip(xs, ys, peaks)])
+        fall = correlation_interval([rank_correlation(np.asarray(x)[p.index:],
+                                                      np.asarray(y)[p.index:])
+                                     for x, y, p in zip(xs, ys, peaks)])
+        verdicts = {side(rise, threshold, True), side(fall, threshold, True)}
+        verdict = verdicts.pop() if len(verdicts) == 1 else INCONCLUSIVE
+        return Tracking(PHASES, rise, fall, None, verdict)
+    changes = correlation_interval([rank_correlation(np.diff(x), np.diff(y))
+                                    for x, y in zip(xs, ys)])
+    verdict = (REPRODUCED if side(changes, threshold, True) == REPRODUCED else
+               CONTRADICTED if side(changes, -threshold, False) == REPRODUCED else INCONCLUSIVE)
+    return Tracking(DIFFERENCES, None, None, changes, verdict)
 
 
 def epoch_trend(curve: Sequence[float], start: int = 1) -> float:

@@ -7,7 +7,6 @@ outputs and the loss, and draws seeded episode streams for the "train" and "test
 import dataclasses
 from typing import Callable, Dict, Optional
 
-import numpy as np
 import tensorflow as tf
 
 from tfmeta.errors import ConfigError
@@ -52,8 +51,6 @@ class TaskSource:
         outputs: width of the model's head (N ways, or 1 for regression).
         loss: "cross_entropy" or "mse".
         episode_fns: split name -> function drawing one Episode from a stateless seed.
-        examples: split name -> every input of a finite dataset's split, [N, *example_shape] as
-            the model sees it; absent for endless task families (sine).
         labelled_fns: split name -> function drawing one labelled example (x [*example_shape],
             y [] int class or [1] target) from a stateless seed, for supervised pre-training.
         classes: split name -> classes in the split (1 for regression): the width of a head
@@ -66,7 +63,6 @@ class TaskSource:
     outputs: int
     loss: str
     episode_fns: Dict[str, Callable[[tf.Tensor], Episode]]
-    examples: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     labelled_fns: Dict[str, Callable] = dataclasses.field(default_factory=dict)
     classes: Dict[str, int] = dataclasses.field(default_factory=dict)
     eval_split: str = "test"
@@ -108,10 +104,8 @@ def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
             fns[split] = classification.episode_fn(
                 pools[split], config.ways, config.shots, config.queries, tf.as_dtype(dtype))
         size = config.omniglot.image_size
-        examples = {split: (pools[split].reshape(-1, size, size, 1) / 255.0).astype(dtype)
-                    for split in SPLITS}
         labelled = {s: classification.labelled_fn(pools[s], tf.as_dtype(dtype)) for s in SPLITS}
-        return TaskSource((size, size, 1), config.ways, "cross_entropy", fns, examples, labelled,
+        return TaskSource((size, size, 1), config.ways, "cross_entropy", fns, labelled,
                           {s: len(pools[s]) for s in SPLITS}, image_format=omniglot_format(size))
     if config.dataset == "miniimagenet":
         pools = miniimagenet.pools(config.miniimagenet)

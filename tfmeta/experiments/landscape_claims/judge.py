@@ -1,0 +1,226 @@
+"""The verdicts: pure functions from curves to claims, by the rules of `tfmeta.verdicts`.
+
+Curves are the per-epoch arrays of `runner.curves` (index 0 is epoch 0 when it was measured), one
+dict per seed. Nothing here reads a file or trains: the tests call these functions on synthetic
+curves whose answer is known.
+"""
+
+import dataclasses
+import math
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from tfmeta import verdicts as V
+from tfmeta.experiments.landscape_claims.plan import ClaimsConfig
+
+CLAIMS = {
+    "C1": "Flatness: MAML first finds sharper adapted solutions up to a peak, then flatter ones.",
+    "C2": "Past meta-overfitting, flatness keeps improving: it does not track generalization.",
+    "C3": "Meta-test support loss falls monotonically; flatness follows it more than accuracy.",
+    "C4": "Trajectory coherence tracks accuracy, also past the peak; ~0 for finetune.",
+    "C5": "Gradient coherence (T = 1) tracks accuracy, and -MSE on sine; very low for finetune.",
+    "C6": "Representation coherence reflects meta-overfitting; across training sets it tracks "
+          "the accuracy reached.",
+    "C7": "Trajectory norm grows during MAML training, not during finetune, and keeps growing "
+          "past the peak while accuracy falls: it does not reflect generalization.",
+    "C8": "Sine, across k = 2..15: final gradient coherence correlates with final -MSE.",
+    "R": "Angle-regularized MAML (Algorithm 1) raises held-out 20-way 1-shot accuracy.",
+}
+
+
+@dataclasses.dataclass
+class Part:
+    """One tested statement: its per-seed statistics, their intervals, and its verdict.
+    `counts` False: reported beside the claim, not part of its verdict."""
+    test: str
+    spearman: Optional[V.Interval] = None
+    value: Optional[V.Interval] = None
+    tracking: Optional[V.Tracking] = None
+    verdict: str = V.INCONCLUSIVE
+    counts: bool = True
+
+
+def peaks_of(runs: Sequence[dict], fall: float = 1.0) -> List[V.Peak]:
+    return [V.peak(c["generalization"], c["generalization_ci95"], c["epoch"], fall) for c in runs]
+
+
+def _trend(test: str, ys: Sequence[np.ndarray], threshold: float, above: bool,
+           starts: Optional[Sequence[int]] = None) -> Part:
+    """Spearman's rho of each seed's curve with the epoch from position `starts` on."""
+    starts = starts or [0] * len(ys)
+    rho = V.correlation_interval([V.epoch_trend(np.asarray(y)[s:]) for y, s in zip(ys, starts)])
+    return Part(test, spearman=rho, verdict=V.side(rho, threshold, above))
+
+
+def _tracks(test: str, xs, ys, peaks: Sequence[V.Peak], counts: bool = True) -> Part:
+    result = V.tracking(xs, ys, peaks, V.CORRELATION)
+    return Part(test, tracking=result, verdict=result.verdict, counts=counts)
+
+
+def _ratio(test: str, baseline, maml, bound: float) -> Part:
+    """mean |baseline metric| / mean |MAML metric| over epochs, per seed pair; below `bound`."""
+    ratios = [np.nanmean(np.abs(b)) / np.nanmean(np.abs(m)) for b, m in zip(baseline, maml)]
+    iv = V.interval(ratios)
+    return Part(test, value=iv, verdict=V.side(iv, bound, above=False))
+
+
+def _across(test: str, per_seed: Sequence[Dict[str, np.ndarray]], metric: str,
+            target: str = "generalization") -> Part:
+    """Per seed, across conditions (k or pools): rho(metric, target); above 0.3."""
+    rho = V.correlation_interval([V.spearman(s[metric], s[target]) for s in per_seed])
+    return Part(test, spearman=rho, verdict=V.side(rho, V.CORRELATION, True))
+
+
+def _differences(x, y) -> float:
+    return V.spearman(np.diff(x), np.diff(y)) if len(x) > V.TAIL + 1 else math.nan
+
+
+def pilot_table(runs: Dict[str, Dict[str, dict]], config: ClaimsConfig) -> List[dict]:
+    """One row per pilot run ({algorithm: {pool name: curves}}): where its accuracy peaks, how far
+    it falls, and which of the regime's three conditions it meets."""
+    rows = []
+    for algorithm, by_pool in runs.items():
+        for name, c in by_pool.items():
+            p = V.peak(c["generalization"], c["generalization_ci95"], c["epoch"], config.fall)
+            epochs = int(np.nanmax(c["epoch"]))
+            rises = p.epoch >= config.rise_epochs
+            middle = epochs / 3 <= p.epoch <= 2 * epochs / 3
+            rows.append({"algorithm": algorithm, "pool": name, "peak_epoch": p.epoch,
+                         "peak": p.value, "drop": p.drop, "half_width": p.margin,
+                         "rises": rises, "middle_third": middle, "falls": p.overfits,
+                         "regime": rises and middle and p.overfits})
+    return rows
+
+
+def select_pool(rows: Sequence[dict], algorithm: str, pools: Sequence[Sequence[int]]) -> dict:
+    """The pool for the main settings: the largest (characters x drawings) whose run meets all
+    three conditions; else the one that meets most of them, the larger fall first."""
+    from tfmeta.experiments.landscape_claims.plan import pool_name
+    sizes = {pool_name(p): p for p in pools}
+    mine = [r for r in rows if r["algorithm"] == algorithm]
+    met = lambda r: r["rises"] + r["middle_third"] + r["falls"]  # noqa: E731
+    best = max(mine, key=lambda r: (r["regime"], met(r) if not r["regime"] else 0,
+                                    np.prod(sizes[r["pool"]]) if r["regime"] else r["drop"]))
+    return {"pool": sizes[best["pool"]], "name": best["pool"], "regime": best["regime"]}
+
+
+def judge(main: Dict[str, list], pools: Optional[List[Dict[str, np.ndarray]]],
+          sweep: Optional[List[Dict[str, np.ndarray]]],
+          regularizer: Optional[Dict[str, list]]) -> List[dict]:
+    """Verdicts for the claims.
+
+    Args:
+        main: {setting: [per-seed curves]} for "maml-t5", "maml-t1", "finetune", "sine" (any may
+            be missing: its claims are then pending).
+        pools: per seed, {"pool", "generalization", metric: [values at each pool's accuracy
+            peak]}, or None.
+        sweep: per seed, {"k", "generalization", metric: [finals per k]} of the sine sweep.
+        regularizer: {"maml": [final accuracy per seed], "maml-reg": [...]}, paired by seed.
+
+    Returns:
+        One dict per claim: id, claim, parts (list of Part), verdict, and `peaks` where the claim
+        rests on MAML's accuracy peaks.
+    """
+    rows = []
+    t5, t1, ft, sine = (main.get(k) for k in ("maml-t5", "maml-t1", "finetune", "sine"))
+
+    def row(claim: str, parts: list, needs: Sequence, extra: Optional[dict] = None) -> None:
+        missing = [name for name, data in needs if not data]
+        if missing:
+            rows.append({"id": claim, "claim": CLAIMS[claim], "parts": [],
+                         "verdict": f"pending ({', '.join(missing)} not finished)"})
+            return
+        verdict = V.combine([p.verdict for p in parts if p.counts])
+        rows.append({"id": claim, "claim": CLAIMS[claim], "parts": parts, "verdict": verdict,
+                     **(extra or {})})
+
+    def untestable(test: str) -> Part:
+        return Part(f"{test}: no meta-overfitting in most seeds, so untestable")
+
+    extra = {}
+    if t5:
+        acc = [c["generalization"] for c in t5]
+        peaks = peaks_of(t5)
+        overfit = sum(p.overfits for p in peaks) * 2 > len(peaks)
+        post = [p.index for p in peaks]
+        flat = [c["flatness"] for c in t5]
+        sharpest = [int(np.nanargmax(f)) for f in flat]
+        extra = {"peaks": f"accuracy peak: epoch {', '.join(str(p.epoch) for p in peaks)}; "
+                          f"sharpest: {', '.join(str(int(c['epoch'][i])) for c, i in zip(t5, sharpest))}",
+                 "overfitting": peaks}
+        rise = V.interval([f[i] / f[0] - 1 for f, i in zip(flat, sharpest)])
+        losses = [c["support_loss"] for c in t5]
+        follows = V.interval([_differences(f, s) - abs(_differences(f, a))
+                              for f, s, a in zip(flat, losses, acc)])
+        c1 = [Part("relative rise of flatness from epoch 0 to its maximum > 10%", value=rise,
+                   verdict=V.side(rise, V.RISE, True)),
+              _trend("flatness vs epoch after its maximum: rho < -0.3", flat, -V.CORRELATION,
+                     False, sharpest)]
+        c2 = [_trend("flatness vs epoch after the accuracy peak: rho < -0.3", flat,
+                     -V.CORRELATION, False, post) if overfit else untestable("after the peak")]
+        c3 = [_trend("support loss vs epoch: rho < -0.8 (monotone fall)", losses, -V.MONOTONE,
+                     False),
+              Part("first differences: rho(flatness, support loss) - |rho(flatness, accuracy)| "
+                   "> 0", value=follows, verdict=V.side(follows, 0.0, True))]
+    row("C1", c1 if t5 else [], [("maml-t5", t5)], extra)
+    row("C2", c2 if t5 else [], [("maml-t5", t5)], extra)
+    row("C3", c3 if t5 else [], [("maml-t5", t5)], extra)
+
+    if t5 and ft:
+        c4 = [_tracks("trajectory coherence tracks accuracy", [c["trajectory_coherence"]
+                                                                for c in t5], acc, peaks),
+              _ratio("finetune / MAML mean |trajectory coherence| < 0.25",
+                     [c["trajectory_coherence"] for c in ft],
+                     [c["trajectory_coherence"] for c in t5], V.LOW)]
+    row("C4", c4 if t5 and ft else [], [("maml-t5", t5), ("finetune", ft)], extra)
+
+    if t1 and sine and ft:
+        t1_acc, t1_peaks = [c["generalization"] for c in t1], peaks_of(t1)
+        c5 = [_tracks("T = 1: gradient coherence tracks accuracy (pairs i != j)",
+                      [c["gradient_coherence"] for c in t1], t1_acc, t1_peaks),
+              _tracks("the same with the self-pairs i = j (reported, not judged)",
+                      [c["gradient_coherence_self"] for c in t1], t1_acc, t1_peaks,
+                      counts=False),
+              _tracks("sine: gradient coherence tracks -MSE", [c["gradient_coherence"]
+                                                               for c in sine],
+                      [c["generalization"] for c in sine], peaks_of(sine)),
+              _ratio("finetune / MAML (T = 1) mean |gradient coherence| < 0.25",
+                     [c["gradient_coherence"] for c in ft],
+                     [c["gradient_coherence"] for c in t1], V.LOW)]
+    row("C5", c5 if t1 and sine and ft else [], [("maml-t1", t1), ("sine", sine),
+                                                   ("finetune", ft)])
+
+    if t5 and pools:
+        c6 = [_tracks("representation coherence tracks accuracy",
+                      [c["representation_coherence"] for c in t5], acc, peaks),
+              _across("across pools: rho(representation coherence at the accuracy peak, peak "
+                      "accuracy) > 0.3", pools, "representation_coherence")]
+    row("C6", c6 if t5 and pools else [], [("maml-t5", t5), ("the pools", pools)], extra)
+
+    if t5 and ft:
+        norms = [c["trajectory_norm"] for c in t5]
+        c7 = [_trend("MAML trajectory norm vs epoch: rho > 0.3", norms, V.CORRELATION, True),
+              _trend("finetune trajectory norm vs epoch: rho < 0.3",
+                     [c["trajectory_norm"] for c in ft], V.CORRELATION, False),
+              _trend("past the accuracy peak, MAML trajectory norm vs epoch: rho > 0.3", norms,
+                     V.CORRELATION, True, post) if overfit else untestable("past the peak")]
+    row("C7", c7 if t5 and ft else [], [("maml-t5", t5), ("finetune", ft)], extra)
+
+    c8 = [_across("across k: rho(final gradient coherence, final -MSE) > 0.3", sweep,
+                  "gradient_coherence")] if sweep else []
+    row("C8", c8, [("the sine k-sweep", sweep)])
+
+    if regularizer:
+        gain = V.interval(np.subtract(regularizer["maml-reg"], regularizer["maml"]) * 100)
+        r = [Part("maml-reg - MAML held-out accuracy, paired by seed (points) > 0", value=gain,
+                  verdict=V.side(gain, 0.0, True))]
+    row("R", r if regularizer else [], [("the regularizer runs", regularizer)])
+    return rows
+
+
+def across_pools(pools: List[Dict[str, np.ndarray]], metrics: Sequence[str]) -> Dict[str, V.Interval]:
+    """For every metric, the per-seed Spearman rho across pools of its value at the accuracy
+    peak with the peak accuracy, as an interval over seeds."""
+    return {m: V.correlation_interval([V.spearman(s[m], s["generalization"]) for s in pools])
+            for m in metrics}

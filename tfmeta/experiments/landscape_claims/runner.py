@@ -1,0 +1,196 @@
+"""Training the experiment's runs and reading their curves.
+
+Each run is an ordinary tfmeta run directory under OUT/runs, trained in a worker process (`jobs`
+at a time, one thread each, so that thread settings apply before TensorFlow starts). A finished run is reused and an
+unfinished one resumed from its last checkpoint; a directory made with other settings is refused.
+"""
+
+import json
+import math
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Sequence
+
+import numpy as np
+
+from tfmeta import config as config_lib, workers
+from tfmeta.errors import ConfigError, TfmetaError
+from tfmeta.experiments.landscape_claims.plan import RunSpec
+from tfmeta.files import atomic_open
+from tfmeta.landscape import METRICS, VARIANTS
+from tfmeta.report import column, load_records
+
+MEASURED = METRICS + VARIANTS
+RUNS_PER_WORKER = 8
+
+
+def run_config(spec: RunSpec, run_dir: Path):
+    """The tfmeta Config of `spec`, with absolute paths, written to run in `run_dir`."""
+    from tfmeta.training import with_absolute_paths
+    return with_absolute_paths(config_lib.load(spec.preset, [*spec.overrides,
+                                                             f"run_dir={run_dir}"]))
+
+
+def finished(run_dir: Path, epochs: int) -> bool:
+    """Whether `run_dir` holds a record of its last epoch."""
+    try:
+        return any(int(r.get("epoch", 0)) >= epochs for r in load_records(run_dir))
+    except TfmetaError:  # no records yet
+        return False
+
+
+def check_same(spec: RunSpec, run_dir: Path) -> None:
+    """A run directory made with other settings must not be continued as if it were this run."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    want = config_lib.flat_dict(run_config(spec, run_dir))
+    have = config_lib.flat_dict(config_lib.load(str(saved)))
+    for key, value in want.items():
+        if have.get(key) != value:
+            raise ConfigError(f"{saved} was made with other settings ({key}: {have.get(key)!r} "
+                              f"there, {value!r} now); choose another --out or delete {run_dir}")
+
+
+def train_one(spec: RunSpec, run_dir: str) -> str:
+    """Trains (or resumes) one run in a worker process, then measures its landscape at its
+    accuracy peak if `spec.at_peak`. Its epoch lines go to RUN_DIR.log."""
+    from tfmeta import training
+    run_dir = Path(run_dir)
+    config = run_config(spec, run_dir)
+    resume = (run_dir / "checkpoints" / "checkpoint").exists()
+    with open(str(run_dir) + ".log", "a") as log:
+        if not finished(run_dir, spec.epochs):
+            training.train(config, run_dir, resume=resume, progress=False,
+                           log=lambda line: print(line, file=log, flush=True))
+    if spec.at_peak:
+        at_peak(run_dir)
+    return spec.name
+
+
+def train(specs: Sequence[RunSpec], runs_dir: Path, jobs: int, log: Callable[[str], None],
+          after_each: Callable[[], None] = lambda: None) -> None:
+    """Trains every run of `specs` that has not finished, `jobs` at a time; `after_each` runs
+    after each one (to rewrite the tables)."""
+    for spec in specs:
+        check_same(spec, runs_dir / spec.name)
+    todo = [s for s in specs if not finished(runs_dir / s.name, s.epochs)
+            or (s.at_peak and not (runs_dir / s.name / "peak_landscape.json").is_file())]
+    log(f"{len(specs) - len(todo)} of {len(specs)} runs already finished in {runs_dir}; "
+        f"training {len(todo)}, {jobs} at a time (each run's epochs: RUN.log)")
+    if not todo:
+        return
+    began = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    # A worker trains several runs: every run has the same thread settings, and starting
+    # TensorFlow anew costs seconds; a fresh worker every RUNS_PER_WORKER bounds its memory.
+    with context.Pool(jobs, initializer=workers.start, maxtasksperchild=RUNS_PER_WORKER) as pool:
+        pending = [pool.apply_async(train_one, (s, str(runs_dir / s.name))) for s in todo]
+        for i, result in enumerate(_as_completed(pending), 1):
+            log(f"[{i}/{len(todo)}] {result.get()} finished "
+                f"({time.perf_counter() - began:.0f} s)")
+            after_each()
+
+
+def _as_completed(results: list):
+    """AsyncResults in the order they finish (re-raising a run's error in this process)."""
+    waiting = list(results)
+    while waiting:
+        ready = [r for r in waiting if r.ready()]
+        for r in ready:
+            waiting.remove(r)
+            yield r
+        if not ready:
+            time.sleep(0.5)
+
+
+def curves(run_dir: Path) -> Dict[str, np.ndarray]:
+    """A run's per-epoch curves: `epoch` (0 first when measured before training),
+    `generalization` (accuracy, or -MSE for regression), its 95% half-width, and the landscape
+    metrics and variants."""
+    records = load_records(run_dir)
+    out = {m: column(records, f"landscape/{m}") for m in MEASURED}
+    accuracy = column(records, "meta_test/accuracy")
+    if np.isfinite(accuracy).any():
+        out["generalization"] = accuracy
+        out["generalization_ci95"] = column(records, "meta_test/accuracy_ci95")
+    else:
+        out["generalization"] = -column(records, "meta_test/mse")
+        out["generalization_ci95"] = column(records, "meta_test/mse_ci95")
+    out["epoch"] = column(records, "epoch")
+    return out
+
+
+def final(run_dir: Path) -> Dict[str, float]:
+    """The last measured value of each curve."""
+    values = {}
+    for name, curve in curves(run_dir).items():
+        finite = curve[np.isfinite(curve)]
+        values[name] = float(finite[-1]) if finite.size else math.nan
+    return values
+
+
+def at_peak(run_dir: Path) -> Dict[str, float]:
+    """Every landscape metric at the checkpoint of the run's accuracy peak, with the peak's
+    epoch and accuracy; measured once and kept in RUN/peak_landscape.json."""
+    from tfmeta.run import Run
+    path = run_dir / "peak_landscape.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    c = curves(run_dir)
+    trained = c["epoch"] >= 1  # epoch 0 has no checkpoint
+    i = int(np.nanargmax(np.where(trained, c["generalization"], -np.inf)))
+    epoch = int(c["epoch"][i])
+    run = Run.open(run_dir)
+    run.restore(str(run_dir / "checkpoints" / f"ckpt-{epoch}"))
+    measured = run.landscape().measure(progress=False)
+    values = {"epoch": epoch, "generalization": float(c["generalization"][i]),
+              **{m: float(measured[m]) for m in MEASURED}}
+    with atomic_open(path) as f:
+        json.dump(values, f, indent=1)
+    return values
+
+
+def metric_noise(run_dir: Path, draws: int) -> dict:
+    """Each landscape metric at the run's last checkpoint, measured on `draws` re-drawn meta-test
+    task sets (landscape.seed = 101, 102, ...).
+
+    Returns:
+        {metric: {"mean", "half", "values"}}: `half` is the 95% prediction half-width of one
+        measurement, t * sd * sqrt(1 + 1/draws), i.e. how far one epoch's value can move by the
+        draw of its tasks alone.
+    """
+    from tfmeta import verdicts as V
+    from tfmeta.run import Run
+    values: Dict[str, list] = {m: [] for m in MEASURED}
+    for draw in range(draws):
+        run = Run.open(run_dir, [f"landscape.seed={101 + draw}"])
+        run.restore()
+        measured = run.landscape().measure(progress=False)
+        for m in MEASURED:
+            values[m].append(measured[m])
+    half = lambda v: V.t975(len(v) - 1) * float(np.std(v, ddof=1)) * math.sqrt(1 + 1 / len(v))  # noqa: E731
+    return {m: {"mean": float(np.mean(v)), "half": half(v), "values": v}
+            for m, v in values.items()}
+
+
+def parameter_count(run_dir: Path) -> int:
+    """Trainable parameters of the run's model (the dimension D of the trajectory directions)."""
+    from tfmeta.run import Run
+    return int(sum(np.prod(p.shape) for p in Run.open(run_dir).model.trainable_variables))
+
+
+def cached(path: Path, compute: Callable[[], dict]) -> dict:
+    """compute()'s result, kept in `path` (JSON) so that a continued experiment reuses it."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    with atomic_open(path) as f:
+        json.dump(value, f, indent=1, default=float)
+    return value
+
+
+def done(specs: Iterable[RunSpec], runs_dir: Path) -> Dict[str, Path]:
+    """{name: run directory} of the finished runs among `specs`."""
+    return {s.name: runs_dir / s.name for s in specs if finished(runs_dir / s.name, s.epochs)}

@@ -1,0 +1,217 @@
+"""claims.md, claims.json and the figures: the verdicts and every table they rest on."""
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from tfmeta import verdicts as V
+from tfmeta.experiments.landscape_claims.judge import Part
+from tfmeta.experiments.landscape_claims.plan import ClaimsConfig, pool_name
+from tfmeta.files import atomic_open
+
+DEVIATIONS = (
+    "Meta-overfitting comes from a small meta-training pool, chosen by the pilot: {pool} "
+    "(characters x drawings, x4 rotations), every other character meta-test. The paper "
+    "meta-trains on 1,200 characters; its meta-overfitting example is MiniImagenet, first-order "
+    "MAML, 5-way 1-shot (Section 5.2, Figure 3).",
+    "Omniglot: the small background sets (242 characters); the paper holds out 423 of 1,623.",
+    "conv4 with {filters} filters (paper: 64); meta-batch {meta_batch} (paper: 16 for 1-shot); "
+    "{queries} query examples per class; an epoch is {iterations} meta-steps (paper: 500), "
+    "{epochs} epochs, measured at epoch 0 too.",
+    "Accuracy on {eval_tasks} fixed meta-test tasks per epoch.",
+    "Representation coherence over the query embeddings of the coherence tasks, each task's "
+    "computed with its own batch statistics as at meta-test (the paper: all meta-test images, "
+    "its batching unstated).",
+    "Across training sets: pools of {pool_count} sizes ({pools}) with {pool_seeds} seeds, each "
+    "metric at the accuracy peak; the paper varies k (Figure 10). Sine: k = {sine_shots}, "
+    "measured after the last epoch, {sine_epochs} epochs of {sine_iterations} meta-steps.",
+    "The regularizer: {regularizer_ways}-way 1-shot on the CPU preset (2 alphabets held out), "
+    "{regularizer_epochs} x {regularizer_iterations} meta-steps, {regularizer_seeds} seed pairs "
+    "scored on {regularizer_eval_tasks} held-out tasks (paper: full Omniglot, 5 trials of 600 "
+    "tasks).",
+)
+
+KEPT = ("alpha = 0.1 and T = 5 in meta-training and at meta-test (T = 1 for the gradient "
+        "coherence setting); Adam 1e-3, no schedule; flatness (Hessian spectral norm by Lanczos "
+        "on exact Hessian-vector products) on {flatness_tasks} fixed meta-test tasks; the other "
+        "metrics on {coherence_tasks}; the finetune baseline adapted with alpha = 0.1 and T = 5 "
+        "from a fresh Xavier head per task; gamma = 0.5 for the regularizer.")
+
+
+def _cell(part: Part) -> str:
+    """A part's statistic: its interval, or for a tracking statement both phases' (or the first
+    differences') intervals."""
+    if part.tracking is not None:
+        t = part.tracking
+        if t.rule == V.PHASES:
+            return f"rising ρ {t.rise.text()}; falling ρ {t.fall.text()}"
+        return f"ρ of first differences {t.differences.text()}"
+    iv = part.spearman or part.value
+    return iv.text() if iv is not None else ""
+
+
+def verdict_table(rows: List[dict]) -> List[str]:
+    out = ["| claim | tested statement | statistic, mean [95% CI] over seeds | statement | "
+           "claim |", "| --- | --- | --- | --- | --- |"]
+    for row in rows:
+        parts = row["parts"] or [Part("—")]
+        for i, part in enumerate(parts):
+            first = i == 0
+            verdict = part.verdict if row["parts"] else ""
+            if row["parts"] and not part.counts:
+                verdict = f"({verdict}, not counted)"
+            out.append(f"| {row['id'] + ': ' + row['claim'] if first else ''} | {part.test} | "
+                       f"{_cell(part)} | {verdict} | "
+                       f"{'**' + row['verdict'] + '**' if first else ''} |")
+    return out
+
+
+def pilot_section(rows: Sequence[dict], selected: Dict[str, dict],
+                  config: ClaimsConfig) -> List[str]:
+    out = ["## Pilot: the meta-training pool", "",
+           f"One seed per pool and algorithm, accuracy only. The regime asked for: accuracy rises "
+           f"for at least {config.rise_epochs} epochs, peaks in the middle third of "
+           f"{config.epochs} epochs, then the mean of its last 3 epochs falls below the peak by "
+           f"more than {config.fall:g} times the peak's 95% half-width.", "",
+           "| algorithm | pool | peak epoch | peak accuracy | fall to the last 3 epochs | "
+           "half-width | rises | middle third | falls | regime |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    yes = lambda b: "yes" if b else "no"  # noqa: E731
+    out += [f"| {r['algorithm']} | {r['pool']} | {r['peak_epoch']} | {r['peak']:.4f} | "
+            f"{r['drop']:.4f} | {r['half_width']:.4f} | {yes(r['rises'])} | "
+            f"{yes(r['middle_third'])} | {yes(r['falls'])} | {yes(r['regime'])} |" for r in rows]
+    out.append("")
+    for algorithm, choice in selected.items():
+        out.append(f"- {algorithm}: {choice['name']}" + (" meets all three conditions" if
+                                                          choice["regime"] else
+                                                          " comes closest (no pool meets all "
+                                                          "three)"))
+    return out
+
+
+def overfitting_section(title: str, peaks: Sequence[V.Peak]) -> List[str]:
+    out = [f"## Meta-overfitting: {title}", "",
+           "| seed | peak epoch | peak accuracy | drop to the last 3 epochs | peak's 95% "
+           "half-width | meta-overfits |", "| --- | --- | --- | --- | --- | --- |"]
+    out += [f"| {s} | {p.epoch} | {p.value:.4f} | {p.drop:.4f} | {p.margin:.4f} | "
+            f"{'yes' if p.overfits else 'no'} |" for s, p in enumerate(peaks)]
+    return out
+
+
+def pools_section(correlations: Dict[str, V.Interval], pools: Sequence[Dict[str, np.ndarray]],
+                  figure: Optional[str]) -> List[str]:
+    out = ["## Across pools (Figures 10 and 8e, with pools for k)", "",
+           "Per seed, across the pools: Spearman's ρ of each metric at the run's accuracy peak "
+           "with the peak accuracy.", "", "| metric | ρ [95% CI] |", "| --- | --- |"]
+    out += [f"| {m} | {iv.text()} |" for m, iv in correlations.items()]
+    out += ["", "| seed | pool | peak epoch | peak accuracy |", "| --- | --- | --- | --- |"]
+    for seed, s in enumerate(pools):
+        out += [f"| {seed} | {name} | {int(e)} | {a:.4f} |"
+                for name, e, a in zip(s["pool"], s["epoch"], s["generalization"])]
+    if figure:
+        out += ["", f"Figure: `{figure}`."]
+    return out
+
+
+def regularizer_section(scores: Dict[str, list]) -> List[str]:
+    maml, reg = np.asarray(scores["maml"]), np.asarray(scores["maml-reg"])
+    gain = V.interval((reg - maml) * 100)
+    error = V.interval((reg - maml) / (1 - maml) * 100)
+    out = ["## The paper's method: angle-regularized MAML", "",
+           "| seed | MAML | maml-reg | difference (points) |", "| --- | --- | --- | --- |"]
+    out += [f"| {s} | {m:.2%} | {r:.2%} | {100 * (r - m):+.2f} |"
+            for s, (m, r) in enumerate(zip(maml, reg))]
+    out += ["", f"Paired difference {gain.text()} points; relative reduction of the error "
+                f"{error.text()}% (paper: 94.05% to 95.38%, 23%)."]
+    return out
+
+
+def format_markdown(rows: List[dict], config: ClaimsConfig, status: str,
+                    pilot: Optional[tuple] = None, main_peaks: Optional[dict] = None,
+                    pools: Optional[tuple] = None, regularizer: Optional[dict] = None,
+                    noise: Optional[dict] = None, scale: Optional[dict] = None,
+                    chosen: Optional[Sequence[int]] = None) -> str:
+    """claims.md: the verdicts, then every table they rest on, the deviations, noise and scale."""
+    fields = {**dataclasses.asdict(config),
+              "pool": pool_name(chosen) if chosen else "pending (the pilot)",
+              "pool_count": len(config.pools),
+              "pools": ", ".join(pool_name(p) for p in config.pools)}
+    out = ["# Landscape claims (Guiroy, Verma & Pal, 2019)", "", status, "",
+           "The rules (README, 'Verdict rules'): a statement's per-seed statistic, a 95% t "
+           "interval over seeds, reproduced or contradicted when the whole interval lies on one "
+           "side of the threshold. \"Tracks accuracy\" is judged in the rising and the falling "
+           "phase separately (first differences where accuracy does not fall), so that a metric "
+           "that only trends with the epoch is neither reproduced nor contradicted.", "",
+           *verdict_table(rows)]
+    if pilot:
+        out += ["", *pilot_section(*pilot, config)]
+    for title, peaks in (main_peaks or {}).items():
+        out += ["", *overfitting_section(title, peaks)]
+    if pools:
+        out += ["", *pools_section(*pools)]
+    if regularizer:
+        out += ["", *regularizer_section(regularizer)]
+    out += ["", "## Deviations from the paper's protocol", ""]
+    out += [f"- {d.format(**fields)}" for d in DEVIATIONS]
+    out += ["", f"Kept: {KEPT.format(**fields)}"]
+    if noise:
+        out += ["", f"## Metric noise at one checkpoint ({noise['run']}, last epoch)", "",
+                f"Each metric measured on {config.noise_draws} re-drawn meta-test task sets. ± is "
+                "the 95% prediction half-width of one measurement; the last column compares it "
+                "with the metric's range over the run's epochs.", "",
+                "| metric | mean ± 95% | half-width / range over epochs |", "| --- | --- | --- |"]
+        for m, entry in noise["metrics"].items():
+            spread = noise["ranges"][m]
+            rel = entry["half"] / spread if spread else math.nan
+            out.append(f"| {m} | {entry['mean']:.4g} ± {entry['half']:.2g} | {rel:.3f} |")
+    if scale:
+        out += ["", "## Scale of trajectory coherence", "",
+                f"D = {scale['parameters']} parameters; two random directions in D dimensions have "
+                f"cosine ~ N(0, 1/D), |cos| ~ {scale['random']:.4f}.", "",
+                "| setting | min | median | max |", "| --- | --- | --- | --- |"]
+        out += [f"| {s} | {v[0]:.4g} | {v[1]:.4g} | {v[2]:.4g} |"
+                for s, v in scale["settings"].items()]
+    return "\n".join(out) + "\n"
+
+
+def jsonable(rows: List[dict]) -> list:
+    clean = []
+    for row in rows:
+        row = dict(row)
+        row["parts"] = [dataclasses.asdict(p) for p in row["parts"]]
+        if "overfitting" in row:
+            row["overfitting"] = [dataclasses.asdict(p) for p in row["overfitting"]]
+        clean.append(row)
+    return clean
+
+
+def scatter_figure(panels: Sequence[tuple], per_seed: Sequence[dict], label: str,
+                   ylabel: str, path: Path) -> None:
+    """One panel per (metric, title): the metric against generalization, one colour per seed,
+    each point annotated with its condition (`label` key: k or pool)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.0 * rows), squeeze=False)
+    for ax, (metric, title) in zip(axes.flat, panels):
+        for seed, s in enumerate(per_seed):
+            ax.plot(s[metric], s["generalization"], "o", label=f"seed {seed}", alpha=0.8)
+            for name, x, y in zip(s[label], s[metric], s["generalization"]):
+                ax.annotate(str(name), (x, y), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(metric.replace("_", " "))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))  # long labels, e.g. 0.0125
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
