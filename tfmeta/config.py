@@ -23,7 +23,7 @@ from tfmeta.files import atomic_open
 from tfmeta.landscape import LandscapeConfig
 from tfmeta.models import NORMS, ModelConfig
 from tfmeta import tasks
-from tfmeta.tasks import DataConfig
+from tfmeta.tasks import DataConfig, omniglot_split
 
 # The presets ship inside the package (a wheel has them); the repository's top-level configs/ is a
 # link to this folder.
@@ -274,6 +274,8 @@ def validate(config: Config, where: str) -> Config:
     need(0 <= config.train.min_meta_lr <= config.train.meta_lr, "train.min_meta_lr",
          "between 0 and train.meta_lr", config.train.min_meta_lr)
     _check_inner_loop_options(config, need)
+    if config.data.dataset == "omniglot":
+        _check_omniglot(config, need, where)
     land = config.landscape
     for key in ("every", "flatness_tasks", "coherence_tasks", "trace_probes", "top_k",
                 "density_probes"):
@@ -295,6 +297,21 @@ def validate(config: Config, where: str) -> Config:
         need(len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
              and value[0] <= value[1], f"data.sine.{key}", "[low, high] with low <= high", value)
     return config
+
+
+def _check_omniglot(config: Config, need, where: str) -> None:
+    """data.omniglot against itself, and a run with no meta-test split against evaluation."""
+    omniglot = config.data.omniglot
+    try:
+        omniglot_split.check(omniglot)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    if omniglot.holdout == 0 and not omniglot.test_alphabets:
+        for key, value in (("train.eval_every", config.train.eval_every),
+                           ("train.eval_at_start", config.train.eval_at_start),
+                           ("landscape.every", config.landscape.every)):
+            need(not value, key, "0 (or false) when data.omniglot.holdout is 0, which leaves no "
+                 "meta-test split to evaluate on", value)
 
 
 def _check_inner_loop_options(config: Config, need) -> None:

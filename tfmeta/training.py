@@ -241,7 +241,8 @@ class EpochEnd:
         if not chief:
             return
         self.writer = summaries.writer(run.run_dir / "logs")
-        self.evaluate = run.evaluator(config.adapt.eval_steps, config.train.eval_tasks)
+        self.evaluate = (run.evaluator(config.adapt.eval_steps, config.train.eval_tasks)
+                         if config.train.eval_every or config.train.eval_at_start else None)
         self.landscape = run.landscape() if config.landscape.every else None
         if self.landscape:
             summaries.landscape_layout(self.writer, landscape_lib.METRICS, run.target)

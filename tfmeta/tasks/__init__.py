@@ -10,7 +10,7 @@ from typing import Callable, Dict, Optional
 import tensorflow as tf
 
 from tfmeta.errors import ConfigError
-from tfmeta.tasks import classification, miniimagenet, sampler, sine
+from tfmeta.tasks import augment, classification, miniimagenet, sampler, sine
 from tfmeta.tasks.episode import Episode
 from tfmeta.tasks.image_format import ImageFormat, miniimagenet_format, omniglot_format
 from tfmeta.tasks.miniimagenet import MiniImagenetConfig
@@ -73,7 +73,8 @@ class TaskSource:
         """Meta-batches of the split's episode stream; see `sampler.episodes`."""
         if split not in self.episode_fns:
             raise ConfigError(f"no {split!r} split here; the splits are "
-                              f"{', '.join(self.episode_fns)}")
+                              f"{', '.join(self.episode_fns)} (a run that meta-trains on every "
+                              "class, such as data.omniglot.holdout=0, has no meta-test split)")
         return sampler.episodes(self.episode_fns[split], sampler.episode_seed(seed, _STREAMS[split]),
                                 meta_batch, start, count, stride)
 
@@ -96,27 +97,33 @@ def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
         return TaskSource((1,), 1, "mse", fns, labelled_fns=labelled,
                           classes={s: 1 for s in SPLITS})
     if config.dataset == "omniglot":
-        pools = omniglot_pools(config.omniglot)
-        fns = {}
-        for split in SPLITS:
-            classification.check_pool(pools[split], config.ways, config.shots, config.queries,
-                                      f"omniglot {split} split")
+        omniglot = config.omniglot
+        pools = omniglot_pools(omniglot)
+        within = omniglot.episodes == "within_alphabet"
+        fns, labelled = {}, {}
+        for split, pool in pools.items():
+            classification.check_pool(pool, config.ways, config.shots, config.queries,
+                                      f"omniglot {split} split", within_groups=within)
             fns[split] = classification.episode_fn(
-                pools[split], config.ways, config.shots, config.queries, tf.as_dtype(dtype))
-        size = config.omniglot.image_size
-        labelled = {s: classification.labelled_fn(pools[s], tf.as_dtype(dtype)) for s in SPLITS}
+                pool, config.ways, config.shots, config.queries, tf.as_dtype(dtype),
+                augment=augment.affine(omniglot.augment) if split == "train" else None,
+                within_groups=within)
+            labelled[split] = classification.labelled_fn(pool, tf.as_dtype(dtype))
+        size = omniglot.image_size
         return TaskSource((size, size, 1), config.ways, "cross_entropy", fns, labelled,
-                          {s: len(pools[s]) for s in SPLITS}, image_format=omniglot_format(size))
+                          {s: p.classes for s, p in pools.items()},
+                          image_format=omniglot_format(size))
     if config.dataset == "miniimagenet":
         pools = miniimagenet.pools(config.miniimagenet)
-        augment = config.miniimagenet.augment
+        flip = config.miniimagenet.augment
         fns = {}
         for split, pool in pools.items():
             classification.check_pool(pool, config.ways, config.shots, config.queries,
                                       f"miniimagenet {split} split")
             fns[split] = classification.episode_fn(pool, config.ways, config.shots,
                                                    config.queries, tf.as_dtype(dtype),
-                                                   augment=augment and split == "train")
+                                                   augment=augment.flip_and_shift if (
+                                                       flip and split == "train") else None)
         labelled = {s: classification.labelled_fn(p, tf.as_dtype(dtype)) for s, p in pools.items()}
         return TaskSource(pools["train"].images.shape[1:], config.ways, "cross_entropy", fns,
                           labelled_fns=labelled, classes={s: p.classes for s, p in pools.items()},

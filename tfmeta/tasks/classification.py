@@ -7,14 +7,20 @@ query images of each, all distinct. A pool in memory (Omniglot with rotations is
 becomes one tensor and an episode is two small random permutations and a gather; a memory-mapped
 pool (MiniImagenet, 0.8 GB for its train split) stays on disk and an episode reads only its own
 images. Both draw the same indices from the same seed.
+
+A pool may also name a group for each class (Omniglot's alphabets): episodes drawn `within_groups`
+take all N classes from one group, as Lake et al.'s one-shot protocol takes the 20 characters of a
+task from one alphabet.
 """
 
-from typing import NamedTuple, Sequence, Union
+import warnings
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
 from tfmeta.errors import DataError
+from tfmeta.tasks.augment import Augment
 from tfmeta.tasks.episode import Episode
 
 
@@ -25,10 +31,12 @@ class Pool(NamedTuple):
         images: uint8 [total, H, W, ch], class by class; a np.memmap is read lazily.
         counts: [C] images of each class, summing to total.
         names: C class names, for messages (default: the class indices).
+        groups: C group names (e.g. each character's alphabet), or () when ungrouped.
     """
     images: np.ndarray
     counts: np.ndarray
     names: Sequence[str] = ()
+    groups: Sequence[str] = ()
 
     @property
     def classes(self) -> int:
@@ -49,11 +57,36 @@ def as_pool(pool: Union[Pool, np.ndarray]) -> Pool:
     return Pool(images, np.full(classes, per_class, np.int64))
 
 
+def group_sizes(pool: Pool) -> dict:
+    """{group: number of classes}, in order of first appearance."""
+    sizes: dict = {}
+    for group in pool.groups:
+        sizes[group] = sizes.get(group, 0) + 1
+    return sizes
+
+
 def check_pool(pool: Union[Pool, np.ndarray], ways: int, shots: int, queries: int,
-               what: str) -> None:
+               what: str, within_groups: bool = False) -> None:
     """Raises DataError when `pool` cannot supply N-way (K + Q)-example episodes, naming the
-    classes that are too small."""
+    classes that are too small; `within_groups`, when no group has N classes, naming each group.
+    Groups with fewer than N classes are left out of within-group episodes, with a warning that
+    names them."""
     pool = as_pool(pool)
+    if within_groups:
+        if not len(pool.groups):
+            raise DataError(f"{what}: within-group episodes need a pool whose classes are grouped")
+        sizes = group_sizes(pool)
+        small = {g: n for g, n in sizes.items() if n < ways}
+        listed = ", ".join(f"{g} ({n})" for g, n in small.items())
+        if len(small) == len(sizes):
+            raise DataError(f"{what}: {ways}-way episodes within one alphabet need an alphabet "
+                            f"with at least {ways} characters, but every one has fewer: {listed}. "
+                            "Lower data.ways, turn data.omniglot.rotations off or on, hold out "
+                            "other alphabets, or set data.omniglot.episodes=any.")
+        if small:
+            warnings.warn(f"{what}: {len(small)} of {len(sizes)} alphabets have fewer than "
+                          f"{ways} characters and are left out of its {ways}-way within-alphabet "
+                          f"episodes: {listed}", stacklevel=2)
     if ways > pool.classes:
         raise DataError(f"{what}: {ways}-way episodes need at least {ways} classes, but the "
                         f"split has {pool.classes}.")
@@ -83,15 +116,17 @@ def _gather(pool: Pool):
 
 
 def episode_fn(pool: Union[Pool, np.ndarray], ways: int, shots: int, queries: int,
-               dtype=tf.float32, augment: bool = False):
+               dtype=tf.float32, augment: Optional[Augment] = None, within_groups: bool = False):
     """Returns a function drawing one Episode from a stateless seed.
 
     Episode fields: support_x [N*K, H, W, ch] of `dtype` in [0, 1], support_y [N*K] int32 (class-major
     order: K examples of class 0, then of class 1, ...), query_x [N*Q, H, W, ch], query_y [N*Q].
-    `augment` flips each image left-right with probability 1/2 and shifts it by up to 1/8 of its
-    size (a random crop of the zero-padded image), from the episode's seed.
+    `augment` maps the episode's images [N, K+Q, H, W, ch] from a seed folded from the episode's.
+    `within_groups` first draws one of the groups with at least N classes, uniformly, then N of its
+    classes.
     """
     pool = as_pool(pool)
+    choose = _group_chooser(pool, ways) if within_groups else None
     gather = _gather(pool)
     counts = tf.constant(pool.counts, tf.int64)
     offsets = tf.constant(np.cumsum([0, *pool.counts[:-1]]), tf.int64)
@@ -101,17 +136,18 @@ def episode_fn(pool: Union[Pool, np.ndarray], ways: int, shots: int, queries: in
 
     def make_episode(seed: tf.Tensor) -> Episode:
         class_seed, example_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        chosen = tf.argsort(tf.random.stateless_uniform([pool.classes], class_seed))[:ways]
+        keys = tf.random.stateless_uniform([pool.classes], class_seed)
+        if choose is not None:
+            keys = tf.where(choose(tf.random.experimental.stateless_fold_in(seed, 2)), keys, 2.0)
+        chosen = tf.argsort(keys)[:ways]
         keys = tf.random.stateless_uniform([ways, most], example_seed)
         # A class with fewer images than the largest never picks past its own count.
         present = tf.range(most, dtype=tf.int64)[None, :] < tf.gather(counts, chosen)[:, None]
         picks = tf.argsort(tf.where(present, keys, 2.0), axis=1)[:, :shots + queries]
         index = tf.gather(offsets, chosen)[:, None] + tf.cast(picks, tf.int64)
         images = tf.cast(gather(index), dtype) / 255.0  # [N, K+Q, H, W, ch]
-        if augment:
-            images = _augment(tf.reshape(images, [-1, *example_shape]),
-                              tf.random.experimental.stateless_fold_in(seed, 1))
-            images = tf.reshape(images, [ways, shots + queries, *example_shape])
+        if augment is not None:
+            images = augment(images, tf.random.experimental.stateless_fold_in(seed, 1))
         flat = lambda x, k: tf.reshape(x, [ways * k, *example_shape])  # noqa: E731
         return Episode(flat(images[:, :shots], shots), labels(shots),
                        flat(images[:, shots:], queries), labels(queries))
@@ -119,21 +155,16 @@ def episode_fn(pool: Union[Pool, np.ndarray], ways: int, shots: int, queries: in
     return make_episode
 
 
-def _augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Random left-right flips and shifts of images [B, H, W, ch], from a stateless seed."""
-    flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    count, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
-    flip = tf.random.stateless_uniform([count], flip_seed) < 0.5
-    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-    pad_h, pad_w = height // 8, width // 8
-    padded = tf.pad(images, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]])
-    top = tf.random.stateless_uniform([count], crop_seed, maxval=2 * pad_h + 1, dtype=tf.int32)
-    left = tf.random.stateless_uniform([count], crop_seed[::-1], maxval=2 * pad_w + 1,
-                                       dtype=tf.int32)
-    rows = top[:, None] + tf.range(height)[None, :]                      # [B, H]
-    cols = left[:, None] + tf.range(width)[None, :]                      # [B, W]
-    images = tf.gather(padded, rows, batch_dims=1)                      # [B, H, W + 2pw, ch]
-    return tf.gather(images, cols, axis=2, batch_dims=1)                # [B, H, W, ch]
+def _group_chooser(pool: Pool, ways: int):
+    """A function from a stateless seed to a mask [C] bool of the classes of one group with at
+    least `ways` classes, drawn uniformly among them."""
+    names = sorted(g for g, n in group_sizes(pool).items() if n >= ways)
+    member = tf.constant(np.array([[g == name for g in pool.groups] for name in names]))  # [G, C]
+
+    def choose(seed: tf.Tensor) -> tf.Tensor:
+        return tf.gather(member, tf.random.stateless_uniform([], seed, maxval=len(names),
+                                                             dtype=tf.int32))
+    return choose
 
 
 def labelled_fn(pool: Union[Pool, np.ndarray], dtype=tf.float32):
