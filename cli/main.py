@@ -7,6 +7,7 @@ import os
 import json
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import click
@@ -17,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tfmeta.errors import TfmetaError  # noqa: E402
 
 NORMS = ("transductive", "support")  # tfmeta.models.NORMS, without importing TensorFlow for --help
+EPISODES = ("any", "within_alphabet")  # tfmeta.tasks.omniglot_split.EPISODES, likewise
 ALGORITHMS = ("maml", "anil", "meta-sgd", "maml-reg", "gradient-agreement", "wormhole", "nal",
               "finetune")  # tfmeta.algorithms.NAMES, likewise
 
@@ -67,6 +69,9 @@ def cli(verbose):
         memory.configure_allocators()  # before TensorFlow starts, which reads it once
     if command and "--help" not in sys.argv and "-h" not in sys.argv:
         quiet.start()
+    # A library warning (e.g. alphabets too small for within-alphabet episodes) as one line.
+    warnings.showwarning = lambda message, category, *_: click.echo(f"warning: {message}",
+                                                                    err=True)
 
 
 @cli.command()
@@ -166,8 +171,12 @@ def train(config_path, sets, resume_dir, auto_resume, no_progress, first_order, 
               help="adaptation learning rate (default: the run's adapt.lr)")
 @click.option("--norm", type=click.Choice(NORMS),
               help="query normalization at test (default: the run's model.norm)")
+@click.option("--episodes", type=click.Choice(EPISODES),
+              help="Omniglot: draw each task's classes from the whole split (any) or from one "
+                   "alphabet (within_alphabet, Lake et al.'s protocol); default: the run's "
+                   "data.omniglot.episodes")
 @user_errors
-def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr, norm):
+def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr, norm, episodes):
     """Adapt a trained run to held-out tasks; print query metrics after 0, 1, 5, 10, ... steps."""
     from tfmeta import config as config_lib, run as run_lib
 
@@ -179,9 +188,11 @@ def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr, norm):
     steps = max(10, eval_steps) if steps is None else steps
     report = sorted({t for t in (*REPORT_STEPS, eval_steps, steps) if t <= steps})
     result = run_lib.evaluate_run(Path(run_dir), steps, tasks, report, split, checkpoint,
-                                   inner_lr, norm)
+                                   inner_lr, norm, episodes)
     click.echo(format_table(result))
-    out = Path(run_dir) / f"evaluation-{split}.json"
+    # One file per protocol, so that scoring a run both ways keeps both.
+    protocol = "" if result["episodes"] in (None, "any") else f"-{result['episodes']}"
+    out = Path(run_dir) / f"evaluation-{split}{protocol}.json"
     out.write_text(json.dumps(result, indent=2))
     click.echo(f"written to {out}")
 
@@ -464,7 +475,8 @@ def format_table(result: dict) -> str:
     rows = result["steps"]
     metrics = list(next(iter(rows.values())))
     header = f"{'steps':>5}  " + "  ".join(f"{m:>22}" for m in metrics)
-    lines = [f"{result['split']} split, {result['tasks']} tasks, {result['norm']} norm, "
+    episodes = f"{result['episodes']} episodes, " if result.get("episodes") else ""
+    lines = [f"{result['split']} split, {episodes}{result['tasks']} tasks, {result['norm']} norm, "
              f"{result['checkpoint']}", header]
     for t, values in rows.items():
         cells = [f"{values[m]['mean']:.4f} ± {values[m]['ci95']:.4f}"

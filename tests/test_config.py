@@ -19,7 +19,7 @@ CPU_PRESETS = [name for name in PRESETS if name.endswith("-cpu")]
 # What a -cpu preset may change relative to its base: the outer-loop budget and the class split.
 # MAML++'s annealing spans are counted in epochs, so they shrink with the run.
 CPU_CHANGES = {"train.meta_batch", "train.epochs", "train.iterations", "train.eval_tasks",
-               "data.omniglot.split", "data.omniglot.holdout",
+               "data.omniglot.split", "data.omniglot.holdout", "data.omniglot.test_alphabets",
                "algorithms.maml.multi_step_epochs", "algorithms.maml.first_order_epochs"}
 
 

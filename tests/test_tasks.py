@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfmeta import config as config_lib, tasks
 from tfmeta.errors import ConfigError, DataError
-from tfmeta.tasks import DataConfig, classification, sampler
+from tfmeta.tasks import DataConfig, augment, classification, sampler
 from tfmeta.tasks.omniglot import load_omniglot
 from tfmeta.tasks.omniglot_split import OmniglotConfig, split_classes, with_rotations
 
@@ -229,7 +229,7 @@ def test_a_memory_mapped_pool_gives_the_same_episodes(tmp_path):
 def test_augmentation_flips_and_shifts_deterministically():
     pool = np.zeros((6, 4, 16, 16, 1), np.uint8)
     pool[..., 6:10, 2:5, 0] = 255  # a bar left of centre
-    fn = classification.episode_fn(pool, 3, 1, 1, augment=True)
+    fn = classification.episode_fn(pool, 3, 1, 1, augment=augment.flip_and_shift)
     episodes = take(sampler.episodes(fn, sampler.episode_seed(0, 0), 50, count=50), 1)[0]
     again = take(sampler.episodes(fn, sampler.episode_seed(0, 0), 50, count=50), 1)[0]
     assert_batches_equal([episodes], [again])
@@ -296,11 +296,17 @@ def test_character_split():
     np.testing.assert_array_equal(test, again)
 
 
-@pytest.mark.parametrize("split, holdout", [("alphabet", 0), ("alphabet", 8), ("alphabet", -1),
-                                            ("character", 0), ("character", 30)])
+@pytest.mark.parametrize("split, holdout", [("alphabet", 8), ("alphabet", -1),
+                                            ("character", 30)])
 def test_holdout_out_of_range(split, holdout):
     with pytest.raises(ConfigError, match=f"holdout={holdout}"):
         split_classes(ALPHABETS, OmniglotConfig(split=split, holdout=holdout))
+
+
+@pytest.mark.parametrize("split", ["alphabet", "character"])
+def test_holdout_0_holds_out_nothing(split):
+    train, test = split_classes(ALPHABETS, OmniglotConfig(split=split, holdout=0))
+    assert list(train) == list(range(len(ALPHABETS))) and len(test) == 0
 
 
 def test_unknown_split_kind():
@@ -392,8 +398,9 @@ def test_train_drawings_keeps_the_first_drawings_of_meta_train_characters_only(m
                             rotations=False, train_drawings=6)
     pools = omniglot_split.omniglot_pools(config)
     train, test = split_classes(data.alphabets, config)
-    np.testing.assert_array_equal(pools["train"], images[train][:, :6])
-    np.testing.assert_array_equal(pools["test"], images[test])     # meta-test keeps all 20
+    np.testing.assert_array_equal(pools["train"].images, images[train][:, :6].reshape(-1, 2, 2, 1))
+    np.testing.assert_array_equal(pools["test"].images, images[test].reshape(-1, 2, 2, 1))
+    assert list(pools["test"].counts) == [20] * 4                  # meta-test keeps all 20
     for bad in (0, 21):
         with pytest.raises(ConfigError, match="train_drawings must be between 1 and 20"):
             omniglot_split.omniglot_pools(OmniglotConfig(data_dir="x", split="character",

@@ -223,22 +223,32 @@ class Run:
 
 def evaluate_run(run_dir: Path, steps: int, tasks_count: int, report_steps, split: str = "test",
                  checkpoint: Optional[str] = None, inner_lr: Optional[float] = None,
-                 norm: Optional[str] = None) -> dict:
+                 norm: Optional[str] = None, episodes: Optional[str] = None) -> dict:
     """Evaluates a run's checkpoint on `tasks_count` tasks of `split`, adapting `steps` steps
     at the run's adapt.lr, or at `inner_lr` when given, normalizing query sets as the run's
-    model.norm says, or as `norm` says when given.
+    model.norm says, or as `norm` says when given; an Omniglot run's tasks are drawn as its
+    data.omniglot.episodes says, or as `episodes` says when given.
 
     Returns:
-        {"checkpoint", "split", "tasks", "inner_lr", "norm",
+        {"checkpoint", "split", "episodes" (None unless Omniglot), "tasks", "inner_lr", "norm",
          "steps": {t: {metric: {"mean", "ci95", "diverged"}}}} for t in report_steps.
     """
     overrides = ([] if inner_lr is None else [f"adapt.lr={inner_lr}"]) + (
-        [] if norm is None else [f"model.norm={norm}"])
+        [] if norm is None else [f"model.norm={norm}"]) + (
+        [] if episodes is None else [f"data.omniglot.episodes={episodes}"])
     run = Run.open(run_dir, overrides)
+    if episodes is not None and run.config.data.dataset != "omniglot":
+        raise ConfigError(f"--episodes chooses how Omniglot tasks are drawn; {run_dir} is a "
+                          f"{run.config.data.dataset} run")
     path = run.restore(checkpoint)
     per_task = run.evaluator(steps, tasks_count, split)()
     results = evaluation.summarize(per_task, report_steps)
-    return {"checkpoint": path, "split": split, "tasks": tasks_count,
-            "inner_lr": run.config.adapt.lr, "norm": run.config.model.norm,
+    return {"checkpoint": path, "split": split, "episodes": protocol(run.config),
+            "tasks": tasks_count, "inner_lr": run.config.adapt.lr, "norm": run.config.model.norm,
             "steps": {t: {k: {"mean": v[t].mean, "ci95": v[t].ci95, "diverged": v[t].diverged}
                           for k, v in results.items()} for t in report_steps}}
+
+
+def protocol(config: Config) -> Optional[str]:
+    """How the run's tasks are drawn: data.omniglot.episodes for Omniglot, else None."""
+    return config.data.omniglot.episodes if config.data.dataset == "omniglot" else None

@@ -78,6 +78,10 @@ def hparams_of(config) -> dict:
     if c.algorithm == "maml-reg":
         values.update({"maml_reg.gamma": c.algorithms.maml_reg.gamma,
                        "maml_reg.constant_mean": c.algorithms.maml_reg.constant_mean})
+    if c.data.dataset == "omniglot":
+        # The protocol of every meta_test/* scalar of the run: any or within_alphabet.
+        values.update({"omniglot.episodes": c.data.omniglot.episodes,
+                       "omniglot.augment": c.data.omniglot.augment.per})
     if c.algorithm == "finetune":
         values.update({"finetune.batch_size": c.algorithms.finetune.batch_size,
                        "finetune.head": c.algorithms.finetune.head,

@@ -40,11 +40,13 @@ def character_files(config: OmniglotConfig) -> dict:
 
 def file_tasks(config: OmniglotConfig, ways: int, shots: int, queries: int, count: int,
                seed: int = 0, split: str = "test") -> list:
-    """`count` FileTasks drawn from the `split` characters ("train" or "test") of `config`'s split.
+    """`count` FileTasks drawn from the `split` characters ("train" or "test") of `config`'s split;
+    when `config.episodes` is "within_alphabet", each task's characters come from one alphabet,
+    drawn uniformly among the split's alphabets with at least `ways` characters.
 
     Raises:
-        ConfigError: the split has fewer than `ways` characters, or a character fewer than
-            shots + queries drawings.
+        ConfigError: the split (or, within alphabets, every alphabet of it) has fewer than `ways`
+            characters, or a character fewer than shots + queries drawings.
     """
     if config.source != "zips":
         raise ConfigError("Omniglot tasks as files need data.omniglot.source: zips")
@@ -52,18 +54,26 @@ def file_tasks(config: OmniglotConfig, ways: int, shots: int, queries: int, coun
     keys = list(files)
     train, test = split_classes([alphabet for alphabet, _ in keys], config)
     pool = [keys[i] for i in (test if split == "test" else train)]
-    if len(pool) < ways or shots + queries > omniglot.IMAGES_PER_CHARACTER:
+    groups = [pool]
+    if config.episodes == "within_alphabet":
+        alphabets = sorted({alphabet for alphabet, _ in pool})
+        groups = [[key for key in pool if key[0] == name] for name in alphabets]
+    groups = [group for group in groups if len(group) >= ways]
+    if not groups or shots + queries > omniglot.IMAGES_PER_CHARACTER:
+        where = "one alphabet of the" if config.episodes == "within_alphabet" else "the"
         raise ConfigError(f"a {ways}-way {shots}-shot task with {queries} queries needs {ways} "
-                          f"characters of {shots + queries} drawings; the {split} split has "
-                          f"{len(pool)} characters of {omniglot.IMAGES_PER_CHARACTER}")
+                          f"characters of {shots + queries} drawings from {where} {split} "
+                          f"split, which has {len(pool)} characters of "
+                          f"{omniglot.IMAGES_PER_CHARACTER}")
     rng = np.random.default_rng(seed)
     archives = {}
     tasks = []
     try:
         for _ in range(count):
             support, query = [], []
-            for key in rng.choice(len(pool), ways, replace=False):
-                path, names = files[pool[key]]
+            group = groups[rng.integers(len(groups))] if len(groups) > 1 else groups[0]
+            for key in rng.choice(len(group), ways, replace=False):
+                path, names = files[group[key]]
                 archive = archives.setdefault(path, zipfile.ZipFile(path))
                 drawn = rng.choice(len(names), shots + queries, replace=False)
                 data = [archive.read(names[i]) for i in drawn]
