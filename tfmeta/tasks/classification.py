@@ -81,8 +81,8 @@ def check_pool(pool: Union[Pool, np.ndarray], ways: int, shots: int, queries: in
         if len(small) == len(sizes):
             raise DataError(f"{what}: {ways}-way episodes within one alphabet need an alphabet "
                             f"with at least {ways} characters, but every one has fewer: {listed}. "
-                            "Lower data.ways, turn data.omniglot.rotations off or on, hold out "
-                            "other alphabets, or set data.omniglot.episodes=any.")
+                            "Lower data.ways, hold out other alphabets, or set "
+                            "data.omniglot.episodes=any.")
         if small:
             warnings.warn(f"{what}: {len(small)} of {len(sizes)} alphabets have fewer than "
                           f"{ways} characters and are left out of its {ways}-way within-alphabet "
