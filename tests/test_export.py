@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from tfmeta.errors import ConfigError
 from tfmeta.models import query_outputs
 from tfmeta.run import Run
 from tfmeta.tasks.image_format import omniglot_format
-from tfmeta.tasks.omniglot_files import file_tasks
+from tfmeta.tasks.omniglot_files import character_files, file_tasks
 
 
 @pytest.fixture(scope="module")
@@ -304,6 +305,36 @@ def test_png_files_of_held_out_alphabets_give_the_float_paths_answers(support_ru
     np.testing.assert_allclose(served["logits"], loaded.signatures["adapt_predict_images"](
         support_images=tf.constant(task.support_png), support_y=tf.constant(task.support_y),
         query_images=tf.constant(task.query_png))["logits"].numpy(), atol=1e-6)
+
+
+def test_within_alphabet_png_tasks_one_query_per_request_score_as_evaluation(support_run,
+                                                                           support_version):
+    """Lake's protocol as a client sends it: each task's characters from one held-out alphabet,
+    the support PNGs and one query PNG per request, in TF Serving's loader; the answers are those
+    of the in-process adaptation evaluation runs on tfmeta's own preprocessing, all queries at
+    once."""
+    run = Run.open(support_run)
+    run.restore()
+    omniglot = dataclasses.replace(run.config.data.omniglot, episodes="within_alphabet")
+    tasks = file_tasks(omniglot, 5, 1, 3, count=4, seed=11)
+    alphabet_of = {}
+    for (alphabet, _), (path, names) in character_files(omniglot).items():
+        with zipfile.ZipFile(path) as archive:
+            alphabet_of.update({archive.read(name): alphabet for name in names})
+    for task in tasks:
+        assert len({alphabet_of[png] for png in task.support_png + task.query_png}) == 1
+        support_x = tf.constant(float_images(task.support_png))
+        adapted, _ = adapt(run.eval_model, [tf.convert_to_tensor(v) for v in
+                                            run.eval_model.trainable_variables],
+                           (support_x, tf.constant(task.support_y)), run.config.adapt,
+                           steps=run.config.adapt.eval_steps)
+        evaluated = query_outputs(run.eval_model, adapted, support_x,
+                                  tf.constant(float_images(task.query_png))).numpy()
+        for i, query in enumerate(task.query_png):
+            served = session_run(support_version, "adapt_predict_images", {
+                "support_images": np.array(task.support_png, object),
+                "support_y": task.support_y, "query_images": np.array([query], object)})
+            np.testing.assert_allclose(served["logits"], evaluated[i:i + 1], atol=1e-4)
 
 
 @pytest.mark.parametrize("ways", [2, 3])
