@@ -39,6 +39,8 @@ LEVERS = {
     "meta-batch-8": ("meta-batch 8 instead of 4", ["train.meta_batch=8"]),
     "first-order-warm-up": ("first-order MAML for the first 5 of 20 epochs",
                             ["algorithms.maml.first_order_epochs=5"]),
+    "ways-30": ("meta-train 30-way, meta-test 20-way on the head's first 20 rows",
+                ["data.ways=30", "data.test_ways=20"]),
     "anil": ("ANIL: adapt the head only", ["algorithm=anil"]),
     "mamlpp": ("MAML++ switches (per-step LRs and norms, multi-step loss, cosine)",
                ["adapt.per_step_lr=true", "adapt.per_step_norm=true",

@@ -1,6 +1,7 @@
 """Omniglot's one-shot protocol and meta-train augmentation: within-alphabet episodes, affine maps
 that are deterministic and off at meta-test, and meta-training on every alphabet (holdout 0)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,7 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmeta import config as config_lib, summaries, tasks
+from tfmeta import config as config_lib, evaluation, landscape, models, summaries, tasks
+from tfmeta.adaptation import AdaptConfig
+from tfmeta.landscape import LandscapeConfig
+from tfmeta.models import ModelConfig
 from tfmeta.errors import ConfigError, DataError
 from tfmeta.tasks import augment, classification, omniglot_split, sampler
 from tfmeta.tasks.augment import AffineConfig
@@ -48,9 +52,9 @@ def coded(monkeypatch):
     return data
 
 
-def source(ways=3, **omniglot) -> tasks.TaskSource:
-    config = tasks.DataConfig(dataset="omniglot", ways=ways, shots=1, queries=2,
-                              omniglot=OmniglotConfig(data_dir="x", image_size=SIZE, **{
+def source(ways=3, test_ways=0, **omniglot) -> tasks.TaskSource:
+    config = tasks.DataConfig(dataset="omniglot", ways=ways, test_ways=test_ways, shots=1,
+                              queries=2, omniglot=OmniglotConfig(data_dir="x", image_size=SIZE, **{
                                   "test_alphabets": ["Bb", "Cc", "Dd"], **omniglot}))
     return tasks.build(config)
 
@@ -183,6 +187,61 @@ def test_tensorboard_hparams_name_the_protocol():
     values = summaries.hparams_of(config_lib.load("omniglot_20w1s_alphabets-cpu"))
     assert (values["omniglot.episodes"], values["omniglot.augment"]) == ("within_alphabet", "image")
     assert "omniglot.episodes" not in summaries.hparams_of(config_lib.load("sine"))
+
+
+def wide_and_narrow(dtype: str = "float64"):
+    """A 4-way conv4 and the same network with its head cut to the first 3 rows."""
+    config = ModelConfig(arch="conv4", filters=4, pool="stride", dtype=dtype)
+    wide = models.build(config, (SIZE, SIZE, 1), 4)
+    narrow = models.build(config, (SIZE, SIZE, 1), 3)
+    weights = wide.get_weights()
+    narrow.set_weights(weights[:-2] + [weights[-2][:, :3], weights[-1][:3]])
+    return wide, narrow
+
+
+def test_fewer_ways_at_meta_test_score_as_a_head_cut_to_them(coded):
+    """Independent truth: the head cut to its first M = 3 rows, adapted at alpha M / N."""
+    wide, narrow = wide_and_narrow()
+    adapt_config = AdaptConfig(steps=2, lr=0.5)
+    scaled = dataclasses.replace(adapt_config, lr=0.5 * 3 / 4)
+    fewer = source(ways=4, test_ways=3)
+    assert (fewer.outputs, fewer.classes_in("test"), fewer.classes_in("train")) == (4, 3, None)
+    same = source(ways=3)                                      # the same 3-way meta-test tasks
+    for a, b in zip(draw(fewer, "test", 6), draw(same, "test", 6)):
+        np.testing.assert_array_equal(a, b)
+    assert draw(fewer, "train", 1)[0].shape[1] == 4            # meta-training stays 4-way
+    got = evaluation.make_evaluator(wide, fewer, adapt_config, 2, 6, 0, 6)()
+    truth = evaluation.make_evaluator(narrow, same, scaled, 2, 6, 0, 6)()
+    np.testing.assert_allclose(got["accuracy"], truth["accuracy"])
+    np.testing.assert_allclose(got["loss"], truth["loss"], rtol=1e-9)
+    assert not np.allclose(got["loss"][:, 2], got["loss"][:, 0])
+
+
+def test_fewer_ways_at_meta_test_measure_the_landscape_of_the_cut_head(coded):
+    """The wide model's task loss is M / N times the cut head's, so its flatness is M / N times
+    the cut head's, its gradient coherence (M / N)^2 times, and the trajectories point the same
+    way (the masked rows do not move)."""
+    wide, narrow = wide_and_narrow()
+    config = LandscapeConfig(flatness_tasks=2, coherence_tasks=6, batch=6, tol=1e-9,
+                             max_iters=60)
+    adapt_config = AdaptConfig(steps=2, lr=0.5)
+    scaled = dataclasses.replace(adapt_config, lr=0.5 * 3 / 4)
+    got = landscape.Landscape(wide, source(ways=4, test_ways=3), adapt_config, config).measure(
+        progress=False)
+    truth = landscape.Landscape(narrow, source(ways=3), scaled, config).measure(progress=False)
+    assert got["flatness"] == pytest.approx(truth["flatness"] * 3 / 4, rel=1e-6)
+    assert got["gradient_coherence"] == pytest.approx(truth["gradient_coherence"] * 9 / 16,
+                                                      rel=1e-9)
+    assert got["trajectory_coherence"] == pytest.approx(truth["trajectory_coherence"], rel=1e-9)
+    assert got["support_loss"] == pytest.approx(truth["support_loss"] * 3 / 4, rel=1e-9)
+
+
+def test_test_ways_out_of_range_names_the_key():
+    with pytest.raises(ConfigError, match=r"'data.test_ways' must be .* between 2 and data.ways "
+                                          r"\(20\), got 25"):
+        config_lib.load("omniglot_20w1s-cpu", ["data.test_ways=25"])
+    with pytest.raises(ConfigError, match="'data.test_ways' must be 0 for sine"):
+        config_lib.load("sine", ["data.test_ways=3"])
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -267,6 +267,12 @@ def validate(config: Config, where: str) -> Config:
         section, field = key.split(".")
         value = getattr(getattr(config, section), field)
         need(value >= 0, key, "a non-negative integer", value)
+    test_ways = config.data.test_ways
+    if config.data.dataset == "sine":
+        need(test_ways == 0, "data.test_ways", "0 for sine, whose tasks have no classes",
+             test_ways)
+    need(test_ways == 0 or 2 <= test_ways <= config.data.ways, "data.test_ways",
+         f"0 (as data.ways) or between 2 and data.ways ({config.data.ways})", test_ways)
     need(config.adapt.lr > 0, "adapt.lr", "positive", config.adapt.lr)
     need(config.adapt.gain_lr_scale >= 0, "adapt.gain_lr_scale", "non-negative",
          config.adapt.gain_lr_scale)

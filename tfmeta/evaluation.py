@@ -51,12 +51,16 @@ def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, st
     passes its trained features with a fresh head, and `task_start(params, support)` gives each
     task its own start (the baseline's per-task head).
 
+    Where the split's episodes have fewer classes than the head (`data.test_ways`), adaptation and
+    scoring use the head's first ones.
+
     Returns:
         evaluate() -> {metric: [steps + 1] array of per-step values for each task, shape
         [tasks, steps + 1]}, on the query sets: "loss" and "accuracy" for classifiers, "mse" for
         regression (the loss, named for what it is in every report).
     """
     dataset = source.episodes(split, seed, batch, count=tasks)
+    classes = source.classes_in(split)
     names = {"loss": "mse"} if model.loss_name == "mse" else {}
 
     @tf.function(reduce_retracing=True)
@@ -66,7 +70,9 @@ def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, st
         def one_task(episode):
             start = task_start(params, episode.support) if task_start else params
             _, trajectory = adapt(model, start, episode.support, config, steps=steps,
-                                  observe=lambda p, t: query_metrics(model, p, episode, t - 1))
+                                  observe=lambda p, t: query_metrics(model, p, episode, t - 1,
+                                                                     classes),
+                                  classes=classes)
             return trajectory.observations
 
         return meta_batch.map_tasks(one_task, episodes, strategy)

@@ -144,6 +144,8 @@ class Landscape:
         tasks = max(config.flatness_tasks, config.coherence_tasks)
         self.split = source.eval_split
         self.batches = source.episodes(self.split, config.seed, config.batch, count=tasks)
+        # M when the tasks use the head's first M classes only (`data.test_ways`), else None.
+        self.classes = source.classes_in(self.split)
         self.layer_names, self.layer_groups = layer_groups(model)
         self._coherence = tf.function(self._coherence_sums, reduce_retracing=True)
         self._hessian = tf.function(self._hessian_metrics, reduce_retracing=True)
@@ -164,13 +166,15 @@ class Landscape:
             moving = inner_part(model, start)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(moving)
-                loss = task_loss(model, with_inner(model, start, moving), x, y, step=0)
+                loss = task_loss(model, with_inner(model, start, moving), x, y, self.classes,
+                                 step=0)
             gradient = [-gain(rate) * g for rate, g in zip(
                 learning_rates(model, start, config, 0), tape.gradient(loss, moving))]
-            adapted, trajectory = adapt(model, start, task.support, config, self.steps)
+            adapted, trajectory = adapt(model, start, task.support, config, self.steps,
+                                        classes=self.classes)
             step = inner_part(model, displacement(adapted, trajectory))
             norm = tree.norm(step)
-            support_loss = task_loss(model, adapted, x, y)
+            support_loss = task_loss(model, adapted, x, y, self.classes)
             # A task whose adaptation diverged (too large a step for its curvature) is counted,
             # not averaged: one Inf would turn every mean into NaN.
             finite = tf.math.is_finite(norm) & tf.math.is_finite(support_loss)
@@ -189,10 +193,10 @@ class Landscape:
         """Flatness (and the opt-in spectrum metrics) at one task's adapted solution."""
         model, config = self.model, self.config
         solution, _ = adapt(model, self.start(self.params(), task.support), task.support,
-                            self.adapt_config, self.steps)
+                            self.adapt_config, self.steps, classes=self.classes)
         adapted = inner_part(model, solution)
         loss_fn = lambda p: task_loss(model, with_inner(model, solution, p),  # noqa: E731
-                                      *task.support)
+                                      *task.support, self.classes)
         matvec = hessian.hvp_matvec(loss_fn, adapted, config.hvp)
         dim = sum(int(np.prod(p.shape)) for p in adapted)
         dtype = adapted[0].dtype

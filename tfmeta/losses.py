@@ -81,9 +81,12 @@ def task_metrics(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor,
 
 
 def query_metrics(model: MetaModel, params: Sequence[tf.Tensor], episode: Episode,
-                  step=None) -> dict:
+                  step=None, classes=None) -> dict:
     """`outputs_metrics` on the episode's query set at `params`, normalized by the model's `norm`
     mode (`models.query_outputs`): by its own statistics or by the support set's; `step` picks
-    per-step batch-norm weights (None: the last step's)."""
+    per-step batch-norm weights (None: the last step's). With `classes` M, over the head's first
+    M classes (`mask_classes`): the loss and accuracy of the M-way task."""
     outputs = query_outputs(model, params, episode.support_x, episode.query_x, step)
+    if classes is not None:
+        outputs = mask_classes(outputs, classes)
     return outputs_metrics(model, outputs, episode.query_y)

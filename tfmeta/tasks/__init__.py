@@ -29,12 +29,17 @@ class DataConfig:
 
     Attributes:
         dataset: "sine", "omniglot" or "miniimagenet".
-        ways: N classes per episode (classification only).
+        ways: N classes per episode (classification only), and the width of the model's head.
+        test_ways: N of meta-test (and val) episodes, at most `ways`; 0 means `ways`. Fewer ways
+            at meta-test than in meta-training adapt and score the first test_ways rows of the
+            head, the others masked (`losses.mask_classes`), as an export answers a request with
+            fewer classes.
         shots: K support examples per class (sine: K support points).
         queries: Q query examples per class (sine: Q query points).
     """
     dataset: str = "sine"
     ways: int = 5
+    test_ways: int = 0
     shots: int = 10
     queries: int = 10
     sine: SineConfig = dataclasses.field(default_factory=SineConfig)
@@ -58,6 +63,7 @@ class TaskSource:
         eval_split: the split that training evaluates after each epoch and measures the
             landscape on: "val" where there is one, else "test".
         image_format: how the dataset's image files become inputs (None: not images).
+        ways: split name -> N of its episodes, where fewer than `outputs` (`data.test_ways`).
     """
     example_shape: tuple
     outputs: int
@@ -67,6 +73,11 @@ class TaskSource:
     classes: Dict[str, int] = dataclasses.field(default_factory=dict)
     eval_split: str = "test"
     image_format: Optional[ImageFormat] = None
+    ways: Dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def classes_in(self, split: str) -> Optional[int]:
+        """M when the split's episodes use only the first M of the head's classes, else None."""
+        return self.ways.get(split)
 
     def episodes(self, split: str, seed: int, meta_batch: int, start: int = 0,
                  count: int = -1, stride: int = 0) -> tf.data.Dataset:
@@ -102,25 +113,26 @@ def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
         within = omniglot.episodes == "within_alphabet"
         fns, labelled = {}, {}
         for split, pool in pools.items():
-            classification.check_pool(pool, config.ways, config.shots, config.queries,
+            ways = split_ways(config, split)
+            classification.check_pool(pool, ways, config.shots, config.queries,
                                       f"omniglot {split} split", within_groups=within)
             fns[split] = classification.episode_fn(
-                pool, config.ways, config.shots, config.queries, tf.as_dtype(dtype),
+                pool, ways, config.shots, config.queries, tf.as_dtype(dtype),
                 augment=augment.affine(omniglot.augment) if split == "train" else None,
                 within_groups=within)
             labelled[split] = classification.labelled_fn(pool, tf.as_dtype(dtype))
         size = omniglot.image_size
         return TaskSource((size, size, 1), config.ways, "cross_entropy", fns, labelled,
                           {s: p.classes for s, p in pools.items()},
-                          image_format=omniglot_format(size))
+                          image_format=omniglot_format(size), ways=fewer_ways(config, pools))
     if config.dataset == "miniimagenet":
         pools = miniimagenet.pools(config.miniimagenet)
         flip = config.miniimagenet.augment
         fns = {}
         for split, pool in pools.items():
-            classification.check_pool(pool, config.ways, config.shots, config.queries,
-                                      f"miniimagenet {split} split")
-            fns[split] = classification.episode_fn(pool, config.ways, config.shots,
+            classification.check_pool(pool, split_ways(config, split), config.shots,
+                                      config.queries, f"miniimagenet {split} split")
+            fns[split] = classification.episode_fn(pool, split_ways(config, split), config.shots,
                                                    config.queries, tf.as_dtype(dtype),
                                                    augment=augment.flip_and_shift if (
                                                        flip and split == "train") else None)
@@ -128,6 +140,16 @@ def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
         return TaskSource(pools["train"].images.shape[1:], config.ways, "cross_entropy", fns,
                           labelled_fns=labelled, classes={s: p.classes for s, p in pools.items()},
                           eval_split="val",
-                          image_format=miniimagenet_format(pools["train"].images.shape[1]))
+                          image_format=miniimagenet_format(pools["train"].images.shape[1]),
+                          ways=fewer_ways(config, pools))
     raise ConfigError(f"unknown dataset {config.dataset!r}; expected one of {', '.join(DATASETS)}")
 
+
+def split_ways(config: DataConfig, split: str) -> int:
+    """N of the split's episodes: `ways` in meta-training, `test_ways` (when set) elsewhere."""
+    return config.test_ways if split != "train" and config.test_ways else config.ways
+
+
+def fewer_ways(config: DataConfig, splits) -> Dict[str, int]:
+    """{split: N} for the splits whose episodes have fewer classes than the head."""
+    return {s: split_ways(config, s) for s in splits if split_ways(config, s) < config.ways}
