@@ -11,11 +11,16 @@ held-out split), after the run's own number of test steps. `preset-NAME` measure
 preset as it is instead. Results are merged into `--results` (JSON, one entry per lever) as each
 lever finishes, and the whole table is printed as markdown at the end. Without LEVER arguments, the
 levers of LEVERS run in order.
+
+`--timing` measures ms/iteration alone instead, for levers already in `--results`: 2 epochs of 30
+meta-iterations in a fresh run directory, the second epoch's mean (the first includes tracing).
+Run it on an otherwise idle machine; the accuracy runs may share it.
 """
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +65,7 @@ def history(run_dir: Path) -> list:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def train(name: str, run_dir: Path, data_dir: str) -> None:
+def train(name: str, run_dir: Path, data_dir: str, *extra: str) -> None:
     """Meta-trains the lever's run, or resumes it; a finished run is left as it is."""
     if name.startswith("preset-"):
         config, overrides = name.removeprefix("preset-"), []
@@ -71,8 +76,18 @@ def train(name: str, run_dir: Path, data_dir: str) -> None:
         tfmeta("train", "--resume", str(run_dir), "--no-progress")
     else:
         tfmeta("train", "--config", config, "--data-dir", data_dir, "--run-dir", str(run_dir),
-               "--set", "train.eval_every=0", "--set", "landscape.every=0", *sets,
+               "--set", "train.eval_every=0", "--set", "landscape.every=0", *sets, *extra,
                "--no-progress")
+
+
+def time_alone(name: str, out: Path, data_dir: str) -> float:
+    """ms per meta-iteration of the lever: the second of 2 epochs of 30, in a fresh run."""
+    run_dir = out / "timing" / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    train(name, run_dir, data_dir, "--epochs", "2", "--iterations", "30",
+          "--set", "algorithms.maml.first_order_epochs=0",
+          "--set", "algorithms.maml.multi_step_epochs=0")
+    return round(1e3 * history(run_dir)[-1]["meta_train/seconds_per_iteration"], 1)
 
 
 def measure(name: str, out: Path, data_dir: str) -> dict:
@@ -97,10 +112,12 @@ def measure(name: str, out: Path, data_dir: str) -> dict:
 
 
 def table(entries: list) -> str:
-    lines = ["| lever | change | ms/it | within-alphabet | any |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| lever | change | ms/it alone | within-alphabet | any |",
+             "| --- | --- | --- | --- | --- |"]
     for e in entries:
         cells = [f"{100 * e[p]['mean']:.1f} ± {100 * e[p]['ci95']:.1f}" for p in PROTOCOLS]
-        lines.append(f"| {e['lever']} | {e['change']} | {e['ms_per_iteration']:.0f} | "
+        alone = e.get("ms_per_iteration_alone")
+        lines.append(f"| {e['lever']} | {e['change']} | {f'{alone:.0f}' if alone else '-'} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -110,6 +127,8 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--out", default="runs/levers", type=Path)
     parser.add_argument("--results", default="runs/levers/levers.json", type=Path)
+    parser.add_argument("--timing", action="store_true",
+                        help="time the levers alone (2 x 30 iterations) instead")
     parser.add_argument("levers", nargs="*", default=list(LEVERS))
     args = parser.parse_args()
     unknown = [n for n in args.levers if n not in LEVERS and not n.startswith("preset-")]
@@ -117,7 +136,10 @@ def main() -> None:
         parser.error(f"unknown levers {unknown}; levers: {', '.join(LEVERS)}, or preset-NAME")
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
     for name in args.levers:
-        results[name] = measure(name, args.out, args.data_dir)
+        if args.timing:
+            results[name]["ms_per_iteration_alone"] = time_alone(name, args.out, args.data_dir)
+        else:
+            results[name] = {**results.get(name, {}), **measure(name, args.out, args.data_dir)}
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(results[name]), flush=True)
