@@ -137,13 +137,14 @@ def main() -> None:
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
     for name in args.levers:
         if args.timing:
-            results[name]["ms_per_iteration_alone"] = time_alone(name, args.out, args.data_dir)
+            results.setdefault(name, {"lever": name})["ms_per_iteration_alone"] = time_alone(
+                name, args.out, args.data_dir)
         else:
             results[name] = {**results.get(name, {}), **measure(name, args.out, args.data_dir)}
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(results[name]), flush=True)
-    print(table(list(results.values())))
+    print(table([e for e in results.values() if PROTOCOLS[0] in e]))
 
 
 if __name__ == "__main__":
