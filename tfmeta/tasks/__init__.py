@@ -83,9 +83,10 @@ class TaskSource:
                  count: int = -1, stride: int = 0) -> tf.data.Dataset:
         """Meta-batches of the split's episode stream; see `sampler.episodes`."""
         if split not in self.episode_fns:
+            why = (" (a run that meta-trains on every class, such as data.omniglot.holdout=0, "
+                   "has no meta-test split)") if split == "test" else ""
             raise ConfigError(f"no {split!r} split here; the splits are "
-                              f"{', '.join(self.episode_fns)} (a run that meta-trains on every "
-                              "class, such as data.omniglot.holdout=0, has no meta-test split)")
+                              f"{', '.join(self.episode_fns)}{why}")
         return sampler.episodes(self.episode_fns[split], sampler.episode_seed(seed, _STREAMS[split]),
                                 meta_batch, start, count, stride)
 
