@@ -42,12 +42,12 @@ def measure(steps: int, recompute: bool, iters: int) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, HERE)
     import keras
+    import maml_tfmeta
     import tensorflow as tf
 
-    import maml_tfmeta
     from tfmeta import models, training
-    from tfmeta.adaptation import AdaptConfig
     from tfmeta.algorithms import maml
+    from tfmeta.config.adapt import AdaptConfig
 
     maml_tfmeta.configure()
     keras.utils.set_random_seed(0)

@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfmeta import models, training  # noqa: E402
-from tfmeta.adaptation import AdaptConfig  # noqa: E402
 from tfmeta.algorithms import maml  # noqa: E402
+from tfmeta.config.adapt import AdaptConfig  # noqa: E402
 from tfmeta.tasks.episode import Episode  # noqa: E402
 
 THREADS = 2  # as the peers: at most 2 ops at a time, each single-threaded (tfmeta's default)

@@ -39,8 +39,8 @@ META_BATCH, STEPS, LR = 32, 5, 0.4
 
 def conv_shares(replica: int, replicas: int):
     """Replica r's share of the peers' conv4 meta-batch (the same random images)."""
-    from maml_tfmeta import conv_batch
     import tensorflow as tf
+    from maml_tfmeta import conv_batch
     share = META_BATCH // replicas
     whole = conv_batch(META_BATCH)
     return tf.nest.map_structure(lambda t: tf.constant(t[replica * share:(replica + 1) * share]),
@@ -53,8 +53,8 @@ def measure(strategy_name: str, iters: int, allreduce_iters: int) -> dict:
     import tensorflow as tf
 
     from tfmeta import distribute, models, training
-    from tfmeta.adaptation import AdaptConfig
     from tfmeta.algorithms import maml
+    from tfmeta.config.adapt import AdaptConfig
 
     strategy = distribute.make_strategy(strategy_name)
     replicas = strategy.num_replicas_in_sync

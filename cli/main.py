@@ -3,8 +3,8 @@
 import contextlib
 import dataclasses
 import functools
-import os
 import json
+import os
 import sys
 import traceback
 import warnings
@@ -15,12 +15,12 @@ import click
 # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) hides the output that matters.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The config modules import no TensorFlow, so `--help` and a config error return at once.
+from tfmeta.config.algorithms import NAMES as ALGORITHMS  # noqa: E402
+from tfmeta.config.data import DATASETS, EPISODES  # noqa: E402
+from tfmeta.config.model import NORMS  # noqa: E402
+from tfmeta.config.train import DISTRIBUTIONS  # noqa: E402
 from tfmeta.errors import TfmetaError  # noqa: E402
-
-NORMS = ("transductive", "support")  # tfmeta.models.NORMS, without importing TensorFlow for --help
-EPISODES = ("any", "within_alphabet")  # tfmeta.tasks.omniglot_split.EPISODES, likewise
-ALGORITHMS = ("maml", "anil", "meta-sgd", "maml-reg", "gradient-agreement", "wormhole", "nal",
-              "finetune")  # tfmeta.algorithms.NAMES, likewise
 
 # Shortcut flags and the config keys they set; any other key goes through --set key=value.
 SHORTCUTS = {
@@ -80,14 +80,14 @@ def cli(verbose):
                    "--dataset (sine, omniglot_5w1s, miniimagenet_5w1s), or the sine defaults.")
 @click.option("--algorithm", type=click.Choice(ALGORITHMS),
               help="the meta-learning algorithm (default maml)")
-@click.option("--dataset", type=click.Choice(["sine", "omniglot", "miniimagenet"]),
+@click.option("--dataset", type=click.Choice(DATASETS),
               help="data.dataset")
 @click.option("--norm", type=click.Choice(NORMS),
               help="model.norm: query sets normalized by their own statistics (transductive, "
                    "the papers') or by the support set's (support: serves one query at a time)")
 @click.option("--data-dir", type=click.Path(),
               help="data.<dataset>.data_dir: the Omniglot zips, or MiniImagenet in any layout")
-@click.option("--strategy", type=click.Choice(["default", "mirrored", "multi-worker"]),
+@click.option("--strategy", type=click.Choice(DISTRIBUTIONS),
               help="train.strategy: one device, every local GPU (or --devices), or the cluster "
                    "in TF_CONFIG")
 @click.option("--devices", metavar="D,...",

@@ -6,7 +6,8 @@ import tensorflow as tf
 
 from helpers import params_of, sine_episode, tiny_mlp
 from tfmeta import losses
-from tfmeta.adaptation import AdaptConfig, adapt, displacement
+from tfmeta.adaptation import adapt, displacement
+from tfmeta.config.adapt import AdaptConfig
 
 
 def manual_sgd(model, params, support, lr, steps):

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import (directional_fd, dot, params_of, random_direction, sine_episode, tiny_mlp)
+from helpers import directional_fd, dot, params_of, random_direction, sine_episode, tiny_mlp
 from tfmeta import tree
-from tfmeta.adaptation import AdaptConfig, adapt
+from tfmeta.adaptation import adapt
 from tfmeta.algorithms import gradient_agreement, maml, maml_reg, nal
+from tfmeta.config.adapt import AdaptConfig
 from tfmeta.losses import task_loss
 
 CONFIG = AdaptConfig(steps=2, lr=0.05)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import (dot, directional_fd, image_episode, params_of, random_direction,
-                     sine_episode, tiny_mlp)
+from helpers import (directional_fd, dot, image_episode, params_of, random_direction, sine_episode,
+                     tiny_mlp)
 from tfmeta import models
-from tfmeta.adaptation import AdaptConfig
 from tfmeta.algorithms import maml
+from tfmeta.config.adapt import AdaptConfig
 
 
 def objective(model, episode, config):

@@ -6,8 +6,9 @@ import tensorflow as tf
 
 from helpers import params_of, sine_episode, tiny_mlp
 from tfmeta import meta_batch
-from tfmeta.adaptation import AdaptConfig
 from tfmeta.algorithms import maml
+from tfmeta.config.adapt import AdaptConfig
+from tfmeta.config.train import TASK_MAPPINGS
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,7 @@ def setup():
     return model, params_of(model), batch
 
 
-@pytest.mark.parametrize("strategy", meta_batch.STRATEGIES)
+@pytest.mark.parametrize("strategy", TASK_MAPPINGS)
 def test_strategies_agree_on_second_order_meta_gradients(setup, strategy):
     model, params, batch = setup
     config = AdaptConfig(steps=2, lr=0.01)
@@ -32,7 +33,7 @@ def test_strategies_agree_on_second_order_meta_gradients(setup, strategy):
                                rtol=1e-10)
 
 
-@pytest.mark.parametrize("strategy", meta_batch.STRATEGIES)
+@pytest.mark.parametrize("strategy", TASK_MAPPINGS)
 def test_map_tasks_stacks_in_order(setup, strategy):
     _, _, batch = setup
     out = tf.function(lambda b: meta_batch.map_tasks(

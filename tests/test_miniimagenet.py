@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tfmeta import config as config_lib, tasks
+from tfmeta.config.data import DataConfig, MiniImagenetConfig
 from tfmeta.errors import DataError
 from tfmeta.run import Run
-from tfmeta.tasks import DataConfig, miniimagenet
-from tfmeta.tasks.miniimagenet import MiniImagenetConfig
+from tfmeta.tasks import miniimagenet
 from tfmeta_cli.main import cli
 
 CLASSES = {"train": 8, "val": 6, "test": 6}

@@ -12,14 +12,13 @@ import pytest
 import tensorflow as tf
 
 from tfmeta import config as config_lib, evaluation, landscape, models, summaries, tasks
-from tfmeta.adaptation import AdaptConfig
-from tfmeta.landscape import LandscapeConfig
-from tfmeta.models import ModelConfig
+from tfmeta.config.adapt import AdaptConfig
+from tfmeta.config.data import AffineConfig, OmniglotConfig
+from tfmeta.config.landscape import LandscapeConfig
+from tfmeta.config.model import ModelConfig
 from tfmeta.errors import ConfigError, DataError
 from tfmeta.tasks import augment, classification, omniglot_split, sampler
-from tfmeta.tasks.augment import AffineConfig
 from tfmeta.tasks.omniglot import OmniglotData
-from tfmeta.tasks.omniglot_split import OmniglotConfig
 
 SIZE = 9
 # Alphabet -> characters; "Dd" is too small for 3-way episodes within it.

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import (dot, directional_fd, image_episode, params_of, random_direction,
-                     sine_episode, train_tiny)
+from helpers import (directional_fd, dot, image_episode, params_of, random_direction, sine_episode,
+                     train_tiny)
 from tfmeta import meta_batch, models, training
-from tfmeta.adaptation import AdaptConfig
 from tfmeta.algorithms import maml
+from tfmeta.config.adapt import AdaptConfig
+from tfmeta.config.train import TASK_MAPPINGS
 from tfmeta.models import InnerLoop
 
 CONFIG = AdaptConfig(steps=3, lr=0.3)
@@ -109,7 +110,7 @@ def test_a_run_trains_with_recompute(tmp_path):
     assert np.isfinite(last["meta_train/loss"]) and np.isfinite(last["meta_test/mse"])
 
 
-@pytest.mark.parametrize("strategy", meta_batch.STRATEGIES)
+@pytest.mark.parametrize("strategy", TASK_MAPPINGS)
 def test_recompute_under_every_task_strategy(strategy):
     """vectorized_map turns the recomputed while loop into a batched one."""
     tf.keras.utils.set_random_seed(0)

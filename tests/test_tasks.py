@@ -5,10 +5,11 @@ import pytest
 import tensorflow as tf
 
 from tfmeta import config as config_lib, tasks
+from tfmeta.config.data import DataConfig, OmniglotConfig
 from tfmeta.errors import ConfigError, DataError
-from tfmeta.tasks import DataConfig, augment, classification, sampler
+from tfmeta.tasks import augment, classification, sampler
 from tfmeta.tasks.omniglot import load_omniglot
-from tfmeta.tasks.omniglot_split import OmniglotConfig, split_classes, with_rotations
+from tfmeta.tasks.omniglot_split import split_classes, with_rotations
 
 
 def take(dataset, n: int) -> list:

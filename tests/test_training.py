@@ -78,11 +78,12 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_a_non_finite_step_leaves_weights_and_adam_untouched():
-    from tfmeta import models
-    from tfmeta.adaptation import AdaptConfig
-    from tfmeta.algorithms import maml
-    from tfmeta.tasks.episode import Episode
     import keras
+
+    from tfmeta import models
+    from tfmeta.algorithms import maml
+    from tfmeta.config.adapt import AdaptConfig
+    from tfmeta.tasks.episode import Episode
     model = models.mlp((8,))
     optimizer = keras.optimizers.Adam(1e-3)
     step = training.make_meta_step(model, optimizer, maml.meta_gradient, AdaptConfig(), 2)

@@ -29,9 +29,9 @@ from typing import Callable, Iterator, Optional
 
 import tensorflow as tf
 
+from tfmeta.config.train import DISTRIBUTIONS
 from tfmeta.errors import ConfigError, LostWorkerError
 
-STRATEGIES = ("default", "mirrored", "multi-worker")
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}')
 
@@ -137,7 +137,7 @@ def configure_devices(devices: list) -> list:
     return [f"/{s.device_type.lower()}:{s.device_index}" for s in specs]
 
 
-_STRATEGIES: dict = {}  # one strategy object per kind and process: see make_strategy
+_MADE: dict = {}  # one strategy object per kind and process: see make_strategy
 
 
 def make_strategy(strategy: str, devices: list = ()) -> tf.distribute.Strategy:
@@ -151,14 +151,14 @@ def make_strategy(strategy: str, devices: list = ()) -> tf.distribute.Strategy:
         ConfigError: an unknown strategy, devices that do not exist, or a bad TF_CONFIG.
     """
     key = (strategy, tuple(devices))
-    if key not in _STRATEGIES:
-        _STRATEGIES[key] = _new_strategy(strategy, devices)
-    return _STRATEGIES[key]
+    if key not in _MADE:
+        _MADE[key] = _new_strategy(strategy, devices)
+    return _MADE[key]
 
 
 def _new_strategy(strategy: str, devices: list) -> tf.distribute.Strategy:
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"train.strategy must be one of {', '.join(STRATEGIES)}, got "
+    if strategy not in DISTRIBUTIONS:
+        raise ConfigError(f"train.strategy must be one of {', '.join(DISTRIBUTIONS)}, got "
                           f"{strategy!r}")
     if devices and strategy != "mirrored":
         raise ConfigError(f"train.devices is for --strategy mirrored, not {strategy}; a "

@@ -33,3 +33,9 @@ class LostWorkerError(TfmetaError):
     138 and fails it on 2, which a restart would only repeat.
     """
     exit_status = 138
+
+
+def expect(condition: bool, key: str, expected: str, value) -> None:
+    """Raises ConfigError "'key' must be <expected>, got <value>" unless `condition` holds."""
+    if not condition:
+        raise ConfigError(f"'{key}' must be {expected}, got {value!r}")

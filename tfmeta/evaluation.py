@@ -11,7 +11,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta import meta_batch
-from tfmeta.adaptation import AdaptConfig, adapt
+from tfmeta.adaptation import adapt
+from tfmeta.config.adapt import AdaptConfig
 from tfmeta.losses import query_metrics
 from tfmeta.models import MetaModel, params_of
 from tfmeta.tasks import TaskSource

@@ -48,10 +48,12 @@ from typing import Optional
 import tensorflow as tf
 
 from tfmeta import config as config_lib
-from tfmeta.adaptation import AdaptConfig, adapt
+from tfmeta.adaptation import adapt
+from tfmeta.config.adapt import AdaptConfig
+from tfmeta.config.model import NORMS
 from tfmeta.errors import ConfigError
 from tfmeta.losses import mask_classes
-from tfmeta.models import NORMS, MetaModel, apply, query_outputs
+from tfmeta.models import MetaModel, apply, query_outputs
 from tfmeta.tasks.image_format import DEFAULT_MAX_SIDE, ImageFormat, decode_images
 
 METADATA_FILE = "assets.extra/tfmeta.json"

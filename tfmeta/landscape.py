@@ -43,7 +43,6 @@ Pairwise means cost O(n), never O(n^2): mean_{i != j} x_i^T x_j = (||sum x||^2 -
 (n (n - 1)), so memory holds one parameter-sized running sum whatever the number of tasks.
 """
 
-import dataclasses
 import time
 from typing import Callable, Dict, Optional, Sequence
 
@@ -52,8 +51,9 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from tfmeta import hessian, meta_batch, tree
-from tfmeta.adaptation import (AdaptConfig, adapt, displacement, inner_part, learning_rates,
-                               with_inner)
+from tfmeta.adaptation import adapt, displacement, inner_part, learning_rates, with_inner
+from tfmeta.config.adapt import AdaptConfig
+from tfmeta.config.landscape import LandscapeConfig
 from tfmeta.losses import task_loss
 from tfmeta.models import MetaModel, params_of, query_features
 from tfmeta.tasks import TaskSource
@@ -62,43 +62,6 @@ METRICS = ("flatness", "trajectory_coherence", "gradient_coherence", "representa
            "trajectory_norm", "support_loss")
 # Variants of the definitions, measured beside METRICS (see the module docstring).
 VARIANTS = ("gradient_coherence_self", "representation_spread")
-
-
-@dataclasses.dataclass
-class LandscapeConfig:
-    """What to measure, on how many meta-test tasks, and how often.
-
-    Attributes:
-        every: measure after every k-th epoch during training; 0 turns it off.
-        flatness_tasks: tasks averaged for flatness and the opt-in Hessian metrics (paper: 60).
-        coherence_tasks: tasks averaged for the coherences, trajectory norm and support loss
-            (paper: 500).
-        method: spectral norm by "lanczos" or "power" iteration.
-        tol: relative tolerance that stops the eigenvalue iteration.
-        max_iters: most HVPs per spectral norm.
-        hvp: "forward" (forward-over-backward) or "reverse" (backward-over-backward).
-        trace_probes: Rademacher probes for the Hessian trace; 0 = off.
-        top_k: the k largest Hessian eigenvalues; 0 = off.
-        layer_norms: per-layer spectral norms (diagonal Hessian blocks).
-        density_probes: probes of the eigenvalue density (stochastic Lanczos quadrature); 0 = off.
-        density_iters: Lanczos steps per density probe.
-        batch: tasks adapted per compiled call.
-        seed: draws the fixed meta-test tasks (the same at every measurement of a run).
-    """
-    every: int = 1
-    flatness_tasks: int = 60
-    coherence_tasks: int = 500
-    method: str = "lanczos"
-    tol: float = 1e-3
-    max_iters: int = 100
-    hvp: str = "forward"
-    trace_probes: int = 0
-    top_k: int = 0
-    layer_norms: bool = False
-    density_probes: int = 0
-    density_iters: int = 30
-    batch: int = 25
-    seed: int = 1
 
 
 def pairwise_mean(total: Sequence[tf.Tensor], sum_sq, n: int) -> tf.Tensor:

@@ -18,8 +18,6 @@ import tensorflow as tf
 
 from tfmeta.tasks.episode import Episode
 
-STRATEGIES = ("loop", "map", "vectorized")
-
 
 def _task(batch, i):
     return tf.nest.map_structure(lambda t: t[i], batch)

@@ -24,30 +24,7 @@ import keras
 import tensorflow as tf
 
 from tfmeta.batch_norm import BatchNorm
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    """The network.
-
-    Attributes:
-        arch: "conv4", "mlp", or "auto" (mlp for sine, conv4 for image datasets).
-        filters: conv4 channels per layer.
-        pool: conv4 downsampling, "max" (2x2 max-pool) or "stride" (stride-2 convs).
-        hidden: MLP hidden widths.
-        dtype: "float32", or "float64" for exactness checks.
-        norm: how batch norm normalizes a query set: "transductive" (by its own statistics) or
-            "support" (by the support set's; queries independent of each other). See NORMS.
-    """
-    arch: str = "auto"
-    filters: int = 64
-    pool: str = "max"
-    hidden: list = dataclasses.field(default_factory=lambda: [40, 40])
-    dtype: str = "float32"
-    norm: str = "transductive"
-
-
-NORMS = ("transductive", "support")
+from tfmeta.config.model import NORMS, ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +47,6 @@ class InnerLoop:
     lr: float = 0.01
     steps: int = 1
     step_norms: bool = False
-
-
-LEARNED_LR = ("", "element", "layer_step")
 
 
 class InnerRates(keras.layers.Layer):

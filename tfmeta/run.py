@@ -15,10 +15,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmeta import algorithms, config as config_lib, evaluation, models, tasks
-from tfmeta import landscape as landscape_lib
+from tfmeta import config as config_lib, evaluation, landscape as landscape_lib, models, tasks
 from tfmeta.algorithms import finetune
 from tfmeta.config import Config
+from tfmeta.config.algorithms import WITH_GAINS
 from tfmeta.errors import ConfigError
 from tfmeta.models import MetaModel
 
@@ -89,7 +89,7 @@ def build_model(config: Config, source: tasks.TaskSource, outputs: Optional[int]
                           f"of shape {source.example_shape}; use mlp")
     keras.utils.set_random_seed(config.train.seed)
     model = models.build(config.model, source.example_shape, outputs or source.outputs,
-                         gains=config.algorithm in algorithms.WITH_GAINS,
+                         gains=config.algorithm in WITH_GAINS,
                          inner=inner_loop(config))
     if config.algorithm == "anil" and not model.num_feature_params:
         raise ConfigError(f"anil adapts the head and meta-learns the features, but model "

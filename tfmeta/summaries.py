@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
-from tfmeta.algorithms import MAML_FAMILY
+from tfmeta.config.algorithms import MAML_FAMILY
 
 
 def writer(log_dir: Path) -> tf.summary.SummaryWriter:

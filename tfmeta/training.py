@@ -33,10 +33,10 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from tfmeta import algorithms, config as config_lib, distribute, records, summaries
-from tfmeta import landscape as landscape_lib
-from tfmeta.adaptation import AdaptConfig
+from tfmeta import (algorithms, config as config_lib, distribute, landscape as landscape_lib,
+                    records, summaries)
 from tfmeta.config import Config
+from tfmeta.config.adapt import AdaptConfig
 from tfmeta.errors import ConfigError, DivergedError
 from tfmeta.models import MetaModel, params_of
 from tfmeta.run import Run, configure_threads, task_strategy

@@ -9,39 +9,11 @@ with its own options bound by `build`. Scalar metrics are per-task means; a vect
 gradient agreement's `task_weights`) is logged as a histogram.
 """
 
-import dataclasses
 import functools
 from typing import Callable, Optional
 
 from tfmeta.algorithms import finetune, gradient_agreement, maml, maml_reg, nal
-from tfmeta.algorithms.finetune import FinetuneConfig
-from tfmeta.algorithms.maml import MamlConfig
-from tfmeta.algorithms.maml_reg import MamlRegConfig
-
-NAMES = ("maml", "anil", "meta-sgd", "maml-reg", "gradient-agreement", "wormhole", "nal",
-         "finetune")
-# Wormhole MAML is MAML on a model with per-tensor gains (`models.Gains`); ANIL is MAML on a model
-# whose inner loop adapts the head only, Meta-SGD MAML on one with a learned rate per parameter
-# element (`models.InnerLoop`). All four take MAML's meta-step and its MAML++ options.
-WITH_GAINS = ("wormhole",)
-MAML_FAMILY = ("maml", "anil", "meta-sgd", "wormhole")
-# No inner loop at meta-training: nal trains on the support and query sets jointly, finetune on
-# batches of examples.
-WITHOUT_INNER_LOOP = ("nal", "finetune")
-
-
-@dataclasses.dataclass
-class AlgorithmConfig:
-    """Options of the algorithms that have any.
-
-    Attributes:
-        maml: MAML++'s multi-step loss and derivative-order annealing, for MAML_FAMILY.
-        maml_reg: the angle regularizer's gamma and its treatment of the mean direction.
-        finetune: the supervised baseline's batch size and meta-test head seed.
-    """
-    maml: MamlConfig = dataclasses.field(default_factory=MamlConfig)
-    maml_reg: MamlRegConfig = dataclasses.field(default_factory=MamlRegConfig)
-    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+from tfmeta.config.algorithms import MAML_FAMILY, AlgorithmConfig
 
 
 def build(name: str, config: AlgorithmConfig, epoch: Optional[Callable] = None) -> Callable:

@@ -9,34 +9,14 @@ parameters are adapted by the same `adapt` as every other algorithm. The paper u
 epoch) for 1-shot and 128 x 12 for 5-shot.
 """
 
-import dataclasses
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from tfmeta.adaptation import AdaptConfig
+from tfmeta.config.adapt import AdaptConfig
 from tfmeta.losses import task_metrics
 from tfmeta.models import MetaModel, params_of
-
-
-@dataclasses.dataclass
-class FinetuneConfig:
-    """Attributes:
-        batch_size: labelled examples per training step (paper: 64 for 1-shot, 128 for 5-shot).
-        head_seed: seed of the Xavier initialization of the meta-test heads.
-        head: "per_task" draws each meta-test task's own head, seeded by head_seed and a
-            fingerprint of the task's support set (the same task always gets the same head);
-            "shared" gives every task the one head of head_seed. One head shared by all tasks
-            gives their gradients a common, label-independent part (pulling the same random logits
-            towards uniform), which inflates gradient and trajectory coherence: 8.8 and 0.0105
-            shared against 0.059 and 0.00059 per task, on 150 Omniglot tasks.
-    """
-    batch_size: int = 64
-    head_seed: int = 0
-    head: str = "per_task"
-
-HEADS = ("per_task", "shared")
 
 
 def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: tuple,

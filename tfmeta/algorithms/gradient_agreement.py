@@ -19,7 +19,8 @@ from typing import Sequence
 import tensorflow as tf
 
 from tfmeta import distribute, meta_batch
-from tfmeta.adaptation import AdaptConfig, adapt
+from tfmeta.adaptation import adapt
+from tfmeta.config.adapt import AdaptConfig
 from tfmeta.losses import query_metrics
 from tfmeta.models import MetaModel
 from tfmeta.tasks.episode import Episode

@@ -14,31 +14,16 @@ ANIL, Meta-SGD and Wormhole MAML take this meta-step on a model whose inner loop
 L(D'; theta~) by sum_t w_t L(D'; theta_t) over the inner steps t = 1..T (`multi_step_weights`).
 """
 
-import dataclasses
 from typing import Callable, Optional, Sequence
 
 import tensorflow as tf
 
 from tfmeta import meta_batch
-from tfmeta.adaptation import AdaptConfig, adapt
+from tfmeta.adaptation import adapt
+from tfmeta.config.adapt import AdaptConfig
 from tfmeta.losses import query_metrics
 from tfmeta.models import MetaModel
 from tfmeta.tasks.episode import Episode
-
-
-@dataclasses.dataclass
-class MamlConfig:
-    """MAML++'s training options for MAML and the algorithms that take its meta-step (anil,
-    meta-sgd, wormhole).
-
-    Attributes:
-        multi_step_epochs: E > 0 turns on the multi-step loss for the first E epochs, its weights
-            annealed towards the last step (`multi_step_weights`); 0: the last step's loss only.
-        first_order_epochs: derivative-order annealing: first-order meta-gradients for the first
-            this many epochs, second order after.
-    """
-    multi_step_epochs: int = 0
-    first_order_epochs: int = 0
 
 
 def multi_step_weights(epoch: tf.Tensor, steps: int, anneal_epochs: int, dtype) -> tf.Tensor:

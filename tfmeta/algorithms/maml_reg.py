@@ -23,26 +23,16 @@ with `constant_mean=False` the gradient flows back through the all-sum, whose gr
 all-sum, so the meta-gradient is exactly the one-process one.
 """
 
-import dataclasses
 from typing import Sequence
 
 import tensorflow as tf
 
 from tfmeta import distribute, meta_batch, tree
-from tfmeta.adaptation import AdaptConfig, adapt, displacement
+from tfmeta.adaptation import adapt, displacement
+from tfmeta.config.adapt import AdaptConfig
 from tfmeta.losses import query_metrics
 from tfmeta.models import MetaModel
 from tfmeta.tasks.episode import Episode
-
-
-@dataclasses.dataclass
-class MamlRegConfig:
-    """Attributes:
-        gamma: step size of the correction (paper: 0.5).
-        constant_mean: hold u_mu constant in the meta-gradient (see the module docstring).
-    """
-    gamma: float = 0.5
-    constant_mean: bool = True
 
 
 def unit_direction(model: MetaModel, params: list, episode: Episode, config: AdaptConfig) -> tuple:

@@ -14,7 +14,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from tfmeta import meta_batch
-from tfmeta.adaptation import AdaptConfig
+from tfmeta.config.adapt import AdaptConfig
 from tfmeta.losses import outputs_loss, query_metrics
 from tfmeta.models import MetaModel, joint_outputs
 from tfmeta.tasks.episode import Episode

@@ -49,8 +49,8 @@ import keras
 import numpy as np
 
 from tfmeta import evaluation, models, training
-from tfmeta.adaptation import AdaptConfig
 from tfmeta.algorithms import maml, nal
+from tfmeta.config.adapt import AdaptConfig
 from tfmeta.errors import ConfigError
 from tfmeta.files import atomic_open
 from tfmeta.tasks import TaskSource, linear

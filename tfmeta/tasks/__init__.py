@@ -9,42 +9,16 @@ from typing import Callable, Dict, Optional
 
 import tensorflow as tf
 
+from tfmeta.config.data import DATASETS, DataConfig
 from tfmeta.errors import ConfigError
 from tfmeta.tasks import augment, classification, miniimagenet, sampler, sine
 from tfmeta.tasks.episode import Episode
 from tfmeta.tasks.image_format import ImageFormat, miniimagenet_format, omniglot_format
-from tfmeta.tasks.miniimagenet import MiniImagenetConfig
-from tfmeta.tasks.omniglot_split import OmniglotConfig, omniglot_pools
-from tfmeta.tasks.sine import SineConfig
+from tfmeta.tasks.omniglot_split import omniglot_pools
 
-DATASETS = ("sine", "omniglot", "miniimagenet")
 SPLITS = ("train", "test")
 # Each split's stream id; labelled streams use id + 2. Adding a split never moves another's tasks.
 _STREAMS = {"train": 0, "test": 1, "val": 4}
-
-
-@dataclasses.dataclass
-class DataConfig:
-    """Which tasks, and how big their episodes are.
-
-    Attributes:
-        dataset: "sine", "omniglot" or "miniimagenet".
-        ways: N classes per episode (classification only), and the width of the model's head.
-        test_ways: N of meta-test (and val) episodes, at most `ways`; 0 means `ways`. Fewer ways
-            at meta-test than in meta-training adapt and score the first test_ways rows of the
-            head, the others masked (`losses.mask_classes`), as an export answers a request with
-            fewer classes.
-        shots: K support examples per class (sine: K support points).
-        queries: Q query examples per class (sine: Q query points).
-    """
-    dataset: str = "sine"
-    ways: int = 5
-    test_ways: int = 0
-    shots: int = 10
-    queries: int = 10
-    sine: SineConfig = dataclasses.field(default_factory=SineConfig)
-    omniglot: OmniglotConfig = dataclasses.field(default_factory=OmniglotConfig)
-    miniimagenet: MiniImagenetConfig = dataclasses.field(default_factory=MiniImagenetConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +88,7 @@ def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
         within = omniglot.episodes == "within_alphabet"
         fns, labelled = {}, {}
         for split, pool in pools.items():
-            ways = split_ways(config, split)
+            ways = config.split_ways(split)
             classification.check_pool(pool, ways, config.shots, config.queries,
                                       f"omniglot {split} split", within_groups=within)
             fns[split] = classification.episode_fn(
@@ -131,9 +105,9 @@ def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
         flip = config.miniimagenet.augment
         fns = {}
         for split, pool in pools.items():
-            classification.check_pool(pool, split_ways(config, split), config.shots,
+            classification.check_pool(pool, config.split_ways(split), config.shots,
                                       config.queries, f"miniimagenet {split} split")
-            fns[split] = classification.episode_fn(pool, split_ways(config, split), config.shots,
+            fns[split] = classification.episode_fn(pool, config.split_ways(split), config.shots,
                                                    config.queries, tf.as_dtype(dtype),
                                                    augment=augment.flip_and_shift if (
                                                        flip and split == "train") else None)
@@ -146,11 +120,6 @@ def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
     raise ConfigError(f"unknown dataset {config.dataset!r}; expected one of {', '.join(DATASETS)}")
 
 
-def split_ways(config: DataConfig, split: str) -> int:
-    """N of the split's episodes: `ways` in meta-training, `test_ways` (when set) elsewhere."""
-    return config.test_ways if split != "train" and config.test_ways else config.ways
-
-
 def fewer_ways(config: DataConfig, splits) -> Dict[str, int]:
     """{split: N} for the splits whose episodes have fewer classes than the head."""
-    return {s: split_ways(config, s) for s in splits if split_ways(config, s) < config.ways}
+    return {s: config.split_ways(s) for s in splits if config.split_ways(s) < config.ways}

@@ -5,44 +5,13 @@ shape: the N classes of an episode, M = K + Q images each. It is a pure function
 resumed run continues the same stream. Meta-test episodes are never augmented.
 """
 
-import dataclasses
 from typing import Callable
 
 import tensorflow as tf
 
-from tfmeta.errors import ConfigError
+from tfmeta.config.data import AffineConfig
 
 Augment = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-PER = ("none", "image", "class")
-
-
-@dataclasses.dataclass
-class AffineConfig:
-    """Small random affine maps of Omniglot's meta-train images (bilinear, zero fill).
-
-    Attributes:
-        per: "none"; "image" draws a map per image; "class" one per class of an episode, applied
-            to all of its images (a distorted character, like a new class).
-        shift: largest shift along each axis, as a fraction of the image side.
-        scale: largest relative change of scale along each axis (0.1: x0.9 to x1.1).
-        shear: largest shear factor.
-    """
-    per: str = "none"
-    shift: float = 0.1
-    scale: float = 0.1
-    shear: float = 0.2
-
-
-def check_affine(config: AffineConfig, key: str) -> None:
-    """Raises ConfigError naming `key`.field when a setting is out of range."""
-    if config.per not in PER:
-        raise ConfigError(f"'{key}.per' must be one of {', '.join(PER)}, got {config.per!r}")
-    for field, top in (("shift", 0.5), ("scale", 0.5), ("shear", 1.0)):
-        value = getattr(config, field)
-        if not 0 <= value <= top:
-            raise ConfigError(f"'{key}.{field}' must be between 0 and {top}, got {value!r}")
-
-
 def affine(config: AffineConfig) -> Augment | None:
     """The augmentation `config` describes, or None when `per` is "none"."""
     if config.per == "none":

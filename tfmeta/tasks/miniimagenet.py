@@ -16,7 +16,6 @@ complete.
 """
 
 import csv
-import dataclasses
 import hashlib
 import json
 import os
@@ -29,6 +28,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
+from tfmeta.config.data import MiniImagenetConfig
 from tfmeta.errors import DataError
 from tfmeta.tasks.classification import Pool
 from tfmeta.tasks.image_format import miniimagenet_format
@@ -45,22 +45,6 @@ HOW_TO_GET = (
     "github.com/twitter/meta-learning-lstm) or the pickle caches "
     "mini-imagenet-cache-{train,val,test}.pkl that learn2learn and torchmeta users download; "
     "then `tfmeta data prepare miniimagenet --source DIR --out CACHE`.")
-
-
-@dataclasses.dataclass
-class MiniImagenetConfig:
-    """Where MiniImagenet is, and how episodes are drawn.
-
-    Attributes:
-        data_dir: a prepared cache, or a csv or pickle copy (prepared on first use); empty
-            searches $TFMETA_DATA_DIR, ./data and ~/data.
-        cache_dir: where a copy is prepared; default DIR/.tfmeta-cache/miniimagenet, or
-            ~/.cache/tfmeta/miniimagenet-<hash of DIR> when DIR is read-only.
-        augment: random flips and shifts of meta-train images (off, as in the papers).
-    """
-    data_dir: str = ""
-    cache_dir: str = ""
-    augment: bool = False
 
 
 def detect_layout(folder: Path) -> Optional[str]:

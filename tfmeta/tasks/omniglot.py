@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tfmeta.config.data import DRAWINGS_PER_CHARACTER as IMAGES_PER_CHARACTER
 from tfmeta.errors import DataError
 from tfmeta.files import atomic_open
 from tfmeta.tasks.image_format import omniglot_format
@@ -30,7 +31,6 @@ ZIP_NAMES = (
     "images_background_small1.zip",
     "images_background_small2.zip",
 )
-IMAGES_PER_CHARACTER = 20
 TFDS_SPLITS = ("train", "test", "small1", "small2")
 # Bump when decoding changes, so that caches written by older code are not reused.
 _CACHE_VERSION = 1

@@ -13,9 +13,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tfmeta.config.data import OmniglotConfig
 from tfmeta.errors import ConfigError
 from tfmeta.tasks import omniglot
-from tfmeta.tasks.omniglot_split import OmniglotConfig, split_classes
+from tfmeta.tasks.omniglot_split import split_classes
 
 
 class FileTask(NamedTuple):

@@ -9,51 +9,12 @@ its own ("Greek@90"): a task never mixes orientations, which would make its clas
 apart than the characters of one script.
 """
 
-import dataclasses
-
 import numpy as np
 
+from tfmeta.config.data import OmniglotConfig
 from tfmeta.errors import ConfigError
 from tfmeta.tasks import omniglot
-from tfmeta.tasks.augment import AffineConfig, check_affine
 from tfmeta.tasks.classification import Pool, as_pool
-
-EPISODES = ("any", "within_alphabet")
-
-
-@dataclasses.dataclass
-class OmniglotConfig:
-    """Where Omniglot comes from and how its classes are split.
-
-    Attributes:
-        data_dir: directory holding the dataset's zips (images_background.zip,
-            images_evaluation.zip, images_background_small1.zip, images_background_small2.zip).
-        source: "zips" reads `data_dir`; "tfds" uses TensorFlow Datasets' `omniglot` (downloads).
-        split: "alphabet" holds out whole alphabets for meta-test; "character" holds out characters.
-        holdout: how many alphabets (or characters) are held out, drawn with `split_seed`; 0
-            meta-trains on every class and leaves no meta-test split.
-        test_alphabets: names of the meta-test alphabets; overrides `holdout` when set.
-        rotations: add the 90/180/270-degree rotations of every character as new classes.
-        image_size: images are resized to image_size x image_size.
-        split_seed: seed of the held-out draw.
-        train_drawings: drawings kept per meta-train character (of 20; the first ones, drawer
-            order); fewer drawings make meta-training memorize and meta-overfit sooner.
-        episodes: "any" draws an episode's N classes from the whole split; "within_alphabet"
-            draws them from one alphabet of the split (Lake et al.'s one-shot protocol), for
-            meta-training and meta-test alike (`tfmeta evaluate --episodes` overrides it).
-        augment: random affine maps of meta-train images; meta-test images are never augmented.
-    """
-    data_dir: str = ""
-    source: str = "zips"
-    split: str = "alphabet"
-    holdout: int = 2
-    test_alphabets: list = dataclasses.field(default_factory=list)
-    rotations: bool = True
-    image_size: int = 28
-    split_seed: int = 0
-    train_drawings: int = 20
-    episodes: str = "any"
-    augment: AffineConfig = dataclasses.field(default_factory=AffineConfig)
 
 
 def load(config: OmniglotConfig) -> omniglot.OmniglotData:
@@ -109,20 +70,6 @@ def _check_holdout(holdout: int, available: int, what: str) -> None:
                           f"the omniglot_*-cpu presets, which hold out 2 alphabets.)")
 
 
-def check(config: OmniglotConfig) -> None:
-    """Raises ConfigError naming the data.omniglot key whose value is out of range."""
-    if config.episodes not in EPISODES:
-        raise ConfigError(f"'data.omniglot.episodes' must be one of {', '.join(EPISODES)}, "
-                          f"got {config.episodes!r}")
-    if not 1 <= config.train_drawings <= omniglot.IMAGES_PER_CHARACTER:
-        raise ConfigError(f"data.omniglot.train_drawings must be between 1 and "
-                          f"{omniglot.IMAGES_PER_CHARACTER}, got {config.train_drawings}")
-    if config.holdout < 0:
-        raise ConfigError(f"'data.omniglot.holdout' must be a non-negative integer, "
-                          f"got {config.holdout!r}")
-    check_affine(config.augment, "data.omniglot.augment")
-
-
 ROTATIONS = (0, 90, 180, 270)
 
 
@@ -147,7 +94,7 @@ def _pool(data: omniglot.OmniglotData, index: np.ndarray, drawings: int, rotate:
 def omniglot_pools(config: OmniglotConfig) -> dict:
     """{"train": Pool, "test": Pool} of uint8 [C, 20, S, S] classes grouped by alphabet; no
     "test" when `holdout` is 0."""
-    check(config)
+    config.check()
     data = load(config)
     train, test = split_classes(data.alphabets, config)
     pools = {"train": _pool(data, train, config.train_drawings, config.rotations)}

@@ -5,22 +5,10 @@ paper draws A in [0.1, 5], phi in [0, pi] and x in [-5, 5] for every split; the 
 regression experiment uses disjoint meta-train and meta-test ranges (preset `sine_disjoint`).
 """
 
-import dataclasses
-import math
-
 import tensorflow as tf
 
+from tfmeta.config.data import SineConfig
 from tfmeta.tasks.episode import Episode
-
-
-@dataclasses.dataclass
-class SineConfig:
-    """Task distributions of sine regression; each range is [low, high]."""
-    amplitude: list = dataclasses.field(default_factory=lambda: [0.1, 5.0])
-    phase: list = dataclasses.field(default_factory=lambda: [0.0, math.pi])
-    test_amplitude: list = dataclasses.field(default_factory=lambda: [0.1, 5.0])
-    test_phase: list = dataclasses.field(default_factory=lambda: [0.0, math.pi])
-    x_range: list = dataclasses.field(default_factory=lambda: [-5.0, 5.0])
 
 
 def episode_fn(config: SineConfig, shots: int, queries: int, split: str, dtype=tf.float32):

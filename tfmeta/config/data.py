@@ -1,0 +1,176 @@
+"""The task distributions' options (`tfmeta.tasks` builds them)."""
+
+import dataclasses
+import math
+
+from tfmeta.errors import ConfigError, expect
+
+DATASETS = ("sine", "omniglot", "miniimagenet")
+# Omniglot: where the images come from, how classes are split, how an episode draws its classes.
+OMNIGLOT_SOURCES = ("zips", "tfds")
+OMNIGLOT_SPLITS = ("alphabet", "character")
+EPISODES = ("any", "within_alphabet")
+DRAWINGS_PER_CHARACTER = 20
+# Affine augmentation: no map, a map per image, or one per class of an episode.
+AUGMENT_PER = ("none", "image", "class")
+
+
+@dataclasses.dataclass
+class SineConfig:
+    """Task distributions of sine regression; each range is [low, high]."""
+    amplitude: list = dataclasses.field(default_factory=lambda: [0.1, 5.0])
+    phase: list = dataclasses.field(default_factory=lambda: [0.0, math.pi])
+    test_amplitude: list = dataclasses.field(default_factory=lambda: [0.1, 5.0])
+    test_phase: list = dataclasses.field(default_factory=lambda: [0.0, math.pi])
+    x_range: list = dataclasses.field(default_factory=lambda: [-5.0, 5.0])
+
+    def check(self, key: str = "data.sine") -> None:
+        for field in ("amplitude", "phase", "test_amplitude", "test_phase", "x_range"):
+            value = getattr(self, field)
+            expect(len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+                   and value[0] <= value[1], f"{key}.{field}", "[low, high] with low <= high",
+                   value)
+
+
+@dataclasses.dataclass
+class AffineConfig:
+    """Small random affine maps of Omniglot's meta-train images (bilinear, zero fill).
+
+    Attributes:
+        per: "none"; "image" draws a map per image; "class" one per class of an episode, applied
+            to all of its images (a distorted character, like a new class).
+        shift: largest shift along each axis, as a fraction of the image side.
+        scale: largest relative change of scale along each axis (0.1: x0.9 to x1.1).
+        shear: largest shear factor.
+    """
+    per: str = "none"
+    shift: float = 0.1
+    scale: float = 0.1
+    shear: float = 0.2
+
+    def check(self, key: str = "data.omniglot.augment") -> None:
+        expect(self.per in AUGMENT_PER, f"{key}.per", f"one of {', '.join(AUGMENT_PER)}",
+               self.per)
+        for field, top in (("shift", 0.5), ("scale", 0.5), ("shear", 1.0)):
+            value = getattr(self, field)
+            expect(0 <= value <= top, f"{key}.{field}", f"between 0 and {top}", value)
+
+
+@dataclasses.dataclass
+class OmniglotConfig:
+    """Where Omniglot comes from and how its classes are split.
+
+    Attributes:
+        data_dir: directory holding the dataset's zips (images_background.zip,
+            images_evaluation.zip, images_background_small1.zip, images_background_small2.zip).
+        source: "zips" reads `data_dir`; "tfds" uses TensorFlow Datasets' `omniglot` (downloads).
+        split: "alphabet" holds out whole alphabets for meta-test; "character" holds out characters.
+        holdout: how many alphabets (or characters) are held out, drawn with `split_seed`; 0
+            meta-trains on every class and leaves no meta-test split.
+        test_alphabets: names of the meta-test alphabets; overrides `holdout` when set.
+        rotations: add the 90/180/270-degree rotations of every character as new classes.
+        image_size: images are resized to image_size x image_size.
+        split_seed: seed of the held-out draw.
+        train_drawings: drawings kept per meta-train character (of 20; the first ones, drawer
+            order); fewer drawings make meta-training memorize and meta-overfit sooner.
+        episodes: "any" draws an episode's N classes from the whole split; "within_alphabet"
+            draws them from one alphabet of the split (Lake et al.'s one-shot protocol), for
+            meta-training and meta-test alike (`tfmeta evaluate --episodes` overrides it).
+        augment: random affine maps of meta-train images; meta-test images are never augmented.
+    """
+    data_dir: str = ""
+    source: str = "zips"
+    split: str = "alphabet"
+    holdout: int = 2
+    test_alphabets: list = dataclasses.field(default_factory=list)
+    rotations: bool = True
+    image_size: int = 28
+    split_seed: int = 0
+    train_drawings: int = 20
+    episodes: str = "any"
+    augment: AffineConfig = dataclasses.field(default_factory=AffineConfig)
+
+    @property
+    def has_test_split(self) -> bool:
+        return bool(self.holdout or self.test_alphabets)
+
+    def check(self, key: str = "data.omniglot") -> None:
+        expect(self.source in OMNIGLOT_SOURCES, f"{key}.source", " or ".join(OMNIGLOT_SOURCES),
+               self.source)
+        expect(self.split in OMNIGLOT_SPLITS, f"{key}.split", " or ".join(OMNIGLOT_SPLITS),
+               self.split)
+        expect(self.episodes in EPISODES, f"{key}.episodes", f"one of {', '.join(EPISODES)}",
+               self.episodes)
+        expect(1 <= self.train_drawings <= DRAWINGS_PER_CHARACTER, f"{key}.train_drawings",
+               f"between 1 and {DRAWINGS_PER_CHARACTER}", self.train_drawings)
+        expect(self.holdout >= 0, f"{key}.holdout", "a non-negative integer", self.holdout)
+        expect(self.image_size >= 1, f"{key}.image_size", "a positive integer", self.image_size)
+        expect(all(isinstance(a, str) for a in self.test_alphabets), f"{key}.test_alphabets",
+               "a list of alphabet names", self.test_alphabets)
+        self.augment.check(f"{key}.augment")
+
+
+@dataclasses.dataclass
+class MiniImagenetConfig:
+    """Where MiniImagenet is, and how episodes are drawn.
+
+    Attributes:
+        data_dir: a prepared cache, or a csv or pickle copy (prepared on first use); empty
+            searches $TFMETA_DATA_DIR, ./data and ~/data.
+        cache_dir: where a copy is prepared; default DIR/.tfmeta-cache/miniimagenet, or
+            ~/.cache/tfmeta/miniimagenet-<hash of DIR> when DIR is read-only.
+        augment: random flips and shifts of meta-train images (off, as in the papers).
+    """
+    data_dir: str = ""
+    cache_dir: str = ""
+    augment: bool = False
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Which tasks, and how big their episodes are.
+
+    Attributes:
+        dataset: "sine", "omniglot" or "miniimagenet".
+        ways: N classes per episode (classification only), and the width of the model's head.
+        test_ways: N of meta-test (and val) episodes, at most `ways`; 0 means `ways`. Fewer ways
+            at meta-test than in meta-training adapt and score the first test_ways rows of the
+            head, the others masked (`losses.mask_classes`), as an export answers a request with
+            fewer classes.
+        shots: K support examples per class (sine: K support points).
+        queries: Q query examples per class (sine: Q query points).
+    """
+    dataset: str = "sine"
+    ways: int = 5
+    test_ways: int = 0
+    shots: int = 10
+    queries: int = 10
+    sine: SineConfig = dataclasses.field(default_factory=SineConfig)
+    omniglot: OmniglotConfig = dataclasses.field(default_factory=OmniglotConfig)
+    miniimagenet: MiniImagenetConfig = dataclasses.field(default_factory=MiniImagenetConfig)
+
+    def check(self, key: str = "data") -> None:
+        expect(self.dataset in DATASETS, f"{key}.dataset", " or ".join(DATASETS), self.dataset)
+        for field in ("ways", "shots", "queries"):
+            value = getattr(self, field)
+            expect(value >= 1, f"{key}.{field}", "a positive integer", value)
+        if self.dataset == "sine":
+            expect(self.test_ways == 0, f"{key}.test_ways",
+                   "0 for sine, whose tasks have no classes", self.test_ways)
+        expect(self.test_ways == 0 or 2 <= self.test_ways <= self.ways, f"{key}.test_ways",
+               f"0 (as data.ways) or between 2 and data.ways ({self.ways})", self.test_ways)
+        self.sine.check(f"{key}.sine")
+        if self.dataset == "omniglot":
+            self.omniglot.check(f"{key}.omniglot")
+
+    def split_ways(self, split: str) -> int:
+        """N of the split's episodes: `ways` in meta-training, `test_ways` (when set) elsewhere."""
+        return self.test_ways if split != "train" and self.test_ways else self.ways
+
+
+def data_dir_key(dataset: str) -> str:
+    """The config key of `dataset`'s data folder (what `--data-dir` sets)."""
+    if dataset not in ("omniglot", "miniimagenet"):
+        raise ConfigError(f"--data-dir: the {dataset} dataset reads no files; it is for "
+                          "omniglot and miniimagenet")
+    return f"data.{dataset}.data_dir"

@@ -1,0 +1,42 @@
+"""The network's options (`tfmeta.models` builds it)."""
+
+import dataclasses
+
+from tfmeta.errors import expect
+
+ARCHS = ("auto", "conv4", "mlp")
+POOLS = ("max", "stride")
+DTYPES = ("float32", "float64")
+# How batch norm normalizes a query set (`tfmeta.models`).
+NORMS = ("transductive", "support")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The network.
+
+    Attributes:
+        arch: "conv4", "mlp", or "auto" (mlp for sine, conv4 for image datasets).
+        filters: conv4 channels per layer.
+        pool: conv4 downsampling, "max" (2x2 max-pool) or "stride" (stride-2 convs).
+        hidden: MLP hidden widths.
+        dtype: "float32", or "float64" for exactness checks.
+        norm: how batch norm normalizes a query set: "transductive" (by its own statistics) or
+            "support" (by the support set's; queries independent of each other). See NORMS.
+    """
+    arch: str = "auto"
+    filters: int = 64
+    pool: str = "max"
+    hidden: list = dataclasses.field(default_factory=lambda: [40, 40])
+    dtype: str = "float32"
+    norm: str = "transductive"
+
+    def check(self, key: str = "model") -> None:
+        """Raises ConfigError naming the first `key.field` out of range."""
+        expect(self.arch in ARCHS, f"{key}.arch", ", ".join(ARCHS), self.arch)
+        expect(self.filters >= 1, f"{key}.filters", "a positive integer", self.filters)
+        expect(self.pool in POOLS, f"{key}.pool", " or ".join(POOLS), self.pool)
+        expect(all(isinstance(h, int) and h >= 1 for h in self.hidden), f"{key}.hidden",
+               "a list of positive integers", self.hidden)
+        expect(self.dtype in DTYPES, f"{key}.dtype", " or ".join(DTYPES), self.dtype)
+        expect(self.norm in NORMS, f"{key}.norm", " or ".join(NORMS), self.norm)
