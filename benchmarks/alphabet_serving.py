@@ -24,7 +24,7 @@ import tensorflow as tf
 from PIL import Image
 
 from serving import start_server
-from tfmeta import config as config_lib, export, verdicts
+from tfmeta import config as config_lib, export, stats
 from tfmeta.adaptation import adapt
 from tfmeta.models import query_outputs
 from tfmeta.run import Run
@@ -79,7 +79,7 @@ def main():
     finally:
         process.terminate()
         process.wait(20)
-    over_runs = verdicts.interval(served_accuracy)
+    over_runs = stats.interval(served_accuracy)
     print(json.dumps({"run": str(args.run_dir), "runs": args.runs, "ways": ways, "shots": 1,
                       "queries_per_run": ways, "norm": metadata["norm"],
                       "query_independent": metadata["query_independent"],

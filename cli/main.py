@@ -3,9 +3,7 @@
 import contextlib
 import dataclasses
 import functools
-import json
 import os
-import sys
 import traceback
 import warnings
 from pathlib import Path
@@ -32,11 +30,6 @@ SHORTCUTS = {
     "keep_checkpoints": "train.keep_checkpoints", "algorithm": "algorithm", "norm": "model.norm",
     "strategy": "train.strategy",
 }
-REPORT_STEPS = (0, 1, 5, 10)
-# The preset a bare `--dataset NAME` starts from, so that each dataset gets its paper settings.
-DATASET_PRESETS = {"sine": "sine", "omniglot": "omniglot_5w1s",
-                   "miniimagenet": "miniimagenet_5w1s"}
-
 
 def user_errors(fn):
     """Turns a TfmetaError into one `error:` line on stderr and its exit status (2; 138 for a lost
@@ -54,6 +47,13 @@ def user_errors(fn):
     return wrapper
 
 
+def start_tensorflow() -> None:
+    """Starts TensorFlow, quietly (`quiet.start`), once a command knows that it needs it: `--help`
+    and a config error return without it."""
+    from tfmeta import quiet
+    quiet.start()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="tfmeta")
 @click.option("--verbose", is_flag=True,
@@ -67,8 +67,6 @@ def cli(verbose):
     if command == "serve":
         from tfmeta_serving import memory
         memory.configure_allocators()  # before TensorFlow starts, which reads it once
-    if command and "--help" not in sys.argv and "-h" not in sys.argv:
-        quiet.start()
     # A library warning (e.g. alphabets too small for within-alphabet episodes) as one line.
     warnings.showwarning = lambda message, category, *_: click.echo(f"warning: {message}",
                                                                     err=True)
@@ -121,41 +119,21 @@ def cli(verbose):
 def train(config_path, sets, resume_dir, auto_resume, no_progress, first_order, data_dir,
           devices, **shortcuts):
     """Meta-train a model; writes checkpoints, TensorBoard logs and the resolved config."""
-    from tfmeta import config as config_lib, training
+    from tfmeta import rundir
 
-    overrides = [f"{SHORTCUTS[k]}={v}" for k, v in shortcuts.items() if v is not None]
+    values = {SHORTCUTS[k]: v for k, v in shortcuts.items() if v is not None}
     if first_order:
-        overrides.append("adapt.first_order=true")
+        values["adapt.first_order"] = True
     if devices:
-        overrides.append("train.devices=" + json.dumps([d.strip() for d in devices.split(",")]))
-    overrides += list(sets)
-    if auto_resume:
-        if resume_dir:
-            raise click.UsageError("--auto-resume continues --run-dir; drop --resume")
-        if not shortcuts["run_dir"]:
-            raise click.UsageError("--auto-resume needs --run-dir: the directory to continue")
-        if (Path(shortcuts["run_dir"]) / "config.yaml").is_file():
-            resume_dir, config_path = shortcuts["run_dir"], None
-    if resume_dir:
-        if config_path:
-            raise click.UsageError("--resume uses the run's own config; drop --config")
-        saved = Path(resume_dir) / "config.yaml"
-        if not saved.is_file():
-            raise TfmetaError(f"--resume {resume_dir}: {saved} is missing; not a run directory")
-        source, overrides = str(saved), overrides + [f"run_dir={resume_dir}"]
-    else:
-        source = config_path or DATASET_PRESETS.get(shortcuts["dataset"])
-    config = config_lib.load(source, overrides)
-    if data_dir:
-        # The dataset (from the flag or the preset) says which data_dir the flag sets.
-        config = config_lib.load(source, overrides + [
-            f"{config_lib.data_dir_key(config.data.dataset)}={data_dir}"])
-    from tfmeta import quiet
+        values["train.devices"] = [d.strip() for d in devices.split(",")]
+    config, resume = rundir.training_config(config_path, sets, values, data_dir or "",
+                                            resume_dir, auto_resume)
+    start_tensorflow()
+    from tfmeta import quiet, training
     from tfmeta.errors import LostWorkerError
     with (quiet.held(quiet.COLLECTIVE_ABORT, LostWorkerError)
           if config.train.strategy == "multi-worker" else contextlib.nullcontext()):
-        run_dir = training.train(config, resume=bool(resume_dir), progress=not no_progress,
-                                 log=click.echo)
+        run_dir = training.train(config, resume=resume, progress=not no_progress, log=click.echo)
     click.echo(f"run: {run_dir}  (tensorboard --logdir {run_dir})")
 
 
@@ -178,23 +156,15 @@ def train(config_path, sets, resume_dir, auto_resume, no_progress, first_order, 
 @user_errors
 def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr, norm, episodes):
     """Adapt a trained run to held-out tasks; print query metrics after 0, 1, 5, 10, ... steps."""
-    from tfmeta import config as config_lib, run as run_lib
+    from tfmeta import run as run_lib, rundir
 
     if tasks < 1 or (steps is not None and steps < 0) or (inner_lr is not None and inner_lr <= 0):
         raise click.BadParameter("--tasks must be >= 1, --steps >= 0 and --inner-lr > 0")
-    saved = config_lib.load(str(Path(run_dir) / "config.yaml")) if (
-        Path(run_dir) / "config.yaml").is_file() else None
-    eval_steps = saved.adapt.eval_steps if saved else 0
-    steps = max(10, eval_steps) if steps is None else steps
-    report = sorted({t for t in (*REPORT_STEPS, eval_steps, steps) if t <= steps})
-    result = run_lib.evaluate_run(Path(run_dir), steps, tasks, report, split, checkpoint,
-                                   inner_lr, norm, episodes)
+    start_tensorflow()
+    result = run_lib.evaluate_run(Path(run_dir), steps, tasks, split, checkpoint, inner_lr, norm,
+                                  episodes)
     click.echo(format_table(result))
-    # One file per protocol, so that scoring a run both ways keeps both.
-    protocol = "" if result["episodes"] in (None, "any") else f"-{result['episodes']}"
-    out = Path(run_dir) / f"evaluation-{split}{protocol}.json"
-    out.write_text(json.dumps(result, indent=2))
-    click.echo(f"written to {out}")
+    click.echo(f"written to {rundir.write_evaluation(run_dir, result)}")
 
 
 @cli.command()
@@ -216,6 +186,7 @@ def export(run_dir, out_dir, version, steps, checkpoint, norm, max_image_side):
     """Export RUN_DIR as a SavedModel that adapts to each request's support set, in TensorFlow
     Serving's layout (signatures adapt_predict, the default, adapt_predict_images for image
     datasets, and predict)."""
+    start_tensorflow()
     from tfmeta import export as export_lib
 
     path = export_lib.export_run(Path(run_dir), Path(out_dir), version, steps, checkpoint, norm,
@@ -258,41 +229,17 @@ def serve(model_base_path, model_name, host, port, grpc_port, max_body_mb, poll_
           rest_timeout_ms, concurrent, queued, embedded):
     """Serve an export over TensorFlow Serving's REST and gRPC APIs: tensorflow_model_server
     when it is on PATH, else the embedded server with the same contract."""
-    from tfmeta.errors import ConfigError
     from tfmeta_serving import server
 
-    base = Path(model_base_path)
-    if not base.is_dir():
-        raise ConfigError(f"--model-base-path {base} is not a directory; create it with "
-                          f"`tfmeta export RUN_DIR --out {base}`")
     if max_body_mb <= 0 or poll_seconds <= 0:
         raise click.BadParameter("--max-body-mb and --poll-seconds must be positive")
     if rest_timeout_ms < 0 or (concurrent is not None and concurrent < 1) or (
             queued is not None and queued < 0):
         raise click.BadParameter("--rest_api_timeout_in_ms and --max-queued-predictions must "
                                  "be >= 0, --max-concurrent-predictions >= 1")
-    name = model_name or base.resolve().name
-    command = None if embedded else server.binary_command(base, name, port, grpc_port,
-                                                          rest_timeout_ms)
-    if command:
-        embedded_only = [flag for flag, value in (("--host", host != "0.0.0.0"),
-                                                  ("--max-concurrent-predictions", concurrent),
-                                                  ("--max-queued-predictions", queued))
-                         if value is not None and value is not False]
-        if embedded_only:
-            raise ConfigError(f"{', '.join(embedded_only)}: tensorflow_model_server has no such "
-                              "flag (it listens on every address); drop it, or pass --embedded")
-        notice = server.newest_notice(base)
-        if notice:
-            click.echo(notice)
-        click.echo(f"running {' '.join(command)}")
-        server.exec_binary(command)
-    try:
-        server.serve(base, name, port, grpc_port, int(max_body_mb * (1 << 20)), poll_seconds,
-                     host=host, rest_timeout_ms=rest_timeout_ms, concurrent=concurrent,
-                     queued=queued, log=click.echo)
-    except OSError as error:
-        raise ConfigError(f"cannot serve: {error}") from None
+    start_tensorflow()
+    server.start(Path(model_base_path), model_name, port, grpc_port, int(max_body_mb * (1 << 20)),
+                 poll_seconds, host, rest_timeout_ms, concurrent, queued, embedded, log=click.echo)
 
 
 @cli.command()
@@ -306,6 +253,7 @@ def analyze(run_dir, sets, no_progress):
 
     Writes RUN_DIR/landscape.csv and TensorBoard scalars under RUN_DIR/logs/analyze.
     """
+    start_tensorflow()
     from tfmeta import analysis
 
     out = analysis.analyze(Path(run_dir), sets, progress=not no_progress, log=click.echo)
@@ -321,10 +269,12 @@ def analyze(run_dir, sets, no_progress):
 def report(run_dirs, out_dir, no_tensorboard):
     """Plot each landscape metric against meta-test accuracy (or MSE) across epochs, and
     correlate them (Pearson, Spearman; per run and pooled)."""
-    from tfmeta import report as report_lib
+    from tfmeta import report as report_lib, rundir
 
+    if not no_tensorboard:
+        start_tensorflow()
     if out_dir is None:
-        out_dir = Path(run_dirs[0]) / "report" if len(run_dirs) == 1 else Path("report")
+        out_dir = rundir.report_dir(run_dirs[0]) if len(run_dirs) == 1 else Path("report")
     result = report_lib.write_report(list(run_dirs), out_dir, tensorboard=not no_tensorboard)
     click.echo(Path(result["table"]).read_text())
     for path in result["figures"]:
@@ -413,6 +363,7 @@ def task_landscape(out_dir, quick, ratios, spreads, distances, alpha, check_rati
     centre distance, checked by meta-training. Writes table.md, table.csv, trained.csv and
     task_landscape.png to --out."""
 
+    start_tensorflow()
     from tfmeta.experiments import task_landscape as tl
     from tfmeta.tasks.linear import LinearTasksConfig
 
@@ -459,11 +410,11 @@ def landscape_claims(out_dir, quick, pilot, only, seeds, jobs, data_dir):
 
     if pilot and only:
         raise click.UsageError("--pilot is --only pilot; pass one of them")
+    start_tensorflow()
     parts = plan.parse_parts("pilot" if pilot else only) if (pilot or only) else plan.PARTS
-    data_dir = data_dir or os.environ.get("TFMETA_OMNIGLOT_DIR") or (
-        "../shared/data/omniglot" if Path("../shared/data/omniglot").is_dir() else "")
     given = {k: v for k, v in dict(seeds=seeds, jobs=jobs).items() if v is not None}
-    config = dataclasses.replace(lc.ClaimsConfig(data_dir=data_dir or ""), **given)
+    config = dataclasses.replace(lc.ClaimsConfig(data_dir=data_dir or plan.default_data_dir()),
+                                 **given)
     result = lc.run(config, out_dir, quick_run=quick, parts=parts, log=click.echo)
     click.echo(f"claims: {result['table']}")
     for figure in result["figures"]:

@@ -98,3 +98,41 @@ class OneLineClientErrors(logging.Filter):
 def exec_binary(command: list) -> None:
     """Replaces this process with tensorflow_model_server."""
     os.execv(command[0], command)
+
+
+def start(base_path: Path, name: Optional[str] = None, port: int = 8501, grpc_port: int = 8500,
+          max_body_bytes: int = 16 << 20, poll_seconds: float = 2.0, host: str = "0.0.0.0",
+          rest_timeout_ms: int = 30000, concurrent: Optional[int] = None,
+          queued: Optional[int] = None, embedded: bool = False,
+          log: Callable[[str], None] = print) -> None:
+    """Serves `base_path` as model `name` (default: the directory's name): execs
+    tensorflow_model_server when it is on PATH and `embedded` is false, else runs the embedded
+    server (`serve`). Raises ConfigError for a missing directory, or for an option that only the
+    embedded server has when the binary would run."""
+    from tfmeta.errors import ConfigError
+
+    base = Path(base_path)
+    if not base.is_dir():
+        raise ConfigError(f"--model-base-path {base} is not a directory; create it with "
+                          f"`tfmeta export RUN_DIR --out {base}`")
+    name = name or base.resolve().name
+    command = None if embedded else binary_command(base, name, port, grpc_port, rest_timeout_ms)
+    if command:
+        embedded_only = [flag for flag, given in (("--host", host != "0.0.0.0"),
+                                                  ("--max-concurrent-predictions",
+                                                   concurrent is not None),
+                                                  ("--max-queued-predictions", queued is not None))
+                         if given]
+        if embedded_only:
+            raise ConfigError(f"{', '.join(embedded_only)}: {BINARY} has no such flag (it "
+                              "listens on every address); drop it, or pass --embedded")
+        notice = newest_notice(base)
+        if notice:
+            log(notice)
+        log(f"running {' '.join(command)}")
+        exec_binary(command)
+    try:
+        serve(base, name, port, grpc_port, max_body_bytes, poll_seconds, host=host,
+              rest_timeout_ms=rest_timeout_ms, concurrent=concurrent, queued=queued, log=log)
+    except OSError as error:
+        raise ConfigError(f"cannot serve: {error}") from None

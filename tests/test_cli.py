@@ -293,9 +293,6 @@ def test_console_script_version():
 
 
 def test_norm_flag_trains_evaluates_and_exports(omniglot_dir, tmp_path):
-    from tfmeta import models
-    from tfmeta_cli import main
-    assert main.NORMS == models.NORMS
     run = tmp_path / "run"
     result = invoke("train", "--config", "omniglot_5w1s-cpu", "--data-dir", omniglot_dir,
                     "--norm", "support", "--run-dir", run, "--set", "model.filters=8",
@@ -338,3 +335,20 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path
                     "--set", "train.eval_tasks=10", "--no-progress")
     assert result.exit_code == 0, result.output
     assert "no checkpoint yet" in result.output and (run / "checkpoints" / "ckpt-1.index").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["train", "--help"], ["evaluate", "--help"],
+    ["train", "--config", "sine-cpu", "--set", "train.epochs=-1"],
+    ["train", "--dataset", "omniglot", "--set", "data.omniglot.augment.per=x"],
+    ["train", "--config", "no-such-preset"],
+    ["train", "--auto-resume"],
+])
+def test_help_and_config_errors_start_no_tensorflow(args):
+    # In a fresh interpreter: this test process has TensorFlow already.
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom tfmeta_cli.main import cli\n"
+            f"result = CliRunner().invoke(cli, {args!r})\n"
+            "print(result.exit_code, 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [("0" if "--help" in args else "2"), "False"]

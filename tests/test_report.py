@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfmeta import report
+from tfmeta import report, stats
 from tfmeta.errors import TfmetaError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -40,37 +40,37 @@ def test_pearson_and_spearman_match_naive_formulas():
     rng = np.random.default_rng(0)
     x = rng.normal(size=30)
     y = 0.5 * x + rng.normal(size=30)
-    assert report.pearson(x, y) == pytest.approx(naive_pearson(list(x), list(y)), abs=1e-12)
-    assert report.spearman(x, y) == pytest.approx(naive_spearman(list(x), list(y)), abs=1e-12)
+    assert stats.pearson(x, y) == pytest.approx(naive_pearson(list(x), list(y)), abs=1e-12)
+    assert stats.spearman(x, y) == pytest.approx(naive_spearman(list(x), list(y)), abs=1e-12)
 
 
 def test_spearman_with_ties_uses_average_ranks():
     x = [1, 2, 2, 3, 3, 3, 7, 0]
     y = [2, 1, 4, 4, 5, 5, 9, 0]
-    assert list(report.average_ranks(x)) == naive_ranks(x) == [2, 3.5, 3.5, 6, 6, 6, 8, 1]
-    assert report.spearman(x, y) == pytest.approx(naive_spearman(x, y), abs=1e-12)
-    assert report.pearson(x, y) == pytest.approx(naive_pearson(x, y), abs=1e-12)
+    assert list(stats.average_ranks(x)) == naive_ranks(x) == [2, 3.5, 3.5, 6, 6, 6, 8, 1]
+    assert stats.spearman(x, y) == pytest.approx(naive_spearman(x, y), abs=1e-12)
+    assert stats.pearson(x, y) == pytest.approx(naive_pearson(x, y), abs=1e-12)
 
 
 def test_monotone_nonlinear_data_spearman_one_pearson_below_one():
     x = np.arange(1.0, 11.0)
-    assert report.spearman(x, np.exp(x)) == pytest.approx(1.0)
-    assert report.spearman(x, -x ** 3) == pytest.approx(-1.0)
-    assert report.pearson(x, np.exp(x)) < 0.9
-    assert report.pearson(x, 2 * x + 1) == pytest.approx(1.0)
+    assert stats.spearman(x, np.exp(x)) == pytest.approx(1.0)
+    assert stats.spearman(x, -x ** 3) == pytest.approx(-1.0)
+    assert stats.pearson(x, np.exp(x)) < 0.9
+    assert stats.pearson(x, 2 * x + 1) == pytest.approx(1.0)
 
 
 def test_nan_pairs_skipped_and_degenerate_inputs_give_nan():
     x = [1.0, 2.0, math.nan, 4.0, 5.0, 6.0]
     y = [2.0, 1.0, 3.0, math.nan, 7.0, 6.5]
     kept_x, kept_y = [1.0, 2.0, 5.0, 6.0], [2.0, 1.0, 7.0, 6.5]
-    assert report.pearson(x, y) == pytest.approx(naive_pearson(kept_x, kept_y))
-    assert report.spearman(x, y) == pytest.approx(naive_spearman(kept_x, kept_y))
-    assert math.isnan(report.pearson([1, 2], [3, 4]))                        # < 3 points
-    assert math.isnan(report.spearman([1, 2, math.nan], [3, 4, 5]))           # < 3 finite pairs
-    assert math.isnan(report.pearson([0.1, 0.1, 0.1, 0.1], [1, 2, 3, 4]))     # zero variance
-    assert math.isnan(report.spearman([1, 2, 3, 4], [5, 5, 5, 5]))
-    assert math.isnan(report.pearson([], []))
+    assert stats.pearson(x, y) == pytest.approx(naive_pearson(kept_x, kept_y))
+    assert stats.spearman(x, y) == pytest.approx(naive_spearman(kept_x, kept_y))
+    assert math.isnan(stats.pearson([1, 2], [3, 4]))                        # < 3 points
+    assert math.isnan(stats.spearman([1, 2, math.nan], [3, 4, 5]))           # < 3 finite pairs
+    assert math.isnan(stats.pearson([0.1, 0.1, 0.1, 0.1], [1, 2, 3, 4]))     # zero variance
+    assert math.isnan(stats.spearman([1, 2, 3, 4], [5, 5, 5, 5]))
+    assert math.isnan(stats.pearson([], []))
 
 
 # --- synthetic runs --------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def test_evaluate_reproduces_the_last_epochs_meta_test_score(tmp_path, algorithm
         sine_config(tmp_path / "run", f"algorithm={algorithm}", "train.epochs=1",
                     "train.iterations=30", "train.eval_tasks=50", "adapt.test_steps=3"),
         progress=False, log=lambda _: None)
-    result = evaluate_run(run_dir, 3, 50, [3])
+    result = evaluate_run(run_dir, 3, 50)
     assert result["steps"][3]["mse"]["mean"] == pytest.approx(
         history(run_dir)[-1]["meta_test/mse"], rel=1e-12)
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tfmeta import verdicts as V
+from tfmeta import stats, verdicts as V
 from tfmeta.errors import ConfigError
 from tfmeta.experiments import landscape_claims as lc
 from tfmeta.experiments.landscape_claims import judge as J, plan, write
@@ -62,19 +62,19 @@ def test_t_quantiles_match_numerical_integration_of_the_t_density():
         pdf = (math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
                * (1 + x ** 2 / df) ** (-(df + 1) / 2))
         cdf = 0.5 + np.concatenate([[0], np.cumsum((pdf[1:] + pdf[:-1]) / 2 * np.diff(x))])
-        assert V.t975(df) == pytest.approx(np.interp(0.975, cdf, x), rel=2e-3)
+        assert stats.t975(df) == pytest.approx(np.interp(0.975, cdf, x), rel=2e-3)
 
 
 def test_interval_is_the_t_interval():
-    iv = V.interval([1.0, 2.0, 3.0])
+    iv = stats.interval([1.0, 2.0, 3.0])
     assert (iv.mean, iv.low, iv.high) == pytest.approx((2, 2 - 4.303 / math.sqrt(3),
                                                        2 + 4.303 / math.sqrt(3)))
-    assert math.isnan(V.interval([1.0]).low)
-    assert math.isnan(V.interval([1.0, math.nan, 2.0]).low)
+    assert math.isnan(stats.interval([1.0]).low)
+    assert math.isnan(stats.interval([1.0, math.nan, 2.0]).low)
 
 
 def test_side_within_and_combine():
-    iv = lambda lo, hi: V.Interval((lo + hi) / 2, lo, hi, [])  # noqa: E731
+    iv = lambda lo, hi: stats.Interval((lo + hi) / 2, lo, hi, [])  # noqa: E731
     assert V.side(iv(0.4, 0.9), 0.3, above=True) == V.REPRODUCED
     assert V.side(iv(-0.5, 0.2), 0.3, above=True) == V.CONTRADICTED
     assert V.side(iv(0.1, 0.6), 0.3, above=True) == V.INCONCLUSIVE
@@ -132,7 +132,7 @@ def test_the_old_rule_over_all_epochs_is_decided_by_the_trend():
     verdicts = []
     for _ in range(300):
         accs = [accuracy_curve(rng, peak_epoch=3, fall=0.25) for _ in range(5)]
-        rho = V.correlation_interval([V.rank_correlation(trend(1.0)(rng, a), a) for a in accs])
+        rho = stats.correlation_interval([V.rank_correlation(trend(1.0)(rng, a), a) for a in accs])
         verdicts.append(V.within(rho, V.CORRELATION))
     assert verdicts.count(V.CONTRADICTED) > 150
 

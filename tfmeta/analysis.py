@@ -6,17 +6,14 @@ epoch, and writes them to TensorBoard under RUN/logs/analyze and to RUN/landscap
 atomically after each checkpoint so that a killed analysis keeps what it finished.
 """
 
-import csv
 from pathlib import Path
 from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from tfmeta import records, summaries
-from tfmeta import landscape as landscape_lib
-from tfmeta.run import Run
+from tfmeta import landscape as landscape_lib, records, rundir, summaries
 from tfmeta.errors import ConfigError
-from tfmeta.files import atomic_open
+from tfmeta.run import Run
 
 
 def analyze(run_dir: Path, overrides: Sequence[str] = (), progress: bool = True,
@@ -31,31 +28,22 @@ def analyze(run_dir: Path, overrides: Sequence[str] = (), progress: bool = True,
     config = run.config
     checkpoints = list(run.manager.checkpoints)
     if not checkpoints:
-        raise ConfigError(f"{run_dir}: no checkpoints in {run_dir / 'checkpoints'}")
+        raise ConfigError(f"{run_dir}: no checkpoints in {rundir.checkpoints(run_dir)}")
     steps = config.adapt.eval_steps
     evaluate = run.evaluator(steps, config.train.eval_tasks)
     landscape = run.landscape()
-    writer = summaries.writer(run_dir / "logs" / "analyze")
+    writer = summaries.writer(rundir.logs(run_dir, analyze=True))
     summaries.landscape_layout(writer, landscape_lib.METRICS, run.target)
-    out, rows = run_dir / "landscape.csv", []
+    rows = []
     for path in tqdm(checkpoints, desc="checkpoints", disable=not progress):
         run.restore(path)
         iteration = int(run.iteration.numpy())
         row = {"checkpoint": Path(path).name, "epoch": iteration // config.train.iterations,
                "iteration": iteration, **records.evaluate(evaluate, writer, steps, iteration)}
-        row.update(records.measure_landscape(landscape, writer, run_dir / "density-analyze.jsonl",
+        row.update(records.measure_landscape(landscape, writer, rundir.density_path(run_dir, analyze=True),
                                              iteration, progress))
         rows.append(row)
-        write_csv(out, rows)
+        out = rundir.write_landscape(run_dir, rows)
         log(f"{row['checkpoint']}: " + "  ".join(
             f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
     return out
-
-
-def write_csv(path: Path, rows: list) -> None:
-    """Writes dict rows as CSV (columns: the union of keys, first-seen order), atomically."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with atomic_open(path, "w") as f:
-        table = csv.DictWriter(f, columns)
-        table.writeheader()
-        table.writerows(rows)

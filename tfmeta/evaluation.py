@@ -4,7 +4,6 @@ For each task, `adapt` runs from the meta-learned theta on the support set and t
 recorded after every step t = 0..T, so a single pass gives the whole accuracy-versus-steps curve.
 """
 
-import dataclasses
 from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
@@ -15,30 +14,8 @@ from tfmeta.adaptation import adapt
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.losses import query_metrics
 from tfmeta.models import MetaModel, params_of
+from tfmeta.stats import Estimate, estimate
 from tfmeta.tasks import TaskSource
-
-
-@dataclasses.dataclass(frozen=True)
-class Estimate:
-    """A mean over tasks with its 95% normal confidence half-width, 1.96 * std / sqrt(n).
-
-    Tasks whose adaptation diverged (NaN or Inf) are counted in `diverged` and left out of the
-    mean, which would otherwise be NaN.
-    """
-    mean: float
-    ci95: float
-    diverged: int = 0
-
-
-def estimate(values: np.ndarray) -> Estimate:
-    """Mean and 95% CI half-width of the finite per-task values [n]."""
-    values = np.asarray(values, np.float64)
-    finite = values[np.isfinite(values)]
-    if not finite.size:
-        return Estimate(float("nan"), float("nan"), int(values.size))
-    spread = finite.std(ddof=1) if finite.size > 1 else 0.0
-    return Estimate(float(finite.mean()), float(1.96 * spread / np.sqrt(finite.size)),
-                    int(values.size - finite.size))
 
 
 def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, steps: int,

@@ -47,7 +47,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tfmeta import config as config_lib
+from tfmeta import rundir
 from tfmeta.adaptation import adapt
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.model import NORMS
@@ -316,9 +316,11 @@ def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
     if norm is not None and norm not in NORMS:
         raise ConfigError(f"--norm must be one of {', '.join(NORMS)}, got {norm!r}")
     run_dir = Path(run_dir)
-    run = Run.open(run_dir, [f"model.norm={norm}"] if norm else [])
+    saved = rundir.read_config(run_dir)
+    trained = saved.model.norm
+    run = Run.open(run_dir, config=dataclasses.replace(
+        saved, model=dataclasses.replace(saved.model, norm=norm or trained)))
     config = run.config
-    trained = config_lib.load(str(run_dir / "config.yaml")).model.norm
     path = run.restore(checkpoint)
     model = run.eval_model
     if run.eval_params is not None:

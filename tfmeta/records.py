@@ -4,16 +4,14 @@ Training writes these after every epoch and `tfmeta analyze` after every saved c
 same functions, so the two agree number for number.
 """
 
-import json
 import os
 import resource
 from pathlib import Path
 
-from tfmeta import evaluation, summaries
-from tfmeta import landscape as landscape_lib
+from tfmeta import evaluation, landscape as landscape_lib, rundir, summaries
 
 
-def test_scalars(results: dict, steps: int) -> dict:
+def meta_test_scalars(results: dict, steps: int) -> dict:
     """{metric, metric_ci95, diverged_tasks} after `steps` steps, from `evaluation.summarize`."""
     test = {}
     for metric, per_step in results.items():
@@ -24,7 +22,7 @@ def test_scalars(results: dict, steps: int) -> dict:
 
 def evaluate(evaluator, writer, steps: int, iteration: int) -> dict:
     """Runs a per-epoch evaluation; writes meta_test/ scalars; returns them, prefixed."""
-    test = test_scalars(evaluation.summarize(evaluator(), [steps]), steps)
+    test = meta_test_scalars(evaluation.summarize(evaluator(), [steps]), steps)
     summaries.scalars(writer, "meta_test", test, iteration)
     return {f"meta_test/{k}": v for k, v in test.items()}
 
@@ -36,7 +34,7 @@ def measure_landscape(landscape: landscape_lib.Landscape, writer, density_path: 
     values = landscape.measure(progress)
     density = values.pop("density", None)
     if density is not None:
-        append_jsonl(density_path, {"iteration": iteration, **density})
+        rundir.append_jsonl(density_path, {"iteration": iteration, **density})
     summaries.scalars(writer, "landscape", values, iteration)
     return {f"landscape/{k}": v for k, v in values.items()}
 
@@ -48,11 +46,6 @@ def resident_mb() -> float:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def epoch_line(record: dict, total: int) -> str:

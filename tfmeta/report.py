@@ -20,7 +20,6 @@ Empty or NaN cells are skipped pairwise.
 
 import csv
 import io
-import json
 import math
 import re
 from pathlib import Path
@@ -28,8 +27,10 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from tfmeta import rundir
 from tfmeta.errors import TfmetaError
 from tfmeta.files import atomic_open
+from tfmeta.stats import finite_pairs, pearson, spearman
 
 PREFIX = "landscape/"
 CI_SUFFIX = "_ci95"
@@ -67,15 +68,14 @@ def load_records(run_dir) -> list:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise TfmetaError(f"{run_dir}: no such run directory")
-    csv_path, history_path = run_dir / "landscape.csv", run_dir / "history.jsonl"
-    csv_rows = _read_csv(csv_path) if csv_path.is_file() else []
-    history = _read_jsonl(history_path) if history_path.is_file() else []
+    csv_rows = [_parsed(row) for row in rundir.read_landscape(run_dir)]
+    history = [_parsed(row) for row in rundir.read_history(run_dir)]
     if not csv_rows and not history:
-        found = [p.name for p in (csv_path, history_path) if p.is_file()]
+        found = [name for name in (rundir.LANDSCAPE, rundir.HISTORY) if (run_dir / name).is_file()]
         raise TfmetaError(
             f"{run_dir}: no per-epoch records: "
             + (f"{' and '.join(found)} {'has' if len(found) == 1 else 'have'} no rows"
-               if found else "neither landscape.csv nor history.jsonl exists")
+               if found else f"neither {rundir.LANDSCAPE} nor {rundir.HISTORY} exists")
             + " (train it with `tfmeta train`, then measure it with `tfmeta analyze`)")
     if not csv_rows:
         return _last_per_key(history)
@@ -90,29 +90,8 @@ def load_records(run_dir) -> list:
     return rows
 
 
-def _read_csv(path: Path) -> list:
-    with open(path, newline="") as f:
-        return [{k.strip(): _parse(k.strip(), v) for k, v in row.items() if k is not None}
-                for row in csv.DictReader(f)]
-
-
-def _read_jsonl(path: Path) -> list:
-    text = path.read_text()
-    lines = text.split("\n")
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if number == len(lines):  # a last line cut short by a kill mid-write
-                continue
-            raise TfmetaError(f"{path}:{number}: not a JSON line ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise TfmetaError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        rows.append({k: _parse(k, v) for k, v in row.items()})
-    return rows
+def _parsed(row: dict) -> dict:
+    return {k: _parse(k, v) for k, v in row.items()}
 
 
 def _parse(column: str, value):
@@ -216,44 +195,6 @@ def human_name(metric: str) -> str:
 # Correlations
 
 
-def _finite_pairs(x, y):
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"x and y differ in length: {x.size} and {y.size}")
-    keep = np.isfinite(x) & np.isfinite(y)
-    return x[keep], y[keep]
-
-
-def _pearson_finite(x: np.ndarray, y: np.ndarray) -> float:
-    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return math.nan
-    dx, dy = x - x.mean(), y - y.mean()
-    denominator = math.sqrt(float(dx @ dx) * float(dy @ dy))
-    if denominator == 0:
-        return math.nan
-    return float(np.clip(float(dx @ dy) / denominator, -1.0, 1.0))
-
-
-def pearson(x, y) -> float:
-    """Pearson's r over the pairs where both are finite; NaN for < 3 pairs or a constant side."""
-    return _pearson_finite(*_finite_pairs(x, y))
-
-
-def average_ranks(x) -> np.ndarray:
-    """1-based ranks of x; tied values share the mean of the ranks they span."""
-    x = np.asarray(x, dtype=np.float64)
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)                 # rank of each distinct value's last occurrence
-    return (ends - (counts - 1) / 2.0)[inverse.ravel()]
-
-
-def spearman(x, y) -> float:
-    """Spearman's ρ: Pearson's r of the average ranks, over the pairs where both are finite."""
-    x, y = _finite_pairs(x, y)
-    return _pearson_finite(average_ranks(x), average_ranks(y))
-
-
 def correlations(runs: Mapping[str, Sequence[dict]]) -> list:
     """Each landscape metric against the target across epochs, per run and pooled.
 
@@ -286,10 +227,9 @@ def correlations(runs: Mapping[str, Sequence[dict]]) -> list:
 
 
 def _row(run: str, metric: str, x: np.ndarray, y: np.ndarray) -> dict:
-    fx, fy = _finite_pairs(x, y)
-    return {"run": run, "metric": metric, "n": int(fx.size),
-            "pearson": _pearson_finite(fx, fy),
-            "spearman": _pearson_finite(average_ranks(fx), average_ranks(fy))}
+    fx, fy = finite_pairs(x, y)
+    return {"run": run, "metric": metric, "n": int(fx.size), "pearson": pearson(fx, fy),
+            "spearman": spearman(fx, fy)}
 
 
 def _require_target(name: str, records: Sequence[dict]) -> str:

@@ -9,13 +9,13 @@ replica; checkpoints hold one copy and restore into any strategy.
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmeta import config as config_lib, evaluation, landscape as landscape_lib, models, tasks
+from tfmeta import evaluation, landscape as landscape_lib, models, rundir, tasks
 from tfmeta.algorithms import finetune
 from tfmeta.config import Config
 from tfmeta.config.algorithms import WITH_GAINS
@@ -137,18 +137,16 @@ class Run:
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               iteration=self.iteration)
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, str(self.run_dir / "checkpoints"),
+            self.checkpoint, str(rundir.checkpoints(self.run_dir)),
             max_to_keep=config.train.keep_checkpoints or None)
 
     @classmethod
-    def open(cls, run_dir: Path, overrides: Sequence[str] = ()) -> "Run":
-        """The run saved in `run_dir`, from its config.yaml with "key=value" `overrides`; applies
-        the config's thread counts. Raises ConfigError when `run_dir` is not a run."""
-        run_dir = Path(run_dir)
-        config_path = run_dir / "config.yaml"
-        if not config_path.is_file():
-            raise ConfigError(f"{run_dir} is not a run directory: {config_path} is missing")
-        config = config_lib.load(str(config_path), overrides)
+    def open(cls, run_dir: Path, overrides: Sequence[str] = (),
+             values: Optional[Mapping[str, Any]] = None, config: Optional[Config] = None) -> "Run":
+        """The run saved in `run_dir`, from its config with "key=value" `overrides` and
+        {"key": value} `values` (`rundir.read_config`), or with `config` when given; applies the
+        config's thread counts. Raises ConfigError when `run_dir` is not a run."""
+        config = config or rundir.read_config(run_dir, overrides, values)
         configure_threads(config)
         return cls(config, run_dir)
 
@@ -157,7 +155,7 @@ class Run:
         path = checkpoint or self.manager.latest_checkpoint
         if not path:
             raise ConfigError(f"{self.run_dir}: no checkpoint to restore in "
-                              f"{self.run_dir / 'checkpoints'}")
+                              f"{rundir.checkpoints(self.run_dir)}")
         self.checkpoint.restore(path).expect_partial()
         return path
 
@@ -221,26 +219,35 @@ class Run:
         return "algorithms.finetune.batch_size" if self.supervised else "train.meta_batch"
 
 
-def evaluate_run(run_dir: Path, steps: int, tasks_count: int, report_steps, split: str = "test",
+# Steps that `evaluate_run` reports besides the run's own test steps and the last step.
+REPORT_STEPS = (0, 1, 5, 10)
+
+
+def evaluate_run(run_dir: Path, steps: Optional[int], tasks_count: int, split: str = "test",
                  checkpoint: Optional[str] = None, inner_lr: Optional[float] = None,
                  norm: Optional[str] = None, episodes: Optional[str] = None) -> dict:
     """Evaluates a run's checkpoint on `tasks_count` tasks of `split`, adapting `steps` steps
-    at the run's adapt.lr, or at `inner_lr` when given, normalizing query sets as the run's
-    model.norm says, or as `norm` says when given; an Omniglot run's tasks are drawn as its
-    data.omniglot.episodes says, or as `episodes` says when given.
+    (default: max(10, the run's test steps)) at the run's adapt.lr, or at `inner_lr` when given,
+    normalizing query sets as the run's model.norm says, or as `norm` says when given; an
+    Omniglot run's tasks are drawn as its data.omniglot.episodes says, or as `episodes` says when
+    given. Reports the metrics after REPORT_STEPS, the run's test steps and `steps`, those up to
+    `steps`.
 
     Returns:
         {"checkpoint", "split", "episodes" (None unless Omniglot), "tasks", "inner_lr", "norm",
          "steps": {t: {metric: {"mean", "ci95", "diverged"}}}} for t in report_steps.
     """
-    overrides = ([] if inner_lr is None else [f"adapt.lr={inner_lr}"]) + (
-        [] if norm is None else [f"model.norm={norm}"]) + (
-        [] if episodes is None else [f"data.omniglot.episodes={episodes}"])
-    run = Run.open(run_dir, overrides)
+    values = {key: value for key, value in (("adapt.lr", inner_lr), ("model.norm", norm),
+                                            ("data.omniglot.episodes", episodes))
+              if value is not None}
+    run = Run.open(run_dir, values=values)
     if episodes is not None and run.config.data.dataset != "omniglot":
         raise ConfigError(f"--episodes chooses how Omniglot tasks are drawn; {run_dir} is a "
                           f"{run.config.data.dataset} run")
     path = run.restore(checkpoint)
+    own = run.config.adapt.eval_steps
+    steps = max(10, own) if steps is None else steps
+    report_steps = sorted({t for t in (*REPORT_STEPS, own, steps) if t <= steps})
     per_task = run.evaluator(steps, tasks_count, split)()
     results = evaluation.summarize(per_task, report_steps)
     return {"checkpoint": path, "split": split, "episodes": protocol(run.config),

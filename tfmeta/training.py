@@ -33,8 +33,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from tfmeta import (algorithms, config as config_lib, distribute, landscape as landscape_lib,
-                    records, summaries)
+from tfmeta import algorithms, distribute, landscape as landscape_lib, records, rundir, summaries
 from tfmeta.config import Config
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.errors import ConfigError, DivergedError
@@ -148,7 +147,7 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
     configure_threads(config)
     strategy = distribute.make_strategy(config.train.strategy, config.train.devices)
     chief = distribute.is_chief(strategy)
-    if not resume and (run_dir / "checkpoints" / "checkpoint").exists():
+    if not resume and rundir.has_checkpoint(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose "
                           f"another --run-dir")
     run = Run(config, run_dir, strategy)
@@ -158,7 +157,7 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
     # resume that fails before then leaves the saved config as it was.
     config_pending = start > 0
     if chief and not config_pending:
-        config_lib.save(config, run_dir / "config.yaml")
+        rundir.write_config(run_dir, config)
     iterations, epochs = config.train.iterations, config.train.epochs
     step_of = RunSteps(run, strategy)
     batches = distribute.replica_batches(
@@ -168,7 +167,7 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
         log(records.epoch_line(epoch_end(0, 0, {}, {}), epochs * iterations))
     # Read when the error comes: on a worker other than the chief, the chief wrote it.
     with distribute.peers_watched(
-            strategy, lambda: tf.train.latest_checkpoint(str(run_dir / "checkpoints"))):
+            strategy, lambda: tf.train.latest_checkpoint(str(rundir.checkpoints(run_dir)))):
         for epoch in range(start // iterations, epochs):
             first, last = max(start, epoch * iterations), (epoch + 1) * iterations
             means, vectors = _train_iterations(step_of(epoch), batches, run, first, last,
@@ -177,7 +176,7 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
             record = epoch_end(epoch + 1, last, means, vectors)
             run.save(epoch + 1, chief)
             if chief and config_pending:
-                config_lib.save(config, run_dir / "config.yaml")
+                rundir.write_config(run_dir, config)
                 config_pending = False
             log(records.epoch_line(record, epochs * iterations))
     return run_dir
@@ -240,7 +239,7 @@ class EpochEnd:
         self.wall_start = time.perf_counter()
         if not chief:
             return
-        self.writer = summaries.writer(run.run_dir / "logs")
+        self.writer = summaries.writer(rundir.logs(run.run_dir))
         self.evaluate = (run.evaluator(config.adapt.eval_steps, config.train.eval_tasks)
                          if config.train.eval_every or config.train.eval_at_start else None)
         self.landscape = run.landscape() if config.landscape.every else None
@@ -266,11 +265,11 @@ class EpochEnd:
                                            iteration))
         if self.landscape and _due(epoch, config.landscape.every, config.train.epochs):
             record.update(records.measure_landscape(
-                self.landscape, writer, self.run.run_dir / "density.jsonl", iteration,
+                self.landscape, writer, rundir.density_path(self.run.run_dir), iteration,
                 self.progress))
         # History first: a kill between this and the checkpoint repeats this epoch on resume (a
         # duplicate line with the same numbers) rather than losing its record.
-        records.append_jsonl(self.run.run_dir / "history.jsonl", record)
+        rundir.append_history(self.run.run_dir, record)
         return record
 
 

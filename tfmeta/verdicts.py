@@ -29,63 +29,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tfmeta.report import pearson, spearman
+from tfmeta.stats import Interval, correlation_interval, pearson, spearman
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"
-
-# Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 CORRELATION = 0.3      # |rho| that counts as "correlates" (a moderate monotone association)
 MONOTONE = 0.8         # |rho| with the epoch that counts as "falls/grows monotonically"
 RISE = 0.10            # relative rise of flatness before its peak that counts as "sharper first"
 LOW = 0.25             # a baseline's metric "near 0" / "very low": below this fraction of MAML's
 TAIL = 3               # epochs averaged at the end of a curve, and needed after a peak
-
-
-def t975(df: int) -> float:
-    """The two-sided 95% Student t quantile for `df` degrees of freedom (normal beyond 30)."""
-    if df < 1:
-        return math.nan
-    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df
-
-
-@dataclasses.dataclass
-class Interval:
-    """A mean over seeds with its 95% interval; `values` are the per-seed numbers."""
-    mean: float
-    low: float
-    high: float
-    values: list
-
-    def text(self, digits: int = 2) -> str:
-        if not np.isfinite(self.mean):
-            return "n/a"
-        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
-
-
-def interval(values: Sequence[float]) -> Interval:
-    """Mean and Student t 95% interval of per-seed values; NaN bounds if any value is missing
-    or fewer than 2 are given."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.size < 2 or not np.all(np.isfinite(x)):
-        mean = float(x.mean()) if x.size and np.all(np.isfinite(x)) else math.nan
-        return Interval(mean, math.nan, math.nan, x.tolist())
-    half = t975(x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
-    return Interval(float(x.mean()), float(x.mean() - half), float(x.mean() + half), x.tolist())
-
-
-def correlation_interval(rs: Sequence[float]) -> Interval:
-    """The t interval of per-seed correlations, taken on Fisher z and mapped back to r.
-
-    |r| is capped at 0.999 first: z is unbounded at +-1, so one seed at rho = -1 and another at
-    -0.997 would otherwise look as far apart as -0.99 and 0."""
-    r = np.clip(np.asarray(rs, dtype=np.float64), -0.999, 0.999)
-    z = interval(np.arctanh(r))
-    back = lambda v: float(np.tanh(v)) if np.isfinite(v) else math.nan  # noqa: E731
-    return Interval(back(z.mean), back(z.low), back(z.high), np.asarray(rs, float).tolist())
 
 
 def side(iv: Interval, threshold: float, above: bool) -> str:

@@ -26,6 +26,9 @@ from tfmeta.files import atomic_open
 # The presets ship inside the package (a wheel has them); the repository's top-level configs/ is a
 # link to this folder.
 CONFIG_DIR = Path(__file__).resolve().parent / "presets"
+# The preset a bare `--dataset NAME` starts from, so that each dataset gets its paper settings.
+DATASET_PRESETS = {"sine": "sine", "omniglot": "omniglot_5w1s",
+                   "miniimagenet": "miniimagenet_5w1s"}
 
 
 @dataclasses.dataclass
@@ -52,12 +55,12 @@ class Config:
     def check(self) -> None:
         """Each section's own checks, then those across sections; raises ConfigError naming the
         first key out of range."""
-        self.algorithms.check(self.algorithm, self.adapt, self.train.epochs)
         self.model.check()
         self.adapt.check()
         self.data.check()
         self.train.check()
         self.landscape.check()
+        self.algorithms.check(self.algorithm, self.adapt, self.train.epochs)
         if self.data.dataset == "omniglot" and not self.data.omniglot.has_test_split:
             for key, value in (("train.eval_every", self.train.eval_every),
                                ("train.eval_at_start", self.train.eval_at_start),
@@ -182,19 +185,19 @@ def _coerce(kind, value, where: str, key: str):
 
 def load(path: Optional[str] = None, overrides: Iterable[str] = (),
          values: Optional[Mapping[str, Any]] = None, data_dir: str = "") -> Config:
-    """The config of a preset or file (or the defaults), checked, with in this order:
-    `overrides` ("dotted.key=value" strings, the value YAML), `values` ({"dotted.key": value},
-    typed values such as a command line's flags) and `data_dir`, the data folder of the config's
-    dataset (`data.<dataset>.data_dir`)."""
+    """The config of a preset or file (or the defaults), checked, with in this order: `values`
+    ({"dotted.key": value}, typed values such as a command line's flags), `overrides`
+    ("dotted.key=value" strings, the value YAML: `--set`) and `data_dir`, the data folder of the
+    config's dataset (`data.<dataset>.data_dir`)."""
     data, where = {}, "defaults"
     if path:
         file = resolve_path(path)
         data, where = load_yaml(file), str(file)
     overrides, values = list(overrides), dict(values or {})
-    for text in overrides:
-        data = merge(data, parse_override(text))
     for key, value in values.items():
         data = merge(data, nest(key, value))
+    for text in overrides:
+        data = merge(data, parse_override(text))
     if data_dir:
         dataset = data.get("data", {}).get("dataset", DataConfig.dataset)
         data = merge(data, nest(data_dir_key(dataset), data_dir))

@@ -48,7 +48,7 @@ from typing import Callable, Optional, Sequence
 import keras
 import numpy as np
 
-from tfmeta import evaluation, models, training
+from tfmeta import evaluation, models, stats, training
 from tfmeta.algorithms import maml, nal
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.errors import ConfigError
@@ -314,7 +314,7 @@ def trained_check(tasks: LinearTasksConfig, alpha: float, check: CheckConfig) ->
                for name, m in trained.items()}
     losses = {name: query_losses(m, source, alpha, check) for name, m in trained.items()}
     closed = score(tasks, alpha, exact, check.shots)
-    gain = evaluation.estimate(losses["nal"] - losses["maml"])
+    gain = stats.estimate(losses["nal"] - losses["maml"])
     row = {"rho_ratio": tasks.rho_easy / tasks.rho_hard,
            "maml_error": relative_error(kernels["maml"], exact["maml"]),
            "maml_error_population": relative_error(kernels["maml"], population["maml"]),

@@ -27,6 +27,7 @@ from typing import Callable, Dict, Sequence
 
 import numpy as np
 
+from tfmeta import rundir
 from tfmeta.errors import ConfigError
 from tfmeta.experiments.landscape_claims import judge as judge_lib, plan, runner, write
 from tfmeta.experiments.landscape_claims.judge import CLAIMS
@@ -185,7 +186,7 @@ class _Experiment:
             noise, scale = self._noise_and_scale()
         total = self.expected_runs()
         finished = sum(1 for d in self.runs_dir.iterdir() if d.is_dir()
-                       and (d / "history.jsonl").is_file()
+                       and rundir.has_history(d)
                        and runner.finished(d, _epochs_of(d)))
         status = (f"{finished} of {total} runs finished." if finished < total else
                   f"All {total} runs finished.")
@@ -259,8 +260,7 @@ class _Experiment:
 
 
 def _epochs_of(run_dir: Path) -> int:
-    from tfmeta import config as config_lib
-    return config_lib.load(str(run_dir / "config.yaml")).train.epochs
+    return rundir.read_config(run_dir).train.epochs
 
 
 def _plain(value):

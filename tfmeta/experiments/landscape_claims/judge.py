@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from tfmeta import verdicts as V
+from tfmeta import stats, verdicts as V
 from tfmeta.experiments.landscape_claims.plan import ClaimsConfig
 
 CLAIMS = {
@@ -34,8 +34,8 @@ class Part:
     """One tested statement: its per-seed statistics, their intervals, and its verdict.
     `counts` False: reported beside the claim, not part of its verdict."""
     test: str
-    spearman: Optional[V.Interval] = None
-    value: Optional[V.Interval] = None
+    spearman: Optional[stats.Interval] = None
+    value: Optional[stats.Interval] = None
     tracking: Optional[V.Tracking] = None
     verdict: str = V.INCONCLUSIVE
     counts: bool = True
@@ -49,7 +49,7 @@ def _trend(test: str, ys: Sequence[np.ndarray], threshold: float, above: bool,
            starts: Optional[Sequence[int]] = None) -> Part:
     """Spearman's rho of each seed's curve with the epoch from position `starts` on."""
     starts = starts or [0] * len(ys)
-    rho = V.correlation_interval([V.epoch_trend(np.asarray(y)[s:]) for y, s in zip(ys, starts)])
+    rho = stats.correlation_interval([V.epoch_trend(np.asarray(y)[s:]) for y, s in zip(ys, starts)])
     return Part(test, spearman=rho, verdict=V.side(rho, threshold, above))
 
 
@@ -61,19 +61,19 @@ def _tracks(test: str, xs, ys, peaks: Sequence[V.Peak], counts: bool = True) -> 
 def _ratio(test: str, baseline, maml, bound: float) -> Part:
     """mean |baseline metric| / mean |MAML metric| over epochs, per seed pair; below `bound`."""
     ratios = [np.nanmean(np.abs(b)) / np.nanmean(np.abs(m)) for b, m in zip(baseline, maml)]
-    iv = V.interval(ratios)
+    iv = stats.interval(ratios)
     return Part(test, value=iv, verdict=V.side(iv, bound, above=False))
 
 
 def _across(test: str, per_seed: Sequence[Dict[str, np.ndarray]], metric: str,
             target: str = "generalization") -> Part:
     """Per seed, across conditions (k or pools): rho(metric, target); above 0.3."""
-    rho = V.correlation_interval([V.spearman(s[metric], s[target]) for s in per_seed])
+    rho = stats.correlation_interval([stats.spearman(s[metric], s[target]) for s in per_seed])
     return Part(test, spearman=rho, verdict=V.side(rho, V.CORRELATION, True))
 
 
 def _differences(x, y) -> float:
-    return V.spearman(np.diff(x), np.diff(y)) if len(x) > V.TAIL + 1 else math.nan
+    return stats.spearman(np.diff(x), np.diff(y)) if len(x) > V.TAIL + 1 else math.nan
 
 
 def pilot_table(runs: Dict[str, Dict[str, dict]], config: ClaimsConfig) -> List[dict]:
@@ -149,9 +149,9 @@ def judge(main: Dict[str, list], pools: Optional[List[Dict[str, np.ndarray]]],
         extra = {"peaks": f"accuracy peak: epoch {', '.join(str(p.epoch) for p in peaks)}; "
                           f"sharpest: {', '.join(str(int(c['epoch'][i])) for c, i in zip(t5, sharpest))}",
                  "overfitting": peaks}
-        rise = V.interval([f[i] / f[0] - 1 for f, i in zip(flat, sharpest)])
+        rise = stats.interval([f[i] / f[0] - 1 for f, i in zip(flat, sharpest)])
         losses = [c["support_loss"] for c in t5]
-        follows = V.interval([_differences(f, s) - abs(_differences(f, a))
+        follows = stats.interval([_differences(f, s) - abs(_differences(f, a))
                               for f, s, a in zip(flat, losses, acc)])
         c1 = [Part("relative rise of flatness from epoch 0 to its maximum > 10%", value=rise,
                    verdict=V.side(rise, V.RISE, True)),
@@ -212,15 +212,15 @@ def judge(main: Dict[str, list], pools: Optional[List[Dict[str, np.ndarray]]],
     row("C8", c8, [("the sine k-sweep", sweep)])
 
     if regularizer:
-        gain = V.interval(np.subtract(regularizer["maml-reg"], regularizer["maml"]) * 100)
+        gain = stats.interval(np.subtract(regularizer["maml-reg"], regularizer["maml"]) * 100)
         r = [Part("maml-reg - MAML held-out accuracy, paired by seed (points) > 0", value=gain,
                   verdict=V.side(gain, 0.0, True))]
     row("R", r if regularizer else [], [("the regularizer runs", regularizer)])
     return rows
 
 
-def across_pools(pools: List[Dict[str, np.ndarray]], metrics: Sequence[str]) -> Dict[str, V.Interval]:
+def across_pools(pools: List[Dict[str, np.ndarray]], metrics: Sequence[str]) -> Dict[str, stats.Interval]:
     """For every metric, the per-seed Spearman rho across pools of its value at the accuracy
     peak with the peak accuracy, as an interval over seeds."""
-    return {m: V.correlation_interval([V.spearman(s[m], s["generalization"]) for s in pools])
+    return {m: stats.correlation_interval([stats.spearman(s[m], s["generalization"]) for s in pools])
             for m in metrics}

@@ -2,6 +2,8 @@
 sine sweep and the regularizer comparison. Pure: no TensorFlow, no files."""
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from tfmeta.errors import ConfigError
@@ -70,6 +72,13 @@ class ClaimsConfig:
     regularizer_iterations: int = 100
     regularizer_eval_tasks: int = 600
     noise_draws: int = 5
+
+
+def default_data_dir() -> str:
+    """Where the Omniglot zips are when --data-dir is not given: $TFMETA_OMNIGLOT_DIR, else
+    ../shared/data/omniglot when it exists (a checkout beside the shared data), else ""."""
+    shared = Path("../shared/data/omniglot")
+    return os.environ.get("TFMETA_OMNIGLOT_DIR") or (str(shared) if shared.is_dir() else "")
 
 
 def quick(config: ClaimsConfig) -> ClaimsConfig:

@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterable, Sequence
 
 import numpy as np
 
-from tfmeta import config as config_lib, workers
+from tfmeta import config as config_lib, rundir, workers
 from tfmeta.errors import ConfigError, TfmetaError
 from tfmeta.experiments.landscape_claims.plan import RunSpec
 from tfmeta.files import atomic_open
@@ -42,14 +42,13 @@ def finished(run_dir: Path, epochs: int) -> bool:
 
 def check_same(spec: RunSpec, run_dir: Path) -> None:
     """A run directory made with other settings must not be continued as if it were this run."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
+    if not rundir.is_run(run_dir):
         return
     want = config_lib.flat_dict(run_config(spec, run_dir))
-    have = config_lib.flat_dict(config_lib.load(str(saved)))
+    have = config_lib.flat_dict(rundir.read_config(run_dir))
     for key, value in want.items():
         if have.get(key) != value:
-            raise ConfigError(f"{saved} was made with other settings ({key}: {have.get(key)!r} "
+            raise ConfigError(f"{rundir.config_path(run_dir)} was made with other settings ({key}: {have.get(key)!r} "
                               f"there, {value!r} now); choose another --out or delete {run_dir}")
 
 
@@ -59,7 +58,7 @@ def train_one(spec: RunSpec, run_dir: str) -> str:
     from tfmeta import training
     run_dir = Path(run_dir)
     config = run_config(spec, run_dir)
-    resume = (run_dir / "checkpoints" / "checkpoint").exists()
+    resume = rundir.has_checkpoint(run_dir)
     with open(str(run_dir) + ".log", "a") as log:
         if not finished(run_dir, spec.epochs):
             training.train(config, run_dir, resume=resume, progress=False,
@@ -143,7 +142,7 @@ def at_peak(run_dir: Path) -> Dict[str, float]:
     i = int(np.nanargmax(np.where(trained, c["generalization"], -np.inf)))
     epoch = int(c["epoch"][i])
     run = Run.open(run_dir)
-    run.restore(str(run_dir / "checkpoints" / f"ckpt-{epoch}"))
+    run.restore(str(rundir.checkpoints(run_dir) / f"ckpt-{epoch}"))
     measured = run.landscape().measure(progress=False)
     values = {"epoch": epoch, "generalization": float(c["generalization"][i]),
               **{m: float(measured[m]) for m in MEASURED}}
@@ -161,7 +160,7 @@ def metric_noise(run_dir: Path, draws: int) -> dict:
         measurement, t * sd * sqrt(1 + 1/draws), i.e. how far one epoch's value can move by the
         draw of its tasks alone.
     """
-    from tfmeta import verdicts as V
+    from tfmeta import stats
     from tfmeta.run import Run
     values: Dict[str, list] = {m: [] for m in MEASURED}
     for draw in range(draws):
@@ -170,7 +169,7 @@ def metric_noise(run_dir: Path, draws: int) -> dict:
         measured = run.landscape().measure(progress=False)
         for m in MEASURED:
             values[m].append(measured[m])
-    half = lambda v: V.t975(len(v) - 1) * float(np.std(v, ddof=1)) * math.sqrt(1 + 1 / len(v))  # noqa: E731
+    half = lambda v: stats.t975(len(v) - 1) * float(np.std(v, ddof=1)) * math.sqrt(1 + 1 / len(v))  # noqa: E731
     return {m: {"mean": float(np.mean(v)), "half": half(v), "values": v}
             for m, v in values.items()}
 

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from tfmeta import verdicts as V
+from tfmeta import stats, verdicts as V
 from tfmeta.experiments.landscape_claims.judge import Part
 from tfmeta.experiments.landscape_claims.plan import ClaimsConfig, pool_name
 from tfmeta.files import atomic_open
@@ -101,7 +101,7 @@ def overfitting_section(title: str, peaks: Sequence[V.Peak]) -> List[str]:
     return out
 
 
-def pools_section(correlations: Dict[str, V.Interval], pools: Sequence[Dict[str, np.ndarray]],
+def pools_section(correlations: Dict[str, stats.Interval], pools: Sequence[Dict[str, np.ndarray]],
                   figure: Optional[str]) -> List[str]:
     out = ["## Across pools (Figures 10 and 8e, with pools for k)", "",
            "Per seed, across the pools: Spearman's ρ of each metric at the run's accuracy peak "
@@ -118,8 +118,8 @@ def pools_section(correlations: Dict[str, V.Interval], pools: Sequence[Dict[str,
 
 def regularizer_section(scores: Dict[str, list]) -> List[str]:
     maml, reg = np.asarray(scores["maml"]), np.asarray(scores["maml-reg"])
-    gain = V.interval((reg - maml) * 100)
-    error = V.interval((reg - maml) / (1 - maml) * 100)
+    gain = stats.interval((reg - maml) * 100)
+    error = stats.interval((reg - maml) / (1 - maml) * 100)
     out = ["## The paper's method: angle-regularized MAML", "",
            "| seed | MAML | maml-reg | difference (points) |", "| --- | --- | --- | --- |"]
     out += [f"| {s} | {m:.2%} | {r:.2%} | {100 * (r - m):+.2f} |"
