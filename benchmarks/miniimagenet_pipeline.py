@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from tfmeta import config as config_lib, training  # noqa: E402
 from tfmeta.algorithms import maml  # noqa: E402
-from tfmeta.run import Run, configure_threads, task_strategy  # noqa: E402
+from tfmeta.run import Run, configure_threads, task_mapping  # noqa: E402
 from tfmeta.tasks import miniimagenet  # noqa: E402
 
 
@@ -87,7 +87,7 @@ def main():
         keras.utils.set_random_seed(0)
         step = training.make_meta_step(
             run.model, run.optimizer, maml.meta_gradient, config.adapt, config.train.meta_batch,
-            task_strategy(config, run.model))
+            task_mapping(config, run.model))
         batches = [next(stream) for _ in range(args.steps + 2)]
         times = []
         for i, batch in enumerate(batches):

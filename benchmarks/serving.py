@@ -17,7 +17,6 @@ From a trained Omniglot 5-way 1-shot run it exports to a temporary model directo
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,21 +29,16 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta import config as config_lib, export
+from tfmeta.ports import free_ports
 from tfmeta.run import Run
 from tfmeta.tasks.omniglot_files import file_tasks
 from tfmeta_serving.client import GrpcClient, RestClient, encode
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(models: Path, log: Path, *flags: str) -> tuple:
     """`tfmeta serve --embedded FLAGS` on free ports of 127.0.0.1: (process, REST URL, gRPC
     target), once it answers."""
-    port, grpc_port = free_port(), free_port()
+    port, grpc_port = free_ports(2)
     process = subprocess.Popen(
         [sys.executable, "-m", "tfmeta_cli.main", "serve", "--model-base-path", str(models),
          "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port),

@@ -178,7 +178,8 @@ class Repository:
         """Runs a signature on typed arrays {input name: np.ndarray} whose dtypes must be the
         signature's, as TensorFlow Serving requires, cancelled at `deadline` (a
         `time.monotonic()` instant; None: none); returns (Version, {output: np.ndarray})."""
-        served, signature, _ = self.signature(name, version, signature)
+        served, signature, specs = self.signature(name, version, signature)
+        check_names(signature, specs, inputs)
         return served, run(served, signature, inputs, deadline)
 
 
@@ -211,11 +212,10 @@ def milliseconds_left(deadline: Optional[float]) -> Optional[int]:
 
 
 def run(served: Version, signature: str, inputs: dict, deadline: Optional[float] = None) -> dict:
-    """Calls `signature` of a loaded version on typed arrays, cancelled at `deadline` (a
-    `time.monotonic()` instant; None: none); the model's own checks become 400s and the deadline
-    a 504."""
+    """Calls `signature` of a loaded version on typed arrays named as its inputs (`check_names`),
+    cancelled at `deadline` (a `time.monotonic()` instant; None: none); the model's own checks
+    become 400s and the deadline a 504."""
     specs = served.inputs[signature]
-    check_names(signature, specs, inputs)
     definition = served.signature_defs[signature]
     feed = {definition.inputs[k].name: checked(k, inputs[k], spec, signature)
             for k, spec in specs.items()}

@@ -105,7 +105,8 @@ def test_hvp_matches_the_exact_hessian_and_finite_differences(mlp, mode):
 
 def conv4_hvp_errors(mode: str, norm_layer=models.BatchNorm) -> list:
     """Relative errors of H v against gradient differences on a float64 conv4, for 2 directions;
-    float64 and eps 1e-8, because ReLU and max-pool kinks ruin larger steps (TF-NOTES)."""
+    float64 and eps 1e-8, because a larger step crosses ReLU and max-pool kinks, where
+    the loss is not differentiable."""
     tf.keras.utils.set_random_seed(0)
     model = models.conv4(5, (16, 16, 1), filters=4, dtype="float64", norm_layer=norm_layer)
     episode = image_episode()

@@ -61,9 +61,9 @@ def conv4_directional_errors(norm_layer, norm="transductive"):
 
 @pytest.mark.parametrize("norm", models.NORMS)
 def test_conv4_with_batch_norm_matches_finite_differences(norm):
-    """float64 and eps 1e-8: ReLU and max-pool kinks ruin larger steps (TF-NOTES). With support
-    norm the query loss also differentiates through the support statistics at the adapted
-    weights."""
+    """float64 and eps 1e-8: a larger step crosses ReLU and max-pool kinks, where the loss is not
+    differentiable. With support norm the query loss also differentiates through the support
+    statistics at the adapted weights."""
     assert max(conv4_directional_errors(models.BatchNorm, norm)) < 1e-5
 
 

@@ -18,11 +18,11 @@ def setup():
     return model, params_of(model), batch
 
 
-@pytest.mark.parametrize("strategy", TASK_MAPPINGS)
-def test_strategies_agree_on_second_order_meta_gradients(setup, strategy):
+@pytest.mark.parametrize("mapping", TASK_MAPPINGS)
+def test_mappings_agree_on_second_order_meta_gradients(setup, mapping):
     model, params, batch = setup
     config = AdaptConfig(steps=2, lr=0.01)
-    step = tf.function(lambda b: maml.meta_gradient(model, params, b, config, 5, strategy))
+    step = tf.function(lambda b: maml.meta_gradient(model, params, b, config, 5, mapping))
     grads, metrics = step(batch)
     per_task = [maml.task_gradient(model, params, tf.nest.map_structure(lambda t: t[i], batch),
                                    config) for i in range(5)]
@@ -33,10 +33,10 @@ def test_strategies_agree_on_second_order_meta_gradients(setup, strategy):
                                rtol=1e-10)
 
 
-@pytest.mark.parametrize("strategy", TASK_MAPPINGS)
-def test_map_tasks_stacks_in_order(setup, strategy):
+@pytest.mark.parametrize("mapping", TASK_MAPPINGS)
+def test_map_tasks_stacks_in_order(setup, mapping):
     _, _, batch = setup
     out = tf.function(lambda b: meta_batch.map_tasks(
-        lambda e: {"first": e.support_y[0, 0], "sum": tf.reduce_sum(e.query_x)}, b, strategy))(batch)
+        lambda e: {"first": e.support_y[0, 0], "sum": tf.reduce_sum(e.query_x)}, b, mapping))(batch)
     np.testing.assert_allclose(out["first"], batch.support_y[:, 0, 0])
     np.testing.assert_allclose(out["sum"], tf.reduce_sum(batch.query_x, axis=[1, 2]))

@@ -110,15 +110,15 @@ def test_a_run_trains_with_recompute(tmp_path):
     assert np.isfinite(last["meta_train/loss"]) and np.isfinite(last["meta_test/mse"])
 
 
-@pytest.mark.parametrize("strategy", TASK_MAPPINGS)
-def test_recompute_under_every_task_strategy(strategy):
+@pytest.mark.parametrize("mapping", TASK_MAPPINGS)
+def test_recompute_under_every_task_mapping(mapping):
     """vectorized_map turns the recomputed while loop into a batched one."""
     tf.keras.utils.set_random_seed(0)
     model = models.mlp((8, 8), activation="tanh", dtype="float64")
     batch = tf.nest.map_structure(lambda *t: tf.stack(t), *[sine_episode(s) for s in range(3)])
     params = params_of(model)
     gradient = lambda config: tf.function(lambda p: maml.meta_gradient(  # noqa: E731
-        model, p, batch, config, 3, strategy))(params)[0]
+        model, p, batch, config, 3, mapping))(params)[0]
     stored = gradient(AdaptConfig(steps=3, lr=0.02))
     grads = gradient(AdaptConfig(steps=3, lr=0.02, recompute=True))
     for a, b in zip(stored, grads):

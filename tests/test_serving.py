@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-
 from bombs import jpeg_bomb, png_bomb
+
 from helpers import train_tiny
 from tfmeta import config as config_lib, export
+from tfmeta.ports import free_ports
 from tfmeta.run import Run
 from tfmeta_serving.client import GrpcClient, RestClient, ServingClientError
 
@@ -31,17 +32,11 @@ SERVING = Path(__file__).resolve().parents[1] / "serving"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """`tfmeta serve --embedded` in a subprocess on free ports."""
 
     def __init__(self, base: Path, log: Path, *flags):
-        self.port, self.grpc_port = free_port(), free_port()
+        self.port, self.grpc_port = free_ports(2)
         self.name = base.name
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -399,8 +394,9 @@ def test_image_files_over_rest_and_grpc_match_the_savedmodel(server, omniglot_mo
 
 
 def cmyk_jpeg() -> bytes:
-    from PIL import Image
     import io
+
+    from PIL import Image
     buffer = io.BytesIO()
     Image.new("CMYK", (30, 30), (0, 0, 0, 200)).save(buffer, "JPEG")
     return buffer.getvalue()

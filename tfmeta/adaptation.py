@@ -165,7 +165,7 @@ def _recomputed_step(model: MetaModel, params: Sequence[tf.Tensor], support: tup
     return step
 
 
-def _loop(step: Callable, moving: list, steps: int) -> tuple:
+def _while_steps(step: Callable, moving: list, steps: int) -> tuple:
     """step(moving, t) for t = 0 .. T-1 as one `tf.while_loop`: with recomputed steps, neither the
     graph nor the memory its gradient keeps (theta_0 ... theta_T) grows with more than T's
     parameter vectors. Returns the last adapted entries and the [T] support losses."""
@@ -210,7 +210,7 @@ def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config:
             return sgd_step(model, params, moving, support_loss, config, t)
     moving = inner_part(model, params)
     if config.recompute and observe is None and steps:
-        moving, losses = _loop(step, moving, steps)
+        moving, losses = _while_steps(step, moving, steps)
         return with_inner(model, params, moving), Trajectory(list(params), losses, None)
     losses, observations = [], []
     for t in range(steps):

@@ -24,11 +24,11 @@ import contextlib
 import json
 import os
 import re
-import socket
 from typing import Callable, Iterator, Optional
 
 import tensorflow as tf
 
+from tfmeta import ports
 from tfmeta.config.train import DISTRIBUTIONS
 from tfmeta.errors import ConfigError, LostWorkerError
 
@@ -86,12 +86,7 @@ def read_tf_config(text: Optional[str]) -> dict:
 def local_cluster(workers: int) -> list:
     """One TF_CONFIG value per worker of a cluster on this machine (127.0.0.1, free ports): for
     trying a multi-worker job on one host."""
-    sockets = [socket.socket() for _ in range(workers)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    addresses = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
-    for s in sockets:
-        s.close()
+    addresses = [f"127.0.0.1:{port}" for port in ports.free_ports(workers)]
     return [json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}})
             for i in range(workers)]
 

@@ -19,7 +19,7 @@ from tfmeta.tasks import TaskSource
 
 
 def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, steps: int,
-                   tasks: int, seed: int, batch: int, strategy: str = "loop", split: str = "test",
+                   tasks: int, seed: int, batch: int, mapping: str = "loop", split: str = "test",
                    params_fn: Optional[Callable[[], list]] = None,
                    task_start: Optional[Callable[[list, tuple], list]] = None):
     """Builds a function that evaluates the model's current weights on a fixed set of tasks.
@@ -53,7 +53,7 @@ def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, st
                                   classes=classes)
             return trajectory.observations
 
-        return meta_batch.map_tasks(one_task, episodes, strategy)
+        return meta_batch.map_tasks(one_task, episodes, mapping)
 
     def evaluate() -> Dict[str, np.ndarray]:
         parts = [run(episodes) for episodes in dataset]

@@ -94,10 +94,10 @@ class Landscape:
     """
 
     def __init__(self, model: MetaModel, source: TaskSource, adapt_config: AdaptConfig,
-                 config: LandscapeConfig, strategy: str = "loop",
+                 config: LandscapeConfig, mapping: str = "loop",
                  params_fn: Optional[Callable[[], list]] = None,
                  task_start: Optional[Callable[[list, tuple], list]] = None):
-        self.model, self.config, self.strategy = model, config, strategy
+        self.model, self.config, self.mapping = model, config, mapping
         # theta, the point every task adapts from (the finetune baseline's has a fresh head).
         self.params = params_fn or (lambda: params_of(model))
         # Where each task starts: theta, or for the finetune baseline theta with its own head.
@@ -150,7 +150,7 @@ class Landscape:
                     "feature": tf.reduce_sum(h, 0), "feature_sq": tf.reduce_sum(tf.square(h)),
                     "embeddings": tf.cast(tf.shape(h)[0], h.dtype)}
 
-        return meta_batch.sum_tasks(one, batch, self.strategy)
+        return meta_batch.sum_tasks(one, batch, self.mapping)
 
     def _hessian_metrics(self, task):
         """Flatness (and the opt-in spectrum metrics) at one task's adapted solution."""

@@ -1,10 +1,10 @@
 """Mapping a per-task function over a meta-batch of episodes.
 
-Three strategies, selected by name, give the same numbers at different costs:
+Three mappings, selected by name, give the same numbers at different costs:
 
 - "loop": a `tf.range` loop that sums per-task results as it goes. Memory stays at one task's worth
-  whatever the meta-batch size; the default for convolutional models, where TF-NOTES measured it as
-  fast as anything else on CPU.
+  whatever the meta-batch size; the default for convolutional models, whose per-task convolutions
+  gain nothing from batching across tasks on a CPU.
 - "map": `tf.map_fn`, which keeps every task's result before summing.
 - "vectorized": `tf.vectorized_map` (pfor), which turns the tasks into one batched computation. Fast
   for dense models (sine MLP); slow for convolutions, whose filter gradient falls back to a loop.
@@ -23,28 +23,28 @@ def _task(batch, i):
     return tf.nest.map_structure(lambda t: t[i], batch)
 
 
-def map_tasks(fn: Callable[[Any], Any], batch: Any, strategy: str = "loop") -> Any:
+def map_tasks(fn: Callable[[Any], Any], batch: Any, mapping: str = "loop") -> Any:
     """Applies `fn` to each of the n tasks in `batch`; returns its outputs stacked to [n, ...].
 
     `batch` is an Episode with [n, ...] fields, or any nest of [n, ...] tensors (an Episode with
     per-task parameters beside it, say).
     """
-    if strategy == "vectorized":
+    if mapping == "vectorized":
         return tf.vectorized_map(fn, batch)
-    if strategy == "map":
+    if mapping == "map":
         first = fn(_task(batch, 0))
         spec = tf.nest.map_structure(tf.type_spec_from_value, first)
         rest = tf.map_fn(fn, tf.nest.map_structure(lambda t: t[1:], batch),
                          fn_output_signature=spec)
         return tf.nest.map_structure(lambda a, b: tf.concat([a[None], b], 0), first, rest)
-    return _loop(fn, batch, stack=True)
+    return _task_loop(fn, batch, stack=True)
 
 
-def sum_tasks(fn: Callable[[Episode], Any], batch: Episode, strategy: str = "loop") -> Any:
+def sum_tasks(fn: Callable[[Episode], Any], batch: Episode, mapping: str = "loop") -> Any:
     """Returns the sum over the n tasks in `batch` of `fn(task)`, leaf by leaf."""
-    if strategy == "loop":
-        return _loop(fn, batch, stack=False)
-    return tf.nest.map_structure(lambda t: tf.reduce_sum(t, axis=0), map_tasks(fn, batch, strategy))
+    if mapping == "loop":
+        return _task_loop(fn, batch, stack=False)
+    return tf.nest.map_structure(lambda t: tf.reduce_sum(t, axis=0), map_tasks(fn, batch, mapping))
 
 
 Objective = Callable[[list, Episode], tuple]  # (params, task) -> (scalar, dict of scalars)
@@ -60,18 +60,18 @@ def task_gradient(objective: Objective, params: Sequence[tf.Tensor], task: Episo
 
 
 def sum_gradients(objective: Objective, params: Sequence[tf.Tensor], batch: Episode,
-                  strategy: str = "loop") -> tuple:
+                  mapping: str = "loop") -> tuple:
     """The sum over the tasks in `batch` of objective(params, task)'s gradient and its scalars.
 
     Returns:
         (gradients matching params, dict of scalars summed over tasks).
     """
     params = list(params)
-    if strategy != "vectorized":
-        return sum_tasks(lambda task: task_gradient(objective, params, task), batch, strategy)
+    if mapping != "vectorized":
+        return sum_tasks(lambda task: task_gradient(objective, params, task), batch, mapping)
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(params)
-        values, aux = map_tasks(lambda task: objective(params, task), batch, strategy)
+        values, aux = map_tasks(lambda task: objective(params, task), batch, mapping)
         total = tf.reduce_sum(values)
     sums = tf.nest.map_structure(lambda t: tf.reduce_sum(t, axis=0), aux)
     return tape.gradient(total, params), sums
@@ -87,7 +87,7 @@ def scale_by(grads: Sequence[tf.Tensor], metrics: dict, global_batch_size) -> tu
     return [scale(g) for g in grads], {k: scale(v) for k, v in metrics.items()}
 
 
-def _loop(fn, batch, stack: bool):
+def _task_loop(fn, batch, stack: bool):
     # The first task runs outside the loop so that its outputs fix the accumulators' structure.
     n = tf.shape(tf.nest.flatten(batch)[0])[0]
     first = fn(_task(batch, 0))

@@ -23,8 +23,9 @@ from tfmeta.errors import ConfigError
 from tfmeta.models import MetaModel
 
 
-def task_strategy(config: Config, model: MetaModel) -> str:
-    """The configured task-mapping strategy, resolving "auto" by architecture."""
+def task_mapping(config: Config, model: MetaModel) -> str:
+    """How tasks are mapped onto ops (`meta_batch`): train.task_strategy, "auto" resolved by
+    architecture."""
     if config.train.task_strategy != "auto":
         return config.train.task_strategy
     return "vectorized" if len(model.example_shape) == 1 else "loop"
@@ -181,7 +182,7 @@ class Run:
     def landscape(self) -> landscape_lib.Landscape:
         return landscape_lib.Landscape(self.eval_model, self.source, self.config.adapt,
                                        self.config.landscape,
-                                       task_strategy(self.config, self.eval_model),
+                                       task_mapping(self.config, self.eval_model),
                                        self.eval_params, self.task_start)
 
     def evaluator(self, steps: int, tasks_count: int, split: Optional[str] = None):
@@ -190,7 +191,7 @@ class Run:
         train = self.config.train
         return evaluation.make_evaluator(
             self.eval_model, self.source, self.config.adapt, steps, tasks_count, train.seed,
-            train.eval_batch, task_strategy(self.config, self.eval_model),
+            train.eval_batch, task_mapping(self.config, self.eval_model),
             split or self.source.eval_split, self.eval_params, self.task_start)
 
     def training_batches(self, start: int, replica: int = 0,

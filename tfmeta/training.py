@@ -38,12 +38,12 @@ from tfmeta.config import Config
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.errors import ConfigError, DivergedError
 from tfmeta.models import MetaModel, params_of
-from tfmeta.run import Run, configure_threads, task_strategy
+from tfmeta.run import Run, configure_threads, task_mapping
 
 
 def make_meta_step(model: MetaModel, optimizer: keras.optimizers.Optimizer,
                    meta_gradient: Callable, adapt_config: AdaptConfig, global_batch_size: int,
-                   strategy: str = "loop", jit_compile: bool = False,
+                   mapping: str = "loop", jit_compile: bool = False,
                    distribution: Optional[tf.distribute.Strategy] = None) -> Callable:
     """Builds the compiled meta-step: one meta-gradient and one Adam update.
 
@@ -65,7 +65,7 @@ def make_meta_step(model: MetaModel, optimizer: keras.optimizers.Optimizer,
 
     def replica_step(batch):
         return meta_gradient(model, params_of(model), batch, adapt_config, global_batch_size,
-                             strategy)
+                             mapping)
 
     @tf.function(jit_compile=jit_compile)
     def step(batch):
@@ -104,7 +104,7 @@ class RunSteps:
             self.steps[first_order] = make_meta_step(
                 run.model, run.optimizer, self.meta_gradient,
                 dataclasses.replace(config.adapt, first_order=first_order), run.batch_size,
-                task_strategy(config, run.model), config.train.jit_compile, self.strategy)
+                task_mapping(config, run.model), config.train.jit_compile, self.strategy)
         return self.steps[first_order]
 
 

@@ -2,7 +2,7 @@
 
 Every algorithm is a function
 
-    meta_gradient(model, params, batch, adapt_config, global_batch_size, strategy)
+    meta_gradient(model, params, batch, adapt_config, global_batch_size, mapping)
         -> (gradients matching params, metrics)
 
 with its own options bound by `build`. Scalar metrics are per-task means; a vector metric (such as

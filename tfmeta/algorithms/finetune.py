@@ -20,16 +20,16 @@ from tfmeta.models import MetaModel, params_of
 
 
 def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: tuple,
-                  config: AdaptConfig, global_batch_size, strategy: str = "loop") -> tuple:
+                  config: AdaptConfig, global_batch_size, mapping: str = "loop") -> tuple:
     """The supervised gradient of a (replica's share of a) minibatch (x [B, ...], y [B] or [B, 1]).
 
     The mean loss is rescaled by B / global_batch_size, so that summing over replicas gives the mean
-    over the global batch. `config` and `strategy` are unused: there is no inner loop.
+    over the global batch. `config` and `mapping` are unused: there is no inner loop.
 
     Returns:
         (gradients matching params, {"loss", "accuracy" for classifiers} as batch means).
     """
-    del config, strategy
+    del config, mapping
     params = list(params)
     x, y = batch
     share = tf.cast(tf.shape(x)[0], params[0].dtype) / tf.cast(global_batch_size, params[0].dtype)
@@ -40,11 +40,12 @@ def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: tuple,
     return tape.gradient(loss, params), {k: v * share for k, v in metrics.items()}
 
 
-def xavier_head(shapes: Sequence[tuple], dtype, seed: int) -> list:
-    """[kernel, bias] of a fresh dense head: Glorot-uniform kernel [D, N], zero bias [N]."""
+def xavier_head(shapes: Sequence[tuple], dtype, key) -> list:
+    """[kernel, bias] of a fresh dense head: Glorot-uniform kernel [D, N] drawn from the
+    stateless seed `key` [2], zero bias [N]."""
     kernel_shape, bias_shape = shapes
     limit = float(np.sqrt(6.0 / (kernel_shape[0] + kernel_shape[1])))
-    kernel = tf.random.stateless_uniform(kernel_shape, [seed, 0], -limit, limit, dtype=dtype)
+    kernel = tf.random.stateless_uniform(kernel_shape, key, -limit, limit, dtype=dtype)
     return [kernel, tf.zeros(bias_shape, dtype)]
 
 
@@ -65,15 +66,12 @@ def task_head(params: Sequence[tf.Tensor], support: tuple, num_feature_params: i
     (seed, fingerprint(support))."""
     features = list(params[:num_feature_params])
     head = [tuple(p.shape) for p in params[num_feature_params:]]
-    kernel_shape, bias_shape = head
-    limit = float(np.sqrt(6.0 / (kernel_shape[0] + kernel_shape[1])))
     key = tf.stack([tf.constant(seed, tf.int64), fingerprint(support)])
-    kernel = tf.random.stateless_uniform(kernel_shape, key, -limit, limit, dtype=features[0].dtype)
-    return features + [kernel, tf.zeros(bias_shape, features[0].dtype)]
+    return features + xavier_head(head, features[0].dtype, key)
 
 
 def transfer(trained: MetaModel, target: MetaModel, seed: int) -> list:
     """Parameters for `target` (N-way head): `trained`'s feature weights and a fresh Xavier head."""
     features = params_of(trained)[:trained.num_feature_params]
     head = [tuple(v.shape) for v in target.trainable_variables[target.num_feature_params:]]
-    return features + xavier_head(head, features[0].dtype, seed)
+    return features + xavier_head(head, features[0].dtype, [seed, 0])

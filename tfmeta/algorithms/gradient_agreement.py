@@ -8,7 +8,7 @@ meta-batch,
 and the meta-gradient is sum_i w_i grad_theta L(D'_i; theta~_i) (second-order unless the inner loop
 is first-order). The weights are constants of the step, as in the paper. sum_j g_i^T g_j = g_i^T G
 with G = sum_j g_j, so the weights cost O(n) inner products, not O(n^2). Under a `tf.distribute`
-strategy G and the normalizer are summed over every replica's tasks (`distribute.all_sum`), so
+mapping G and the normalizer are summed over every replica's tasks (`distribute.all_sum`), so
 the weights are those of the whole meta-batch.
 
 Memory: the n per-task gradients are kept until the weights are known (n x P floats).
@@ -37,7 +37,7 @@ def agreement_weights(steps: Sequence[tf.Tensor]) -> tf.Tensor:
 
 
 def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
-                  config: AdaptConfig, global_batch_size, strategy: str = "loop") -> tuple:
+                  config: AdaptConfig, global_batch_size, mapping: str = "loop") -> tuple:
     """The gradient-agreement meta-gradient of a (replica's share of a) meta-batch.
 
     Returns:
@@ -54,7 +54,7 @@ def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
         grads = tape.gradient(metrics["loss"], params)
         return grads, [tf.stop_gradient(p - a) for p, a in zip(params, adapted)], metrics
 
-    grads, steps, metrics = meta_batch.map_tasks(one, batch, strategy)
+    grads, steps, metrics = meta_batch.map_tasks(one, batch, mapping)
     weights = agreement_weights(steps)
     grads = [tf.tensordot(tf.cast(weights, g.dtype), g, axes=1) for g in grads]
     metrics = {k: tf.reduce_sum(v) / tf.cast(global_batch_size, v.dtype)

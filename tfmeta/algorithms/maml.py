@@ -78,7 +78,7 @@ def task_gradient(model: MetaModel, params: Sequence[tf.Tensor], episode: Episod
 
 
 def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
-                  config: AdaptConfig, global_batch_size, strategy: str = "loop",
+                  config: AdaptConfig, global_batch_size, mapping: str = "loop",
                   multi_step_epochs: int = 0, epoch: Optional[Callable] = None) -> tuple:
     """The MAML meta-gradient of a (replica's share of a) meta-batch.
 
@@ -86,8 +86,8 @@ def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
         batch: an Episode whose fields have a leading task dimension [n_local, ...].
         global_batch_size: n, the meta-batch size summed over replicas. The per-task gradients are
             summed and divided by it, so that summing over replicas (what Keras optimizers do under
-            a `tf.distribute` strategy) yields the mean over the whole meta-batch.
-        strategy: how tasks are mapped ("loop", "map" or "vectorized").
+            a `tf.distribute` mapping) yields the mean over the whole meta-batch.
+        mapping: how tasks are mapped ("loop", "map" or "vectorized").
         multi_step_epochs: E > 0: MAML++'s multi-step loss, annealed over E epochs.
         epoch: () -> the current 0-based epoch (a tensor), for the multi-step weights.
 
@@ -99,5 +99,5 @@ def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
                if multi_step_epochs and config.steps else None)
     grads, metrics = meta_batch.sum_gradients(
         lambda p, episode: task_objective(model, p, episode, config, weights), params, batch,
-        strategy)
+        mapping)
     return meta_batch.scale_by(grads, metrics, global_batch_size)

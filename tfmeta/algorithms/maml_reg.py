@@ -18,7 +18,7 @@ meta-gradient differs by the path through u_mu. `constant_mean=True` (the defaul
 constant: it is computed in a first pass without gradients, tasks stay independent, and memory does
 not grow with n. `constant_mean=False` differentiates through u_mu, which puts the whole meta-batch
 on one tape (memory grows with n). Either way the first pass costs one extra adaptation per task.
-Under a `tf.distribute` strategy u_mu is the mean over every replica's tasks (`distribute.all_sum`);
+Under a `tf.distribute` mapping u_mu is the mean over every replica's tasks (`distribute.all_sum`);
 with `constant_mean=False` the gradient flows back through the all-sum, whose gradient is again an
 all-sum, so the meta-gradient is exactly the one-process one.
 """
@@ -53,7 +53,7 @@ def corrected(params: list, adapted: list, mean: Sequence[tf.Tensor], gamma: flo
 
 
 def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
-                  config: AdaptConfig, global_batch_size, strategy: str = "loop",
+                  config: AdaptConfig, global_batch_size, mapping: str = "loop",
                   gamma: float = 0.5, constant_mean: bool = True) -> tuple:
     """The regularized meta-gradient of a (replica's share of a) meta-batch; u_mu is the mean over
     the whole meta-batch of `global_batch_size` tasks.
@@ -71,21 +71,21 @@ def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
     if constant_mean:
         mean = meta_batch.sum_tasks(
             lambda e: unit_direction(model, tree.stop_gradient(params), e, config)[1],
-            batch, strategy)
+            batch, mapping)
         mean = tree.stop_gradient([m / n for m in distribute.all_sum(mean)])
         grads, metrics = meta_batch.sum_gradients(
             lambda p, e: corrected_metrics(p, e, adapt(model, p, e.support, config)[0], mean),
-            params, batch, strategy)
+            params, batch, mapping)
     else:
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(params)
             adapted, directions = meta_batch.map_tasks(
-                lambda e: unit_direction(model, params, e, config), batch, strategy)
+                lambda e: unit_direction(model, params, e, config), batch, mapping)
             mean = [m / n for m in distribute.all_sum([tf.reduce_sum(d, axis=0)
                                                        for d in directions])]
             losses, metrics = meta_batch.map_tasks(
                 lambda pair: corrected_metrics(params, pair[0], pair[1], mean), (batch, adapted),
-                strategy)
+                mapping)
             total = tf.reduce_sum(losses)
         grads = tape.gradient(total, params)
         metrics = tf.nest.map_structure(lambda t: tf.reduce_sum(t, axis=0), metrics)

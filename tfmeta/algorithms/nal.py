@@ -29,7 +29,7 @@ def task_objective(model: MetaModel, params: Sequence[tf.Tensor], episode: Episo
 
 
 def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
-                  config: AdaptConfig, global_batch_size, strategy: str = "loop") -> tuple:
+                  config: AdaptConfig, global_batch_size, mapping: str = "loop") -> tuple:
     """The NAL gradient of a (replica's share of a) meta-batch; `config` is unused in training.
 
     Returns:
@@ -38,5 +38,5 @@ def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: Episode,
     del config  # no inner loop: adaptation happens only at meta-test time
     params = list(params)
     grads, metrics = meta_batch.sum_gradients(
-        lambda p, episode: task_objective(model, p, episode), params, batch, strategy)
+        lambda p, episode: task_objective(model, p, episode), params, batch, mapping)
     return meta_batch.scale_by(grads, metrics, global_batch_size)

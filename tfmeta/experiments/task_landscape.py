@@ -34,8 +34,7 @@ nu_hard, then the centre distance), microseconds per point, and checks a few poi
 tfmeta's linear model with second-order MAML and with NAL (Adam, K-shot episodes): the trained
 kernels against the closed forms, and the measured gain (query MSE after one `adapt` step, paired on
 the same held-out tasks) against the closed-form K-shot gain. Each checked point costs two trainings
-of `iterations` meta-steps (about 10 ms each on 2 CPU cores at the defaults, mostly drawing
-episodes) and two evaluations: the default run takes about 3.5 minutes, `quick` about 25 seconds.
+of `iterations` meta-steps and two evaluations; `quick` checks the base point alone, briefly.
 """
 
 import csv
@@ -463,7 +462,7 @@ def run(config: TaskLandscapeConfig, out_dir, quick: bool = False,
 
     Args:
         quick: check only the base ratio, with QUICK_ITERATIONS meta-steps and QUICK_EVAL_TASKS
-            held-out tasks (about 25 s on 2 CPU cores); the closed-form sweep is unchanged.
+            held-out tasks; the closed-form sweep is unchanged.
         log: receives one line per meta-trained point.
 
     Returns:

@@ -1,9 +1,7 @@
 """Omniglot reader: the dataset's own zips, or TensorFlow Datasets, into one uint8 array.
 
-`load_omniglot` decodes whichever of the four Omniglot zips a directory holds (about 0.15 ms per
-PNG: 0.7 s for the two small zips, an estimated 5 s for the full set) and caches the result as an
-uncompressed `.npz` (3.8 MB at 28x28 for the small zips, 25 MB for the full set), so later calls
-only read that file (a few ms). `load_omniglot_tfds` reads the TFDS `omniglot` builder instead: the
+`load_omniglot` decodes whichever of the four Omniglot zips a directory holds and caches the
+result as an uncompressed `.npz` beside them, so later calls only read that file. `load_omniglot_tfds` reads the TFDS `omniglot` builder instead: the
 first call downloads (about 19 MB) and prepares it, and every call decodes all 38,300 of its images,
 uncached.
 """
