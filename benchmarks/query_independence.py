@@ -21,14 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from maml_family import step_timer
 
 from tfmeta import config as config_lib, export
 from tfmeta.adaptation import adapt
-from tfmeta.evaluation import estimate
-from tfmeta.models import params_of, query_outputs
+from tfmeta.models import query_outputs
 from tfmeta.run import Run
-
-from maml_family import step_timer
+from tfmeta.stats import estimate
 
 
 def score(run: Run, tasks: int) -> tuple:
@@ -38,7 +37,7 @@ def score(run: Run, tasks: int) -> tuple:
 
     @tf.function(reduce_retracing=True)
     def one_task(episode):
-        params = run.eval_params() if run.eval_params else params_of(model)
+        params = run.start.params()
         adapted, _ = adapt(model, params, episode.support, config.adapt,
                            steps=config.adapt.eval_steps)
         together = query_outputs(model, adapted, episode.support_x, episode.query_x)

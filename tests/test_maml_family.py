@@ -283,3 +283,12 @@ def test_per_step_norm_export_answers_as_evaluation_scores(tmp_path, steps):
     np.testing.assert_allclose(served, expected.numpy(), rtol=1e-4, atol=1e-5)
     accuracy = np.mean(served.argmax(-1) == episode.query_y.numpy())
     assert accuracy == pytest.approx(float(scored["accuracy"]))
+
+
+def test_every_algorithm_name_has_a_registry_entry():
+    from tfmeta import algorithms
+    from tfmeta.config.algorithms import MAML_FAMILY, NAMES
+    assert sorted(algorithms.REGISTRY) == sorted(NAMES)
+    # The MAML family shares MAML's meta-step and its MAML++ HParams.
+    for name in MAML_FAMILY:
+        assert algorithms.get(name).meta_gradient is algorithms.get("maml").meta_gradient

@@ -27,7 +27,22 @@ import tensorflow as tf
 from tfmeta import tree
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.losses import classes_loss, task_loss
-from tfmeta.models import MetaModel, features, head
+from tfmeta.models import MetaModel, features, head, params_of
+
+
+class Start:
+    """Where meta-test adaptation starts: `params()` once per batch of tasks (theta, the model's
+    meta-learned weights), then `task(params, support)` for each task (theta itself). The finetune
+    baseline overrides both (`algorithms.finetune.Start`)."""
+
+    def __init__(self, model: MetaModel):
+        self.model = model
+
+    def params(self) -> list:
+        return params_of(self.model)
+
+    def task(self, params: list, support: tuple) -> list:
+        return params
 
 
 class Trajectory(NamedTuple):

@@ -4,30 +4,28 @@ For each task, `adapt` runs from the meta-learned theta on the support set and t
 recorded after every step t = 0..T, so a single pass gives the whole accuracy-versus-steps curve.
 """
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tfmeta import meta_batch
-from tfmeta.adaptation import adapt
+from tfmeta.adaptation import Start, adapt
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.losses import query_metrics
-from tfmeta.models import MetaModel, params_of
+from tfmeta.models import MetaModel
 from tfmeta.stats import Estimate, estimate
 from tfmeta.tasks import TaskSource
 
 
 def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, steps: int,
                    tasks: int, seed: int, batch: int, mapping: str = "loop", split: str = "test",
-                   params_fn: Optional[Callable[[], list]] = None,
-                   task_start: Optional[Callable[[list, tuple], list]] = None):
+                   start: Optional[Start] = None):
     """Builds a function that evaluates the model's current weights on a fixed set of tasks.
 
     The tasks are episodes 0..tasks-1 of the split's stream for `seed`: the same tasks every call.
-    Adaptation starts from `params_fn()` (default: the model's weights); the finetune baseline
-    passes its trained features with a fresh head, and `task_start(params, support)` gives each
-    task its own start (the baseline's per-task head).
+    Each task adapts from `start` (default: the model's weights; the finetune baseline's start
+    is its trained features with a fresh head).
 
     Where the split's episodes have fewer classes than the head (`data.test_ways`), adaptation and
     scoring use the head's first ones.
@@ -37,17 +35,17 @@ def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, st
         [tasks, steps + 1]}, on the query sets: "loss" and "accuracy" for classifiers, "mse" for
         regression (the loss, named for what it is in every report).
     """
+    start = start or Start(model)
     dataset = source.episodes(split, seed, batch, count=tasks)
     classes = source.classes_in(split)
     names = {"loss": "mse"} if model.loss_name == "mse" else {}
 
     @tf.function(reduce_retracing=True)
     def run(episodes):
-        params = params_fn() if params_fn else params_of(model)
+        params = start.params()
 
         def one_task(episode):
-            start = task_start(params, episode.support) if task_start else params
-            _, trajectory = adapt(model, start, episode.support, config, steps=steps,
+            _, trajectory = adapt(model, start.task(params, episode.support), episode.support, config, steps=steps,
                                   observe=lambda p, t: query_metrics(model, p, episode, t - 1,
                                                                      classes),
                                   classes=classes)

@@ -323,9 +323,9 @@ def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
     config = run.config
     path = run.restore(checkpoint)
     model = run.eval_model
-    if run.eval_params is not None:
-        for variable, value in zip(model.trainable_variables, run.eval_params()):
-            variable.assign(value)
+    # The weights adaptation starts from (the finetune baseline's: a fresh head) are the export's.
+    for variable, value in zip(model.trainable_variables, run.start.params()):
+        variable.assign(value)
     steps = config.adapt.eval_steps if steps is None else steps
     if steps < 0:
         raise ConfigError(f"--steps must be >= 0, got {steps}")

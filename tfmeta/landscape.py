@@ -44,18 +44,18 @@ Pairwise means cost O(n), never O(n^2): mean_{i != j} x_i^T x_j = (||sum x||^2 -
 """
 
 import time
-from typing import Callable, Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
 from tfmeta import hessian, meta_batch, tree
-from tfmeta.adaptation import adapt, displacement, inner_part, learning_rates, with_inner
+from tfmeta.adaptation import Start, adapt, displacement, inner_part, learning_rates, with_inner
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.landscape import LandscapeConfig
 from tfmeta.losses import task_loss
-from tfmeta.models import MetaModel, params_of, query_features
+from tfmeta.models import MetaModel, query_features
 from tfmeta.tasks import TaskSource
 
 METRICS = ("flatness", "trajectory_coherence", "gradient_coherence", "representation_coherence",
@@ -94,14 +94,10 @@ class Landscape:
     """
 
     def __init__(self, model: MetaModel, source: TaskSource, adapt_config: AdaptConfig,
-                 config: LandscapeConfig, mapping: str = "loop",
-                 params_fn: Optional[Callable[[], list]] = None,
-                 task_start: Optional[Callable[[list, tuple], list]] = None):
+                 config: LandscapeConfig, mapping: str = "loop", start: Optional[Start] = None):
         self.model, self.config, self.mapping = model, config, mapping
-        # theta, the point every task adapts from (the finetune baseline's has a fresh head).
-        self.params = params_fn or (lambda: params_of(model))
-        # Where each task starts: theta, or for the finetune baseline theta with its own head.
-        self.start = task_start or (lambda params, support: params)
+        # theta, where every task adapts from (the finetune baseline's has a fresh head).
+        self.start = start or Start(model)
         self.adapt_config = adapt_config
         self.steps = adapt_config.eval_steps
         tasks = max(config.flatness_tasks, config.coherence_tasks)
@@ -118,14 +114,14 @@ class Landscape:
         squared norms, displacement norms and adapted support losses, and the sum, squared norms
         and count of the query embeddings at theta."""
         model = self.model
-        params = self.params()
+        params = self.start.params()
 
         config = self.adapt_config
         gain = lambda rate: rate / config.lr if model.rates is not None else 1.0  # noqa: E731
 
         def one(task):
             x, y = task.support
-            start = self.start(params, task.support)
+            start = self.start.task(params, task.support)
             moving = inner_part(model, start)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(moving)
@@ -155,7 +151,7 @@ class Landscape:
     def _hessian_metrics(self, task):
         """Flatness (and the opt-in spectrum metrics) at one task's adapted solution."""
         model, config = self.model, self.config
-        solution, _ = adapt(model, self.start(self.params(), task.support), task.support,
+        solution, _ = adapt(model, self.start.task(self.start.params(), task.support), task.support,
                             self.adapt_config, self.steps, classes=self.classes)
         adapted = inner_part(model, solution)
         loss_fn = lambda p: task_loss(model, with_inner(model, solution, p),  # noqa: E731

@@ -15,10 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmeta import evaluation, landscape as landscape_lib, models, rundir, tasks
-from tfmeta.algorithms import finetune
+from tfmeta import algorithms, evaluation, landscape as landscape_lib, models, rundir, tasks
 from tfmeta.config import Config
-from tfmeta.config.algorithms import WITH_GAINS
 from tfmeta.errors import ConfigError
 from tfmeta.models import MetaModel
 
@@ -43,10 +41,9 @@ def configure_threads(config: Config) -> None:
 
 def inner_loop(config: Config) -> models.InnerLoop:
     """What the run's inner loop adapts, and at which rates, by algorithm and adapt options."""
-    adapt = config.adapt
-    learned = "element" if config.algorithm == "meta-sgd" else (
-        "layer_step" if adapt.per_step_lr else "")
-    return models.InnerLoop(head_only=config.algorithm == "anil", learned_lr=learned, lr=adapt.lr,
+    adapt, algorithm = config.adapt, algorithms.get(config.algorithm)
+    learned = algorithm.learned_lr or ("layer_step" if adapt.per_step_lr else "")
+    return models.InnerLoop(head_only=algorithm.head_only, learned_lr=learned, lr=adapt.lr,
                             steps=adapt.steps, step_norms=adapt.per_step_norm)
 
 
@@ -90,11 +87,11 @@ def build_model(config: Config, source: tasks.TaskSource, outputs: Optional[int]
                           f"of shape {source.example_shape}; use mlp")
     keras.utils.set_random_seed(config.train.seed)
     model = models.build(config.model, source.example_shape, outputs or source.outputs,
-                         gains=config.algorithm in WITH_GAINS,
+                         gains=algorithms.get(config.algorithm).gains,
                          inner=inner_loop(config))
-    if config.algorithm == "anil" and not model.num_feature_params:
-        raise ConfigError(f"anil adapts the head and meta-learns the features, but model "
-                          f"{model.name} has no feature parameters (model.hidden: "
+    if model.inner.head_only and not model.num_feature_params:
+        raise ConfigError(f"{config.algorithm} adapts the head and meta-learns the features, but "
+                          f"model {model.name} has no feature parameters (model.hidden: "
                           f"{config.model.hidden}); use maml, or give the model a hidden layer")
     if model.loss_name != source.loss:
         raise ConfigError(f"model {model.name} computes {model.loss_name}, but "
@@ -117,22 +114,12 @@ class Run:
         self.run_dir = Path(run_dir)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.source = tasks.build(config.data, config.model.dtype)
-        self.supervised = config.algorithm == "finetune"
+        self.algorithm = algorithms.get(config.algorithm)
         with self.strategy.scope():
-            if self.supervised:
-                # Trained with one head over every meta-train class, adapted with a fresh N-way
-                # head.
-                self.model = build_model(config, self.source, self.source.classes["train"])
-                self.eval_model = build_model(config, self.source)
-                options = config.algorithms.finetune
-                self.eval_params = lambda: finetune.transfer(self.model, self.eval_model,
-                                                             options.head_seed)
-                self.task_start = None if options.head == "shared" else (
-                    lambda params, support: finetune.task_head(
-                        params, support, self.eval_model.num_feature_params, options.head_seed))
-            else:
-                self.model = self.eval_model = build_model(config, self.source)
-                self.eval_params = self.task_start = None
+            # The model that meta-trains, the one that adapts at meta-test (the same but for the
+            # finetune baseline) and where it starts.
+            self.model, self.eval_model, self.start = self.algorithm.networks(
+                config, self.source, build_model)
             self.optimizer = keras.optimizers.Adam(meta_lr(config))
             self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
@@ -183,7 +170,7 @@ class Run:
         return landscape_lib.Landscape(self.eval_model, self.source, self.config.adapt,
                                        self.config.landscape,
                                        task_mapping(self.config, self.eval_model),
-                                       self.eval_params, self.task_start)
+                                       self.start)
 
     def evaluator(self, steps: int, tasks_count: int, split: Optional[str] = None):
         """Evaluates on `split`, by default the one training evaluates after each epoch (val
@@ -192,7 +179,7 @@ class Run:
         return evaluation.make_evaluator(
             self.eval_model, self.source, self.config.adapt, steps, tasks_count, train.seed,
             train.eval_batch, task_mapping(self.config, self.eval_model),
-            split or self.source.eval_split, self.eval_params, self.task_start)
+            split or self.source.eval_split, self.start)
 
     def training_batches(self, start: int, replica: int = 0,
                          replicas: int = 1) -> tf.data.Dataset:
@@ -203,21 +190,14 @@ class Run:
         size = self.batch_size
         share = size // replicas
         first = start * size + replica * share
-        if self.supervised:
+        if self.algorithm.supervised:
             return self.source.labelled("train", train.seed, share, start=first, stride=size)
         return self.source.episodes("train", train.seed, share, start=first, stride=size)
 
     @property
     def batch_size(self) -> int:
         """Tasks (or, for the supervised baseline, examples) per training step."""
-        if self.supervised:
-            return self.config.algorithms.finetune.batch_size
-        return self.config.train.meta_batch
-
-    @property
-    def batch_key(self) -> str:
-        """The config key of `batch_size`, for messages."""
-        return "algorithms.finetune.batch_size" if self.supervised else "train.meta_batch"
+        return self.algorithm.batch_size(self.config)
 
 
 # Steps that `evaluate_run` reports besides the run's own test steps and the last step.

@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
-from tfmeta.config.algorithms import MAML_FAMILY
+from tfmeta import algorithms
 
 
 def writer(log_dir: Path) -> tf.summary.SummaryWriter:
@@ -72,22 +72,11 @@ def hparams_of(config) -> dict:
               "model": c.model.arch, "filters": c.model.filters, "hidden": str(c.model.hidden),
               "dtype": c.model.dtype, "norm": c.model.norm, "cosine_lr": c.train.cosine_lr,
               "per_step_lr": c.adapt.per_step_lr, "per_step_norm": c.adapt.per_step_norm}
-    if c.algorithm in MAML_FAMILY:
-        values.update({"maml.multi_step_epochs": c.algorithms.maml.multi_step_epochs,
-                       "maml.first_order_epochs": c.algorithms.maml.first_order_epochs})
-    if c.algorithm == "maml-reg":
-        values.update({"maml_reg.gamma": c.algorithms.maml_reg.gamma,
-                       "maml_reg.constant_mean": c.algorithms.maml_reg.constant_mean})
+    values.update(algorithms.get(c.algorithm).hparams(c))
     if c.data.dataset == "omniglot":
         # The protocol of every meta_test/* scalar of the run: any or within_alphabet.
         values.update({"omniglot.episodes": c.data.omniglot.episodes,
                        "omniglot.augment": c.data.omniglot.augment.per})
-    if c.algorithm == "finetune":
-        values.update({"finetune.batch_size": c.algorithms.finetune.batch_size,
-                       "finetune.head": c.algorithms.finetune.head,
-                       "finetune.head_seed": c.algorithms.finetune.head_seed})
-    if c.algorithm == "wormhole":
-        values["wormhole.gain_lr_scale"] = c.adapt.gain_lr_scale
     return values
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from tfmeta import algorithms, distribute, landscape as landscape_lib, records, rundir, summaries
+from tfmeta import distribute, landscape as landscape_lib, records, rundir, summaries
 from tfmeta.config import Config
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.errors import ConfigError, DivergedError
@@ -93,9 +93,8 @@ class RunSteps:
     def __init__(self, run: Run, strategy: Optional[tf.distribute.Strategy] = None):
         self.run, self.strategy, self.steps = run, strategy, {}
         iterations = run.config.train.iterations
-        self.meta_gradient = algorithms.build(
-            run.config.algorithm, run.config.algorithms,
-            epoch=lambda: run.optimizer.iterations // iterations)
+        self.meta_gradient = run.algorithm.meta_gradient(
+            run.config.algorithms, lambda: run.optimizer.iterations // iterations)
 
     def __call__(self, epoch: int) -> Callable:
         config, run = self.run.config, self.run
@@ -151,7 +150,7 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose "
                           f"another --run-dir")
     run = Run(config, run_dir, strategy)
-    distribute.check_divisible(run.batch_size, strategy, run.batch_key)
+    distribute.check_divisible(run.batch_size, strategy, run.algorithm.batch_key)
     start = _starting_iteration(run, resume, log)
     # A resumed run's overrides describe the run only once a checkpoint made with them exists; a
     # resume that fails before then leaves the saved config as it was.

@@ -5,8 +5,8 @@ one wide head (C_train outputs; one output for regression), and each step is a m
 the cross-entropy (or MSE) at theta, with no inner loop. At meta-test time the head is replaced by a
 fresh N-way layer with Xavier (Glorot uniform) initialization and zero bias, drawn anew for each
 meta-test task (`head: per_task`, the paper's "replaced ... for the given meta-test task"), and all
-parameters are adapted by the same `adapt` as every other algorithm. The paper uses 64 x 25 (batch x iterations per
-epoch) for 1-shot and 128 x 12 for 5-shot.
+parameters are adapted by the same `adapt` as every other algorithm. The paper uses 64 x 25
+(batch x iterations per epoch) for 1-shot and 128 x 12 for 5-shot.
 """
 
 from typing import Sequence
@@ -14,7 +14,9 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfmeta import adaptation
 from tfmeta.config.adapt import AdaptConfig
+from tfmeta.config.algorithms import FinetuneConfig
 from tfmeta.losses import task_metrics
 from tfmeta.models import MetaModel, params_of
 
@@ -75,3 +77,34 @@ def transfer(trained: MetaModel, target: MetaModel, seed: int) -> list:
     features = params_of(trained)[:trained.num_feature_params]
     head = [tuple(v.shape) for v in target.trainable_variables[target.num_feature_params:]]
     return features + xavier_head(head, features[0].dtype, [seed, 0])
+
+
+class Start(adaptation.Start):
+    """Where the baseline adapts from at meta-test: its trained features with a fresh Xavier head
+    of N ways (`transfer`), shared by every task or drawn per task (`FinetuneConfig.head`)."""
+
+    def __init__(self, trained: MetaModel, eval_model: MetaModel, options: FinetuneConfig):
+        super().__init__(eval_model)
+        self.trained, self.options = trained, options
+
+    def params(self) -> list:
+        return transfer(self.trained, self.model, self.options.head_seed)
+
+    def task(self, params: list, support: tuple) -> list:
+        if self.options.head == "shared":
+            return params
+        return task_head(params, support, self.model.num_feature_params, self.options.head_seed)
+
+
+def networks(config, source, build) -> tuple:
+    """(model, eval_model, Start): trained with one head over every meta-train class, adapted
+    with a fresh N-way head."""
+    model = build(config, source, source.classes["train"])
+    eval_model = build(config, source)
+    return model, eval_model, Start(model, eval_model, config.algorithms.finetune)
+
+
+def hparams(config) -> dict:
+    options = config.algorithms.finetune
+    return {"finetune.batch_size": options.batch_size, "finetune.head": options.head,
+            "finetune.head_seed": options.head_seed}

@@ -8,8 +8,8 @@ NAMES = ("maml", "anil", "meta-sgd", "maml-reg", "gradient-agreement", "wormhole
          "finetune")
 # Wormhole MAML is MAML on a model with per-tensor gains (`models.Gains`); ANIL is MAML on a model
 # whose inner loop adapts the head only, Meta-SGD MAML on one with a learned rate per parameter
-# element (`models.InnerLoop`). All four take MAML's meta-step and its MAML++ options.
-WITH_GAINS = ("wormhole",)
+# element (`models.InnerLoop`). All four take MAML's meta-step and its MAML++ options
+# (`tfmeta.algorithms.REGISTRY`).
 MAML_FAMILY = ("maml", "anil", "meta-sgd", "wormhole")
 # No inner loop at meta-training: nal trains on the support and query sets jointly, finetune on
 # batches of examples.
