@@ -364,8 +364,8 @@ def task_landscape(out_dir, quick, ratios, spreads, distances, alpha, check_rati
     task_landscape.png to --out."""
 
     start_tensorflow()
+    from tfmeta.config.data import LinearTasksConfig
     from tfmeta.experiments import task_landscape as tl
-    from tfmeta.tasks.linear import LinearTasksConfig
 
     def given(fields):
         return {k: v for k, v in fields.items() if v is not None}

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tfmeta import config as config_lib, evaluation, landscape, models, summaries, tasks
 from tfmeta.config.adapt import AdaptConfig
-from tfmeta.config.data import AffineConfig, OmniglotConfig
+from tfmeta.config.data import AffineConfig, DataConfig, OmniglotConfig
 from tfmeta.config.landscape import LandscapeConfig
 from tfmeta.config.model import ModelConfig
 from tfmeta.errors import ConfigError, DataError
@@ -52,7 +52,7 @@ def coded(monkeypatch):
 
 
 def source(ways=3, test_ways=0, **omniglot) -> tasks.TaskSource:
-    config = tasks.DataConfig(dataset="omniglot", ways=ways, test_ways=test_ways, shots=1,
+    config = DataConfig(dataset="omniglot", ways=ways, test_ways=test_ways, shots=1,
                               queries=2, omniglot=OmniglotConfig(data_dir="x", image_size=SIZE, **{
                                   "test_alphabets": ["Bb", "Cc", "Dd"], **omniglot}))
     return tasks.build(config)

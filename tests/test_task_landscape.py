@@ -5,13 +5,14 @@ import dataclasses
 import numpy as np
 import pytest
 
+from tfmeta.config.data import LinearTasksConfig
 from tfmeta.experiments import task_landscape as tl
 from tfmeta.tasks import linear
 
 ALPHA = 0.8
 
 
-def draw(tasks: linear.LinearTasksConfig, shots: int, queries: int, n: int, seed: int = 0):
+def draw(tasks: LinearTasksConfig, shots: int, queries: int, n: int, seed: int = 0):
     """n episodes of the family as float64 numpy arrays: (xs [n, K, d], ys [n, K, 1], xq, yq)."""
     source = linear.task_source(tasks, shots, queries, "float64")
     batch = next(iter(source.episodes("train", seed, n, count=n)))
@@ -51,7 +52,7 @@ def brute_force_nal(episodes) -> np.ndarray:
 
 
 def test_episodes_have_the_configured_shapes_covariances_and_optima():
-    tasks = linear.LinearTasksConfig(dim=3, hard_fraction=0.3, rho_easy=1.0, rho_hard=0.2,
+    tasks = LinearTasksConfig(dim=3, hard_fraction=0.3, rho_easy=1.0, rho_hard=0.2,
                                      centre_distance=2.0, spread_easy=0.3, spread_hard=0.6,
                                      noise=0.05)
     xs, ys, xq, yq = draw(tasks, 40, 60, 3000)
@@ -75,7 +76,7 @@ def test_closed_forms_are_the_minimizers_of_the_sampled_objectives():
     """With K = 10 the K-shot correction shrinks w_MAML to less than half the population one; the
     closed form must track it (and the bias stay at 0) to within the Monte-Carlo error of 40,000
     episodes."""
-    tasks = linear.LinearTasksConfig(dim=3, rho_hard=0.25, centre_distance=2.0)
+    tasks = LinearTasksConfig(dim=3, rho_hard=0.25, centre_distance=2.0)
     episodes = draw(tasks, 10, 10, 40000)
     exact = tl.closed_form(tasks, ALPHA, shots=10)
     population = tl.closed_form(tasks, ALPHA)
@@ -87,7 +88,7 @@ def test_closed_forms_are_the_minimizers_of_the_sampled_objectives():
 
 
 def test_expected_risk_is_the_mean_query_error_after_one_step():
-    tasks = linear.LinearTasksConfig(dim=3, rho_hard=0.25, centre_distance=2.0, noise=0.3)
+    tasks = LinearTasksConfig(dim=3, rho_hard=0.25, centre_distance=2.0, noise=0.3)
     xs, ys, xq, yq = draw(tasks, 10, 50, 40000, seed=1)
     w = np.array([0.3, -0.2, 0.9])
     theta = np.append(w, 0.0)
@@ -104,14 +105,14 @@ def test_expected_risk_is_the_mean_query_error_after_one_step():
 @pytest.mark.parametrize("ratio, distance", [(1.0, 0.0), (1.0, 3.0), (8.0, 0.0)])
 def test_no_gain_without_both_a_hardness_discrepancy_and_a_centre_distance(ratio, distance):
     for spread in (0.0, 1.0):
-        tasks = tl.at(linear.LinearTasksConfig(), ratio, spread, distance)
+        tasks = tl.at(LinearTasksConfig(), ratio, spread, distance)
         solutions = tl.closed_form(tasks, ALPHA)
         np.testing.assert_allclose(solutions["maml"], solutions["nal"], atol=1e-12)
         assert tl.score(tasks, ALPHA, solutions)["gain"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_gain_where_the_paper_says_hard_tasks_packed_far_from_the_easy_ones():
-    base = linear.LinearTasksConfig()
+    base = LinearTasksConfig()
     row = lambda ratio, spread, distance: tl.score(  # noqa: E731
         tl.at(base, ratio, spread, distance), ALPHA,
         tl.closed_form(tl.at(base, ratio, spread, distance), ALPHA))
@@ -127,7 +128,7 @@ def test_gain_where_the_paper_says_hard_tasks_packed_far_from_the_easy_ones():
 def test_meta_trained_tfmeta_models_reach_the_closed_forms():
     # Mostly hard tasks and small spreads: w_NAL is far from 0 and the task-sampling noise small,
     # so 40,000 training tasks pin both solutions to about 1%.
-    tasks = linear.LinearTasksConfig(hard_fraction=0.8, rho_hard=0.25, spread_easy=0.25,
+    tasks = LinearTasksConfig(hard_fraction=0.8, rho_hard=0.25, spread_easy=0.25,
                                      spread_hard=0.25)
     check = tl.CheckConfig(shots=100, queries=100, meta_batch=50, iterations=800, meta_lr=0.02,
                            eval_tasks=2000)

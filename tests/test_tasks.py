@@ -406,3 +406,14 @@ def test_train_drawings_keeps_the_first_drawings_of_meta_train_characters_only(m
         with pytest.raises(ConfigError, match="train_drawings must be between 1 and 20"):
             omniglot_split.omniglot_pools(OmniglotConfig(data_dir="x", split="character",
                                                          holdout=4, train_drawings=bad))
+
+
+def test_every_dataset_is_registered_and_linear_is_one():
+    from tfmeta.config.data import DATASETS
+    assert sorted(tasks.SOURCES) == sorted(DATASETS)
+    config = config_lib.load(None, values={"data.dataset": "linear", "data.linear.dim": 3,
+                                           "data.shots": 5, "data.queries": 7})
+    source = tasks.build(config.data)
+    assert (source.example_shape, source.outputs, source.loss) == ((3,), 1, "mse")
+    support_x, _, _, query_y = take(source.episodes("train", 0, 2), 1)[0]
+    assert support_x.shape == (2, 5, 3) and query_y.shape == (2, 7, 1)

@@ -15,7 +15,7 @@ from tfmeta.config.adapt import AdaptConfig
 from tfmeta.losses import query_metrics
 from tfmeta.models import MetaModel
 from tfmeta.stats import Estimate, estimate
-from tfmeta.tasks import TaskSource
+from tfmeta.tasks.source import TaskSource
 
 
 def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, steps: int,

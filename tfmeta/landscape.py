@@ -56,7 +56,7 @@ from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.landscape import LandscapeConfig
 from tfmeta.losses import task_loss
 from tfmeta.models import MetaModel, query_features
-from tfmeta.tasks import TaskSource
+from tfmeta.tasks.source import TaskSource
 
 METRICS = ("flatness", "trajectory_coherence", "gradient_coherence", "representation_coherence",
            "trajectory_norm", "support_loss")

@@ -5,7 +5,7 @@ import math
 
 from tfmeta.errors import ConfigError, expect
 
-DATASETS = ("sine", "omniglot", "miniimagenet")
+DATASETS = ("sine", "omniglot", "miniimagenet", "linear")
 # Omniglot: where the images come from, how classes are split, how an episode draws its classes.
 OMNIGLOT_SOURCES = ("zips", "tfds")
 OMNIGLOT_SPLITS = ("alphabet", "character")
@@ -127,11 +127,36 @@ class MiniImagenetConfig:
 
 
 @dataclasses.dataclass
+class LinearTasksConfig:
+    """Linear regression on easy and hard tasks (`tfmeta.tasks.linear`).
+
+    Attributes:
+        dim: d, the input dimension.
+        hard_fraction: probability that a task is hard.
+        rho_easy: data variance of the easy tasks (covariance rho_easy I).
+        rho_hard: data variance of the hard tasks, smaller than rho_easy.
+        centre_distance: ||c_hard - c_easy||.
+        spread_easy: nu_easy, the standard deviation of each coordinate of an easy task's optimum.
+        spread_hard: nu_hard, the same for the hard tasks.
+        noise: sigma, the standard deviation of the label noise.
+    """
+    dim: int = 4
+    hard_fraction: float = 0.5
+    rho_easy: float = 1.0
+    rho_hard: float = 0.25
+    centre_distance: float = 2.0
+    spread_easy: float = 0.5
+    spread_hard: float = 0.5
+    noise: float = 0.1
+
+
+@dataclasses.dataclass
 class DataConfig:
     """Which tasks, and how big their episodes are.
 
     Attributes:
-        dataset: "sine", "omniglot" or "miniimagenet".
+        dataset: "sine", "omniglot", "miniimagenet" or "linear" (easy and hard linear-regression
+            tasks, `tfmeta experiment task-landscape`'s).
         ways: N classes per episode (classification only), and the width of the model's head.
         test_ways: N of meta-test (and val) episodes, at most `ways`; 0 means `ways`. Fewer ways
             at meta-test than in meta-training adapt and score the first test_ways rows of the
@@ -148,15 +173,16 @@ class DataConfig:
     sine: SineConfig = dataclasses.field(default_factory=SineConfig)
     omniglot: OmniglotConfig = dataclasses.field(default_factory=OmniglotConfig)
     miniimagenet: MiniImagenetConfig = dataclasses.field(default_factory=MiniImagenetConfig)
+    linear: LinearTasksConfig = dataclasses.field(default_factory=LinearTasksConfig)
 
     def check(self, key: str = "data") -> None:
         expect(self.dataset in DATASETS, f"{key}.dataset", " or ".join(DATASETS), self.dataset)
         for field in ("ways", "shots", "queries"):
             value = getattr(self, field)
             expect(value >= 1, f"{key}.{field}", "a positive integer", value)
-        if self.dataset == "sine":
+        if self.dataset in ("sine", "linear"):
             expect(self.test_ways == 0, f"{key}.test_ways",
-                   "0 for sine, whose tasks have no classes", self.test_ways)
+                   f"0 for {self.dataset}, whose tasks have no classes", self.test_ways)
         expect(self.test_ways == 0 or 2 <= self.test_ways <= self.ways, f"{key}.test_ways",
                f"0 (as data.ways) or between 2 and data.ways ({self.ways})", self.test_ways)
         self.sine.check(f"{key}.sine")

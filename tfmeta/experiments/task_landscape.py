@@ -50,10 +50,12 @@ import numpy as np
 from tfmeta import evaluation, models, stats, training
 from tfmeta.algorithms import maml, nal
 from tfmeta.config.adapt import AdaptConfig
+from tfmeta.config.data import LinearTasksConfig
 from tfmeta.errors import ConfigError
 from tfmeta.files import atomic_open
-from tfmeta.tasks import TaskSource, linear
-from tfmeta.tasks.linear import Group, LinearTasksConfig
+from tfmeta.tasks import linear
+from tfmeta.tasks.linear import Group
+from tfmeta.tasks.source import TaskSource
 
 METHODS = ("nal", "maml")
 

@@ -1,125 +1,32 @@
 """Task distributions: what a run meta-trains and meta-tests on.
 
-`build(config)` turns a `DataConfig` into a `TaskSource`, which knows the example shape, the number of
-outputs and the loss, and draws seeded episode streams for the "train" and "test" splits.
+`build(config)` looks the dataset up in `SOURCES` and returns its `TaskSource`, which knows the
+example shape, the number of outputs and the loss, and draws seeded episode streams for the
+"train" and "test" splits (and for some a "val" split). To add a dataset: a module here with a
+`source(config: DataConfig, dtype) -> TaskSource`, its entry in SOURCES, and its name (and
+options, if any) in `tfmeta.config.data`.
 """
 
-import dataclasses
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import tensorflow as tf
 
 from tfmeta.config.data import DATASETS, DataConfig
 from tfmeta.errors import ConfigError
-from tfmeta.tasks import augment, classification, miniimagenet, sampler, sine
-from tfmeta.tasks.episode import Episode
-from tfmeta.tasks.image_format import ImageFormat, miniimagenet_format, omniglot_format
-from tfmeta.tasks.omniglot_split import omniglot_pools
+from tfmeta.tasks import linear, miniimagenet, omniglot_split, sine
+from tfmeta.tasks.source import TaskSource
 
-SPLITS = ("train", "test")
-# Each split's stream id; labelled streams use id + 2. Adding a split never moves another's tasks.
-_STREAMS = {"train": 0, "test": 1, "val": 4}
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskSource:
-    """A task distribution with a train and a test split, and for some a val split.
-
-    Attributes:
-        example_shape: shape of one input, e.g. (28, 28, 1) or (1,).
-        outputs: width of the model's head (N ways, or 1 for regression).
-        loss: "cross_entropy" or "mse".
-        episode_fns: split name -> function drawing one Episode from a stateless seed.
-        labelled_fns: split name -> function drawing one labelled example (x [*example_shape],
-            y [] int class or [1] target) from a stateless seed, for supervised pre-training.
-        classes: split name -> classes in the split (1 for regression): the width of a head
-            trained on the whole split.
-        eval_split: the split that training evaluates after each epoch and measures the
-            landscape on: "val" where there is one, else "test".
-        image_format: how the dataset's image files become inputs (None: not images).
-        ways: split name -> N of its episodes, where fewer than `outputs` (`data.test_ways`).
-    """
-    example_shape: tuple
-    outputs: int
-    loss: str
-    episode_fns: Dict[str, Callable[[tf.Tensor], Episode]]
-    labelled_fns: Dict[str, Callable] = dataclasses.field(default_factory=dict)
-    classes: Dict[str, int] = dataclasses.field(default_factory=dict)
-    eval_split: str = "test"
-    image_format: Optional[ImageFormat] = None
-    ways: Dict[str, int] = dataclasses.field(default_factory=dict)
-
-    def classes_in(self, split: str) -> Optional[int]:
-        """M when the split's episodes use only the first M of the head's classes, else None."""
-        return self.ways.get(split)
-
-    def episodes(self, split: str, seed: int, meta_batch: int, start: int = 0,
-                 count: int = -1, stride: int = 0) -> tf.data.Dataset:
-        """Meta-batches of the split's episode stream; see `sampler.episodes`."""
-        if split not in self.episode_fns:
-            why = (" (a run that meta-trains on every class, such as data.omniglot.holdout=0, "
-                   "has no meta-test split)") if split == "test" else ""
-            raise ConfigError(f"no {split!r} split here; the splits are "
-                              f"{', '.join(self.episode_fns)}{why}")
-        return sampler.episodes(self.episode_fns[split], sampler.episode_seed(seed, _STREAMS[split]),
-                                meta_batch, start, count, stride)
-
-    def labelled(self, split: str, seed: int, batch_size: int, start: int = 0,
-                 stride: int = 0) -> tf.data.Dataset:
-        """Endless batches (x [B, ...], y [B] or [B, 1]) of single labelled examples of the split,
-        example i drawn from (seed, i) like episodes, so a resumed run continues the stream;
-        `stride` as in `sampler.episodes`."""
-        return sampler.episodes(self.labelled_fns[split],
-                                sampler.episode_seed(seed, _STREAMS[split] + 2), batch_size, start,
-                                stride=stride)
+SOURCES: Dict[str, Callable[[DataConfig, tf.DType], TaskSource]] = {
+    "sine": sine.source,
+    "linear": linear.source,
+    "omniglot": omniglot_split.source,
+    "miniimagenet": miniimagenet.source,
+}
 
 
 def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
     """Builds the task source for `config`; raises ConfigError or DataError on bad input."""
-    if config.dataset == "sine":
-        fns = {s: sine.episode_fn(config.sine, config.shots, config.queries, s, tf.as_dtype(dtype))
-               for s in SPLITS}
-        labelled = {s: sine.labelled_fn(config.sine, s, tf.as_dtype(dtype)) for s in SPLITS}
-        return TaskSource((1,), 1, "mse", fns, labelled_fns=labelled,
-                          classes={s: 1 for s in SPLITS})
-    if config.dataset == "omniglot":
-        omniglot = config.omniglot
-        pools = omniglot_pools(omniglot)
-        within = omniglot.episodes == "within_alphabet"
-        fns, labelled = {}, {}
-        for split, pool in pools.items():
-            ways = config.split_ways(split)
-            classification.check_pool(pool, ways, config.shots, config.queries,
-                                      f"omniglot {split} split", within_groups=within)
-            fns[split] = classification.episode_fn(
-                pool, ways, config.shots, config.queries, tf.as_dtype(dtype),
-                augment=augment.affine(omniglot.augment) if split == "train" else None,
-                within_groups=within)
-            labelled[split] = classification.labelled_fn(pool, tf.as_dtype(dtype))
-        size = omniglot.image_size
-        return TaskSource((size, size, 1), config.ways, "cross_entropy", fns, labelled,
-                          {s: p.classes for s, p in pools.items()},
-                          image_format=omniglot_format(size), ways=fewer_ways(config, pools))
-    if config.dataset == "miniimagenet":
-        pools = miniimagenet.pools(config.miniimagenet)
-        flip = config.miniimagenet.augment
-        fns = {}
-        for split, pool in pools.items():
-            classification.check_pool(pool, config.split_ways(split), config.shots,
-                                      config.queries, f"miniimagenet {split} split")
-            fns[split] = classification.episode_fn(pool, config.split_ways(split), config.shots,
-                                                   config.queries, tf.as_dtype(dtype),
-                                                   augment=augment.flip_and_shift if (
-                                                       flip and split == "train") else None)
-        labelled = {s: classification.labelled_fn(p, tf.as_dtype(dtype)) for s, p in pools.items()}
-        return TaskSource(pools["train"].images.shape[1:], config.ways, "cross_entropy", fns,
-                          labelled_fns=labelled, classes={s: p.classes for s, p in pools.items()},
-                          eval_split="val",
-                          image_format=miniimagenet_format(pools["train"].images.shape[1]),
-                          ways=fewer_ways(config, pools))
-    raise ConfigError(f"unknown dataset {config.dataset!r}; expected one of {', '.join(DATASETS)}")
-
-
-def fewer_ways(config: DataConfig, splits) -> Dict[str, int]:
-    """{split: N} for the splits whose episodes have fewer classes than the head."""
-    return {s: config.split_ways(s) for s in splits if config.split_ways(s) < config.ways}
+    if config.dataset not in SOURCES:
+        raise ConfigError(f"unknown dataset {config.dataset!r}; expected one of "
+                          f"{', '.join(DATASETS)}")
+    return SOURCES[config.dataset](config, tf.as_dtype(dtype))

@@ -19,9 +19,12 @@ from typing import NamedTuple, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
+from tfmeta.config.data import DataConfig
 from tfmeta.errors import DataError
 from tfmeta.tasks.augment import Augment
 from tfmeta.tasks.episode import Episode
+from tfmeta.tasks.image_format import ImageFormat
+from tfmeta.tasks.source import TaskSource
 
 
 class Pool(NamedTuple):
@@ -182,3 +185,24 @@ def labelled_fn(pool: Union[Pool, np.ndarray], dtype=tf.float32):
         return tf.cast(gather(index), dtype) / 255.0, tf.cast(label, tf.int32)
 
     return make_example
+
+
+def source(config: DataConfig, pools: dict, dtype, name: str, example_shape: tuple,
+           image_format: Optional[ImageFormat] = None, eval_split: str = "test",
+           augment: Optional[Augment] = None, within_groups: bool = False) -> TaskSource:
+    """The TaskSource of N-way classification episodes from `pools` ({split: Pool}), checked to
+    hold enough classes and images for them; `augment` applies to the train split only."""
+    fns, labelled = {}, {}
+    for split, pool in pools.items():
+        ways = config.split_ways(split)
+        check_pool(pool, ways, config.shots, config.queries, f"{name} {split} split",
+                   within_groups=within_groups)
+        fns[split] = episode_fn(pool, ways, config.shots, config.queries, dtype,
+                                augment=augment if split == "train" else None,
+                                within_groups=within_groups)
+        labelled[split] = labelled_fn(pool, dtype)
+    # The splits whose episodes have fewer classes than the head (`data.test_ways`).
+    fewer = {s: config.split_ways(s) for s in pools if config.split_ways(s) < config.ways}
+    return TaskSource(tuple(example_shape), config.ways, "cross_entropy", fns, labelled,
+                      {s: p.classes for s, p in pools.items()}, eval_split=eval_split,
+                      image_format=image_format, ways=fewer)

@@ -10,39 +10,15 @@ The easy centre is the origin and the hard centre lies `centre_distance` away al
 Drawing an episode costs (K + Q) * d normal draws and one [K + Q, d] x [d, 1] product.
 """
 
-import dataclasses
 import math
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
-from tfmeta import tasks
+from tfmeta.config.data import DataConfig, LinearTasksConfig
 from tfmeta.tasks.episode import Episode
-
-
-@dataclasses.dataclass
-class LinearTasksConfig:
-    """The task distribution.
-
-    Attributes:
-        dim: d, the input dimension.
-        hard_fraction: probability that a task is hard.
-        rho_easy: data variance of the easy tasks (covariance rho_easy I).
-        rho_hard: data variance of the hard tasks, smaller than rho_easy.
-        centre_distance: ||c_hard - c_easy||.
-        spread_easy: nu_easy, the standard deviation of each coordinate of an easy task's optimum.
-        spread_hard: nu_hard, the same for the hard tasks.
-        noise: sigma, the standard deviation of the label noise.
-    """
-    dim: int = 4
-    hard_fraction: float = 0.5
-    rho_easy: float = 1.0
-    rho_hard: float = 0.25
-    centre_distance: float = 2.0
-    spread_easy: float = 0.5
-    spread_hard: float = 0.5
-    noise: float = 0.1
+from tfmeta.tasks.source import TaskSource
 
 
 class Group(NamedTuple):
@@ -97,7 +73,12 @@ def episode_fn(config: LinearTasksConfig, shots: int, queries: int, dtype=tf.flo
 
 
 def task_source(config: LinearTasksConfig, shots: int, queries: int,
-                dtype: str = "float32") -> "tasks.TaskSource":
+                dtype: str = "float32") -> TaskSource:
     """A TaskSource of `config`'s tasks (the same distribution for the train and test splits)."""
     make_episode = episode_fn(config, shots, queries, tf.as_dtype(dtype))
-    return tasks.TaskSource((config.dim,), 1, "mse", {"train": make_episode, "test": make_episode})
+    return TaskSource((config.dim,), 1, "mse", {"train": make_episode, "test": make_episode})
+
+
+def source(config: DataConfig, dtype=tf.float32) -> TaskSource:
+    """The TaskSource of data.linear's tasks, with data.shots and data.queries points."""
+    return task_source(config.linear, config.shots, config.queries, dtype)

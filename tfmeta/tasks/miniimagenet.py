@@ -27,11 +27,14 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import numpy as np
+import tensorflow as tf
 
-from tfmeta.config.data import MiniImagenetConfig
+from tfmeta.config.data import DataConfig, MiniImagenetConfig
 from tfmeta.errors import DataError
+from tfmeta.tasks import augment, classification
 from tfmeta.tasks.classification import Pool
 from tfmeta.tasks.image_format import miniimagenet_format
+from tfmeta.tasks.source import TaskSource
 
 SPLITS = ("train", "val", "test")
 STANDARD_CLASSES = {"train": 64, "val": 16, "test": 20}
@@ -277,3 +280,14 @@ def pools(config: MiniImagenetConfig, progress: bool = True,
                             f"{counts.sum()}; prepare the cache again")
         out[split] = Pool(images, counts, tuple(entry["classes"]))
     return out
+
+
+def source(config: DataConfig, dtype=tf.float32) -> TaskSource:
+    """MiniImagenet's TaskSource: N-way episodes of each split (train, val, test); training
+    evaluates on val."""
+    split_pools = pools(config.miniimagenet)
+    shape = split_pools["train"].images.shape[1:]
+    flip = augment.flip_and_shift if config.miniimagenet.augment else None
+    return classification.source(config, split_pools, dtype, "miniimagenet", shape,
+                                 image_format=miniimagenet_format(shape[0]), eval_split="val",
+                                 augment=flip)

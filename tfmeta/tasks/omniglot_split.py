@@ -10,11 +10,14 @@ apart than the characters of one script.
 """
 
 import numpy as np
+import tensorflow as tf
 
-from tfmeta.config.data import OmniglotConfig
+from tfmeta.config.data import DataConfig, OmniglotConfig
 from tfmeta.errors import ConfigError
-from tfmeta.tasks import omniglot
+from tfmeta.tasks import augment, classification, omniglot
 from tfmeta.tasks.classification import Pool, as_pool
+from tfmeta.tasks.image_format import omniglot_format
+from tfmeta.tasks.source import TaskSource
 
 
 def load(config: OmniglotConfig) -> omniglot.OmniglotData:
@@ -101,3 +104,14 @@ def omniglot_pools(config: OmniglotConfig) -> dict:
     if len(test):
         pools["test"] = _pool(data, test, omniglot.IMAGES_PER_CHARACTER, config.rotations)
     return pools
+
+
+def source(config: DataConfig, dtype=tf.float32) -> TaskSource:
+    """Omniglot's TaskSource: N-way episodes of the split's classes, drawn from the whole split
+    or within one alphabet (`data.omniglot.episodes`), the train split's augmented."""
+    omniglot = config.omniglot
+    size = omniglot.image_size
+    return classification.source(config, omniglot_pools(omniglot), dtype, "omniglot",
+                                 (size, size, 1), image_format=omniglot_format(size),
+                                 augment=augment.affine(omniglot.augment),
+                                 within_groups=omniglot.episodes == "within_alphabet")

@@ -7,8 +7,9 @@ regression experiment uses disjoint meta-train and meta-test ranges (preset `sin
 
 import tensorflow as tf
 
-from tfmeta.config.data import SineConfig
+from tfmeta.config.data import DataConfig, SineConfig
 from tfmeta.tasks.episode import Episode
+from tfmeta.tasks.source import TaskSource
 
 
 def episode_fn(config: SineConfig, shots: int, queries: int, split: str, dtype=tf.float32):
@@ -38,3 +39,11 @@ def labelled_fn(config: SineConfig, split: str, dtype=tf.float32):
         return episode.support_x[0], episode.support_y[0]
 
     return make_example
+
+
+def source(config: DataConfig, dtype=tf.float32) -> TaskSource:
+    """Sine regression's TaskSource: train and test splits, and labelled points of each."""
+    splits = ("train", "test")
+    fns = {s: episode_fn(config.sine, config.shots, config.queries, s, dtype) for s in splits}
+    labelled = {s: labelled_fn(config.sine, s, dtype) for s in splits}
+    return TaskSource((1,), 1, "mse", fns, labelled_fns=labelled, classes={s: 1 for s in splits})
