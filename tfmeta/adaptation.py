@@ -105,6 +105,17 @@ def with_inner(model: MetaModel, params: Sequence[tf.Tensor], part: Sequence[tf.
     return params
 
 
+def inner_gradient(model: MetaModel, params: Sequence[tf.Tensor], moving: Sequence[tf.Tensor],
+                   support_loss: Callable, step) -> tuple:
+    """(d loss / d moving, loss): the support loss's gradient at theta_t = `params` with its
+    adapted entries at `moving`, with respect to those entries."""
+    moving = list(moving)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(moving)
+        loss = support_loss(with_inner(model, params, moving), step)
+    return tape.gradient(loss, moving), loss
+
+
 def sgd_step(model: MetaModel, params: Sequence[tf.Tensor], moving: Sequence[tf.Tensor],
              support_loss: Callable, config: AdaptConfig, step) -> tuple:
     """One inner step at step t = `step`, from theta_t = `params` with its adapted entries at
@@ -113,11 +124,7 @@ def sgd_step(model: MetaModel, params: Sequence[tf.Tensor], moving: Sequence[tf.
     Returns:
         (theta_{t+1}'s adapted entries, the support loss at theta_t).
     """
-    moving = list(moving)
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
-        tape.watch(moving)
-        loss = support_loss(with_inner(model, params, moving), step)
-    grads = tape.gradient(loss, moving)
+    grads, loss = inner_gradient(model, params, moving, support_loss, step)
     if config.first_order:
         grads = tree.stop_gradient(grads)
     rates = learning_rates(model, params, config, step)

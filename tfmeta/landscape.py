@@ -51,7 +51,8 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from tfmeta import hessian, meta_batch, tree
-from tfmeta.adaptation import Start, adapt, displacement, inner_part, learning_rates, with_inner
+from tfmeta.adaptation import (Start, adapt, displacement, inner_gradient, inner_part,
+                               learning_rates, support_loss_fn, with_inner)
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.landscape import LandscapeConfig
 from tfmeta.losses import task_loss
@@ -71,7 +72,7 @@ def pairwise_mean(total: Sequence[tf.Tensor], sum_sq, n: int) -> tf.Tensor:
     return (tree.sum_sq(total) - sum_sq) / (n * (n - 1))
 
 
-def layer_groups(model: MetaModel) -> tuple:
+def layer_groups_of(model: MetaModel) -> tuple:
     """(names, groups): each layer with adapted weights and the positions of its tensors in the
     list of adapted parameters (`model.inner_indices`)."""
     position = {index: k for k, index in enumerate(model.inner_indices)}
@@ -86,100 +87,150 @@ def layer_groups(model: MetaModel) -> tuple:
     return names, groups
 
 
-class Landscape:
-    """Measures the landscape metrics of one model on a fixed set of meta-test tasks.
+def task_sums(model: MetaModel, start: Start, params: list, task, config: AdaptConfig,
+              steps: int, classes=None) -> dict:
+    """One task's terms of the coherence sums: its unit displacement and its -gradient (in the
+    adapted parameters), their squared norms, its displacement norm and adapted support loss
+    (zero when adaptation diverged, with "adapted" 0), and the sum, squared norm and count of its
+    query embeddings at theta."""
+    x, _ = task.support
+    theta = start.task(params, task.support)
+    support_loss = support_loss_fn(model, theta, task.support, classes)
+    grads, _ = inner_gradient(model, theta, inner_part(model, theta), support_loss, 0)
+    # The direction adaptation sets out in, in gradient units (see the module docstring).
+    gain = lambda rate: rate / config.lr if model.rates is not None else 1.0  # noqa: E731
+    gradient = [-gain(rate) * g for rate, g in zip(learning_rates(model, theta, config, 0), grads)]
+    adapted, trajectory = adapt(model, theta, task.support, config, steps, classes=classes)
+    step = inner_part(model, displacement(adapted, trajectory))
+    norm = tree.norm(step)
+    loss = task_loss(model, adapted, x, task.support[1], classes)
+    # A task whose adaptation diverged (too large a step for its curvature) is counted, not
+    # averaged: one Inf would turn every mean into NaN.
+    finite = tf.math.is_finite(norm) & tf.math.is_finite(loss)
+    keep = lambda t: tf.where(finite, t, tf.zeros_like(t))  # noqa: E731
+    h = query_features(model, theta, x, task.query_x)
+    h = tf.reshape(h, [tf.shape(h)[0], -1])
+    return {"direction": [keep(s / norm) for s in step], "gradient": gradient,
+            "gradient_sq": tree.sum_sq(gradient), "trajectory_norm": keep(norm),
+            "support_loss": keep(loss), "adapted": tf.cast(finite, norm.dtype),
+            "feature": tf.reduce_sum(h, 0), "feature_sq": tf.reduce_sum(tf.square(h)),
+            "embeddings": tf.cast(tf.shape(h)[0], h.dtype)}
 
-    Compiles its functions once; `measure()` evaluates them at the model's current weights, so the
-    same object serves every epoch of a run or every checkpoint of `tfmeta analyze`.
+
+def coherences(sums: dict, n: int) -> Dict[str, float]:
+    """The coherence metrics, trajectory norm and support loss of n tasks from their summed
+    `task_sums`."""
+    adapted = int(round(float(sums["adapted"])))
+    embeddings = int(round(float(sums["embeddings"])))
+    return {
+        "gradient_coherence": float(pairwise_mean(sums["gradient"], sums["gradient_sq"], n)),
+        "gradient_coherence_self": float(tree.sum_sq(sums["gradient"])) / n ** 2,
+        "trajectory_coherence": float(pairwise_mean(sums["direction"], float(adapted), adapted)),
+        "trajectory_norm": float(sums["trajectory_norm"]) / max(adapted, 1),
+        "support_loss": float(sums["support_loss"]) / max(adapted, 1),
+        "diverged_tasks": n - adapted,
+        "representation_coherence": float(pairwise_mean([sums["feature"]], sums["feature_sq"],
+                                                        embeddings)),
+        "representation_spread": float(sums["feature_sq"] / embeddings
+                                       - tree.sum_sq([sums["feature"] / embeddings])),
+    }
+
+
+def hessian_metrics(model: MetaModel, solution: list, task, config: LandscapeConfig,
+                    layer_groups: list, classes=None) -> dict:
+    """Flatness (and the opt-in spectrum metrics) at one task's adapted `solution`, with the HVP
+    count they cost."""
+    adapted = inner_part(model, solution)
+    loss_fn = lambda p: task_loss(model, with_inner(model, solution, p),  # noqa: E731
+                                  *task.support, classes)
+    matvec = hessian.hvp_matvec(loss_fn, adapted, config.hvp)
+    dim = sum(int(np.prod(p.shape)) for p in adapted)
+    dtype = adapted[0].dtype
+    seed = config.seed
+    norm = hessian.spectral_norm(matvec, dim, dtype, seed, config.method, config.max_iters,
+                                 config.tol)
+    out = {"flatness": norm.value, "hvps": norm.iterations}
+    if config.trace_probes:
+        out["hessian_trace"] = hessian.hutchinson_trace(matvec, dim, dtype, seed,
+                                                        config.trace_probes)
+        out["hvps"] += config.trace_probes
+    if config.top_k:
+        iters = max(2 * config.top_k, 20)
+        out["top_eigenvalues"] = hessian.top_eigenvalues(matvec, dim, dtype, seed, config.top_k,
+                                                         iters)
+        out["hvps"] += iters
+    if config.layer_norms:
+        out["layer_flatness"] = hessian.layer_spectral_norms(
+            loss_fn, adapted, layer_groups, seed, config.hvp, config.max_iters, config.tol)
+    if config.density_probes:
+        out["density_nodes"], out["density_weights"] = hessian.eigenvalue_density(
+            matvec, dim, dtype, seed, config.density_probes, config.density_iters)
+        out["hvps"] += config.density_probes * config.density_iters
+    return out
+
+
+def hessian_means(rows: list, seconds: float, layer_names: Sequence[str]) -> Dict[str, float]:
+    """Means over tasks of `hessian_metrics` rows (tasks with a finite flatness; diverged ones
+    counted), the cost per HVP, and the eigenvalue density smoothed onto a grid."""
+    hvps = int(sum(int(r["hvps"]) for r in rows))
+    out = {"hvps": hvps, "seconds_per_hvp": seconds / max(hvps, 1),
+           "flatness_diverged_tasks": sum(not np.isfinite(r["flatness"]) for r in rows)}
+    rows = [r for r in rows if np.isfinite(r["flatness"])] or rows
+    mean = lambda key: float(np.mean([np.asarray(r[key]) for r in rows], axis=0))  # noqa: E731
+    out["flatness"] = mean("flatness")
+    if "hessian_trace" in rows[0]:
+        out["hessian_trace"] = mean("hessian_trace")
+    if "top_eigenvalues" in rows[0]:
+        top = np.mean([r["top_eigenvalues"].numpy() for r in rows], axis=0)
+        out.update({f"top_eigenvalue_{k + 1}": float(v) for k, v in enumerate(top)})
+    if "layer_flatness" in rows[0]:
+        layers = np.mean([r["layer_flatness"].numpy() for r in rows], axis=0)
+        out.update({f"layer_flatness/{name}": float(v) for name, v in zip(layer_names, layers)})
+    if "density_nodes" in rows[0]:
+        nodes = np.concatenate([r["density_nodes"].numpy() for r in rows])
+        weights = np.concatenate([r["density_weights"].numpy() for r in rows])
+        grid = np.linspace(nodes.min(), nodes.max(), 200)
+        sigma = max((nodes.max() - nodes.min()) / 100, 1e-6)
+        density = hessian.density_on_grid(tf.constant(nodes), tf.constant(weights),
+                                          tf.constant(grid, nodes.dtype), sigma)
+        out["density"] = {"grid": grid.tolist(), "density": density.numpy().tolist()}
+    return out
+
+
+class Landscape:
+    """Measures the landscape metrics of one model on a fixed set of meta-test tasks: a driver
+    of the functions above.
+
+    Compiles them once; `measure()` evaluates them at the model's current weights, so the same
+    object serves every epoch of a run or every checkpoint of `tfmeta analyze`.
     """
 
     def __init__(self, model: MetaModel, source: TaskSource, adapt_config: AdaptConfig,
                  config: LandscapeConfig, mapping: str = "loop", start: Optional[Start] = None):
-        self.model, self.config, self.mapping = model, config, mapping
+        self.config = config
         # theta, where every task adapts from (the finetune baseline's has a fresh head).
-        self.start = start or Start(model)
-        self.adapt_config = adapt_config
-        self.steps = adapt_config.eval_steps
-        tasks = max(config.flatness_tasks, config.coherence_tasks)
-        self.split = source.eval_split
-        self.batches = source.episodes(self.split, config.seed, config.batch, count=tasks)
+        start = start or Start(model)
+        steps = adapt_config.eval_steps
+        split = source.eval_split
+        self.batches = source.episodes(split, config.seed, config.batch,
+                                       count=max(config.flatness_tasks, config.coherence_tasks))
         # M when the tasks use the head's first M classes only (`data.test_ways`), else None.
-        self.classes = source.classes_in(self.split)
-        self.layer_names, self.layer_groups = layer_groups(model)
-        self._coherence = tf.function(self._coherence_sums, reduce_retracing=True)
-        self._hessian = tf.function(self._hessian_metrics, reduce_retracing=True)
+        classes = source.classes_in(split)
+        self.layer_names, layer_groups = layer_groups_of(model)
 
-    def _coherence_sums(self, batch):
-        """Running sums over a batch of tasks: sum of unit displacements and of -gradients, their
-        squared norms, displacement norms and adapted support losses, and the sum, squared norms
-        and count of the query embeddings at theta."""
-        model = self.model
-        params = self.start.params()
+        def coherence_sums(batch):
+            params = start.params()
+            return meta_batch.sum_tasks(
+                lambda task: task_sums(model, start, params, task, adapt_config, steps, classes),
+                batch, mapping)
 
-        config = self.adapt_config
-        gain = lambda rate: rate / config.lr if model.rates is not None else 1.0  # noqa: E731
+        def task_hessian(task):
+            solution, _ = adapt(model, start.task(start.params(), task.support), task.support,
+                                adapt_config, steps, classes=classes)
+            return hessian_metrics(model, solution, task, config, layer_groups, classes)
 
-        def one(task):
-            x, y = task.support
-            start = self.start.task(params, task.support)
-            moving = inner_part(model, start)
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(moving)
-                loss = task_loss(model, with_inner(model, start, moving), x, y, self.classes,
-                                 step=0)
-            gradient = [-gain(rate) * g for rate, g in zip(
-                learning_rates(model, start, config, 0), tape.gradient(loss, moving))]
-            adapted, trajectory = adapt(model, start, task.support, config, self.steps,
-                                        classes=self.classes)
-            step = inner_part(model, displacement(adapted, trajectory))
-            norm = tree.norm(step)
-            support_loss = task_loss(model, adapted, x, y, self.classes)
-            # A task whose adaptation diverged (too large a step for its curvature) is counted,
-            # not averaged: one Inf would turn every mean into NaN.
-            finite = tf.math.is_finite(norm) & tf.math.is_finite(support_loss)
-            keep = lambda t: tf.where(finite, t, tf.zeros_like(t))  # noqa: E731
-            h = query_features(model, start, x, task.query_x)
-            h = tf.reshape(h, [tf.shape(h)[0], -1])
-            return {"direction": [keep(s / norm) for s in step], "gradient": gradient,
-                    "gradient_sq": tree.sum_sq(gradient), "trajectory_norm": keep(norm),
-                    "support_loss": keep(support_loss), "adapted": tf.cast(finite, norm.dtype),
-                    "feature": tf.reduce_sum(h, 0), "feature_sq": tf.reduce_sum(tf.square(h)),
-                    "embeddings": tf.cast(tf.shape(h)[0], h.dtype)}
-
-        return meta_batch.sum_tasks(one, batch, self.mapping)
-
-    def _hessian_metrics(self, task):
-        """Flatness (and the opt-in spectrum metrics) at one task's adapted solution."""
-        model, config = self.model, self.config
-        solution, _ = adapt(model, self.start.task(self.start.params(), task.support), task.support,
-                            self.adapt_config, self.steps, classes=self.classes)
-        adapted = inner_part(model, solution)
-        loss_fn = lambda p: task_loss(model, with_inner(model, solution, p),  # noqa: E731
-                                      *task.support, self.classes)
-        matvec = hessian.hvp_matvec(loss_fn, adapted, config.hvp)
-        dim = sum(int(np.prod(p.shape)) for p in adapted)
-        dtype = adapted[0].dtype
-        seed = config.seed
-        norm = hessian.spectral_norm(matvec, dim, dtype, seed, config.method, config.max_iters,
-                                     config.tol)
-        out = {"flatness": norm.value, "hvps": norm.iterations}
-        if config.trace_probes:
-            out["hessian_trace"] = hessian.hutchinson_trace(matvec, dim, dtype, seed,
-                                                            config.trace_probes)
-            out["hvps"] += config.trace_probes
-        if config.top_k:
-            iters = max(2 * config.top_k, 20)
-            out["top_eigenvalues"] = hessian.top_eigenvalues(matvec, dim, dtype, seed,
-                                                             config.top_k, iters)
-            out["hvps"] += iters
-        if config.layer_norms:
-            out["layer_flatness"] = hessian.layer_spectral_norms(
-                loss_fn, adapted, self.layer_groups, seed, config.hvp, config.max_iters, config.tol)
-        if config.density_probes:
-            out["density_nodes"], out["density_weights"] = hessian.eigenvalue_density(
-                matvec, dim, dtype, seed, config.density_probes, config.density_iters)
-            out["hvps"] += config.density_probes * config.density_iters
-        return out
+        self._coherence = tf.function(coherence_sums, reduce_retracing=True)
+        self._hessian = tf.function(task_hessian, reduce_retracing=True)
 
     def measure(self, progress: bool = True) -> Dict[str, float]:
         """All configured metrics at the model's current weights.
@@ -189,9 +240,9 @@ class Landscape:
 
         Returns:
             {metric: value} with the METRICS and VARIANTS, `hvps` and `seconds_per_hvp`
-            (flatness cost),
-            and the opt-in metrics: `hessian_trace`, `top_eigenvalue_<k>`, `layer_flatness/<layer>`,
-            and `density` ({"grid": [...], "density": [...]}, not a scalar).
+            (flatness cost), and the opt-in metrics: `hessian_trace`, `top_eigenvalue_<k>`,
+            `layer_flatness/<layer>`, and `density` ({"grid": [...], "density": [...]}, not a
+            scalar).
         """
         config = self.config
         results: Dict[str, float] = {}
@@ -214,47 +265,7 @@ class Landscape:
             n += take
         bar.close()
         if n:
-            adapted = int(round(float(sums["adapted"])))
-            results["gradient_coherence"] = float(pairwise_mean(sums["gradient"],
-                                                                sums["gradient_sq"], n))
-            results["gradient_coherence_self"] = float(tree.sum_sq(sums["gradient"])) / n ** 2
-            results["trajectory_coherence"] = float(pairwise_mean(sums["direction"],
-                                                                  float(adapted), adapted))
-            results["trajectory_norm"] = float(sums["trajectory_norm"]) / max(adapted, 1)
-            results["support_loss"] = float(sums["support_loss"]) / max(adapted, 1)
-            results["diverged_tasks"] = n - adapted
-            embeddings = int(round(float(sums["embeddings"])))
-            results["representation_coherence"] = float(pairwise_mean(
-                [sums["feature"]], sums["feature_sq"], embeddings))
-            results["representation_spread"] = float(
-                sums["feature_sq"] / embeddings - tree.sum_sq([sums["feature"] / embeddings]))
+            results.update(coherences(sums, n))
         if flat_rows:
-            results.update(self._summarize_hessian(flat_rows, hessian_seconds))
+            results.update(hessian_means(flat_rows, hessian_seconds, self.layer_names))
         return results
-
-    def _summarize_hessian(self, rows, seconds: float) -> Dict[str, float]:
-        hvps = int(sum(int(r["hvps"]) for r in rows))
-        out = {"hvps": hvps, "seconds_per_hvp": seconds / max(hvps, 1),
-               "flatness_diverged_tasks": sum(not np.isfinite(r["flatness"]) for r in rows)}
-        rows = [r for r in rows if np.isfinite(r["flatness"])] or rows
-        mean = lambda key: float(np.mean([np.asarray(r[key]) for r in rows], axis=0))  # noqa: E731
-        out["flatness"] = mean("flatness")
-        if "hessian_trace" in rows[0]:
-            out["hessian_trace"] = mean("hessian_trace")
-        if "top_eigenvalues" in rows[0]:
-            top = np.mean([r["top_eigenvalues"].numpy() for r in rows], axis=0)
-            out.update({f"top_eigenvalue_{k + 1}": float(v) for k, v in enumerate(top)})
-        if "layer_flatness" in rows[0]:
-            layers = np.mean([r["layer_flatness"].numpy() for r in rows], axis=0)
-            out.update({f"layer_flatness/{name}": float(v)
-                        for name, v in zip(self.layer_names, layers)})
-        if "density_nodes" in rows[0]:
-            nodes = np.concatenate([r["density_nodes"].numpy() for r in rows])
-            weights = np.concatenate([r["density_weights"].numpy() for r in rows])
-            grid = np.linspace(nodes.min(), nodes.max(), 200)
-            sigma = max((nodes.max() - nodes.min()) / 100, 1e-6)
-            density = hessian.density_on_grid(tf.constant(nodes), tf.constant(weights),
-                                              tf.constant(grid, nodes.dtype), sigma)
-            out["density"] = {"grid": grid.tolist(), "density": density.numpy().tolist()}
-        return out
-
