@@ -169,8 +169,13 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
             strategy, lambda: tf.train.latest_checkpoint(str(rundir.checkpoints(run_dir)))):
         for epoch in range(start // iterations, epochs):
             first, last = max(start, epoch * iterations), (epoch + 1) * iterations
-            means, vectors = _train_iterations(step_of(epoch), batches, run, first, last,
-                                               f"epoch {epoch + 1}/{epochs}", progress and chief)
+            means, vectors = fit(
+                step_of(epoch), batches, last - first, first, f"epoch {epoch + 1}/{epochs}",
+                progress and chief, lambda i, loss: DivergedError(
+                    f"meta-loss became {loss} at iteration {i}; the run stopped without "
+                    f"updating. Last good checkpoint: "
+                    f"{run.manager.latest_checkpoint or 'none (diverged in the first epoch)'}. "
+                    f"Try a lower train.meta_lr or adapt.lr."))
             run.iteration.assign(last)
             record = epoch_end(epoch + 1, last, means, vectors)
             run.save(epoch + 1, chief)
@@ -195,12 +200,19 @@ def _starting_iteration(run: Run, resume: bool, log: Callable[[str], None]) -> i
     return iteration
 
 
-def _train_iterations(step: Callable, batches, run: Run, first: int, last: int, label: str,
-                      progress: bool) -> tuple:
-    """Meta-steps `first` .. `last` - 1; returns (means of the scalar metrics and
-    seconds_per_iteration, {name: [values]} of the vector metrics)."""
+def fit(step: Callable, batches, count: int, first: int = 0, label: str = "",
+        progress: bool = False, diverged: Optional[Callable[[int, float], Exception]] = None
+        ) -> tuple:
+    """Runs `count` meta-steps `step(next(batches))` (`make_meta_step`'s), numbered from
+    `first`; a step whose meta-loss is not finite raises `diverged(iteration, loss)` (default: a
+    DivergedError).
+
+    Returns:
+        (means of the scalar metrics, with seconds_per_iteration; {name: [values]} of the vector
+        metrics).
+    """
     sums, vectors, began = {}, {}, time.perf_counter()
-    bar = tqdm(range(first, last), desc=label, disable=not progress, leave=False,
+    bar = tqdm(range(first, first + count), desc=label, disable=not progress, leave=False,
                dynamic_ncols=True)
     for i in bar:
         metrics, finite = step(next(batches))
@@ -209,18 +221,18 @@ def _train_iterations(step: Callable, batches, run: Run, first: int, last: int, 
             if v.shape.rank:
                 vectors.setdefault(k, []).append(v.numpy())
         if not bool(finite):
-            raise DivergedError(
-                f"meta-loss became {values['loss']} at iteration {i + 1}; the run stopped "
-                f"without updating. Last good checkpoint: "
-                f"{run.manager.latest_checkpoint or 'none (diverged in the first epoch)'}. "
-                f"Try a lower train.meta_lr or adapt.lr.")
+            raise (diverged or _diverged)(i + 1, values["loss"])
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
         bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
     bar.close()
-    means = {k: v / (last - first) for k, v in sums.items()}
-    means["seconds_per_iteration"] = (time.perf_counter() - began) / (last - first)
+    means = {k: v / count for k, v in sums.items()}
+    means["seconds_per_iteration"] = (time.perf_counter() - began) / count
     return means, {k: np.concatenate(v) for k, v in vectors.items()}
+
+
+def _diverged(iteration: int, loss: float) -> Exception:
+    return DivergedError(f"meta-loss became {loss} at iteration {iteration}")
 
 
 class EpochEnd:

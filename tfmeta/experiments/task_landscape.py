@@ -275,9 +275,8 @@ def meta_train(source: TaskSource, dim: int, meta_gradient: Callable, alpha: flo
     step = training.make_meta_step(model, optimizer, meta_gradient,
                                    AdaptConfig(steps=1, lr=alpha / 2), check.meta_batch,
                                    "vectorized")
-    batches = iter(source.episodes("train", check.seed, check.meta_batch))
-    for _ in range(check.iterations):
-        step(next(batches))
+    training.fit(step, iter(source.episodes("train", check.seed, check.meta_batch)),
+                 check.iterations)
     return model
 
 
