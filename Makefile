@@ -21,11 +21,16 @@ demo: $(STAMP)
 	$(BIN)/tfmeta train --config sine-cpu --run-dir $$run && \
 	$(BIN)/tfmeta evaluate $$run --steps 10 --tasks 600
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -ra
+# Tests run on every core (pytest-xdist), a test file per worker so that its fixtures are built
+# once; the 25 slowest are listed at the end.
+TEST_ARGS := -n auto --dist loadfile -ra --durations=25
 
+test: $(STAMP)
+	$(BIN)/python -m pytest $(TEST_ARGS)
+
+# The tier without training or processes: the numerics against their independent truths.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -ra
+	$(BIN)/python -m pytest $(TEST_ARGS) -m "not slow and not trains"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/maml_tfmeta.py

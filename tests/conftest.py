@@ -36,3 +36,20 @@ def omniglot_copy(omniglot_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     for name in OMNIGLOT_ZIPS:
         shutil.copy(omniglot_dir / name, copy / name)
     return copy
+
+
+@pytest.fixture(scope="session")
+def tiny_omniglot_run(omniglot_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One epoch of ten omniglot_5w1s-cpu meta-iterations with 8 filters, shared by every test
+    that only reads it (export, serve)."""
+    from helpers import train_tiny
+    return train_tiny(tmp_path_factory.mktemp("omniglot") / "run", "omniglot_5w1s-cpu",
+                      f"data.omniglot.data_dir={omniglot_dir}", "model.filters=8",
+                      "train.meta_batch=2")
+
+
+@pytest.fixture(scope="session")
+def tiny_sine_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One epoch of ten sine meta-iterations, shared by every test that only reads it."""
+    from helpers import train_tiny
+    return train_tiny(tmp_path_factory.mktemp("sine") / "run", "sine")

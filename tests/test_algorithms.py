@@ -112,6 +112,7 @@ def test_nal_is_the_gradient_of_the_multitask_loss_without_adaptation():
 
 
 @pytest.mark.parametrize("algorithm", ["maml-reg", "gradient-agreement", "wormhole", "nal"])
+@pytest.mark.trains
 def test_each_algorithm_meta_trains_sine(tmp_path, algorithm):
     import json
 
@@ -201,6 +202,7 @@ def test_finetune_per_task_heads_differ_between_tasks_and_repeat_for_a_task():
     assert not np.allclose(heads["a"], other_seed.numpy())
 
 
+@pytest.mark.trains
 def test_finetune_evaluation_adapts_each_task_from_its_own_head(tmp_path, omniglot_copy):
     """The evaluator's per-task heads against a loop that builds each head and adapts by hand."""
     from tfmeta import config as config_lib, training
@@ -230,6 +232,7 @@ def test_finetune_evaluation_adapts_each_task_from_its_own_head(tmp_path, omnigl
     assert not np.allclose(shared.evaluator(2, 6)()["loss"], results["loss"])
 
 
+@pytest.mark.trains
 def test_finetune_trains_omniglot_supervised_and_adapts_a_new_head(tmp_path, omniglot_copy):
     import json
 

@@ -46,6 +46,7 @@ def trained(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.trains
 def test_train_writes_a_run(trained):
     assert yaml.safe_load((trained / "config.yaml").read_text())["run_dir"] == str(trained)
     checkpoints = trained / "checkpoints"
@@ -59,6 +60,7 @@ def test_train_writes_a_run(trained):
     assert record["meta_train/loss"] > 0 and record["meta_test/mse"] > 0
 
 
+@pytest.mark.trains
 def test_evaluate_prints_a_table(trained):
     result = invoke("evaluate", trained, "--tasks", 20, "--steps", 3)
     assert result.exit_code == 0, result.output
@@ -134,6 +136,7 @@ def test_evaluate_a_non_run(tmp_path):
                       re.escape(str(tmp_path)), "not a run directory")
 
 
+@pytest.mark.trains
 def test_train_into_an_existing_run(trained):
     before = (trained / "checkpoints" / "checkpoint").read_text()
     result = invoke("train", "--config", "sine", "--run-dir", trained, *TINY)
@@ -151,6 +154,7 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.trains
 def test_resume_continues_the_run(trained, tmp_path):
     run = copy_run(trained, tmp_path)
     result = invoke("train", "--resume", run, "--epochs", 2, "--no-progress")
@@ -169,6 +173,7 @@ def test_resume_continues_the_run(trained, tmp_path):
         assert records[1][key] == pytest.approx(unbroken[key], rel=1e-5)
 
 
+@pytest.mark.trains
 def test_divergence_keeps_the_last_good_checkpoint(trained, tmp_path):
     run = copy_run(trained, tmp_path)
     before = sorted(os.listdir(run / "checkpoints"))
@@ -181,6 +186,7 @@ def test_divergence_keeps_the_last_good_checkpoint(trained, tmp_path):
     assert len((run / "history.jsonl").read_text().splitlines()) == 1
 
 
+@pytest.mark.trains
 def test_divergence_keeps_the_run_config(trained, tmp_path):
     run = copy_run(trained, tmp_path)
     before = yaml.safe_load((run / "config.yaml").read_text())
@@ -190,6 +196,7 @@ def test_divergence_keeps_the_run_config(trained, tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text())["adapt"] == before["adapt"]
 
 
+@pytest.mark.trains
 def test_divergence_in_the_first_epoch(tmp_path):
     run = tmp_path / "run"
     result = invoke("train", "--run-dir", run, "--set", "adapt.lr=1e30", *TINY)
@@ -197,6 +204,7 @@ def test_divergence_in_the_first_epoch(tmp_path):
     assert not list(run.glob("checkpoints/ckpt-*"))
 
 
+@pytest.mark.trains
 def test_inner_lr_flag_in_exponent_notation(tmp_path):
     """--inner-lr 1e-5 reaches the config as 'adapt.lr=1e-05', which YAML 1.1 reads as a string."""
     run = tmp_path / "run"
@@ -215,6 +223,7 @@ def console_script() -> Path:
     return script
 
 
+@pytest.mark.trains
 def test_console_script_reports_a_user_error(tmp_path):
     missing = tmp_path / "nowhere"
     done = subprocess.run(
@@ -225,6 +234,7 @@ def test_console_script_reports_a_user_error(tmp_path):
     assert re.search(r"^error: .*" + re.escape(str(missing)), done.stderr, re.M)
 
 
+@pytest.mark.trains
 def test_a_healthy_command_starts_quietly_and_verbose_restores_the_logging(tmp_path):
     noise = re.compile(r"cuInit|absl::InitializeLog|cudart_stub|oneDNN")
     train = [console_script(), "train", "--config", "sine-cpu", "--epochs", "1", "--iterations",
@@ -277,6 +287,7 @@ def test_collective_abort_lines_are_held_and_dropped_for_a_lost_worker(capfd, mo
     assert "fd 2 is the terminal again" in capfd.readouterr().err
 
 
+@pytest.mark.trains
 def test_a_user_error_has_its_traceback_only_with_verbose(tmp_path):
     for flags, traceback in (([], False), (["--verbose"], True)):
         done = subprocess.run([console_script(), *flags, "train", "--config", "no-such-preset"],
@@ -286,12 +297,14 @@ def test_a_user_error_has_its_traceback_only_with_verbose(tmp_path):
         assert done.stderr.splitlines()[-1].startswith("error: "), done.stderr
 
 
+@pytest.mark.trains
 def test_console_script_version():
     done = subprocess.run([console_script(), "--version"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and re.search(r"\d+\.\d+", done.stdout)
 
 
+@pytest.mark.trains
 def test_norm_flag_trains_evaluates_and_exports(omniglot_dir, tmp_path):
     run = tmp_path / "run"
     result = invoke("train", "--config", "omniglot_5w1s-cpu", "--data-dir", omniglot_dir,
@@ -312,6 +325,7 @@ def test_norm_flag_trains_evaluates_and_exports(omniglot_dir, tmp_path):
                       "Invalid value for '--norm'")
 
 
+@pytest.mark.trains
 def test_auto_resume_starts_a_run_then_continues_it(tmp_path):
     run = tmp_path / "run"
     args = ["train", "--config", "sine", "--run-dir", run, "--auto-resume", "--iterations", 10,
@@ -326,6 +340,7 @@ def test_auto_resume_starts_a_run_then_continues_it(tmp_path):
     assert result.exit_code == 2 and "--auto-resume needs --run-dir" in result.output
 
 
+@pytest.mark.trains
 def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -344,6 +359,7 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path
     ["train", "--config", "no-such-preset"],
     ["train", "--auto-resume"],
 ])
+@pytest.mark.trains
 def test_help_and_config_errors_start_no_tensorflow(args):
     # In a fresh interpreter: this test process has TensorFlow already.
     code = ("import sys\nfrom click.testing import CliRunner\nfrom tfmeta_cli.main import cli\n"

@@ -235,6 +235,7 @@ def assert_user_error(result: subprocess.CompletedProcess, message: str) -> None
     assert len(errors) == 1 and message in errors[0], result.stderr
 
 
+@pytest.mark.trains
 def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path):
     env = {k: v for k, v in ENV.items() if k != "TF_CONFIG"}
     result = subprocess.run([sys.executable, "-m", "tfmeta_cli.main", "train", *SINE,
@@ -243,12 +244,14 @@ def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path):
     assert_user_error(result, "TF_CONFIG is not set")
 
 
+@pytest.mark.trains
 def test_malformed_tf_config_is_a_clear_error(tmp_path):
     result = cli(*SINE, "--strategy", "multi-worker", "--run-dir", tmp_path / "r",
                  env={"TF_CONFIG": cluster_of(index=5)})
     assert_user_error(result, "field 'task.index' is 5")
 
 
+@pytest.mark.trains
 def test_devices_that_do_not_exist_are_refused(tmp_path):
     result = cli(*SINE, "--strategy", "mirrored", "--devices", "/gpu:0,/gpu:1", "--run-dir",
                  tmp_path / "r")
@@ -258,6 +261,7 @@ def test_devices_that_do_not_exist_are_refused(tmp_path):
     assert_user_error(result, "'/tpu:0' is not a device")
 
 
+@pytest.mark.trains
 def test_a_meta_batch_that_does_not_divide_by_the_replicas_is_refused(tmp_path):
     result = cli("--config", "sine", "--meta-batch", 5, "--strategy", "mirrored", "--devices",
                  "/cpu:0,/cpu:1", "--run-dir", tmp_path / "r", "--no-progress")
@@ -306,6 +310,7 @@ def at_once(script: str, folder: Path, workers: int = 2) -> set:
     return {out.strip().splitlines()[-1] for out, _ in outputs}
 
 
+@pytest.mark.trains
 def test_two_workers_preparing_the_same_omniglot_cache_at_once(omniglot_copy):
     for cache in (omniglot_copy / ".tfmeta-cache").glob("*"):
         cache.unlink()
@@ -316,6 +321,7 @@ def test_two_workers_preparing_the_same_omniglot_cache_at_once(omniglot_copy):
     assert at_once(LOAD_OMNIGLOT, omniglot_copy) == digests  # read back from the cache
 
 
+@pytest.mark.trains
 def test_two_workers_preparing_the_same_miniimagenet_cache_at_once(tmp_path):
     from test_miniimagenet import write_csv_layout
     folder = write_csv_layout(tmp_path / "miniimagenet")

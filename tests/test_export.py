@@ -24,12 +24,8 @@ from tfmeta.run import Run
 from tfmeta.tasks.image_format import omniglot_format
 from tfmeta.tasks.omniglot_files import character_files, file_tasks
 
-
-@pytest.fixture(scope="module")
-def omniglot_run(omniglot_dir, tmp_path_factory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("omniglot") / "run", "omniglot_5w1s-cpu",
-                      f"data.omniglot.data_dir={omniglot_dir}", "model.filters=8",
-                      "train.meta_batch=2")
+# Every test here trains a model or starts a process: the `trains` tier.
+pytestmark = pytest.mark.trains
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +36,8 @@ def support_run(omniglot_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def omniglot_version(omniglot_run, tmp_path_factory) -> Path:
-    return export.export_run(omniglot_run, tmp_path_factory.mktemp("models") / "o")
+def omniglot_version(tiny_omniglot_run, tmp_path_factory) -> Path:
+    return export.export_run(tiny_omniglot_run, tmp_path_factory.mktemp("models") / "o")
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +55,6 @@ def omniglot_session(omniglot_version):
     model = SessionModel(omniglot_version)
     yield model
     model.close()
-
-
-@pytest.fixture(scope="module")
-def sine_run(tmp_path_factory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("sine") / "run", "sine")
 
 
 def episode_of(run_dir: Path):
@@ -117,14 +108,14 @@ def inputs_of(episode) -> dict:
             "query_x": episode.query_x.numpy()}
 
 
-def test_omniglot_export_matches_in_process_adaptation_in_a_fresh_process(omniglot_run,
+def test_omniglot_export_matches_in_process_adaptation_in_a_fresh_process(tiny_omniglot_run,
                                                                           tmp_path):
-    version = export.export_run(omniglot_run, tmp_path / "models" / "omniglot", steps=4)
+    version = export.export_run(tiny_omniglot_run, tmp_path / "models" / "omniglot", steps=4)
     assert version == tmp_path / "models" / "omniglot" / "1"
     assert (version / "saved_model.pb").is_file() and (version / "variables").is_dir()
     metadata = export.read_metadata(version)
     assert (metadata["ways"], metadata["example_shape"], metadata["steps"]) == (5, [28, 28, 1], 4)
-    run, episode = episode_of(omniglot_run)
+    run, episode = episode_of(tiny_omniglot_run)
     out = run_fresh(version, inputs_of(episode), tmp_path)
     expected = in_process(run, episode, 4)
     np.testing.assert_allclose(out["logits"], expected, atol=1e-5)
@@ -152,15 +143,15 @@ def test_omniglot_export_matches_in_process_adaptation_in_a_fresh_process(omnigl
     np.testing.assert_array_equal(again["plain_logits"], out["plain_logits"])
 
 
-def test_sine_export_any_sizes_and_next_version(sine_run, tmp_path):
+def test_sine_export_any_sizes_and_next_version(tiny_sine_run, tmp_path):
     models = tmp_path / "models" / "sine"
-    first = export.export_run(sine_run, models)
-    second = export.export_run(sine_run, models, steps=2)
+    first = export.export_run(tiny_sine_run, models)
+    second = export.export_run(tiny_sine_run, models, steps=2)
     assert (first.name, second.name) == ("1", "2")
     assert not [p for p in models.iterdir() if p.name.startswith(".")]
     with pytest.raises(ConfigError, match="exists"):
-        export.export_run(sine_run, models, version=2)
-    run, episode = episode_of(sine_run)
+        export.export_run(tiny_sine_run, models, version=2)
+    run, episode = episode_of(tiny_sine_run)
     loaded = tf.saved_model.load(str(second))
     for k, q in ((3, 7), (10, 1), (25, 40)):
         x = tf.random.stateless_uniform([k, 1], [k, q], -5, 5)
@@ -193,10 +184,10 @@ def test_sine_export_any_sizes_and_next_version(sine_run, tmp_path):
     (lambda r: r.update(support_y=np.full(5, 3, np.int32)),
      r"support_y holds one class only \(label 3 on all 5 support examples\)"),
 ])
-def test_bad_requests_fail_in_the_graph_with_a_named_input(omniglot_run, omniglot_export,
+def test_bad_requests_fail_in_the_graph_with_a_named_input(tiny_omniglot_run, omniglot_export,
                                                           omniglot_session, change, message):
     loaded = omniglot_export
-    _, episode = episode_of(omniglot_run)
+    _, episode = episode_of(tiny_omniglot_run)
     request = inputs_of(episode)
     change(request)
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
@@ -205,10 +196,10 @@ def test_bad_requests_fail_in_the_graph_with_a_named_input(omniglot_run, omniglo
         omniglot_session.run("adapt_predict", request)
 
 
-def test_saved_model_cli_runs_the_export(omniglot_run, omniglot_version, tmp_path):
+def test_saved_model_cli_runs_the_export(tiny_omniglot_run, omniglot_version, tmp_path):
     """The command a TF Serving user checks an export with, as the issue ran it."""
     version = omniglot_version
-    _, episode = episode_of(omniglot_run)
+    _, episode = episode_of(tiny_omniglot_run)
     for key, value in inputs_of(episode).items():
         np.save(tmp_path / f"{key}.npy", value)
     subprocess.run(["saved_model_cli", "run", "--dir", str(version), "--tag_set", "serve",
@@ -233,9 +224,9 @@ def one_at_a_time(signature, inputs: dict) -> np.ndarray:
 
 
 @pytest.mark.parametrize("trained, served", [("support", None), ("transductive", "support")])
-def test_support_norm_answers_a_query_alone_as_among_75(omniglot_run, support_run,
+def test_support_norm_answers_a_query_alone_as_among_75(tiny_omniglot_run, support_run,
                                                       support_version, tmp_path, trained, served):
-    run_dir = support_run if trained == "support" else omniglot_run
+    run_dir = support_run if trained == "support" else tiny_omniglot_run
     version = (support_version if trained == "support" else
                export.export_run(run_dir, tmp_path / "models" / "o", norm=served))
     metadata = export.read_metadata(version)
@@ -261,8 +252,8 @@ def test_support_norm_answers_a_query_alone_as_among_75(omniglot_run, support_ru
         np.testing.assert_allclose(alone["logits"], served[i:i + 1], rtol=0, atol=1e-6)
 
 
-def test_transductive_export_depends_on_the_other_queries(omniglot_export, omniglot_run):
-    _, episode = episode_of(omniglot_run)
+def test_transductive_export_depends_on_the_other_queries(omniglot_export, tiny_omniglot_run):
+    _, episode = episode_of(tiny_omniglot_run)
     inputs = inputs_of(episode)
     signature = omniglot_export.signatures["adapt_predict"]
     together = signature(**{k: tf.constant(v) for k, v in inputs.items()})["logits"].numpy()
@@ -389,10 +380,10 @@ def test_fewer_classes_adapt_and_predict_as_an_m_way_head(support_run, support_v
     (lambda r: r.update(query_images=[r["query_images"][0][:12] + b"tEXt" + r["query_images"][0][16:]]),
      "query_images holds a PNG file whose first chunk is not IHDR"),
 ])
-def test_bad_image_requests_fail_in_the_graph_with_a_named_input(omniglot_export, omniglot_run,
+def test_bad_image_requests_fail_in_the_graph_with_a_named_input(omniglot_export, tiny_omniglot_run,
                                                                  omniglot_session, change,
                                                                  message):
-    config = config_lib.load(str(omniglot_run / "config.yaml"))
+    config = config_lib.load(str(tiny_omniglot_run / "config.yaml"))
     task = file_tasks(config.data.omniglot, 5, 1, 2, count=1)[0]
     request = {"support_images": list(task.support_png), "support_y": task.support_y,
                "query_images": list(task.query_png)}
@@ -410,13 +401,13 @@ def test_bad_image_requests_fail_in_the_graph_with_a_named_input(omniglot_export
 
 
 def test_bombs_are_refused_before_decoding_in_both_loaders(omniglot_export, omniglot_session,
-                                                          omniglot_run):
+                                                          tiny_omniglot_run):
     """A 1.6 MB PNG that declares 20000 x 20000 RGBA would decode to 1.6 GB: refused from its
     header in TensorFlow's allocator peak of a few MB, and in the session loader within seconds
     and without the resident set growing by the decoded size."""
     import resource
     import time
-    config = config_lib.load(str(omniglot_run / "config.yaml"))
+    config = config_lib.load(str(tiny_omniglot_run / "config.yaml"))
     task = file_tasks(config.data.omniglot, 5, 1, 2, count=1)[0]
     request = {"support_images": np.array(task.support_png, object), "support_y": task.support_y,
                "query_images": np.array([png_bomb(), jpeg_bomb()], object)}
@@ -433,13 +424,13 @@ def test_bombs_are_refused_before_decoding_in_both_loaders(omniglot_export, omni
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 << 10  # kB
 
 
-def test_max_image_side_is_recorded_and_enforced(omniglot_run, sine_run, tmp_path):
-    version = export.export_run(omniglot_run, tmp_path / "models" / "o", max_image_side=104)
+def test_max_image_side_is_recorded_and_enforced(tiny_omniglot_run, tiny_sine_run, tmp_path):
+    version = export.export_run(tiny_omniglot_run, tmp_path / "models" / "o", max_image_side=104)
     metadata = export.read_metadata(version)
     assert metadata["max_image_side"] == 104
     for name in ("support_images", "query_images"):
         assert metadata["signatures"]["adapt_predict_images"]["inputs"][name]["max_side"] == 104
-    config = config_lib.load(str(omniglot_run / "config.yaml"))
+    config = config_lib.load(str(tiny_omniglot_run / "config.yaml"))
     task = file_tasks(config.data.omniglot, 5, 1, 1, count=1)[0]  # Omniglot's files: 105 x 105
     request = {"support_images": np.array(task.support_png, object), "support_y": task.support_y,
                "query_images": np.array(task.query_png, object)}
@@ -451,9 +442,9 @@ def test_max_image_side_is_recorded_and_enforced(omniglot_run, sine_run, tmp_pat
             model.run("adapt_predict_images", request)
     finally:
         model.close()
-    assert export.read_metadata(export.export_run(omniglot_run, tmp_path / "models" / "d"))[
+    assert export.read_metadata(export.export_run(tiny_omniglot_run, tmp_path / "models" / "d"))[
         "max_image_side"] == 2048
     with pytest.raises(ConfigError, match="positive number of pixels, got 0"):
-        export.export_run(omniglot_run, tmp_path / "models" / "z", max_image_side=0)
+        export.export_run(tiny_omniglot_run, tmp_path / "models" / "z", max_image_side=0)
     with pytest.raises(ConfigError, match="--max-image-side is for models of image files"):
-        export.export_run(sine_run, tmp_path / "models" / "s", max_image_side=64)
+        export.export_run(tiny_sine_run, tmp_path / "models" / "s", max_image_side=64)

@@ -131,6 +131,7 @@ def test_opt_in_hessian_metrics_are_reported(measured):
     assert len(layers) == 2 and values["hvps"] > 0 and values["seconds_per_hvp"] > 0
 
 
+@pytest.mark.trains
 def test_a_run_writes_one_hparams_session_also_when_resumed_and_analyzed(tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.plugins.hparams import metadata
@@ -164,6 +165,7 @@ def test_a_run_writes_one_hparams_session_also_when_resumed_and_analyzed(tmp_pat
             "norm"} <= set(values)
 
 
+@pytest.mark.trains
 def test_training_logs_the_landscape_every_epoch_and_analyze_recomputes_it(tmp_path):
     from tfmeta import analysis
     from tensorboard.backend.event_processing import event_accumulator

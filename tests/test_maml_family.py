@@ -164,6 +164,7 @@ def test_cosine_meta_lr_is_constant_within_an_epoch_and_ends_near_the_floor():
         assert values[10 * epoch:10 * epoch + 10] == pytest.approx([expected] * 10, rel=1e-6)
 
 
+@pytest.mark.trains
 def test_derivative_order_annealing_trains_first_order_then_second(tmp_path, monkeypatch):
     from tfmeta import training
     orders, made = [], training.make_meta_step
@@ -182,6 +183,7 @@ def test_derivative_order_annealing_trains_first_order_then_second(tmp_path, mon
     assert orders == [True] * 4 + [False] * 2
 
 
+@pytest.mark.trains
 def test_meta_sgd_trains_on_sine_and_its_export_adapts_with_the_learned_rates(tmp_path):
     from helpers import session_run
     from tfmeta import export

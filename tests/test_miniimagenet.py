@@ -225,6 +225,7 @@ def test_bad_csv_and_pickle_are_named(csv_copy, pickle_copy, tmp_path):
         miniimagenet.prepare(bad_pickle, tmp_path / "out", progress=False, log=lambda _: None)
 
 
+@pytest.mark.trains
 def test_train_evaluate_checkpoint_and_resume(pickle_copy, tmp_path):
     run = tmp_path / "run"
     common = ["--queries", 2, "--steps", 1, "--set", "adapt.test_steps=2", "--set",

@@ -104,6 +104,7 @@ def test_recompute_keeps_the_meta_step_memory_flat_in_the_inner_steps():
     assert recomputed[1] < stored[1] / 2
 
 
+@pytest.mark.trains
 def test_a_run_trains_with_recompute(tmp_path):
     run_dir = train_tiny(tmp_path, "sine-cpu", "adapt.recompute=true", "adapt.steps=2")
     last = json.loads((run_dir / "history.jsonl").read_text().splitlines()[-1])

@@ -21,11 +21,13 @@ import tensorflow as tf
 import yaml
 from bombs import jpeg_bomb, png_bomb
 
-from helpers import train_tiny
 from tfmeta import config as config_lib, export
 from tfmeta.ports import free_ports
 from tfmeta.run import Run
 from tfmeta_serving.client import GrpcClient, RestClient, ServingClientError
+
+# Every test here trains a model or starts a process: the `trains` tier.
+pytestmark = pytest.mark.trains
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SERVING = Path(__file__).resolve().parents[1] / "serving"
@@ -78,12 +80,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def omniglot_models(omniglot_dir, tmp_path_factory) -> Path:
-    run = train_tiny(tmp_path_factory.mktemp("omniglot") / "run", "omniglot_5w1s-cpu",
-                     f"data.omniglot.data_dir={omniglot_dir}", "model.filters=8",
-                     "train.meta_batch=2")
+def omniglot_models(tiny_omniglot_run, tmp_path_factory) -> Path:
     models = tmp_path_factory.mktemp("models") / "omniglot"
-    export.export_run(run, models)
+    export.export_run(tiny_omniglot_run, models)
     return models
 
 
@@ -263,9 +262,8 @@ def test_a_new_version_is_served_without_a_restart(omniglot_models, request_inpu
         server.stop()
 
 
-def test_the_readme_requests_work_against_the_embedded_server(tmp_path):
-    run = train_tiny(tmp_path / "run", "sine")
-    export.export_run(run, tmp_path / "models" / "sine")
+def test_the_readme_requests_work_against_the_embedded_server(tiny_sine_run, tmp_path):
+    export.export_run(tiny_sine_run, tmp_path / "models" / "sine")
     server = Server(tmp_path / "models" / "sine", tmp_path / "server.log")
     try:
         block = README.read_text().split("<!-- serving-example -->")[1].split("```sh\n")[1]

@@ -125,6 +125,7 @@ def test_gain_where_the_paper_says_hard_tasks_packed_far_from_the_easy_ones():
     assert all(r["gain"] >= -1e-12 for r in tl.sweep(tl.TaskLandscapeConfig()))
 
 
+@pytest.mark.trains
 def test_meta_trained_tfmeta_models_reach_the_closed_forms():
     # Mostly hard tasks and small spreads: w_NAL is far from 0 and the task-sampling noise small,
     # so 40,000 training tasks pin both solutions to about 1%.
@@ -140,6 +141,7 @@ def test_meta_trained_tfmeta_models_reach_the_closed_forms():
     assert abs(row["gain_measured"] - row["gain"]) < 2 * row["gain_ci95"]
 
 
+@pytest.mark.trains
 def test_quick_run_writes_the_tables_and_the_figure(tmp_path):
     check = tl.CheckConfig(shots=20, queries=20, meta_batch=10, iterations=20, eval_tasks=50,
                            eval_batch=50)

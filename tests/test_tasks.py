@@ -403,7 +403,7 @@ def test_train_drawings_keeps_the_first_drawings_of_meta_train_characters_only(m
     np.testing.assert_array_equal(pools["test"].images, images[test].reshape(-1, 2, 2, 1))
     assert list(pools["test"].counts) == [20] * 4                  # meta-test keeps all 20
     for bad in (0, 21):
-        with pytest.raises(ConfigError, match="train_drawings must be between 1 and 20"):
+        with pytest.raises(ConfigError, match="train_drawings' must be between 1 and 20"):
             omniglot_split.omniglot_pools(OmniglotConfig(data_dir="x", split="character",
                                                          holdout=4, train_drawings=bad))
 

@@ -10,6 +10,9 @@ from tfmeta import config as config_lib, training
 from tfmeta.errors import DivergedError
 from tfmeta.run import Run, evaluate_run
 
+# Every test here trains a model or starts a process: the `trains` tier.
+pytestmark = pytest.mark.trains
+
 
 def sine_config(run_dir, *overrides):
     return config_lib.load("sine", [f"run_dir={run_dir}", "train.iterations=100",

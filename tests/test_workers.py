@@ -6,6 +6,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+# Every test here trains a model or starts a process: the `trains` tier.
+pytestmark = pytest.mark.trains
+
 PARENT = (
     "import multiprocessing, os, sys, time\n"
     "from tfmeta import workers\n"
