@@ -94,6 +94,7 @@ def tensor_peak_bytes(steps: int, recompute: bool) -> int:
     return tf.config.experimental.get_memory_info("CPU:0")["peak"]
 
 
+@pytest.mark.trains
 def test_recompute_keeps_the_meta_step_memory_flat_in_the_inner_steps():
     """Stored steps keep every step's activations until the backward pass; recomputed ones keep
     the parameter trajectory (here 0.5 MB a step) and one step's activations."""
