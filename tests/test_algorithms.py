@@ -189,7 +189,7 @@ def test_finetune_per_task_heads_differ_between_tasks_and_repeat_for_a_task():
     for name, support in {"a": (x, y), "again": (x.copy(), y.copy()), "labels": (x, y[::-1]),
                           "pixel": (np.where(np.arange(x.size).reshape(x.shape) == 7, 0.5, x), y)
                           }.items():
-        out = finetune.task_head(params, support, target.num_feature_params, seed=3)
+        out = finetune.task_head(target, params, support, seed=3)
         for p, q in zip(out[:-2], params[:-2]):
             np.testing.assert_array_equal(p.numpy(), q.numpy())      # features kept
         kernel, bias = out[-2].numpy(), out[-1].numpy()
@@ -198,7 +198,7 @@ def test_finetune_per_task_heads_differ_between_tasks_and_repeat_for_a_task():
         heads[name] = kernel
     np.testing.assert_array_equal(heads["a"], heads["again"])
     assert not np.allclose(heads["a"], heads["labels"]) and not np.allclose(heads["a"], heads["pixel"])
-    other_seed = finetune.task_head(params, (x, y), target.num_feature_params, seed=4)[-2]
+    other_seed = finetune.task_head(target, params, (x, y), seed=4)[-2]
     assert not np.allclose(heads["a"], other_seed.numpy())
 
 
@@ -225,7 +225,7 @@ def test_finetune_evaluation_adapts_each_task_from_its_own_head(tmp_path, omnigl
                 for batch in run.source.episodes(run.source.eval_split, config.train.seed, 3,
                                                  count=6) for i in range(3)]
     for i, episode in enumerate(episodes):
-        start = finetune.task_head(base, episode.support, run.eval_model.num_feature_params, 0)
+        start = finetune.task_head(run.eval_model, base, episode.support, 0)
         adapted, _ = adapt(run.eval_model, start, episode.support, run.config.adapt, steps=2)
         expected = query_metrics(run.eval_model, adapted, episode)["loss"].numpy()
         assert results["loss"][i, 2] == pytest.approx(float(expected), rel=1e-5)

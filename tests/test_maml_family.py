@@ -294,3 +294,21 @@ def test_every_algorithm_name_has_a_registry_entry():
     # The MAML family shares MAML's meta-step and its MAML++ HParams.
     for name in MAML_FAMILY:
         assert algorithms.get(name).meta_gradient is algorithms.get("maml").meta_gradient
+
+
+@pytest.mark.parametrize("gains, learned_lr", [(False, ""), (True, ""), (False, "element"),
+                                               (True, "layer_step")])
+def test_parts_name_each_role_of_the_parameter_list(gains, learned_lr):
+    model = models.mlp((8, 8), inputs=1, outputs=1, gains=gains,
+                       inner=InnerLoop(learned_lr=learned_lr, steps=2))
+    variables = model.trainable_variables
+    named = models.parts(model, variables)
+    assert [v.name for v in named.features] == [v.name for v in model.features.trainable_variables]
+    assert [v.name for v in named.head] == [v.name for v in model.head.trainable_variables]
+    assert (named.gains is None) == (not gains)
+    if gains:
+        assert named.gains is model.gains.scales
+    assert len(named.rates) == (len(model.inner_indices) if learned_lr else 0)
+    # The roles, in order, are the whole list: features, head, gains, rates.
+    joined = named.features + named.head + ([named.gains] if gains else []) + named.rates
+    assert [id(v) for v in joined] == [id(v) for v in variables]

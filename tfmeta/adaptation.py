@@ -27,7 +27,7 @@ import tensorflow as tf
 from tfmeta import tree
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.losses import classes_loss, task_loss
-from tfmeta.models import MetaModel, features, head, params_of
+from tfmeta.models import MetaModel, features, head, params_of, parts
 
 
 class Start:
@@ -71,7 +71,7 @@ def learning_rates(model: MetaModel, params: Sequence[tf.Tensor], config: AdaptC
     that the meta-gradient reaches them: tensors shaped like their parameters (Meta-SGD), or
     scalars (LSLR; a step beyond the learned ones uses the last)."""
     if model.rates is not None:
-        learned = list(params[len(params) - model.num_rates:])
+        learned = parts(model, params).rates
         if model.inner.learned_lr == "layer_step":
             return [rates[tf.minimum(step, model.inner.steps - 1)] for rates in learned]
         return learned

@@ -18,7 +18,7 @@ loss and every landscape metric are the same computation in both.
 
 import dataclasses
 import functools
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -173,6 +173,31 @@ class Gains(keras.layers.Layer):
         self.built = True
 
 
+class Parts(NamedTuple):
+    """A parameter list (in `model.trainable_variables`' order) by role.
+
+    Attributes:
+        features: the feature network's tensors.
+        head: the head's kernel and bias.
+        gains: Wormhole's gains [len(features) + len(head)], or None.
+        rates: the learned inner rates, one per adapted tensor ([] when the rates are fixed).
+    """
+    features: list
+    head: list
+    gains: Optional[tf.Tensor]
+    rates: list
+
+
+def parts(model: MetaModel, params: Sequence[tf.Tensor]) -> Parts:
+    """`params` (matching `model.trainable_variables`) by role; the list itself stays the one
+    representation every function takes, so that a tape or an optimizer sees plain tensors."""
+    params = list(params)
+    first, gated = model.num_feature_params, model.num_gated
+    return Parts(params[:first], params[first:gated],
+                 params[gated] if model.gains is not None else None,
+                 params[len(params) - model.num_rates:] if model.num_rates else [])
+
+
 def effective(model: MetaModel, params: Sequence[tf.Tensor]) -> list:
     """The weights the network computes with: s_k * W_k for a model with gains, else `params`.
 
@@ -182,9 +207,9 @@ def effective(model: MetaModel, params: Sequence[tf.Tensor]) -> list:
     params = list(params)
     if model.gains is None:
         return params
-    k = model.num_gated
-    scales = params[k]
-    return [scales[i] * w for i, w in enumerate(params[:k])] + params[k:]
+    named = parts(model, params)
+    gated = named.features + named.head
+    return [named.gains[i] * w for i, w in enumerate(gated)] + params[len(gated):]
 
 
 def apply(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor,
@@ -209,8 +234,7 @@ def apply(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor,
 
 def head(model: MetaModel, params: Sequence[tf.Tensor], h: tf.Tensor) -> tf.Tensor:
     """The head alone on representations h [B, D] (a model without gains): outputs [B, outputs]."""
-    outputs, _ = model.head.stateless_call(
-        list(params[model.num_feature_params:model.num_gated]), [], h, training=True)
+    outputs, _ = model.head.stateless_call(parts(model, params).head, [], h, training=True)
     return outputs
 
 

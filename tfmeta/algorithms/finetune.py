@@ -18,7 +18,7 @@ from tfmeta import adaptation
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.algorithms import FinetuneConfig
 from tfmeta.losses import task_metrics
-from tfmeta.models import MetaModel, params_of
+from tfmeta.models import MetaModel, params_of, parts
 
 
 def meta_gradient(model: MetaModel, params: Sequence[tf.Tensor], batch: tuple,
@@ -62,20 +62,20 @@ def fingerprint(support: tuple) -> tf.Tensor:
     return weigh(bits) + 1_000_003 * weigh(labels)
 
 
-def task_head(params: Sequence[tf.Tensor], support: tuple, num_feature_params: int,
+def task_head(model: MetaModel, params: Sequence[tf.Tensor], support: tuple,
               seed: int) -> list:
     """`params` with the head replaced by this task's own fresh Xavier head, seeded by
     (seed, fingerprint(support))."""
-    features = list(params[:num_feature_params])
-    head = [tuple(p.shape) for p in params[num_feature_params:]]
+    named = parts(model, params)
+    features, head = named.features, [tuple(p.shape) for p in named.head]
     key = tf.stack([tf.constant(seed, tf.int64), fingerprint(support)])
     return features + xavier_head(head, features[0].dtype, key)
 
 
 def transfer(trained: MetaModel, target: MetaModel, seed: int) -> list:
     """Parameters for `target` (N-way head): `trained`'s feature weights and a fresh Xavier head."""
-    features = params_of(trained)[:trained.num_feature_params]
-    head = [tuple(v.shape) for v in target.trainable_variables[target.num_feature_params:]]
+    features = parts(trained, params_of(trained)).features
+    head = [tuple(v.shape) for v in parts(target, target.trainable_variables).head]
     return features + xavier_head(head, features[0].dtype, [seed, 0])
 
 
@@ -93,7 +93,7 @@ class Start(adaptation.Start):
     def task(self, params: list, support: tuple) -> list:
         if self.options.head == "shared":
             return params
-        return task_head(params, support, self.model.num_feature_params, self.options.head_seed)
+        return task_head(self.model, params, support, self.options.head_seed)
 
 
 def networks(config, source, build) -> tuple:
