@@ -211,7 +211,8 @@ class Landscape:
         # theta, where every task adapts from (the finetune baseline's has a fresh head).
         start = start or Start(model)
         steps = adapt_config.eval_steps
-        split = source.eval_split
+        # The split the tasks come from: val where there is one, else test.
+        self.split = split = source.eval_split
         self.batches = source.episodes(split, config.seed, config.batch,
                                        count=max(config.flatness_tasks, config.coherence_tasks))
         # M when the tasks use the head's first M classes only (`data.test_ways`), else None.
