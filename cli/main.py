@@ -156,11 +156,11 @@ def train(config_path, sets, resume_dir, auto_resume, no_progress, first_order, 
 @user_errors
 def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr, norm, episodes):
     """Adapt a trained run to held-out tasks; print query metrics after 0, 1, 5, 10, ... steps."""
-    from tfmeta import run as run_lib, rundir
-
     if tasks < 1 or (steps is not None and steps < 0) or (inner_lr is not None and inner_lr <= 0):
         raise click.BadParameter("--tasks must be >= 1, --steps >= 0 and --inner-lr > 0")
     start_tensorflow()
+    from tfmeta import run as run_lib, rundir
+
     result = run_lib.evaluate_run(Path(run_dir), steps, tasks, split, checkpoint, inner_lr, norm,
                                   episodes)
     click.echo(format_table(result))
@@ -405,12 +405,12 @@ def landscape_claims(out_dir, quick, pilot, only, seeds, jobs, data_dir):
     """Test the claims of Guiroy et al. (2019) and their regularizer: a pilot chooses a
     meta-overfitting regime, the settings are trained with the landscape at every epoch, and
     claims.md gives a verdict per claim (about 3 hours on 2 CPU cores)."""
-    from tfmeta.experiments import landscape_claims as lc
-    from tfmeta.experiments.landscape_claims import plan
-
     if pilot and only:
         raise click.UsageError("--pilot is --only pilot; pass one of them")
     start_tensorflow()
+    from tfmeta.experiments import landscape_claims as lc
+    from tfmeta.experiments.landscape_claims import plan
+
     parts = plan.parse_parts("pilot" if pilot else only) if (pilot or only) else plan.PARTS
     given = {k: v for k, v in dict(seeds=seeds, jobs=jobs).items() if v is not None}
     config = dataclasses.replace(lc.ClaimsConfig(data_dir=data_dir or plan.default_data_dir()),

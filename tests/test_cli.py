@@ -240,7 +240,9 @@ def test_a_healthy_command_starts_quietly_and_verbose_restores_the_logging(tmp_p
     train = [console_script(), "train", "--config", "sine-cpu", "--epochs", "1", "--iterations",
              "2", "--set", "train.eval_tasks=5", "--landscape-every", "0", "--no-progress"]
     env = {k: v for k, v in os.environ.items() if k not in ("TFMETA_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
-    for args in (train[:2] + ["--help"], train + ["--run-dir", "quiet"]):
+    # Every command that starts TensorFlow starts it quietly: train, then evaluate on its run.
+    evaluate = [console_script(), "evaluate", "quiet", "--tasks", "5", "--steps", "1"]
+    for args in (train[:2] + ["--help"], train + ["--run-dir", "quiet"], evaluate):
         done = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path,
                               env=env)
         assert done.returncode == 0, done.stderr[-2000:]
