@@ -360,6 +360,7 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path
     ["train", "--dataset", "omniglot", "--set", "data.omniglot.augment.per=x"],
     ["train", "--config", "no-such-preset"],
     ["train", "--auto-resume"],
+    ["train", "--dataset", "linear", "--set", "data.linear.hard_fraction=2"],
 ])
 @pytest.mark.trains
 def test_help_and_config_errors_start_no_tensorflow(args):

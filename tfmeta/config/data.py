@@ -149,6 +149,16 @@ class LinearTasksConfig:
     spread_hard: float = 0.5
     noise: float = 0.1
 
+    def check(self, key: str = "data.linear") -> None:
+        for field in ("dim", "rho_easy", "rho_hard"):
+            value = getattr(self, field)
+            expect(value > 0, f"{key}.{field}", "positive", value)
+        for field in ("centre_distance", "spread_easy", "spread_hard", "noise"):
+            value = getattr(self, field)
+            expect(value >= 0, f"{key}.{field}", "non-negative", value)
+        expect(0 <= self.hard_fraction <= 1, f"{key}.hard_fraction", "a probability in [0, 1]",
+               self.hard_fraction)
+
 
 @dataclasses.dataclass
 class DataConfig:
@@ -188,6 +198,8 @@ class DataConfig:
         self.sine.check(f"{key}.sine")
         if self.dataset == "omniglot":
             self.omniglot.check(f"{key}.omniglot")
+        if self.dataset == "linear":
+            self.linear.check(f"{key}.linear")
 
     def split_ways(self, split: str) -> int:
         """N of the split's episodes: `ways` in meta-training, `test_ways` (when set) elsewhere."""

@@ -113,17 +113,18 @@ QUICK_EVAL_TASKS = 2000
 
 def validate(config: TaskLandscapeConfig) -> None:
     """Raises ConfigError naming the first field out of its range."""
-    t, c = config.tasks, config.check
-    positive = {"tasks.dim": t.dim, "tasks.rho_easy": t.rho_easy, "tasks.rho_hard": t.rho_hard,
-                "alpha": config.alpha, "check.shots": c.shots, "check.queries": c.queries,
+    c = config.check
+    try:
+        config.tasks.check("tasks")
+    except ConfigError as error:
+        raise ConfigError(f"task landscape: {error}") from None
+    positive = {"alpha": config.alpha, "check.shots": c.shots, "check.queries": c.queries,
                 "check.meta_batch": c.meta_batch, "check.iterations": c.iterations,
                 "check.meta_lr": c.meta_lr, "check.eval_tasks": c.eval_tasks,
                 "check.eval_batch": c.eval_batch,
                 **{f"ratios[{i}]": r for i, r in enumerate(config.ratios)},
                 **{f"check.ratios[{i}]": r for i, r in enumerate(c.ratios)}}
-    non_negative = {"tasks.centre_distance": t.centre_distance, "tasks.spread_easy": t.spread_easy,
-                    "tasks.spread_hard": t.spread_hard, "tasks.noise": t.noise,
-                    **{f"spreads[{i}]": s for i, s in enumerate(config.spreads)},
+    non_negative = {**{f"spreads[{i}]": s for i, s in enumerate(config.spreads)},
                     **{f"distances[{i}]": d for i, d in enumerate(config.distances)}}
     for name, value in positive.items():
         if not value > 0:
@@ -131,9 +132,6 @@ def validate(config: TaskLandscapeConfig) -> None:
     for name, value in non_negative.items():
         if not value >= 0:
             raise ConfigError(f"task landscape: {name} = {value}; expected a number >= 0")
-    if not 0 <= t.hard_fraction <= 1:
-        raise ConfigError(f"task landscape: tasks.hard_fraction = {t.hard_fraction}; expected a "
-                          f"probability in [0, 1]")
     if not config.ratios or not config.spreads:
         raise ConfigError("task landscape: ratios and spreads need at least one value each")
 
