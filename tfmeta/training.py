@@ -171,11 +171,9 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
             first, last = max(start, epoch * iterations), (epoch + 1) * iterations
             means, vectors = fit(
                 step_of(epoch), batches, last - first, first, f"epoch {epoch + 1}/{epochs}",
-                progress and chief, lambda i, loss: DivergedError(
-                    f"meta-loss became {loss} at iteration {i}; the run stopped without "
-                    f"updating. Last good checkpoint: "
-                    f"{run.manager.latest_checkpoint or 'none (diverged in the first epoch)'}. "
-                    f"Try a lower train.meta_lr or adapt.lr."))
+                progress and chief, "; the run stopped without updating. Last good checkpoint: "
+                f"{run.manager.latest_checkpoint or 'none (diverged in the first epoch)'}. Try "
+                "a lower train.meta_lr or adapt.lr.")
             run.iteration.assign(last)
             record = epoch_end(epoch + 1, last, means, vectors)
             run.save(epoch + 1, chief)
@@ -201,11 +199,10 @@ def _starting_iteration(run: Run, resume: bool, log: Callable[[str], None]) -> i
 
 
 def fit(step: Callable, batches, count: int, first: int = 0, label: str = "",
-        progress: bool = False, diverged: Optional[Callable[[int, float], Exception]] = None
-        ) -> tuple:
+        progress: bool = False, remedy: str = "") -> tuple:
     """Runs `count` meta-steps `step(next(batches))` (`make_meta_step`'s), numbered from
-    `first`; a step whose meta-loss is not finite raises `diverged(iteration, loss)` (default: a
-    DivergedError).
+    `first`; a step whose meta-loss is not finite raises DivergedError, its message ending with
+    `remedy`.
 
     Returns:
         (means of the scalar metrics, with seconds_per_iteration; {name: [values]} of the vector
@@ -221,7 +218,7 @@ def fit(step: Callable, batches, count: int, first: int = 0, label: str = "",
             if v.shape.rank:
                 vectors.setdefault(k, []).append(v.numpy())
         if not bool(finite):
-            raise (diverged or _diverged)(i + 1, values["loss"])
+            raise DivergedError(f"meta-loss became {values['loss']} at iteration {i + 1}{remedy}")
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
         bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
@@ -229,10 +226,6 @@ def fit(step: Callable, batches, count: int, first: int = 0, label: str = "",
     means = {k: v / count for k, v in sums.items()}
     means["seconds_per_iteration"] = (time.perf_counter() - began) / count
     return means, {k: np.concatenate(v) for k, v in vectors.items()}
-
-
-def _diverged(iteration: int, loss: float) -> Exception:
-    return DivergedError(f"meta-loss became {loss} at iteration {iteration}")
 
 
 class EpochEnd:
