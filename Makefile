@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast test-slow test-all bench install clean
 
 install: $(STAMP)
 
@@ -25,12 +25,20 @@ demo: $(STAMP)
 # once; the 25 slowest are listed at the end.
 TEST_ARGS := -n auto --dist loadfile -ra --durations=25
 
+# Three tiers. test-fast: the numerics against their independent truths, without training or
+# processes. test: adds the tests that train tiny models or start processes. test-slow: the
+# end-to-end runs on real data (minutes each). test-all and .ci/run: every tier.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(TEST_ARGS)
+	$(BIN)/python -m pytest $(TEST_ARGS) -m "not slow"
 
-# The tier without training or processes: the numerics against their independent truths.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest $(TEST_ARGS) -m "not slow and not trains"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest $(TEST_ARGS) -m slow
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest $(TEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/maml_tfmeta.py

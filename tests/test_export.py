@@ -244,12 +244,13 @@ def test_support_norm_answers_a_query_alone_as_among_75(tiny_omniglot_run, suppo
     np.testing.assert_allclose(together, in_process(run, episode, run.config.adapt.eval_steps),
                                atol=1e-5)
     # The same in TF Serving's loader, which rounds a little differently (within 1e-5).
-    served = session_run(version, "adapt_predict", inputs)["logits"]
+    session = SessionModel(version)
+    served = session.run("adapt_predict", inputs)["logits"]
     np.testing.assert_allclose(served, together, atol=1e-5)
     for i in (0, 37, 74):
-        alone = session_run(version, "adapt_predict", {**inputs,
-                                                       "query_x": inputs["query_x"][i:i + 1]})
+        alone = session.run("adapt_predict", {**inputs, "query_x": inputs["query_x"][i:i + 1]})
         np.testing.assert_allclose(alone["logits"], served[i:i + 1], rtol=0, atol=1e-6)
+    session.close()
 
 
 def test_transductive_export_depends_on_the_other_queries(omniglot_export, tiny_omniglot_run):
@@ -312,6 +313,7 @@ def test_within_alphabet_png_tasks_one_query_per_request_score_as_evaluation(sup
     for (alphabet, _), (path, names) in character_files(omniglot).items():
         with zipfile.ZipFile(path) as archive:
             alphabet_of.update({archive.read(name): alphabet for name in names})
+    session = SessionModel(support_version)
     for task in tasks:
         assert len({alphabet_of[png] for png in task.support_png + task.query_png}) == 1
         support_x = tf.constant(float_images(task.support_png))
@@ -322,10 +324,11 @@ def test_within_alphabet_png_tasks_one_query_per_request_score_as_evaluation(sup
         evaluated = query_outputs(run.eval_model, adapted, support_x,
                                   tf.constant(float_images(task.query_png))).numpy()
         for i, query in enumerate(task.query_png):
-            served = session_run(support_version, "adapt_predict_images", {
+            served = session.run("adapt_predict_images", {
                 "support_images": np.array(task.support_png, object),
                 "support_y": task.support_y, "query_images": np.array([query], object)})
             np.testing.assert_allclose(served["logits"], evaluated[i:i + 1], atol=1e-4)
+    session.close()
 
 
 @pytest.mark.parametrize("ways", [2, 3])

@@ -16,12 +16,14 @@ def test_omniglot_5way_1shot_learns(omniglot_dir, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     subprocess.run([*tfmeta, "train", "--config", "omniglot_5w1s-cpu", "--data-dir",
                     str(omniglot_dir), "--run-dir", str(run_dir), "--epochs", "3",
-                    "--set", "train.eval_tasks=100", "--set", "landscape.flatness_tasks=10",
-                    "--set", "landscape.coherence_tasks=100", "--no-progress"],
+                    "--set", "model.filters=32", "--set", "train.meta_batch=4",
+                    "--set", "train.eval_tasks=100", "--set", "landscape.flatness_tasks=5",
+                    "--set", "landscape.coherence_tasks=50", "--no-progress"],
                    check=True, env=env)
     records = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
     accuracy = [r["meta_test/accuracy"] for r in records]
-    # Chance is 0.2. After 300 meta-iterations MAML reaches about 0.6 on the held-out alphabets.
+    # Chance is 0.2. After 300 meta-iterations of 4 tasks, 32 filters, MAML reaches about 0.59
+    # on the held-out alphabets (0.50 after the first 100).
     assert accuracy[-1] > accuracy[0] and accuracy[-1] > 0.5, accuracy
     for metric in ("flatness", "trajectory_coherence", "gradient_coherence",
                    "representation_coherence"):
