@@ -12,7 +12,7 @@ LAYERS = [
     ["tasks"],
     ["algorithms"],
     ["evaluation", "landscape", "verdicts", "report"],
-    ["run", "training", "records", "summaries", "analysis", "export", "quiet", "workers"],
+    ["run", "training", "records", "summaries", "analysis", "export", "quiet", "workers", "keras"],
     ["experiments"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

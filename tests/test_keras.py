@@ -1,0 +1,93 @@
+"""The Keras face (`tfmeta.keras.MetaLearner`) against the command line's own meta-step: the same
+weights after the same episodes, for every episodic algorithm, and with several steps per
+compiled call."""
+
+import keras
+import numpy as np
+import pytest
+
+from tfmeta import algorithms, config as config_lib, evaluation, tasks
+from tfmeta.errors import ConfigError
+from tfmeta.keras import MetaLearner
+from tfmeta.run import Run
+from tfmeta.training import RunSteps
+
+EPISODIC = [name for name, a in algorithms.REGISTRY.items() if not a.supervised]
+OPTIONS = {"maml-reg": ["algorithms.maml_reg.gamma=0.05"]}
+
+
+def sine_config(algorithm: str, *overrides: str):
+    return config_lib.load("sine", [f"algorithm={algorithm}", "train.meta_batch=4",
+                                    "adapt.steps=2", *OPTIONS.get(algorithm, []), *overrides])
+
+
+def learner_and_run(config, tmp_path):
+    source = tasks.build(config.data, config.model.dtype)
+    learner = MetaLearner.from_config(config, source)
+    learner.compile(optimizer=keras.optimizers.Adam(config.train.meta_lr))
+    return learner, Run(config, tmp_path), source
+
+
+def largest_difference(a: keras.Model, b: keras.Model) -> float:
+    return max(float(np.abs(x.numpy() - y.numpy()).max())
+               for x, y in zip(a.trainable_variables, b.trainable_variables, strict=True))
+
+
+@pytest.mark.parametrize("algorithm", EPISODIC)
+def test_fit_takes_the_command_lines_meta_steps(algorithm, tmp_path):
+    """Two meta-steps through `fit` and through `training.RunSteps` from the same seed."""
+    config = sine_config(algorithm)
+    learner, run, source = learner_and_run(config, tmp_path)
+    assert largest_difference(learner.net, run.model) == 0.0    # the same initial weights
+    batches = source.episodes("train", 0, 4).take(2)
+    learner.fit(batches, epochs=1, verbose=0)
+    step = RunSteps(run)(0)
+    for batch in batches:
+        step(batch)
+    assert largest_difference(learner.net, run.model) < 1e-6, algorithm
+
+
+def test_steps_per_execution_gives_the_weights_of_single_steps(tmp_path):
+    config = sine_config("maml")
+    weights = []
+    for k in (1, 3):
+        learner, _, source = learner_and_run(config, tmp_path / str(k))
+        learner.compile(optimizer=keras.optimizers.Adam(config.train.meta_lr),
+                        steps_per_execution=k)
+        history = learner.fit(source.episodes("train", 0, 4).take(6), epochs=1, verbose=0)
+        weights.append([v.numpy() for v in learner.net.trainable_variables])
+        assert np.isfinite(history.history["loss"][0])
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_evaluate_scores_as_tfmeta_evaluates_and_fit_lowers_it(tmp_path):
+    """`evaluate` against `evaluation.make_evaluator` on the same 100 held-out tasks: the mean
+    query MSE after the test steps; and 1,000 meta-steps, 50 per compiled call, lower it."""
+    config = sine_config("maml")
+    learner, _, source = learner_and_run(config, tmp_path)
+    steps = config.adapt.eval_steps
+
+    def both() -> tuple:
+        keras_face = learner.evaluate(source.episodes("test", 1, 10, count=100), verbose=0,
+                                      return_dict=True)["loss"]
+        own = evaluation.make_evaluator(learner.net, source, config.adapt, steps, 100, 1, 10)()
+        return keras_face, float(own["mse"][:, steps].mean())
+
+    before, truth = both()
+    assert before == pytest.approx(truth, rel=1e-5)
+    learner.compile(optimizer=keras.optimizers.Adam(config.train.meta_lr), steps_per_execution=50)
+    learner.fit(source.episodes("train", 0, 4).take(1000), epochs=1, verbose=0)
+    after, truth = both()
+    assert after == pytest.approx(truth, rel=1e-5)
+    assert after < 0.5 * before, (before, after)
+
+
+def test_finetune_and_unknown_settings_are_refused():
+    config = sine_config("maml")
+    source = tasks.build(config.data, config.model.dtype)
+    model = MetaLearner.from_config(config, source).net
+    with pytest.raises(ConfigError, match="algorithm must be one of maml, anil.*got 'finetune'"):
+        MetaLearner(model, "finetune")
+    with pytest.raises(ConfigError, match="mapping must be one of loop, map, vectorized"):
+        MetaLearner(model, mapping="vmap")

@@ -1,0 +1,118 @@
+"""A Keras face: meta-learning through `compile`, `fit` and `evaluate`.
+
+`MetaLearner` wraps a `MetaModel` in a `keras.Model` whose `train_step` is one meta-step of a
+tfmeta algorithm (the same `meta_gradient` the command line's loop calls, through the same
+`adaptation.adapt`) and whose `test_step` adapts to each episode's support set and scores its
+queries. It takes a `tf.data` dataset of meta-batches of episodes, as `TaskSource.episodes`
+gives them, so `steps_per_execution`, Keras callbacks and `evaluate` work as for any Keras model:
+
+    source = tasks.build(config.data)
+    learner = MetaLearner.from_config(config, source)
+    learner.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=10)
+    learner.fit(source.episodes("train", seed=0, batch=4), epochs=5, steps_per_epoch=100)
+"""
+
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from tfmeta import algorithms, meta_batch
+from tfmeta.adaptation import adapt
+from tfmeta.config import Config
+from tfmeta.config.adapt import AdaptConfig
+from tfmeta.config.algorithms import AlgorithmConfig
+from tfmeta.config.train import TASK_MAPPINGS
+from tfmeta.errors import ConfigError
+from tfmeta.losses import query_metrics
+from tfmeta.models import MetaModel, params_of
+from tfmeta.tasks.episode import Episode
+
+
+class MetaLearner(keras.Model):
+    """A `MetaModel` that meta-learns under `fit`.
+
+    Args:
+        model: the network, as `tfmeta.models.build` (or `run.build_model`) makes it; its inner
+            loop (head only, learned rates, per-step norms) must match `algorithm`.
+        algorithm: a name of `tfmeta.algorithms.REGISTRY` other than "finetune", whose minibatch
+            pre-training is not episodic.
+        adapt_config: the inner loop: steps, rate, first order, test steps.
+        options: the algorithms' options (`AlgorithmConfig`); defaults when None.
+        mapping: how tasks map onto ops: "loop", "map" or "vectorized" (`meta_batch`).
+        iterations_per_epoch: meta-steps per epoch, for options counted in epochs (MAML++'s
+            multi-step loss, derivative-order annealing); the optimizer's iteration count
+            divided by it is the epoch.
+    """
+
+    def __init__(self, model: MetaModel, algorithm: str = "maml",
+                 adapt_config: Optional[AdaptConfig] = None,
+                 options: Optional[AlgorithmConfig] = None, mapping: str = "loop",
+                 iterations_per_epoch: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        if algorithm not in algorithms.REGISTRY or algorithms.get(algorithm).supervised:
+            episodic = [n for n, a in algorithms.REGISTRY.items() if not a.supervised]
+            raise ConfigError(f"MetaLearner: algorithm must be one of {', '.join(episodic)}, "
+                              f"got {algorithm!r}")
+        if mapping not in TASK_MAPPINGS:
+            raise ConfigError(f"MetaLearner: mapping must be one of {', '.join(TASK_MAPPINGS)}, "
+                              f"got {mapping!r}")
+        self.net = model
+        self.algorithm = algorithm
+        self.adapt_config = adapt_config or AdaptConfig()
+        self.mapping = mapping
+        self._meta_gradient = algorithms.get(algorithm).meta_gradient(
+            options or AlgorithmConfig(),
+            lambda: self.optimizer.iterations // iterations_per_epoch)
+        names = ["loss"] if model.loss_name == "mse" else ["loss", "accuracy"]
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    @classmethod
+    def from_config(cls, config: Config, source) -> "MetaLearner":
+        """The learner a tfmeta config describes, with the model the command line would build
+        from it (same seed, architecture and inner loop)."""
+        from tfmeta.run import build_model, task_mapping
+        model = build_model(config, source)
+        return cls(model, config.algorithm, config.adapt, config.algorithms,
+                   task_mapping(config, model), config.train.iterations)
+
+    def fit(self, *args, shuffle: bool = False, **kwargs):
+        """`keras.Model.fit`; episodes come shuffled from their seeded stream, so `shuffle` is
+        off by default (Keras ignores it for a `tf.data` dataset, with a warning)."""
+        return super().fit(*args, shuffle=shuffle, **kwargs)
+
+    @property
+    def metrics(self) -> list:
+        return list(self._trackers.values())
+
+    def call(self, x, training: bool = False):
+        """The network's outputs at its meta-learned weights, without adaptation: [B, outputs]."""
+        return self.net(x, training=training)
+
+    def train_step(self, data: Episode) -> dict:
+        """One meta-step on a meta-batch of n episodes ([n, ...] fields)."""
+        n = data.support_x.shape[0] or tf.shape(data.support_x)[0]
+        grads, metrics = self._meta_gradient(self.net, params_of(self.net), data,
+                                             self.adapt_config, n, self.mapping)
+        self.optimizer.apply(grads, self.net.trainable_variables)
+        return self._record(metrics)
+
+    def test_step(self, data: Episode) -> dict:
+        """Adapts to each episode's support set (the test steps) and scores its queries."""
+        params = params_of(self.net)
+
+        def one_task(episode: Episode) -> dict:
+            adapted, _ = adapt(self.net, params, episode.support, self.adapt_config,
+                               steps=self.adapt_config.eval_steps)
+            found = query_metrics(self.net, adapted, episode)
+            return {name: found[name] for name in self._trackers}
+
+        n = tf.cast(tf.shape(data.support_x)[0], params[0].dtype)
+        sums = meta_batch.sum_tasks(one_task, data, self.mapping)
+        return self._record({name: value / n for name, value in sums.items()})
+
+    def _record(self, means: dict) -> dict:
+        """Adds a meta-batch's per-task means to the running means; returns those."""
+        for name, tracker in self._trackers.items():
+            tracker.update_state(means[name])
+        return {name: tracker.result() for name, tracker in self._trackers.items()}
