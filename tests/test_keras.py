@@ -12,6 +12,9 @@ from tfmeta.keras import MetaLearner
 from tfmeta.run import Run
 from tfmeta.training import RunSteps
 
+# Each test meta-trains through `fit`: the `trains` tier.
+pytestmark = pytest.mark.trains
+
 EPISODIC = [name for name, a in algorithms.REGISTRY.items() if not a.supervised]
 OPTIONS = {"maml-reg": ["algorithms.maml_reg.gamma=0.05"]}
 

@@ -66,6 +66,7 @@ class MetaLearner(keras.Model):
             lambda: self.optimizer.iterations // iterations_per_epoch)
         names = ["loss"] if model.loss_name == "mse" else ["loss", "accuracy"]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        self.built = model.built    # its weights exist: callbacks may save and restore them
 
     @classmethod
     def from_config(cls, config: Config, source) -> "MetaLearner":
