@@ -94,3 +94,43 @@ def test_finetune_and_unknown_settings_are_refused():
         MetaLearner(model, "finetune")
     with pytest.raises(ConfigError, match="mapping must be one of loop, map, vectorized"):
         MetaLearner(model, mapping="vmap")
+
+
+class _Kill(keras.callbacks.Callback):
+    """Stops training with an error at (epoch, batch), as a killed process would."""
+
+    def __init__(self, epoch: int, batch: int):
+        super().__init__()
+        self.at, self.epoch = (epoch, batch), 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise KeyboardInterrupt("killed")
+
+
+def test_backup_and_restore_continues_the_uninterrupted_stream(tmp_path):
+    """3 epochs of 5 meta-steps at once, against a run killed in its third epoch and restarted
+    by a fresh process's learner from the BackupAndRestore of its second: the same weights."""
+    config = sine_config("maml")
+
+    def fit(run: str, *callbacks):
+        learner, _, source = learner_and_run(config, tmp_path / run)
+        learner.fit(learner.episodes(source, "train", seed=0, meta_batch=4), epochs=3,
+                    steps_per_epoch=5, verbose=0, callbacks=list(callbacks))
+        return learner
+
+    whole = fit("whole")
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(KeyboardInterrupt):
+        fit("killed", backup, _Kill(2, 3))
+    resumed = fit("resumed", keras.callbacks.BackupAndRestore(str(tmp_path / "backup")))
+    assert int(resumed.optimizer.iterations) == 15
+    assert largest_difference(resumed.net, whole.net) < 1e-6
+    # Without the learner's stream, a restart would replay episode 0 on: a different run.
+    source = tasks.build(config.data, config.model.dtype)
+    first = next(iter(whole.episodes(source, "train", seed=0, meta_batch=4)))
+    np.testing.assert_array_equal(first.support_x.numpy(),
+                                  next(iter(source.episodes("train", 0, 4))).support_x.numpy())

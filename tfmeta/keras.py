@@ -67,6 +67,9 @@ class MetaLearner(keras.Model):
         names = ["loss"] if model.loss_name == "mse" else ["loss", "accuracy"]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.built = model.built    # its weights exist: callbacks may save and restore them
+        # The first episode of `episodes` streams, set when fit starts (after any restore).
+        self._first_episode = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._stream_batch = 0
 
     @classmethod
     def from_config(cls, config: Config, source) -> "MetaLearner":
@@ -77,10 +80,20 @@ class MetaLearner(keras.Model):
         return cls(model, config.algorithm, config.adapt, config.algorithms,
                    task_mapping(config, model), config.train.iterations)
 
-    def fit(self, *args, shuffle: bool = False, **kwargs):
-        """`keras.Model.fit`; episodes come shuffled from their seeded stream, so `shuffle` is
+    def episodes(self, source, split: str = "train", seed: int = 0, meta_batch: int = 4
+                 ) -> tf.data.Dataset:
+        """The split's endless stream of meta-batches for `fit`, which starts at the meta-step
+        the optimizer stands at when `fit` begins: after a `BackupAndRestore` restart, training
+        continues the stream an uninterrupted run would have seen (as `tfmeta train --resume`
+        does). Elements: Episodes with [meta_batch, ...] fields."""
+        self._stream_batch = meta_batch
+        return source.episodes(split, seed, meta_batch, start=self._first_episode)
+
+    def fit(self, *args, shuffle: bool = False, callbacks=None, **kwargs):
+        """`keras.Model.fit`. Episodes come shuffled from their seeded stream, so `shuffle` is
         off by default (Keras ignores it for a `tf.data` dataset, with a warning)."""
-        return super().fit(*args, shuffle=shuffle, **kwargs)
+        callbacks = [*(callbacks or []), _StreamStart()]   # after any restore in the list
+        return super().fit(*args, shuffle=shuffle, callbacks=callbacks, **kwargs)
 
     @property
     def metrics(self) -> list:
@@ -117,3 +130,13 @@ class MetaLearner(keras.Model):
         for name, tracker in self._trackers.items():
             tracker.update_state(means[name])
         return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+
+class _StreamStart(keras.callbacks.Callback):
+    """Points the learner's `episodes` streams at the optimizer's meta-step when training begins,
+    after the callbacks before it (BackupAndRestore) have restored the weights and optimizer."""
+
+    def on_train_begin(self, logs=None):
+        learner = self.model
+        learner._first_episode.assign(
+            tf.cast(learner.optimizer.iterations, tf.int64) * learner._stream_batch)

@@ -27,7 +27,9 @@ def episodes(make_episode: EpisodeFn, seed: tf.Tensor, meta_batch: int, start: i
         make_episode: draws one episode from a stateless seed.
         seed: the stream's base seed [2].
         meta_batch: tasks per element; each element is an Episode with fields [meta_batch, ...].
-        start: index of the first episode (a resumed run passes iteration * meta_batch).
+        start: index of the first episode (a resumed run passes iteration * meta_batch); or an
+            int64 `tf.Variable` read when each element is drawn, so that a stream built before
+            a restore (Keras' `BackupAndRestore`) continues where the restored run stopped.
         count: number of episodes, or -1 for an endless stream. A final partial batch is kept.
         stride: element t holds episodes start + t * stride ... + meta_batch - 1; 0 means
             meta_batch (consecutive episodes). A replica taking its share m of each global
@@ -36,8 +38,13 @@ def episodes(make_episode: EpisodeFn, seed: tf.Tensor, meta_batch: int, start: i
     Returns:
         A dataset of batched Episodes, prefetched.
     """
-    stop = start + count if count >= 0 else 2**62
-    indices = tf.data.Dataset.range(start, stop)
+    if isinstance(start, tf.Variable):
+        indices = tf.data.Dataset.range(count if count >= 0 else 2**62)
+        indices, start = indices.map(lambda i: i + start.read_value()), 0
+        if stride and stride != meta_batch:
+            raise ValueError("a stride needs a fixed start")
+    else:
+        indices = tf.data.Dataset.range(start, start + count if count >= 0 else 2**62)
     if stride and stride != meta_batch:
         indices = indices.filter(lambda i: (i - start) % stride < meta_batch)
     stream = indices.map(
