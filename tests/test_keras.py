@@ -5,10 +5,13 @@ compiled call."""
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfmeta import algorithms, config as config_lib, evaluation, tasks
 from tfmeta.errors import ConfigError
-from tfmeta.keras import MetaLearner
+from tfmeta.config.landscape import LandscapeConfig
+from tfmeta.keras import LandscapeMetrics, MetaLearner
+from tfmeta.landscape import METRICS, Landscape
 from tfmeta.run import Run
 from tfmeta.training import RunSteps
 
@@ -134,3 +137,26 @@ def test_backup_and_restore_continues_the_uninterrupted_stream(tmp_path):
     first = next(iter(whole.episodes(source, "train", seed=0, meta_batch=4)))
     np.testing.assert_array_equal(first.support_x.numpy(),
                                   next(iter(source.episodes("train", 0, 4))).support_x.numpy())
+
+
+def test_the_landscape_callback_logs_the_metrics_of_the_learners_weights(tmp_path):
+    """Two epochs with `LandscapeMetrics` then TensorBoard: History holds every landscape metric
+    per epoch, the last equal to a fresh `landscape.Landscape` at the final weights, and the
+    TensorBoard event file holds their tags."""
+    config = sine_config("maml")
+    protocol = LandscapeConfig(flatness_tasks=2, coherence_tasks=20, max_iters=20, batch=10)
+    learner, _, source = learner_and_run(config, tmp_path)
+    history = learner.fit(learner.episodes(source, meta_batch=4), epochs=2, steps_per_epoch=5,
+                          verbose=0, callbacks=[LandscapeMetrics(source, protocol),
+                                                keras.callbacks.TensorBoard(str(tmp_path / "tb"))])
+    truth = Landscape(learner.net, source, config.adapt, protocol, learner.mapping).measure(
+        progress=False)
+    for metric in METRICS:
+        values = history.history[f"landscape/{metric}"]
+        assert len(values) == 2 and np.isfinite(values).all(), metric
+        assert values[-1] == pytest.approx(float(truth[metric]), rel=1e-4), metric
+    tags = set()
+    for event_file in (tmp_path / "tb" / "train").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            tags |= {value.tag for value in event.summary.value}
+    assert {f"epoch_landscape/{m}" for m in METRICS} <= tags, tags

@@ -15,13 +15,16 @@ gives them, so `steps_per_execution`, Keras callbacks and `evaluate` work as for
 from typing import Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfmeta import algorithms, meta_batch
+from tfmeta.landscape import Landscape
 from tfmeta.adaptation import adapt
 from tfmeta.config import Config
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.algorithms import AlgorithmConfig
+from tfmeta.config.landscape import LandscapeConfig
 from tfmeta.config.train import TASK_MAPPINGS
 from tfmeta.errors import ConfigError
 from tfmeta.losses import query_metrics
@@ -140,3 +143,34 @@ class _StreamStart(keras.callbacks.Callback):
         learner = self.model
         learner._first_episode.assign(
             tf.cast(learner.optimizer.iterations, tf.int64) * learner._stream_batch)
+
+
+class LandscapeMetrics(keras.callbacks.Callback):
+    """Measures the landscape metrics (`tfmeta.landscape`: flatness, the coherences, trajectory
+    norm) of held-out tasks after every `config.every`-th epoch, at the learner's weights, and adds
+    them to the epoch's logs as "landscape/<metric>", which `History` keeps and a
+    `keras.callbacks.TensorBoard` placed after this callback writes.
+
+    Args:
+        source: the learner's task source; its tasks come from its validation split where there
+            is one, else from test, drawn once from `config.seed`.
+        config: the landscape protocol (tasks, eigenvalue method and tolerance, opt-in metrics).
+    """
+
+    def __init__(self, source, config: Optional[LandscapeConfig] = None):
+        super().__init__()
+        self.source, self.config = source, config or LandscapeConfig()
+        self._landscape = None
+
+    def on_train_begin(self, logs=None):
+        learner = self.model
+        self._landscape = Landscape(learner.net, self.source, learner.adapt_config, self.config,
+                                    learner.mapping)
+
+    def on_epoch_end(self, epoch, logs=None):
+        every = self.config.every
+        if logs is None or not every or (epoch + 1) % every:
+            return
+        measured = self._landscape.measure(progress=False)
+        logs.update({f"landscape/{name}": float(value) for name, value in measured.items()
+                     if np.ndim(value) == 0})
