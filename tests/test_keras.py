@@ -160,3 +160,30 @@ def test_the_landscape_callback_logs_the_metrics_of_the_learners_weights(tmp_pat
         for event in tf.compat.v1.train.summary_iterator(str(event_file)):
             tags |= {value.tag for value in event.summary.value}
     assert {f"epoch_landscape/{m}" for m in METRICS} <= tags, tags
+
+
+def test_a_saved_learner_is_a_run_that_evaluates_and_exports(tmp_path):
+    """`save_run` writes what `tfmeta train` would: `Run.open` restores the learner's weights and
+    meta-step, and the export's `adapt_predict` answers as the learner adapts in process."""
+    from tfmeta import export
+    from tfmeta.adaptation import adapt
+    from tfmeta.models import params_of, query_outputs
+    config = sine_config("maml")
+    learner, _, source = learner_and_run(config, tmp_path / "scratch")
+    learner.fit(learner.episodes(source, meta_batch=4), epochs=1, steps_per_epoch=7, verbose=0)
+    assert learner.save_run(tmp_path / "run").name == "ckpt-7"
+    run = Run.open(tmp_path / "run")
+    run.restore()
+    assert int(run.iteration) == 7 and int(run.optimizer.iterations) == 7
+    assert largest_difference(run.model, learner.net) == 0.0
+    version = export.export_run(tmp_path / "run", tmp_path / "models" / "sine")
+    episode = next(iter(source.episodes("test", 3, 1).unbatch()))
+    served = tf.saved_model.load(str(version)).signatures["adapt_predict"](
+        support_x=episode.support_x, support_y=episode.support_y,
+        query_x=episode.query_x)["predictions"].numpy()
+    adapted, _ = adapt(learner.net, params_of(learner.net), episode.support, config.adapt,
+                       steps=config.adapt.eval_steps)
+    expected = query_outputs(learner.net, adapted, episode.support_x, episode.query_x).numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="MetaLearner.from_config"):
+        MetaLearner(learner.net).save_run(tmp_path / "other")

@@ -12,13 +12,14 @@ gives them, so `steps_per_execution`, Keras callbacks and `evaluate` work as for
     learner.fit(source.episodes("train", seed=0, batch=4), epochs=5, steps_per_epoch=100)
 """
 
+from pathlib import Path
 from typing import Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmeta import algorithms, meta_batch
+from tfmeta import algorithms, meta_batch, rundir
 from tfmeta.landscape import Landscape
 from tfmeta.adaptation import adapt
 from tfmeta.config import Config
@@ -80,8 +81,29 @@ class MetaLearner(keras.Model):
         from it (same seed, architecture and inner loop)."""
         from tfmeta.run import build_model, task_mapping
         model = build_model(config, source)
-        return cls(model, config.algorithm, config.adapt, config.algorithms,
-                   task_mapping(config, model), config.train.iterations)
+        learner = cls(model, config.algorithm, config.adapt, config.algorithms,
+                      task_mapping(config, model), config.train.iterations)
+        learner.config = config
+        return learner
+
+    def save_run(self, run_dir) -> Path:
+        """Writes a run directory that `tfmeta evaluate`, `analyze` and `export` open as if
+        `tfmeta train` had written it: the config of `from_config` and a checkpoint of the
+        network, Adam's state and the meta-step count. Returns the checkpoint's path."""
+        config = getattr(self, "config", None)
+        if config is None:
+            raise ConfigError("save_run needs the learner's tfmeta config: build it with "
+                              "MetaLearner.from_config")
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.write_config(run_dir, config)
+        iterations = int(self.optimizer.iterations)
+        # The object graph of `Run.checkpoint`, so that `Run.restore` reads it.
+        checkpoint = tf.train.Checkpoint(model=self.net, optimizer=self.optimizer,
+                                         iteration=tf.Variable(iterations, dtype=tf.int64))
+        manager = tf.train.CheckpointManager(checkpoint, str(rundir.checkpoints(run_dir)),
+                                             max_to_keep=None)
+        return Path(manager.save(checkpoint_number=iterations))
 
     def episodes(self, source, split: str = "train", seed: int = 0, meta_batch: int = 4
                  ) -> tf.data.Dataset:
