@@ -1,6 +1,14 @@
-"""The Keras face (`tfmeta.keras.MetaLearner`) against the command line's own meta-step: the same
-weights after the same episodes, for every episodic algorithm, and with several steps per
-compiled call."""
+"""The Keras face (`tfmeta.keras`) against tfmeta's own machinery: `fit` against the command
+line's meta-step for every episodic algorithm, several steps per compiled call against single
+steps, `evaluate` against `evaluation`, a BackupAndRestore restart against an uninterrupted run,
+the landscape callback against `Landscape`, a saved learner against `Run` and the export, and
+MirroredStrategy against one device."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -8,14 +16,14 @@ import pytest
 import tensorflow as tf
 
 from tfmeta import algorithms, config as config_lib, evaluation, tasks
-from tfmeta.errors import ConfigError
 from tfmeta.config.landscape import LandscapeConfig
+from tfmeta.errors import ConfigError
 from tfmeta.keras import LandscapeMetrics, MetaLearner
 from tfmeta.landscape import METRICS, Landscape
 from tfmeta.run import Run
 from tfmeta.training import RunSteps
 
-# Each test meta-trains through `fit`: the `trains` tier.
+# Each test meta-trains through `fit`: the `trains` tier (the mirrored one: `slow`).
 pytestmark = pytest.mark.trains
 
 EPISODIC = [name for name, a in algorithms.REGISTRY.items() if not a.supervised]
@@ -187,3 +195,18 @@ def test_a_saved_learner_is_a_run_that_evaluates_and_exports(tmp_path):
     np.testing.assert_allclose(served, expected, atol=1e-5)
     with pytest.raises(ConfigError, match="MetaLearner.from_config"):
         MetaLearner(learner.net).save_run(tmp_path / "other")
+
+
+@pytest.mark.slow
+def test_mirrored_on_two_devices_equals_one_device_for_every_algorithm():
+    """`fit` in a MirroredStrategy scope over 2 logical CPU devices (each replica half of the
+    meta-batch) against one device: 3 meta-steps of each episodic algorithm (a fresh process,
+    since logical devices must exist before TensorFlow starts)."""
+    script = Path(__file__).resolve().parent / "keras_mirrored.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cases = {line["algorithm"]: line["largest_difference"]
+             for line in map(json.loads, done.stdout.splitlines())}
+    assert set(cases) == set(EPISODIC)
+    assert all(difference < 1e-6 for difference in cases.values()), cases

@@ -129,8 +129,11 @@ class MetaLearner(keras.Model):
         return self.net(x, training=training)
 
     def train_step(self, data: Episode) -> dict:
-        """One meta-step on a meta-batch of n episodes ([n, ...] fields)."""
-        n = data.support_x.shape[0] or tf.shape(data.support_x)[0]
+        """One meta-step on a meta-batch of episodes ([n, ...] fields; under a `tf.distribute`
+        strategy, this replica's share of the global meta-batch)."""
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        # Each replica divides by the global meta-batch; the optimizer sums the replicas' shares.
+        n = (data.support_x.shape[0] or tf.shape(data.support_x)[0]) * replicas
         grads, metrics = self._meta_gradient(self.net, params_of(self.net), data,
                                              self.adapt_config, n, self.mapping)
         self.optimizer.apply(grads, self.net.trainable_variables)
