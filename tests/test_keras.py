@@ -105,6 +105,10 @@ def test_finetune_and_unknown_settings_are_refused():
         MetaLearner(model, "finetune")
     with pytest.raises(ConfigError, match="mapping must be one of loop, map, vectorized"):
         MetaLearner(model, mapping="vmap")
+    annealed = sine_config("maml", "algorithms.maml.first_order_epochs=2")
+    with pytest.raises(ConfigError, match="first_order_epochs .derivative-order annealing. is "
+                                          "not supported yet"):
+        MetaLearner.from_config(annealed, source)
 
 
 class _Kill(keras.callbacks.Callback):

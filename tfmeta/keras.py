@@ -9,7 +9,8 @@ gives them, so `steps_per_execution`, Keras callbacks and `evaluate` work as for
     source = tasks.build(config.data)
     learner = MetaLearner.from_config(config, source)
     learner.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=10)
-    learner.fit(source.episodes("train", seed=0, batch=4), epochs=5, steps_per_epoch=100)
+    learner.fit(learner.episodes(source, "train", seed=0, meta_batch=4), epochs=5,
+                steps_per_epoch=100)
 """
 
 from pathlib import Path
@@ -20,7 +21,6 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta import algorithms, meta_batch, rundir
-from tfmeta.landscape import Landscape
 from tfmeta.adaptation import adapt
 from tfmeta.config import Config
 from tfmeta.config.adapt import AdaptConfig
@@ -28,6 +28,7 @@ from tfmeta.config.algorithms import AlgorithmConfig
 from tfmeta.config.landscape import LandscapeConfig
 from tfmeta.config.train import TASK_MAPPINGS
 from tfmeta.errors import ConfigError
+from tfmeta.landscape import Landscape
 from tfmeta.losses import query_metrics
 from tfmeta.models import MetaModel, params_of
 from tfmeta.tasks.episode import Episode
@@ -58,6 +59,10 @@ class MetaLearner(keras.Model):
             episodic = [n for n, a in algorithms.REGISTRY.items() if not a.supervised]
             raise ConfigError(f"MetaLearner: algorithm must be one of {', '.join(episodic)}, "
                               f"got {algorithm!r}")
+        options = options or AlgorithmConfig()
+        if options.maml.first_order_epochs:
+            raise ConfigError("MetaLearner: algorithms.maml.first_order_epochs (derivative-order "
+                              "annealing) is not supported yet; use tfmeta train, or set it to 0")
         if mapping not in TASK_MAPPINGS:
             raise ConfigError(f"MetaLearner: mapping must be one of {', '.join(TASK_MAPPINGS)}, "
                               f"got {mapping!r}")
@@ -66,8 +71,7 @@ class MetaLearner(keras.Model):
         self.adapt_config = adapt_config or AdaptConfig()
         self.mapping = mapping
         self._meta_gradient = algorithms.get(algorithm).meta_gradient(
-            options or AlgorithmConfig(),
-            lambda: self.optimizer.iterations // iterations_per_epoch)
+            options, lambda: self.optimizer.iterations // iterations_per_epoch)
         names = ["loss"] if model.loss_name == "mse" else ["loss", "accuracy"]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.built = model.built    # its weights exist: callbacks may save and restore them
