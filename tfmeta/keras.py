@@ -67,6 +67,7 @@ class MetaLearner(keras.Model):
             raise ConfigError(f"MetaLearner: mapping must be one of {', '.join(TASK_MAPPINGS)}, "
                               f"got {mapping!r}")
         self.net = model
+        self.config: Optional[Config] = None     # the tfmeta config, when from_config built it
         self.algorithm = algorithm
         self.adapt_config = adapt_config or AdaptConfig()
         self.mapping = mapping
@@ -94,19 +95,17 @@ class MetaLearner(keras.Model):
         """Writes a run directory that `tfmeta evaluate`, `analyze` and `export` open as if
         `tfmeta train` had written it: the config of `from_config` and a checkpoint of the
         network, Adam's state and the meta-step count. Returns the checkpoint's path."""
-        config = getattr(self, "config", None)
+        config = self.config
         if config is None:
             raise ConfigError("save_run needs the learner's tfmeta config: build it with "
                               "MetaLearner.from_config")
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         rundir.write_config(run_dir, config)
+        from tfmeta.run import checkpointing
         iterations = int(self.optimizer.iterations)
-        # The object graph of `Run.checkpoint`, so that `Run.restore` reads it.
-        checkpoint = tf.train.Checkpoint(model=self.net, optimizer=self.optimizer,
-                                         iteration=tf.Variable(iterations, dtype=tf.int64))
-        manager = tf.train.CheckpointManager(checkpoint, str(rundir.checkpoints(run_dir)),
-                                             max_to_keep=None)
+        _, manager = checkpointing(run_dir, self.net, self.optimizer,
+                                   tf.Variable(iterations, dtype=tf.int64))
         return Path(manager.save(checkpoint_number=iterations))
 
     def episodes(self, source, split: str = "train", seed: int = 0, meta_batch: int = 4

@@ -99,6 +99,15 @@ def build_model(config: Config, source: tasks.TaskSource, outputs: Optional[int]
     return model
 
 
+def checkpointing(run_dir: Path, model: MetaModel, optimizer: keras.optimizers.Optimizer,
+                  iteration: tf.Variable, keep: int = 0) -> tuple:
+    """(checkpoint, manager) of a run directory: the object graph every run's checkpoints hold
+    (the network, Adam's state, the meta-step), kept `keep` at a time (0: all)."""
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, iteration=iteration)
+    return checkpoint, tf.train.CheckpointManager(checkpoint, str(rundir.checkpoints(run_dir)),
+                                                  max_to_keep=keep or None)
+
+
 class Run:
     """A run's model, task source, optimizer and checkpoint state, rebuilt from its config.
 
@@ -122,11 +131,9 @@ class Run:
                 config, self.source, build_model)
             self.optimizer = keras.optimizers.Adam(meta_lr(config))
             self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                              iteration=self.iteration)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, str(rundir.checkpoints(self.run_dir)),
-            max_to_keep=config.train.keep_checkpoints or None)
+        self.checkpoint, self.manager = checkpointing(
+            self.run_dir, self.model, self.optimizer, self.iteration,
+            config.train.keep_checkpoints)
 
     @classmethod
     def open(cls, run_dir: Path, overrides: Sequence[str] = (),
