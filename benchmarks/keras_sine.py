@@ -1,5 +1,6 @@
-"""The sine-mlp peer workload through the command line's meta-step and through `MetaLearner.fit`
-with k meta-steps per compiled call: ms per meta-iteration, in alternating passes.
+"""The sine-mlp peer workload through the command line's loop (`training.repeat` and
+`training.fit`, as `tfmeta train` runs them) and through `MetaLearner.fit`, with k meta-steps per
+compiled call: ms per meta-iteration, in alternating passes.
 
 Same workload as `maml_tfmeta.py` (MLP 1-40-40-1, meta-batch 25, K=10, T=1, second order, Adam
 1e-3; tasks mapped with the vectorized mapping) and the same 64 pre-drawn batches, cycled. Each
@@ -7,6 +8,8 @@ pass times ITERS meta-iterations after a warm-up pass (tracing); one line of JSO
 variant, then the median over passes per variant.
 
     python benchmarks/keras_sine.py [--iters 500] [--passes 2] [--k 1,10,50]
+
+Both read the batches from a `tf.data` dataset, as training does; `maml_jax.py` reuses one batch.
 """
 
 import argparse
@@ -36,19 +39,20 @@ def batches() -> list:
     return [sine_batch(rng, N) for _ in range(64)]
 
 
-def cli_variant(data: list):
-    """The command line's compiled meta-step, called once per meta-iteration from Python."""
+def dataset(data: list) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices(
+        tf.nest.map_structure(lambda *a: np.stack(a), *data)).repeat()
+
+
+def cli_variant(data: list, k: int):
+    """The command line's loop: `training.fit` over `training.repeat` of its compiled meta-step,
+    k meta-steps per compiled call."""
     keras.utils.set_random_seed(0)
     model = models.mlp((40, 40))
     step = training.make_meta_step(model, keras.optimizers.Adam(1e-3), maml.meta_gradient,
                                    CONFIG, N, "vectorized")
-    tensors = [tf.nest.map_structure(tf.constant, b) for b in data]
-
-    def run(iters: int) -> None:
-        for i in range(iters):
-            metrics, _ = step(tensors[i % 64])
-        metrics["loss"].numpy()
-    return run
+    execute = training.repeat(step, iter(dataset(data)), k)
+    return lambda iters: training.fit(execute, iters, k)
 
 
 def keras_variant(data: list, k: int):
@@ -56,11 +60,10 @@ def keras_variant(data: list, k: int):
     keras.utils.set_random_seed(0)
     learner = MetaLearner(models.mlp((40, 40)), "maml", CONFIG, mapping="vectorized")
     learner.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=k)
-    dataset = tf.data.Dataset.from_tensor_slices(
-        tf.nest.map_structure(lambda *a: np.stack(a), *data)).repeat()
+    episodes = dataset(data)
 
     def run(iters: int) -> None:
-        learner.fit(dataset, epochs=1, steps_per_epoch=iters, verbose=0)
+        learner.fit(episodes, epochs=1, steps_per_epoch=iters, verbose=0)
     return run
 
 
@@ -72,8 +75,9 @@ def main():
     args = parser.parse_args()
     configure()
     data = batches()
-    variants = {"cli": cli_variant(data)}
-    variants.update({f"fit k={k}": keras_variant(data, int(k)) for k in args.k.split(",")})
+    ks = [int(k) for k in args.k.split(",")]
+    variants = {f"cli k={k}": cli_variant(data, k) for k in ks}
+    variants.update({f"fit k={k}": keras_variant(data, k) for k in ks})
     for run in variants.values():
         run(args.iters)                                          # tracing, and a warm cache
     results = {name: [] for name in variants}

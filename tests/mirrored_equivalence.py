@@ -5,9 +5,9 @@ Run in a fresh process (logical devices must exist before TensorFlow starts):
 
     python tests/mirrored_equivalence.py WORK_DIR [OMNIGLOT_DIR]
 
-Cases: every algorithm on sine (float32, and maml in float64) and MAML++'s options, maml and anil
-with per-step batch norm on a small Omniglot conv4 (batch norm, max-pool), and a run trained one
-epoch on one device then resumed on two replicas.
+Cases: every algorithm on sine (float32, and maml in float64), MAML++'s options, 2 meta-steps per
+compiled call, maml and anil with per-step batch norm on a small Omniglot conv4 (batch norm,
+max-pool), and a run trained one epoch on one device then resumed on two replicas.
 """
 
 import json
@@ -44,6 +44,10 @@ SINE = {
     "maml++ options": ["adapt.steps=2", "adapt.per_step_lr=true", "train.cosine_lr=true",
                        "algorithms.maml.multi_step_epochs=1"],
     "finetune": ["algorithm=finetune", "algorithms.finetune.batch_size=8"],
+    # 3 iterations at 2 per call: a compiled loop drawing distributed shares, then a single step.
+    "maml 2 steps per execution": ["train.steps_per_execution=2"],
+    "gradient-agreement 2 steps per execution": ["algorithm=gradient-agreement",
+                                                 "train.steps_per_execution=2"],
 }
 
 

@@ -81,7 +81,8 @@ def test_mirrored_on_two_devices_equals_one_device_for_every_algorithm(tmp_path,
             "gradient-agreement", "wormhole", "nal", "finetune", "omniglot conv4",
             "maml float64", "maml-reg float64", "gradient-agreement float64",
             "resumed on 2 replicas", "anil", "meta-sgd", "maml++ options",
-            "omniglot conv4 anil per-step norms"} <= set(cases)
+            "omniglot conv4 anil per-step norms", "maml 2 steps per execution",
+            "gradient-agreement 2 steps per execution"} <= set(cases)
     for name, case in cases.items():
         tolerance = 1e-10 if case["dtype"] == "float64" else 1e-5
         assert case["relative_difference"] < tolerance, (name, case)
@@ -91,8 +92,10 @@ def test_mirrored_on_two_devices_equals_one_device_for_every_algorithm(tmp_path,
 
 @pytest.mark.slow
 def test_two_worker_processes_train_as_one_process(tmp_path):
-    """gradient-agreement, whose task weights need the whole meta-batch, on 2 real workers."""
-    args = SINE + ["--algorithm", "gradient-agreement", "--epochs", "2", "--iterations", "10"]
+    """gradient-agreement, whose task weights need the whole meta-batch, on 2 real workers, 3
+    meta-steps per compiled call."""
+    args = SINE + ["--algorithm", "gradient-agreement", "--epochs", "2", "--iterations", "10",
+                   "--set", "train.steps_per_execution=3"]
     run_dir, scratch = tmp_path / "cluster", tmp_path / "scratch"
     scratch.mkdir()
     workers = start_workers(args + ["--run-dir", str(run_dir)], tmp_path / "logs", tmp=scratch)

@@ -92,3 +92,27 @@ def test_meta_gradient_is_the_mean_of_task_gradients():
               for h in halves]
     for k, g in enumerate(grads):
         np.testing.assert_allclose((shares[0][k] + shares[1][k]).numpy(), g.numpy(), rtol=1e-10)
+
+
+def test_relu_after_max_pool_gives_the_values_and_meta_gradient_of_relu_before_it():
+    """conv4 applies ReLU after its max-pool (a 4x smaller tensor). The textbook order, ReLU then
+    max-pool, built from the same layers, gives the same query loss and second-order
+    meta-gradient."""
+    tf.keras.utils.set_random_seed(0)
+    model = models.conv4(5, (16, 16, 1), filters=4, dtype="float64")
+    layers = []
+    for _ in range(4):
+        layers += [keras.layers.Conv2D(4, 3, padding="same", use_bias=False, dtype="float64"),
+                   models.BatchNorm(dtype="float64"), keras.layers.ReLU(dtype="float64"),
+                   keras.layers.MaxPooling2D(2, dtype="float64")]
+    textbook = models.MetaModel(keras.Sequential(layers + [keras.layers.Flatten(dtype="float64")]),
+                                keras.layers.Dense(5, dtype="float64"), (16, 16, 1),
+                                loss="cross_entropy")
+    assert [type(a) for a in model.features.layers] != [type(b) for b in textbook.features.layers]
+    episode, config = image_episode(), AdaptConfig(steps=2, lr=0.4)
+    params = params_of(model)
+    ours, ours_metrics = maml.task_gradient(model, params, episode, config)
+    theirs, theirs_metrics = maml.task_gradient(textbook, params, episode, config)
+    assert float(ours_metrics["loss"]) == pytest.approx(float(theirs_metrics["loss"]), rel=1e-12)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-14)

@@ -54,6 +54,46 @@ def test_resume_continues_exactly(tmp_path):
         r["meta_test/mse"] for r in history(split)]
 
 
+def test_steps_per_execution_gives_single_steps_weights_and_resumes_the_stream(tmp_path):
+    """Epoch 1 at 7 steps per call (100 = 14 x 7 + 2), then resumed at 3 per call, against 300
+    single steps: the same weights, Adam step count and per-epoch means."""
+    straight = training.train(sine_config(tmp_path / "straight", "train.steps_per_execution=1"),
+                              progress=False, log=lambda _: None)
+    split = training.train(
+        sine_config(tmp_path / "split", "train.epochs=1", "train.steps_per_execution=7"),
+        progress=False, log=lambda _: None)
+    training.train(sine_config(split, "train.steps_per_execution=3"), resume=True,
+                   progress=False, log=lambda _: None)
+    (a, run_a), (b, run_b) = weights(straight), weights(split)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert int(run_b.optimizer.iterations.numpy()) == 300
+    for key in ("meta_train/loss", "meta_test/mse"):
+        assert [r[key] for r in history(straight)] == [r[key] for r in history(split)]
+
+
+def test_a_compiled_loop_stops_after_its_first_non_finite_step():
+    """k = 4 steps per call over good, good, bad, good: three steps run, two update."""
+    import keras
+
+    from tfmeta import models
+    from tfmeta.algorithms import maml
+    from tfmeta.config.adapt import AdaptConfig
+    from tfmeta.tasks.episode import Episode
+    model = models.mlp((8,))
+    optimizer = keras.optimizers.Adam(1e-3)
+    step = training.make_meta_step(model, optimizer, maml.meta_gradient, AdaptConfig(), 2)
+    x = np.ones([2, 4, 1], np.float32)
+    episodes = [Episode(x, x, x, v * x) for v in (1.0, 2.0, np.nan, 3.0)]
+    data = tf.data.Dataset.from_tensor_slices(
+        tf.nest.map_structure(lambda *a: np.stack(a), *episodes))
+    metrics, finite = training.repeat(step, iter(data), 4)(4)
+    assert not bool(finite) and metrics["loss"].shape == [3]
+    assert np.isnan(float(metrics["loss"][2])) and int(optimizer.iterations.numpy()) == 2
+    with pytest.raises(DivergedError, match="at iteration 3"):
+        training.fit(training.repeat(step, iter(data), 4), 4, 4)
+
+
 @pytest.mark.parametrize("algorithm", ["maml", "wormhole", "finetune"])
 def test_evaluate_reproduces_the_last_epochs_meta_test_score(tmp_path, algorithm):
     # A fresh process restores from the checkpoint alone, without the optimizer that also holds

@@ -229,21 +229,34 @@ def check_divisible(batch_size: int, strategy: tf.distribute.Strategy, key: str)
 def replica_batches(strategy: tf.distribute.Strategy,
                     make_dataset: Callable[[int, int], tf.data.Dataset]) -> Iterator:
     """Each step's input: replica r's share from `make_dataset(r, replicas)`, as a distributed
-    value (a plain batch with one replica)."""
+    value (a plain batch with one replica). `next` on it also works inside a `tf.function`, so a
+    compiled loop can draw several steps' inputs in one call (`training.repeat`)."""
     replicas = strategy.num_replicas_in_sync
     if replicas == 1:
-        yield from make_dataset(0, 1)
-        return
-    iterators = {}
+        return iter(make_dataset(0, 1))
+    return _ReplicaShares(strategy, make_dataset)
 
-    def share(context):
-        replica = context.replica_id_in_sync_group
-        if replica not in iterators:  # this worker's replicas only
-            iterators[replica] = iter(make_dataset(replica, replicas))
-        return next(iterators[replica])
 
-    while True:
-        yield strategy.experimental_distribute_values_from_function(share)
+class _ReplicaShares:
+    """An iterator of distributed values: one element of a dataset that zips this worker's
+    replicas' shares, handed to each replica by its id."""
+
+    def __init__(self, strategy: tf.distribute.Strategy,
+                 make_dataset: Callable[[int, int], tf.data.Dataset]):
+        replicas = strategy.num_replicas_in_sync
+        local = []   # a multi-worker job calls value functions for this worker's replicas only
+        strategy.experimental_distribute_values_from_function(
+            lambda context: local.append(context.replica_id_in_sync_group) or 0)
+        self.strategy, self.position = strategy, {r: i for i, r in enumerate(local)}
+        self.shares = iter(tf.data.Dataset.zip(tuple(make_dataset(r, replicas) for r in local)))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        shares = next(self.shares)
+        return self.strategy.experimental_distribute_values_from_function(
+            lambda context: shares[self.position[context.replica_id_in_sync_group]])
 
 
 def all_sum(value):

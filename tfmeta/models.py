@@ -299,7 +299,7 @@ def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int =
           pool: str = "max", dtype: str = "float32",
           norm_layer: Optional[Callable[..., keras.Layer]] = None, gains: bool = False,
           norm: str = "transductive", inner: InnerLoop = InnerLoop()) -> MetaModel:
-    """The conv4 of Finn et al.: 4 x [3x3 conv, batch norm, ReLU, downsample], flatten, dense.
+    """The conv4 of Finn et al.: 4 x [3x3 conv, batch norm, downsample, ReLU], flatten, dense.
 
     Args:
         outputs: classes of the head (N ways).
@@ -324,10 +324,12 @@ def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int =
         # No conv bias: the batch norm after it subtracts the batch mean, which cancels any bias,
         # so its gradient is identically zero and it would only cost time.
         layers += [keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
-                                       dtype=dtype),
-                   norm_layer(dtype=dtype), keras.layers.ReLU(dtype=dtype)]
+                                       dtype=dtype), norm_layer(dtype=dtype)]
+        # ReLU after the max-pool: ReLU is monotone, so max-pool then ReLU gives the values and
+        # derivatives of ReLU then max-pool, on a 4x smaller tensor.
         if pool == "max":
             layers.append(keras.layers.MaxPooling2D(2, dtype=dtype))
+        layers.append(keras.layers.ReLU(dtype=dtype))
     layers.append(keras.layers.Flatten(dtype=dtype))
     return MetaModel(keras.Sequential(layers, name="features"),
                      keras.layers.Dense(outputs, dtype=dtype, name="head"),

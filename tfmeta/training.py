@@ -158,9 +158,10 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
     if chief and not config_pending:
         rundir.write_config(run_dir, config)
     iterations, epochs = config.train.iterations, config.train.epochs
-    step_of = RunSteps(run, strategy)
+    step_of, executions = RunSteps(run, strategy), {}
     batches = distribute.replica_batches(
         strategy, lambda replica, replicas: run.training_batches(start, replica, replicas))
+    k = config.train.steps_per_execution
     epoch_end = EpochEnd(run, chief, progress, fresh=start == 0)
     if start == 0 and config.train.eval_at_start:
         log(records.epoch_line(epoch_end(0, 0, {}, {}), epochs * iterations))
@@ -169,8 +170,11 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
             strategy, lambda: tf.train.latest_checkpoint(str(rundir.checkpoints(run_dir)))):
         for epoch in range(start // iterations, epochs):
             first, last = max(start, epoch * iterations), (epoch + 1) * iterations
+            step = step_of(epoch)
+            if step not in executions:   # built once: a compiled loop traces on first call
+                executions[step] = repeat(step, batches, k)
             means, vectors = fit(
-                step_of(epoch), batches, last - first, first, f"epoch {epoch + 1}/{epochs}",
+                executions[step], last - first, k, first, f"epoch {epoch + 1}/{epochs}",
                 progress and chief, "; the run stopped without updating. Last good checkpoint: "
                 f"{run.manager.latest_checkpoint or 'none (diverged in the first epoch)'}. Try "
                 "a lower train.meta_lr or adapt.lr.")
@@ -198,30 +202,69 @@ def _starting_iteration(run: Run, resume: bool, log: Callable[[str], None]) -> i
     return iteration
 
 
-def fit(step: Callable, batches, count: int, first: int = 0, label: str = "",
-        progress: bool = False, remedy: str = "") -> tuple:
-    """Runs `count` meta-steps `step(next(batches))` (`make_meta_step`'s), numbered from
-    `first`; a step whose meta-loss is not finite raises DivergedError, its message ending with
-    `remedy`.
+def repeat(step: Callable, batches, steps_per_execution: int = 1) -> Callable:
+    """Runs `make_meta_step`'s `step` on inputs drawn from `batches`, up to `steps_per_execution`
+    at a time: above 1, in one compiled call whose loop draws them from a `tf.data` iterator (or
+    `distribute.replica_batches`) inside the graph, which spares the per-call overhead that
+    dominates small models. A call stops after a step whose meta-loss is not finite (that step
+    changed nothing), so the weights are those of the same steps taken one at a time.
+
+    Returns:
+        execute(count: 1..steps_per_execution) -> (metrics {name: [steps run, ...] per step},
+        finite: bool scalar, False when the last step run was not finite).
+    """
+    if steps_per_execution == 1:
+        def single(count):
+            metrics, finite = step(next(batches))
+            return {k: v[tf.newaxis] for k, v in metrics.items()}, finite
+        return single
+
+    @tf.function
+    def compiled(count):
+        metrics, finite = step(next(batches))
+        arrays = {k: tf.TensorArray(v.dtype, size=0, dynamic_size=True, element_shape=v.shape
+                                    ).write(0, v) for k, v in metrics.items()}
+
+        def body(i, arrays, finite):
+            metrics, finite = step(next(batches))
+            return i + 1, {k: a.write(i, metrics[k]) for k, a in arrays.items()}, finite
+
+        _, arrays, finite = tf.while_loop(lambda i, _, finite: (i < count) & finite, body,
+                                          (tf.constant(1), arrays, finite))
+        return {k: a.stack() for k, a in arrays.items()}, finite
+
+    return lambda count: compiled(tf.constant(count, tf.int32))
+
+
+def fit(execute: Callable, count: int, steps_per_execution: int = 1, first: int = 0,
+        label: str = "", progress: bool = False, remedy: str = "") -> tuple:
+    """Runs `count` meta-steps through `repeat`'s `execute`, `steps_per_execution` per call,
+    numbered from `first`; a step whose meta-loss is not finite raises DivergedError, its message
+    ending with `remedy`.
 
     Returns:
         (means of the scalar metrics, with seconds_per_iteration; {name: [values]} of the vector
         metrics).
     """
-    sums, vectors, began = {}, {}, time.perf_counter()
-    bar = tqdm(range(first, first + count), desc=label, disable=not progress, leave=False,
-               dynamic_ncols=True)
-    for i in bar:
-        metrics, finite = step(next(batches))
-        values = {k: float(v) for k, v in metrics.items() if v.shape.rank == 0}
-        for k, v in metrics.items():
-            if v.shape.rank:
-                vectors.setdefault(k, []).append(v.numpy())
+    sums, vectors, began, done = {}, {}, time.perf_counter(), 0
+    bar = tqdm(total=count, desc=label, disable=not progress, leave=False, dynamic_ncols=True)
+    while done < count:
+        metrics, finite = execute(min(steps_per_execution, count - done))
+        metrics = {k: v.numpy() for k, v in metrics.items()}
+        ran = len(metrics["loss"])
+        done += ran
         if not bool(finite):
-            raise DivergedError(f"meta-loss became {values['loss']} at iteration {i + 1}{remedy}")
-        for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v
-        bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
+            raise DivergedError(f"meta-loss became {float(metrics['loss'][-1])} at iteration "
+                                f"{first + done}{remedy}")
+        for k, v in metrics.items():
+            if v.ndim == 1:
+                for value in v:   # one step at a time: the same sums as single steps give
+                    sums[k] = sums.get(k, 0.0) + float(value)
+            else:
+                vectors.setdefault(k, []).extend(v)
+        bar.update(ran)
+        bar.set_postfix({k: f"{float(v[-1]):.4g}" for k, v in metrics.items() if v.ndim == 1},
+                        refresh=False)
     bar.close()
     means = {k: v / count for k, v in sums.items()}
     means["seconds_per_iteration"] = (time.perf_counter() - began) / count

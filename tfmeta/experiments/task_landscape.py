@@ -273,7 +273,8 @@ def meta_train(source: TaskSource, dim: int, meta_gradient: Callable, alpha: flo
     step = training.make_meta_step(model, optimizer, meta_gradient,
                                    AdaptConfig(steps=1, lr=alpha / 2), check.meta_batch,
                                    "vectorized")
-    training.fit(step, iter(source.episodes("train", check.seed, check.meta_batch)),
+    training.fit(training.repeat(step, iter(source.episodes("train", check.seed,
+                                                            check.meta_batch))),
                  check.iterations)
     return model
 
