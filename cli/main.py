@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The config modules import no TensorFlow, so `--help` and a config error return at once.
 from tfmeta.config.algorithms import NAMES as ALGORITHMS  # noqa: E402
-from tfmeta.config.data import DATASETS, EPISODES  # noqa: E402
+from tfmeta.config.data import COLORS, DATASETS, EPISODES  # noqa: E402
 from tfmeta.config.model import NORMS  # noqa: E402
 from tfmeta.config.train import DISTRIBUTIONS  # noqa: E402
 from tfmeta.errors import TfmetaError  # noqa: E402
@@ -75,7 +75,8 @@ def cli(verbose):
 @cli.command()
 @click.option("--config", "config_path", metavar="PATH|PRESET",
               help="YAML config file or preset name (see configs/). Default: the preset of "
-                   "--dataset (sine, omniglot_5w1s, miniimagenet_5w1s), or the sine defaults.")
+                   "--dataset (sine, omniglot_5w1s, miniimagenet_5w1s, folder), or the sine "
+                   "defaults.")
 @click.option("--algorithm", type=click.Choice(ALGORITHMS),
               help="the meta-learning algorithm (default maml)")
 @click.option("--dataset", type=click.Choice(DATASETS),
@@ -84,7 +85,8 @@ def cli(verbose):
               help="model.norm: query sets normalized by their own statistics (transductive, "
                    "the papers') or by the support set's (support: serves one query at a time)")
 @click.option("--data-dir", type=click.Path(),
-              help="data.<dataset>.data_dir: the Omniglot zips, or MiniImagenet in any layout")
+              help="data.<dataset>.data_dir: the Omniglot zips, MiniImagenet in any layout, or "
+                   "your folder of class folders (--dataset folder)")
 @click.option("--strategy", type=click.Choice(DISTRIBUTIONS),
               help="train.strategy: one device, every local GPU (or --devices), or the cluster "
                    "in TF_CONFIG")
@@ -300,17 +302,30 @@ def data():
 
 
 @data.command("prepare")
-@click.argument("dataset", type=click.Choice(["miniimagenet"]))
+@click.argument("dataset", type=click.Choice(["miniimagenet", "folder"]))
 @click.option("--source", required=True, type=click.Path(),
-              help="the copy you have: a csv or pickle layout folder")
-@click.option("--out", "out_dir", required=True, type=click.Path(), help="cache folder to write")
+              help="the copy you have: a csv or pickle layout folder (miniimagenet), or a folder "
+                   "of class folders (folder)")
+@click.option("--out", "out_dir", type=click.Path(),
+              help="cache folder to write (required for miniimagenet; for folder, "
+                   "data.folder.cache_dir, default SOURCE/.tfmeta-cache)")
+@click.option("--image-size", metavar="H,W", help="folder: data.folder.image_size")
+@click.option("--color", type=click.Choice(COLORS), help="folder: data.folder.color (rgb)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @user_errors
-def prepare(dataset, source, out_dir, no_progress):
+def prepare(dataset, source, out_dir, image_size, color, no_progress):
     """Convert a dataset once into tfmeta's memory-mapped cache; point --data-dir at the cache.
 
     MiniImagenet: images/ with train.csv, val.csv and test.csv (filename,label), or
-    mini-imagenet-cache-{train,val,test}.pkl. Checks every file and the class and image counts."""
+    mini-imagenet-cache-{train,val,test}.pkl. Checks every file and the class and image counts.
+
+    folder: DIR/<class>/<image>.png or .jpg (or DIR/{train,val,test}/<class>/...): decodes every
+    image once into the cache that `tfmeta train --dataset folder --data-dir DIR` with the same
+    --image-size and --color reads."""
+    if dataset == "folder":
+        return _prepare_folder(source, out_dir, image_size, color, no_progress)
+    if not out_dir:
+        raise click.UsageError("miniimagenet needs --out, the cache folder to write")
     from tfmeta.tasks import miniimagenet
 
     manifest = miniimagenet.prepare(Path(source), Path(out_dir), progress=not no_progress,
@@ -319,6 +334,25 @@ def prepare(dataset, source, out_dir, no_progress):
         click.echo(f"{split:>5}: {len(entry['classes'])} classes, {sum(entry['counts'])} images")
     click.echo(f"{dataset} is ready in {manifest['cache']}; train with --data-dir "
                f"{manifest['cache']}")
+
+
+def _prepare_folder(source, out_dir, image_size, color, no_progress) -> None:
+    from tfmeta.config.data import FolderConfig
+    from tfmeta.errors import expect
+    size = [int(v) for v in image_size.split(",")] if image_size else []
+    expect(len(size) in (0, 2), "--image-size", "H,W, e.g. 84,84", image_size)
+    config = FolderConfig(data_dir=source, image_size=size, color=color or "rgb",
+                          cache_dir=out_dir or "")
+    config.check()
+    start_tensorflow()
+    from tfmeta.tasks import folder
+
+    cache = folder.prepare(config, progress=not no_progress, log=click.echo)
+    summary = folder.summary(cache)
+    click.echo(f"{summary}; cached in {cache}. Train with --dataset folder --data-dir {source}"
+               + (f" --set data.folder.image_size=[{image_size}]" if image_size else "")
+               + (f" --set data.folder.color={color}" if color else "")
+               + (f" --set data.folder.cache_dir={out_dir}" if out_dir else ""))
 
 
 @cli.group()

@@ -18,13 +18,17 @@ loss and every landscape metric are the same computation in both.
 
 import dataclasses
 import functools
+import warnings
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import keras
 import tensorflow as tf
 
+from tfmeta import custom
 from tfmeta.batch_norm import BatchNorm
 from tfmeta.config.model import NORMS, ModelConfig
+from tfmeta.custom import exact_batch_norm  # noqa: F401  (tfmeta.models.exact_batch_norm)
+from tfmeta.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,13 +355,68 @@ def mlp(hidden: Sequence[int] = (40, 40), inputs: int = 1, outputs: int = 1,
                      (inputs,), loss="mse", gains=gains, norm=norm, inner=inner, name="mlp")
 
 
+def from_keras(model: keras.Model, example_shape: Sequence[int], outputs: int, loss: str,
+               norm_layers: str = "convert", gains: bool = False, norm: str = "transductive",
+               inner: InnerLoop = InnerLoop()) -> MetaModel:
+    """Your Keras model as a MetaModel: its layers but the last are the features, its last, a
+    Dense of `outputs` linear units, the head; weights are copied. Stock BatchNormalization and
+    LayerNormalization layers are converted to the exact ones (`norm_layers="convert"`, with a
+    warning that names them), refused ("refuse") or kept ("keep": wrong second derivatives);
+    layers that make adaptation stateful are refused (`tfmeta.custom`).
+
+    Args:
+        model: a built keras.Sequential or functional chain from x [B, *example_shape] to
+            [B, outputs].
+        loss: "cross_entropy" (the outputs are logits) or "mse".
+    """
+    layers = custom.chain(model, example_shape)
+    last = layers[-1] if layers else None
+    if not (isinstance(last, keras.layers.Dense) and last.units == outputs
+            and last.get_config()["activation"] == "linear"):
+        raise ConfigError(f"model {model.name}: its last layer must be Dense({outputs}) with no "
+                          f"activation (the head, {'logits' if loss == 'cross_entropy' else 'predictions'}"
+                          f"), got {type(last).__name__ if last else 'no layer'}"
+                          + (f"({last.units}, activation={last.get_config()['activation']})"
+                             if isinstance(last, keras.layers.Dense) else ""))
+    copies, assign = custom.copy_chain(layers, norm_layers)
+    converted = [f.line() for f in custom.findings(layers) if norm_layers == "convert"]
+    if converted:
+        warnings.warn(f"model {model.name}: converted {len(converted)} stock normalization "
+                      "layers to tfmeta's exact ones: " + "; ".join(converted), stacklevel=2)
+    dtype = last.dtype_policy
+    features = keras.Sequential(copies[:-1] or [keras.layers.Identity(dtype=dtype)],
+                                name="features")
+    meta = MetaModel(features, copies[-1], example_shape, loss=loss, gains=gains, norm=norm,
+                     inner=inner, name=model.name)
+    assign()
+    return meta
+
+
+def custom_model(config: ModelConfig, example_shape: Sequence[int], outputs: int, loss: str,
+                 gains: bool = False, inner: InnerLoop = InnerLoop()) -> MetaModel:
+    """`model.factory`'s model (called as factory(example_shape, outputs)) through `from_keras`."""
+    factory = custom.load_factory(config.factory)
+    model = factory(tuple(example_shape), outputs)
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"model.factory {config.factory!r} returned "
+                          f"{type(model).__name__}, not a keras.Model")
+    if not model.built:
+        model.build((None, *example_shape))
+    return from_keras(model, example_shape, outputs, loss, config.norm_layers, gains,
+                      config.norm, inner)
+
+
 def build(config: ModelConfig, example_shape: Sequence[int], outputs: int,
-          gains: bool = False, inner: InnerLoop = InnerLoop()) -> MetaModel:
+          gains: bool = False, inner: InnerLoop = InnerLoop(),
+          loss: str = "cross_entropy") -> MetaModel:
     """The model `config` describes, for examples of `example_shape` and a head of `outputs`;
-    `gains` adds Wormhole MAML's per-tensor gains, `inner` what the inner loop adapts."""
+    `gains` adds Wormhole MAML's per-tensor gains, `inner` what the inner loop adapts, `loss` the
+    task's loss (a custom model's; conv4 is a classifier and the MLP a regressor)."""
     arch = config.arch
     if arch == "auto":
         arch = "mlp" if len(example_shape) == 1 else "conv4"
+    if arch == "custom":
+        return custom_model(config, example_shape, outputs, loss, gains, inner)
     if arch == "mlp":
         return mlp(config.hidden, example_shape[0], outputs, dtype=config.dtype, gains=gains,
                    norm=config.norm, inner=inner)

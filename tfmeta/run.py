@@ -88,7 +88,7 @@ def build_model(config: Config, source: tasks.TaskSource, outputs: Optional[int]
     keras.utils.set_random_seed(config.train.seed)
     model = models.build(config.model, source.example_shape, outputs or source.outputs,
                          gains=algorithms.get(config.algorithm).gains,
-                         inner=inner_loop(config))
+                         inner=inner_loop(config), loss=source.loss)
     if model.inner.head_only and not model.num_feature_params:
         raise ConfigError(f"{config.algorithm} adapts the head and meta-learns the features, but "
                           f"model {model.name} has no feature parameters (model.hidden: "

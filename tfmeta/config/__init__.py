@@ -28,7 +28,7 @@ from tfmeta.files import atomic_open
 CONFIG_DIR = Path(__file__).resolve().parent / "presets"
 # The preset a bare `--dataset NAME` starts from, so that each dataset gets its paper settings.
 DATASET_PRESETS = {"sine": "sine", "omniglot": "omniglot_5w1s",
-                   "miniimagenet": "miniimagenet_5w1s"}
+                   "miniimagenet": "miniimagenet_5w1s", "folder": "folder"}
 
 
 @dataclasses.dataclass

@@ -5,7 +5,7 @@ import math
 
 from tfmeta.errors import ConfigError, expect
 
-DATASETS = ("sine", "omniglot", "miniimagenet", "linear")
+DATASETS = ("sine", "omniglot", "miniimagenet", "linear", "folder")
 # Omniglot: where the images come from, how classes are split, how an episode draws its classes.
 OMNIGLOT_SOURCES = ("zips", "tfds")
 OMNIGLOT_SPLITS = ("alphabet", "character")
@@ -13,6 +13,8 @@ EPISODES = ("any", "within_alphabet")
 DRAWINGS_PER_CHARACTER = 20
 # Affine augmentation: no map, a map per image, or one per class of an episode.
 AUGMENT_PER = ("none", "image", "class")
+# How a folder's images are stored: PIL's "RGB" or "L".
+COLORS = ("rgb", "grayscale")
 
 
 @dataclasses.dataclass
@@ -127,6 +129,44 @@ class MiniImagenetConfig:
 
 
 @dataclasses.dataclass
+class FolderConfig:
+    """Your own images: a folder of class folders (`tfmeta.tasks.folder`).
+
+    Attributes:
+        data_dir: the folder: DIR/<class>/<image>.png or .jpg, or DIR/{train,val,test}/<class>/.
+        image_size: [height, width] every image is resized to; empty keeps the images' own size,
+            which they must then share.
+        color: "rgb" or "grayscale".
+        split: fractions of the classes in meta-train, meta-validation and meta-test, when the
+            folder has no split folders; a validation fraction of 0 leaves no val split.
+        split_seed: seed of that split.
+        cache_dir: where the decoded images are cached; default DIR/.tfmeta-cache, or
+            ~/.cache/tfmeta when DIR is read-only.
+    """
+    data_dir: str = ""
+    image_size: list = dataclasses.field(default_factory=list)
+    color: str = "rgb"
+    split: list = dataclasses.field(default_factory=lambda: [0.6, 0.2, 0.2])
+    split_seed: int = 0
+    cache_dir: str = ""
+
+    def check(self, key: str = "data.folder") -> None:
+        expect(bool(self.data_dir), f"{key}.data_dir", "the folder of class folders (--data-dir)",
+               self.data_dir)
+        expect(self.image_size == [] or (
+            len(self.image_size) == 2 and all(isinstance(v, int) and v >= 1
+                                              for v in self.image_size)),
+               f"{key}.image_size", "[] (the images' own size) or [height, width]",
+               self.image_size)
+        expect(self.color in COLORS, f"{key}.color", " or ".join(COLORS), self.color)
+        expect(len(self.split) == 3 and all(isinstance(v, (int, float)) and v >= 0
+                                            for v in self.split)
+               and abs(sum(self.split) - 1) < 1e-6 and self.split[0] > 0 and self.split[2] > 0,
+               f"{key}.split", "[train, val, test] fractions summing to 1, train and test above 0",
+               self.split)
+
+
+@dataclasses.dataclass
 class LinearTasksConfig:
     """Linear regression on easy and hard tasks (`tfmeta.tasks.linear`).
 
@@ -165,8 +205,8 @@ class DataConfig:
     """Which tasks, and how big their episodes are.
 
     Attributes:
-        dataset: "sine", "omniglot", "miniimagenet" or "linear" (easy and hard linear-regression
-            tasks, `tfmeta experiment task-landscape`'s).
+        dataset: "sine", "omniglot", "miniimagenet", "linear" (easy and hard linear-regression
+            tasks, `tfmeta experiment task-landscape`'s) or "folder" (your own images).
         ways: N classes per episode (classification only), and the width of the model's head.
         test_ways: N of meta-test (and val) episodes, at most `ways`; 0 means `ways`. Fewer ways
             at meta-test than in meta-training adapt and score the first test_ways rows of the
@@ -184,6 +224,7 @@ class DataConfig:
     omniglot: OmniglotConfig = dataclasses.field(default_factory=OmniglotConfig)
     miniimagenet: MiniImagenetConfig = dataclasses.field(default_factory=MiniImagenetConfig)
     linear: LinearTasksConfig = dataclasses.field(default_factory=LinearTasksConfig)
+    folder: FolderConfig = dataclasses.field(default_factory=FolderConfig)
 
     def check(self, key: str = "data") -> None:
         expect(self.dataset in DATASETS, f"{key}.dataset", " or ".join(DATASETS), self.dataset)
@@ -200,6 +241,8 @@ class DataConfig:
             self.omniglot.check(f"{key}.omniglot")
         if self.dataset == "linear":
             self.linear.check(f"{key}.linear")
+        if self.dataset == "folder":
+            self.folder.check(f"{key}.folder")
 
     def split_ways(self, split: str) -> int:
         """N of the split's episodes: `ways` in meta-training, `test_ways` (when set) elsewhere."""
@@ -208,7 +251,7 @@ class DataConfig:
 
 def data_dir_key(dataset: str) -> str:
     """The config key of `dataset`'s data folder (what `--data-dir` sets)."""
-    if dataset not in ("omniglot", "miniimagenet"):
+    if dataset not in ("omniglot", "miniimagenet", "folder"):
         raise ConfigError(f"--data-dir: the {dataset} dataset reads no files; it is for "
-                          "omniglot and miniimagenet")
+                          "omniglot, miniimagenet and folder")
     return f"data.{dataset}.data_dir"

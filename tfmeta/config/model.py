@@ -4,7 +4,9 @@ import dataclasses
 
 from tfmeta.errors import expect
 
-ARCHS = ("auto", "conv4", "mlp")
+ARCHS = ("auto", "conv4", "mlp", "custom")
+# What a custom model's stock BatchNormalization and LayerNormalization layers become.
+NORM_LAYERS = ("convert", "refuse", "keep")
 POOLS = ("max", "stride")
 DTYPES = ("float32", "float64")
 # How batch norm normalizes a query set (`tfmeta.models`).
@@ -16,13 +18,19 @@ class ModelConfig:
     """The network.
 
     Attributes:
-        arch: "conv4", "mlp", or "auto" (mlp for sine, conv4 for image datasets).
+        arch: "conv4", "mlp", "auto" (mlp for sine, conv4 for image datasets), or "custom" (your
+            Keras model, from `factory`).
         filters: conv4 channels per layer.
         pool: conv4 downsampling, "max" (2x2 max-pool) or "stride" (stride-2 convs).
         hidden: MLP hidden widths.
         dtype: "float32", or "float64" for exactness checks.
         norm: how batch norm normalizes a query set: "transductive" (by its own statistics) or
             "support" (by the support set's; queries independent of each other). See NORMS.
+        factory: for arch custom, "package.module:function": function(input_shape, outputs)
+            returns a Keras model from [B, *input_shape] to [B, outputs] (`models.from_keras`).
+        norm_layers: what a custom model's stock BatchNormalization and LayerNormalization
+            layers become: "convert" (to tfmeta's exact layers), "refuse", or "keep" (their
+            second derivatives are wrong; for comparisons only).
     """
     arch: str = "auto"
     filters: int = 64
@@ -30,6 +38,8 @@ class ModelConfig:
     hidden: list = dataclasses.field(default_factory=lambda: [40, 40])
     dtype: str = "float32"
     norm: str = "transductive"
+    factory: str = ""
+    norm_layers: str = "convert"
 
     def check(self, key: str = "model") -> None:
         """Raises ConfigError naming the first `key.field` out of range."""
@@ -40,3 +50,7 @@ class ModelConfig:
                "a list of positive integers", self.hidden)
         expect(self.dtype in DTYPES, f"{key}.dtype", " or ".join(DTYPES), self.dtype)
         expect(self.norm in NORMS, f"{key}.norm", " or ".join(NORMS), self.norm)
+        expect(self.norm_layers in NORM_LAYERS, f"{key}.norm_layers", ", ".join(NORM_LAYERS),
+               self.norm_layers)
+        expect(self.arch != "custom" or ":" in self.factory, f"{key}.factory",
+               "package.module:function for model.arch custom", self.factory)

@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from tfmeta.config.data import DATASETS, DataConfig
 from tfmeta.errors import ConfigError
-from tfmeta.tasks import linear, miniimagenet, omniglot_split, sine
+from tfmeta.tasks import folder, linear, miniimagenet, omniglot_split, sine
+from tfmeta.tasks.folder import from_directory
 from tfmeta.tasks.source import TaskSource
 
 SOURCES: Dict[str, Callable[[DataConfig, tf.DType], TaskSource]] = {
@@ -21,6 +22,7 @@ SOURCES: Dict[str, Callable[[DataConfig, tf.DType], TaskSource]] = {
     "linear": linear.source,
     "omniglot": omniglot_split.source,
     "miniimagenet": miniimagenet.source,
+    "folder": folder.source,
 }
 
 
