@@ -178,8 +178,9 @@ def test_derivative_order_annealing_trains_first_order_then_second(tmp_path, mon
         return run
 
     monkeypatch.setattr(training, "make_meta_step", recording)
+    # One step per call, so that each meta-step is a Python call the recording wrapper sees.
     train_tiny(tmp_path / "run", "sine-cpu", "train.epochs=3", "train.iterations=2",
-               "algorithms.maml.first_order_epochs=2")
+               "algorithms.maml.first_order_epochs=2", "train.steps_per_execution=1")
     assert orders == [True] * 4 + [False] * 2
 
 

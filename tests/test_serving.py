@@ -706,3 +706,36 @@ def test_memory_returns_after_large_legal_requests(tight_server, files, large_fi
     time.sleep(3)
     after = rss_mb(tight_server)
     assert after - warm < 60 and after <= 1.2 * warm, (warm, after)
+
+
+@pytest.mark.slow
+def test_the_readme_own_data_lines_run_from_a_folder_to_an_answer(tmp_path):
+    """The README's ten lines from a folder to a served model, as written, with training and
+    evaluation shortened; the client's answer is a distribution over the task's 3 classes."""
+    block = README.read_text().split("<!-- own-data-example -->")[1].split("```sh\n")[1]
+    block = block.split("```")[0]
+    script = re.search(r"<<'EOF'\n(.*?)\nEOF", block, re.S)[1]
+    commands = [line.split("  #")[0].strip() for line in block.splitlines()
+                if line.startswith(("python examples", "tfmeta "))]
+    assert [c.split()[1] for c in commands] == ["examples/shapes_folder.py", "train", "evaluate",
+                                                "export", "serve"]
+    shorter = {"train": " --epochs 1 --iterations 30 --set train.eval_tasks=20 "
+                        "--landscape-every 0 --no-progress", "evaluate": " --tasks 20"}
+    root = README.parent
+    for command in commands[:-1]:
+        word = command.split()[1]
+        command = (command.replace("python examples", f"{sys.executable} {root}/examples")
+                   .replace("tfmeta ", f"{sys.executable} -m tfmeta_cli.main ", 1)
+                   + shorter.get(word, ""))
+        result = subprocess.run(command, shell=True, cwd=tmp_path, env=ENV, capture_output=True,
+                                text=True)
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+    server = Server(tmp_path / "models" / "shapes", tmp_path / "server.log")
+    try:
+        answer = subprocess.run(
+            [sys.executable, "-c", script.replace("localhost:8501", f"127.0.0.1:{server.port}")],
+            cwd=tmp_path, env=ENV, check=True, capture_output=True, text=True).stdout
+    finally:
+        server.stop()
+    probabilities = np.array(answer.strip().strip("[]").split(), float)
+    assert probabilities.shape == (3,) and probabilities.sum() == pytest.approx(1, abs=1e-5)

@@ -151,8 +151,6 @@ class FolderConfig:
     cache_dir: str = ""
 
     def check(self, key: str = "data.folder") -> None:
-        expect(bool(self.data_dir), f"{key}.data_dir", "the folder of class folders (--data-dir)",
-               self.data_dir)
         expect(self.image_size == [] or (
             len(self.image_size) == 2 and all(isinstance(v, int) and v >= 1
                                               for v in self.image_size)),

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tfmeta.config.data import DATASETS, DataConfig
 from tfmeta.errors import ConfigError
 from tfmeta.tasks import folder, linear, miniimagenet, omniglot_split, sine
-from tfmeta.tasks.folder import from_directory
+from tfmeta.tasks.folder import from_directory  # noqa: F401  (tfmeta.tasks.from_directory)
 from tfmeta.tasks.source import TaskSource
 
 SOURCES: Dict[str, Callable[[DataConfig, tf.DType], TaskSource]] = {

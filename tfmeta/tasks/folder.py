@@ -151,6 +151,9 @@ def prepare(config: FolderConfig, progress: bool = True,
             log: Callable[[str], None] = print) -> Path:
     """Decodes the folder into its cache unless a cache of the same files and format exists;
     returns the cache folder."""
+    if not config.data_dir:
+        raise DataError("data.folder.data_dir is not set: pass --data-dir DIR, a folder of class "
+                        "folders (DIR/<class>/<image>.png or .jpg)")
     root = Path(config.data_dir).expanduser()
     classes = scan(root)
     fmt = image_format(config, classes)

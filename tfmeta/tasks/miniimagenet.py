@@ -22,7 +22,6 @@ import os
 import pickle
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
@@ -33,6 +32,7 @@ from tfmeta.config.data import DataConfig, MiniImagenetConfig
 from tfmeta.errors import DataError
 from tfmeta.tasks import augment, classification
 from tfmeta.tasks.classification import Pool
+from tfmeta.tasks.image_files import decode_into, listing
 from tfmeta.tasks.image_format import miniimagenet_format
 from tfmeta.tasks.source import TaskSource
 
@@ -120,27 +120,9 @@ def _csv_files(folder: Path) -> dict:
         missing += [str(f) for f in files if not f.is_file()]
         splits[split] = (names, [len(classes[n]) for n in names], files)
     if missing:
-        raise DataError(_listing(f"{len(missing)} image files named in the CSVs are missing",
+        raise DataError(listing(f"{len(missing)} image files named in the CSVs are missing",
                                  missing))
     return splits
-
-
-def _decode_into(array: np.ndarray, files: list, progress: bool, what: str) -> list:
-    """Decodes `files` into the rows of `array` in parallel; returns the unreadable ones."""
-    from tqdm import tqdm
-
-    size, unreadable = array.shape[1], []
-
-    def load(i):
-        try:
-            array[i] = _decode(files[i], size)
-        except Exception as error:  # PIL raises several types for broken files
-            unreadable.append(f"{files[i]} ({type(error).__name__}: {error})")
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        list(tqdm(pool.map(load, range(len(files))), total=len(files), disable=not progress,
-                  desc=f"decoding {what}", unit="img"))
-    return unreadable
 
 
 def _read_pickle_layout(folder: Path, size: int) -> dict:
@@ -164,11 +146,6 @@ def _read_pickle_layout(folder: Path, size: int) -> dict:
                             f"{len(images)} rows")
         out[split] = (names, [len(class_dict[n]) for n in names], images[order])
     return out
-
-
-def _listing(what: str, items: list, limit: int = 20) -> str:
-    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
-    return f"{what}:\n  " + "\n  ".join(items[:limit]) + more
 
 
 def prepare(source: Path, out: Path, progress: bool = True, size: int = 84,
@@ -200,7 +177,8 @@ def prepare(source: Path, out: Path, progress: bool = True, size: int = 84,
             array = np.lib.format.open_memmap(staging / f"{split}.npy", "w+", np.uint8,
                                               (sum(counts), size, size, 3))
             if layout == "csv":
-                unreadable += _decode_into(array, images, progress, split)
+                unreadable += decode_into(array, images, lambda f: _decode(f, size), progress,
+                                          split)
             else:
                 array[:] = images
             array.flush()
@@ -209,7 +187,7 @@ def prepare(source: Path, out: Path, progress: bool = True, size: int = 84,
                                          "counts": [int(c) for c in counts]}
             manifest["warnings"] += _count_warnings(split, counts)
         if unreadable:
-            raise DataError(_listing(f"{len(unreadable)} image files could not be read",
+            raise DataError(listing(f"{len(unreadable)} image files could not be read",
                                      sorted(unreadable)))
         for split in SPLITS:
             os.replace(staging / f"{split}.npy", out / f"{split}.npy")
