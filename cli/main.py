@@ -79,14 +79,16 @@ def cli(verbose):
                    "defaults.")
 @click.option("--algorithm", type=click.Choice(ALGORITHMS),
               help="the meta-learning algorithm (default maml)")
-@click.option("--dataset", type=click.Choice(DATASETS),
-              help="data.dataset")
+@click.option("--dataset", metavar="|".join(DATASETS) + "|tfds:NAME",
+              help="data.dataset: a built-in dataset, your folder of class folders, or a "
+                   "TensorFlow Datasets image classification dataset")
 @click.option("--norm", type=click.Choice(NORMS),
               help="model.norm: query sets normalized by their own statistics (transductive, "
                    "the papers') or by the support set's (support: serves one query at a time)")
 @click.option("--data-dir", type=click.Path(),
-              help="data.<dataset>.data_dir: the Omniglot zips, MiniImagenet in any layout, or "
-                   "your folder of class folders (--dataset folder)")
+              help="data.<dataset>.data_dir: the Omniglot zips, MiniImagenet in any layout, "
+                   "your folder of class folders (--dataset folder), or the TFDS data directory "
+                   "(--dataset tfds:NAME)")
 @click.option("--strategy", type=click.Choice(DISTRIBUTIONS),
               help="train.strategy: one device, every local GPU (or --devices), or the cluster "
                    "in TF_CONFIG")

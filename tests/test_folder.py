@@ -180,3 +180,24 @@ def test_meta_training_on_shapes_rises_above_chance_and_the_export_answers_png_f
             np.testing.assert_allclose(served["logits"], expected[i:i + 1], atol=1e-4)
     finally:
         session.close()
+
+
+@pytest.mark.trains
+def test_data_prepare_folder_builds_the_cache_training_reads(tmp_path):
+    import subprocess
+    root = shapes_folder.write(tmp_path / "d", classes=12, per_class=4, size=12)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    prepared = subprocess.run([sys.executable, "-m", "tfmeta_cli.main", "data", "prepare",
+                               "folder", "--source", str(root), "--color", "grayscale",
+                               "--no-progress"], env=env, capture_output=True, text=True)
+    assert prepared.returncode == 0, prepared.stderr
+    assert "12 classes, 48 images of 12x12x1" in prepared.stdout
+    assert "--set data.folder.color=grayscale" in prepared.stdout
+    lines = []
+    folder.prepare(quiet(data_dir=str(root), color="grayscale"), progress=False,
+                   log=lines.append)
+    assert lines == []   # the cache the command wrote
+    bad = subprocess.run([sys.executable, "-m", "tfmeta_cli.main", "data", "prepare", "folder",
+                          "--source", str(tmp_path / "none")], env=env, capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "none: not a folder" in bad.stderr

@@ -180,5 +180,5 @@ def training_config(preset: Optional[str] = None, overrides: Iterable[str] = (),
                               "a run directory")
         values["run_dir"] = str(resume_dir)
         return config_lib.load(str(config_path(resume_dir)), overrides, values, data_dir), True
-    preset = preset or config_lib.DATASET_PRESETS.get(values.get("data.dataset"))
+    preset = preset or config_lib.dataset_preset(values.get("data.dataset"))
     return config_lib.load(preset, overrides, values, data_dir), False

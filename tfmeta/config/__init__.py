@@ -16,7 +16,7 @@ import yaml
 
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.algorithms import AlgorithmConfig
-from tfmeta.config.data import DataConfig, data_dir_key
+from tfmeta.config.data import DataConfig, data_dir_key, is_tfds
 from tfmeta.config.landscape import LandscapeConfig
 from tfmeta.config.model import ModelConfig
 from tfmeta.config.train import TrainConfig
@@ -29,6 +29,13 @@ CONFIG_DIR = Path(__file__).resolve().parent / "presets"
 # The preset a bare `--dataset NAME` starts from, so that each dataset gets its paper settings.
 DATASET_PRESETS = {"sine": "sine", "omniglot": "omniglot_5w1s",
                    "miniimagenet": "miniimagenet_5w1s", "folder": "folder"}
+
+
+def dataset_preset(dataset: Optional[str]) -> Optional[str]:
+    """The preset of `--dataset NAME`; a TFDS dataset ("tfds:NAME") starts from `folder`'s."""
+    if dataset and is_tfds(dataset):
+        return "folder"
+    return DATASET_PRESETS.get(dataset)
 
 
 @dataclasses.dataclass

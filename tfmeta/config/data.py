@@ -129,28 +129,24 @@ class MiniImagenetConfig:
 
 
 @dataclasses.dataclass
-class FolderConfig:
-    """Your own images: a folder of class folders (`tfmeta.tasks.folder`).
+class ImageClassesConfig:
+    """How a labelled image collection of your own becomes episodes: its classes split into
+    meta-train, meta-validation and meta-test, its images' size and colour.
 
     Attributes:
-        data_dir: the folder: DIR/<class>/<image>.png or .jpg, or DIR/{train,val,test}/<class>/.
         image_size: [height, width] every image is resized to; empty keeps the images' own size,
             which they must then share.
         color: "rgb" or "grayscale".
-        split: fractions of the classes in meta-train, meta-validation and meta-test, when the
-            folder has no split folders; a validation fraction of 0 leaves no val split.
+        split: fractions of the classes in meta-train, meta-validation and meta-test (for a folder,
+            when it has no split folders); a validation fraction of 0 leaves no val split.
         split_seed: seed of that split.
-        cache_dir: where the decoded images are cached; default DIR/.tfmeta-cache, or
-            ~/.cache/tfmeta when DIR is read-only.
     """
-    data_dir: str = ""
     image_size: list = dataclasses.field(default_factory=list)
     color: str = "rgb"
     split: list = dataclasses.field(default_factory=lambda: [0.6, 0.2, 0.2])
     split_seed: int = 0
-    cache_dir: str = ""
 
-    def check(self, key: str = "data.folder") -> None:
+    def check(self, key: str) -> None:
         expect(self.image_size == [] or (
             len(self.image_size) == 2 and all(isinstance(v, int) and v >= 1
                                               for v in self.image_size)),
@@ -162,6 +158,49 @@ class FolderConfig:
                and abs(sum(self.split) - 1) < 1e-6 and self.split[0] > 0 and self.split[2] > 0,
                f"{key}.split", "[train, val, test] fractions summing to 1, train and test above 0",
                self.split)
+
+
+@dataclasses.dataclass
+class FolderConfig(ImageClassesConfig):
+    """Your own images: a folder of class folders (`tfmeta.tasks.folder`); the other fields as
+    in `ImageClassesConfig`.
+
+    Attributes:
+        data_dir: the folder: DIR/<class>/<image>.png or .jpg, or DIR/{train,val,test}/<class>/.
+        cache_dir: where the decoded images are cached; default DIR/.tfmeta-cache, or
+            ~/.cache/tfmeta when DIR is read-only.
+    """
+    data_dir: str = ""
+    cache_dir: str = ""
+
+    def check(self, key: str = "data.folder") -> None:
+        super().check(key)
+
+
+@dataclasses.dataclass
+class TfdsConfig(ImageClassesConfig):
+    """Any TensorFlow Datasets image classification dataset (`--dataset tfds:NAME`,
+    `tfmeta.tasks.tfds_images`); the other fields as in `ImageClassesConfig`.
+
+    Attributes:
+        data_dir: the TFDS data directory that holds the prepared dataset; empty: TFDS's default
+            (~/tensorflow_datasets, or $TFDS_DATA_DIR).
+        image_key, label_key: the features holding the image and its class (a ClassLabel).
+        splits: the TFDS splits whose examples are pooled before the classes are split; empty:
+            every split.
+    """
+    data_dir: str = ""
+    image_key: str = "image"
+    label_key: str = "label"
+    splits: list = dataclasses.field(default_factory=list)
+
+    def check(self, key: str = "data.tfds") -> None:
+        super().check(key)
+        for field in ("image_key", "label_key"):
+            expect(bool(getattr(self, field)), f"{key}.{field}", "a feature name",
+                   getattr(self, field))
+        expect(all(isinstance(s, str) for s in self.splits), f"{key}.splits",
+               "a list of TFDS split names", self.splits)
 
 
 @dataclasses.dataclass
@@ -204,7 +243,8 @@ class DataConfig:
 
     Attributes:
         dataset: "sine", "omniglot", "miniimagenet", "linear" (easy and hard linear-regression
-            tasks, `tfmeta experiment task-landscape`'s) or "folder" (your own images).
+            tasks, `tfmeta experiment task-landscape`'s), "folder" (your own images) or
+            "tfds:NAME" (a TensorFlow Datasets image classification dataset).
         ways: N classes per episode (classification only), and the width of the model's head.
         test_ways: N of meta-test (and val) episodes, at most `ways`; 0 means `ways`. Fewer ways
             at meta-test than in meta-training adapt and score the first test_ways rows of the
@@ -223,9 +263,12 @@ class DataConfig:
     miniimagenet: MiniImagenetConfig = dataclasses.field(default_factory=MiniImagenetConfig)
     linear: LinearTasksConfig = dataclasses.field(default_factory=LinearTasksConfig)
     folder: FolderConfig = dataclasses.field(default_factory=FolderConfig)
+    tfds: TfdsConfig = dataclasses.field(default_factory=TfdsConfig)
 
     def check(self, key: str = "data") -> None:
-        expect(self.dataset in DATASETS, f"{key}.dataset", " or ".join(DATASETS), self.dataset)
+        expect(self.dataset in DATASETS or is_tfds(self.dataset), f"{key}.dataset",
+               " or ".join(DATASETS) + ", or tfds:NAME (a TensorFlow Datasets image "
+               "classification dataset)", self.dataset)
         for field in ("ways", "shots", "queries"):
             value = getattr(self, field)
             expect(value >= 1, f"{key}.{field}", "a positive integer", value)
@@ -241,15 +284,24 @@ class DataConfig:
             self.linear.check(f"{key}.linear")
         if self.dataset == "folder":
             self.folder.check(f"{key}.folder")
+        if is_tfds(self.dataset):
+            self.tfds.check(f"{key}.tfds")
 
     def split_ways(self, split: str) -> int:
         """N of the split's episodes: `ways` in meta-training, `test_ways` (when set) elsewhere."""
         return self.test_ways if split != "train" and self.test_ways else self.ways
 
 
+def is_tfds(dataset: str) -> bool:
+    """Whether `dataset` names a TensorFlow Datasets dataset, "tfds:NAME"."""
+    return dataset.startswith("tfds:") and len(dataset) > len("tfds:")
+
+
 def data_dir_key(dataset: str) -> str:
     """The config key of `dataset`'s data folder (what `--data-dir` sets)."""
+    if is_tfds(dataset):
+        return "data.tfds.data_dir"
     if dataset not in ("omniglot", "miniimagenet", "folder"):
         raise ConfigError(f"--data-dir: the {dataset} dataset reads no files; it is for "
-                          "omniglot, miniimagenet and folder")
+                          "omniglot, miniimagenet, folder and tfds:NAME")
     return f"data.{dataset}.data_dir"

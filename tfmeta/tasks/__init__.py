@@ -11,9 +11,9 @@ from typing import Callable, Dict
 
 import tensorflow as tf
 
-from tfmeta.config.data import DATASETS, DataConfig
+from tfmeta.config.data import DATASETS, DataConfig, is_tfds
 from tfmeta.errors import ConfigError
-from tfmeta.tasks import folder, linear, miniimagenet, omniglot_split, sine
+from tfmeta.tasks import folder, linear, miniimagenet, omniglot_split, sine, tfds_images
 from tfmeta.tasks.folder import from_directory  # noqa: F401  (tfmeta.tasks.from_directory)
 from tfmeta.tasks.source import TaskSource
 
@@ -28,7 +28,9 @@ SOURCES: Dict[str, Callable[[DataConfig, tf.DType], TaskSource]] = {
 
 def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
     """Builds the task source for `config`; raises ConfigError or DataError on bad input."""
+    if is_tfds(config.dataset):
+        return tfds_images.source(config, tf.as_dtype(dtype))
     if config.dataset not in SOURCES:
         raise ConfigError(f"unknown dataset {config.dataset!r}; expected one of "
-                          f"{', '.join(DATASETS)}")
+                          f"{', '.join(DATASETS)}, or tfds:NAME")
     return SOURCES[config.dataset](config, tf.as_dtype(dtype))

@@ -22,6 +22,7 @@ from tfmeta.config.data import DRAWINGS_PER_CHARACTER as IMAGES_PER_CHARACTER
 from tfmeta.errors import DataError
 from tfmeta.files import atomic_open
 from tfmeta.tasks.image_format import omniglot_format
+from tfmeta.tasks.tfds_images import quiet_builder
 
 ZIP_NAMES = (
     "images_background.zip",
@@ -91,7 +92,7 @@ def load_omniglot_tfds(
 
     where = data_dir or "TFDS's default data dir"
     try:
-        builder, prepared = _quiet_builder(tfds, data_dir)
+        builder, prepared = quiet_builder("omniglot", data_dir)
         if download and not prepared:
             # Zips already in the data dir are TFDS's manual downloads (it checks their
             # checksums); only missing ones are fetched, and only if their host answers.
@@ -118,20 +119,6 @@ def load_omniglot_tfds(
             f"{IMAGES_PER_CHARACTER} drawings; delete its omniglot folder and prepare it again."
         )
     return _tfds_characters_to_data(complete, builder.info.features["alphabet"].int2str)
-
-
-def _quiet_builder(tfds, data_dir: str | None):
-    """tfds.builder("omniglot") and whether it is prepared, without TFDS's warning that an
-    unprepared folder "has no dataset_info.json" (the normal first state)."""
-    from absl import logging as absl_logging
-
-    verbosity = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)
-    try:
-        builder = tfds.builder("omniglot", data_dir=data_dir)
-        return builder, builder.is_prepared()
-    finally:
-        absl_logging.set_verbosity(verbosity)
 
 
 def url_reachable(url: str, timeout: float = 5.0) -> str:
