@@ -111,7 +111,7 @@ def test_an_unprepared_dataset_fails_in_seconds_with_one_line(tmp_path):
     assert "\n" not in message
 
 
-@pytest.mark.trains
+@pytest.mark.slow
 def test_the_command_line_trains_on_a_prepared_dataset_without_its_builder(data_dir, tmp_path):
     """A fresh `tfmeta train` process, which has never imported TinyShapes, reads it from its
     prepared folder; and an unprepared dataset exits 2 with one `error:` line."""
