@@ -64,7 +64,7 @@ def test_steps_per_execution_gives_single_steps_weights_and_resumes_the_stream(t
         progress=False, log=lambda _: None)
     training.train(sine_config(split, "train.steps_per_execution=3"), resume=True,
                    progress=False, log=lambda _: None)
-    (a, run_a), (b, run_b) = weights(straight), weights(split)
+    (a, _), (b, run_b) = weights(straight), weights(split)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert int(run_b.optimizer.iterations.numpy()) == 300
