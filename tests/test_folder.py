@@ -201,3 +201,45 @@ def test_data_prepare_folder_builds_the_cache_training_reads(tmp_path):
                           "--source", str(tmp_path / "none")], env=env, capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "none: not a folder" in bad.stderr
+
+
+def test_a_jpeg_grayscale_folder_reads_as_pil_decodes_it(tmp_path):
+    root = shapes_folder.write(tmp_path / "d", classes=6, per_class=4, size=16, grayscale=True,
+                               jpeg=True)
+    pools, fmt = folder.pools(quiet(data_dir=str(root), color="grayscale",
+                                    split=[0.5, 0.0, 0.5]), progress=False, log=lambda _: None)
+    assert fmt.shape == (16, 16, 1) and set(pools) == {"train", "test"}
+    pool = pools["train"]
+    with Image.open(sorted((root / pool.names[0]).iterdir())[0]) as image:
+        np.testing.assert_array_equal(pool.images[0, :, :, 0], np.asarray(image.convert("L")))
+
+
+@pytest.mark.trains
+def test_the_command_line_trains_and_exports_a_custom_keras_model(shapes, tmp_path):
+    """`model.arch: custom` with a factory named by its dotted path, from `tfmeta train` to
+    `tfmeta export`: the stock batch norm is converted with one warning line, and the export
+    rebuilds the same model from the factory."""
+    import subprocess
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
+    train = subprocess.run(
+        [sys.executable, "-m", "tfmeta_cli.main", "train", "--dataset", "folder", "--data-dir",
+         str(shapes), "--epochs", "1", "--iterations", "5", "--landscape-every", "0",
+         "--no-progress", "--run-dir", str(tmp_path / "run"), "--set", "model.arch=custom",
+         "--set", "model.factory=custom_models:small_cnn", "--set", "train.eval_tasks=10"],
+        env=env, capture_output=True, text=True)
+    assert train.returncode == 0, train.stderr[-3000:]
+    warnings = [line for line in train.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "converted 2 stock normalization layers" in warnings[0]
+    export = subprocess.run(
+        [sys.executable, "-m", "tfmeta_cli.main", "export", str(tmp_path / "run"), "--out",
+         str(tmp_path / "models" / "custom")], env=env, capture_output=True, text=True)
+    assert export.returncode == 0, export.stderr[-3000:]
+    refused = subprocess.run(
+        [sys.executable, "-m", "tfmeta_cli.main", "train", "--dataset", "folder", "--data-dir",
+         str(shapes), "--run-dir", str(tmp_path / "other"), "--set", "model.arch=custom",
+         "--set", "model.factory=custom_models:with_dropout"],
+        env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "dropout (Dropout): draws new random numbers" in \
+        refused.stderr
