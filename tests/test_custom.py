@@ -100,3 +100,12 @@ def test_a_factory_named_by_its_dotted_path():
                              ("custom_models:nothing", "has no function nothing")):
         with pytest.raises(ConfigError, match=message):
             models.build(ModelConfig(arch="custom", factory=factory), (16, 16, 3), 5)
+
+
+def test_a_norm_layer_over_another_axis_cannot_be_converted():
+    model = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.BatchNormalization(axis=1),
+                              keras.layers.Flatten(), keras.layers.Dense(3)])
+    (finding,) = custom.findings(custom.chain(model, (4, 4, 2)))
+    assert not finding.convertible and "normalizes the last axis" in finding.why
+    with pytest.raises(ConfigError, match="cannot convert"):
+        models.from_keras(model, (4, 4, 2), 3, "cross_entropy")

@@ -105,8 +105,10 @@ def _norm_support(layer: keras.Layer, exact: str) -> tuple:
     """(" ; converts to ..." or " ; cannot convert: ...", convertible) for a stock norm layer."""
     axis = layer.axis if isinstance(layer.axis, int) else (
         layer.axis[0] if len(layer.axis) == 1 else None)
-    rank = len(layer.input.shape) if hasattr(layer, "_inbound_nodes") and layer._inbound_nodes \
-        else None
+    try:   # a built layer keeps its axis as a positive index
+        rank = len(layer.input.shape)
+    except (AttributeError, ValueError):   # never called on a symbolic input
+        rank = None
     if axis is None or (axis != -1 and rank is not None and axis != rank - 1):
         return f"; cannot convert: tfmeta's {exact} normalizes the last axis, this one axis " \
                f"{layer.axis}", False
