@@ -230,16 +230,24 @@ def pools(config: FolderConfig, progress: bool = True,
     manifest = _read_manifest(cache)
     classes = [ClassFolder(s, n, (None,) * k) for s, n, k in manifest["classes"]]
     images = np.load(cache / "images.npy", mmap_mode="r")
+    height, width, channels = manifest["shape"]
+    return (split_pools(images, classes, config.split, config.split_seed),
+            ImageFormat(height, width, channels))
+
+
+def split_pools(images: np.ndarray, classes: Sequence[ClassFolder], fractions: Sequence[float],
+                seed: int) -> Dict[str, Pool]:
+    """{split: Pool} in memory from images [total, H, W, ch] stored class by class (each class's
+    count is len(files)), the classes split by `assign_splits`."""
     counts = np.array([len(c.files) for c in classes], np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     out = {}
-    for split, index in assign_splits(classes, config.split, config.split_seed).items():
+    for split, index in assign_splits(classes, fractions, seed).items():
         rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in index]) \
             if index else np.zeros([0], np.int64)
         out[split] = Pool(np.ascontiguousarray(images[rows]), counts[index],
                           tuple(classes[i].name for i in index))
-    height, width, channels = manifest["shape"]
-    return out, ImageFormat(height, width, channels)
+    return out
 
 
 def source(config: DataConfig, dtype=tf.float32) -> TaskSource:

@@ -23,7 +23,7 @@ from tfmeta.config.data import DataConfig, TfdsConfig
 from tfmeta.errors import DataError
 from tfmeta.tasks import classification
 from tfmeta.tasks.classification import Pool
-from tfmeta.tasks.folder import ClassFolder, assign_splits
+from tfmeta.tasks.folder import ClassFolder, split_pools
 from tfmeta.tasks.image_format import ImageFormat
 from tfmeta.tasks.source import TaskSource
 
@@ -90,16 +90,9 @@ def pools(name: str, config: TfdsConfig) -> Tuple[Dict[str, Pool], ImageFormat]:
     decoded = np.stack([fmt.from_pil(Image.fromarray(_squeeze(x))) for x in images])
     order = np.argsort(labels, kind="stable")
     decoded, labels = decoded[order], labels[order]
-    present = np.unique(labels)
-    counts = np.array([np.sum(labels == c) for c in present], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    classes = [ClassFolder("", names[c], ()) for c in present]
-    out = {}
-    for split, index in assign_splits(classes, config.split, config.split_seed).items():
-        rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in index]) \
-            if index else np.zeros([0], np.int64)
-        out[split] = Pool(decoded[rows], counts[index], tuple(classes[i].name for i in index))
-    return out, fmt
+    present, counts = np.unique(labels, return_counts=True)
+    classes = [ClassFolder("", names[c], (None,) * n) for c, n in zip(present, counts)]
+    return split_pools(decoded, classes, config.split, config.split_seed), fmt
 
 
 def _read(tfds, builder, splits: list, config: TfdsConfig) -> tuple:
