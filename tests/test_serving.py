@@ -663,9 +663,11 @@ def test_the_deadline_cancels_the_work_and_frees_the_slot(tight_server, files, l
     took = time.perf_counter() - start
     assert status == 504 and "deadline" in body["error"], body
     assert 2.9 < took < 7, took
+    # Uncancelled, the slow request would hold the only slot for about 8 s more; 3 s leaves room
+    # for a loaded machine (the next request itself took 1.4-1.8 s with other jobs running).
     start = time.perf_counter()
     assert_good_request(tight_server, request_inputs)
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < 3
     client = GrpcClient(f"127.0.0.1:{tight_server.grpc_port}", "omniglot", timeout=1.5)
     try:
         with pytest.raises(ServingClientError) as error:
@@ -674,7 +676,7 @@ def test_the_deadline_cancels_the_work_and_frees_the_slot(tight_server, files, l
         assert error.value.status == "DEADLINE_EXCEEDED"
         start = time.perf_counter()
         out = client.predict(**request_inputs)
-        assert time.perf_counter() - start < 1 and out["probabilities"].shape == (75, 5)
+        assert time.perf_counter() - start < 3 and out["probabilities"].shape == (75, 5)
     finally:
         client.close()
     assert "Traceback" not in tight_server.log.read_text()
