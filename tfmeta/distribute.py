@@ -198,23 +198,44 @@ def peers_watched(strategy: tf.distribute.Strategy, checkpoint: Callable[[], Opt
             error.message, read_tf_config(os.environ.get("TF_CONFIG")), checkpoint())) from error
 
 
-def lost_peer_message(message: str, tf_config: dict, checkpoint: Optional[str]) -> str:
+def lost_peer_message(message: str, tf_config: dict, checkpoint: Optional[str],
+                      probe: Callable[[str], bool] = ports.accepts) -> str:
     """One line for TensorFlow's lost-peer `message`: which task was lost (as TF_CONFIG names it),
-    why, and how to continue from `checkpoint` (None: from the beginning)."""
+    why, and how to continue from `checkpoint` (None: from the beginning).
+
+    Which of TensorFlow's mechanisms notices the loss first is a race, and each words it its own
+    way ("recvmsg:Connection reset by peer", "Socket closed", "Failed to send RPC to coordination
+    service"): the reason is cut to one sentence on one line, and when the message names no task,
+    the peers whose addresses no longer accept a connection (`probe`) are named instead."""
     task = re.search(r"remote target /job:(\w+)/replica:\d+/task:(\d+)", message)
-    peer = "a peer"
     if task:
-        role, index = task.group(1), int(task.group(2))
-        addresses = tf_config["cluster"].get(role, [])
-        peer = f"{role} {index}" + (f" ({addresses[index]})" if index < len(addresses) else "")
+        lost = [(task.group(1), int(task.group(2)))]
+    else:
+        me = tf_config["task"]
+        lost = [(role, i) for role, addresses in tf_config["cluster"].items()
+                for i, address in enumerate(addresses)
+                if (role, i) != (me["type"], me["index"]) and not probe(address)]
+    peer = " and ".join(_task_name(tf_config, role, index) for role, index in lost) or "a peer"
+    return (f"lost {peer} of the multi-worker job ({_one_line_reason(message)}); the job cannot go "
+            "on without it. Restart every worker with the same command and --auto-resume: the "
+            "job continues from " + (f"its last checkpoint, {checkpoint}" if checkpoint
+                                     else "the beginning (no checkpoint yet)"))
+
+
+def _task_name(tf_config: dict, role: str, index: int) -> str:
+    addresses = tf_config["cluster"].get(role, [])
+    return f"{role} {index}" + (f" ({addresses[index]})" if index < len(addresses) else "")
+
+
+def _one_line_reason(message: str) -> str:
+    """The cause in TensorFlow's status `message`: the collective's abort reason, or else its last
+    line, without graph-node and op suffixes, cut to its first sentence (the coordination service
+    goes on to advise reading logs) and to 200 characters."""
+    message = re.sub(r"\[\[\{\{node [^]]*\]\]|\[Op:[^]]*\]", "", message)
     cause = re.search(r"Collective ops is aborted by: ([^\n]+)", message)
-    reason = (cause.group(1) if cause else message.strip().splitlines()[-1]).strip()
-    # The coordination service's reason goes on to advise reading logs: its first sentence says it.
-    reason = re.split(r"(?<=[a-z])\. ", reason)[0]
-    where = f"its last checkpoint, {checkpoint}" if checkpoint else "the beginning (no checkpoint yet)"
-    return (f"lost {peer} of the multi-worker job ({reason}); the job cannot go on without it. "
-            f"Restart every worker with the same command and --auto-resume: the job continues "
-            f"from {where}")
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    reason = cause.group(1) if cause else (lines or ["no reason given"])[-1]
+    return re.split(r"(?<=[a-z])\. ", reason.strip())[0].strip()[:200]
 
 
 def check_divisible(batch_size: int, strategy: tf.distribute.Strategy, key: str) -> None:

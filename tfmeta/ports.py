@@ -1,4 +1,5 @@
-"""Free TCP ports of 127.0.0.1: for a multi-worker cluster on one machine, or a test server."""
+"""TCP ports: free ones of 127.0.0.1 for a multi-worker cluster on one machine or a test server, and
+whether a task's "host:port" still accepts connections."""
 
 import socket
 
@@ -14,3 +15,13 @@ def free_ports(count: int) -> list:
     finally:
         for s in sockets:
             s.close()
+
+
+def accepts(address: str, timeout: float = 2.0) -> bool:
+    """Whether "host:port" accepts a TCP connection within `timeout` seconds."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout):
+            return True
+    except (OSError, ValueError):
+        return False
