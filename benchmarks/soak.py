@@ -10,11 +10,13 @@ Each client draws its next request from a fixed mix, half REST and half gRPC:
 
 | kind | share | what |
 | --- | --- | --- |
-| good | 83% | an N-way 1-shot task with N queries, floats; or its PNG files (`adapt_predict_images`) |
+| good | 79% | an N-way 1-shot task with N queries, floats; or its PNG files (`adapt_predict_images`) |
 | bad | 10% | one class in the support set, a label outside [0, N), NaN, malformed JSON |
-| large | 1% | 2,000 float queries (14 MB of JSON), or 40 files of 2048 x 2048 (legal, 670 MB decoded in all) |
+| large | 1% | the most float queries the export takes (`max_examples` - N), or 40 files of 2048 x 2048 (legal, 670 MB decoded in all) |
 | bomb | 5% | a PNG that declares 20000 x 20000 RGBA (1.6 MB), a JPEG that declares 60000 x 60000 |
 | burst | 1% | 20 good requests at once from one client, beyond the server's queue |
+| slow | 2% | REST only: a good request's headers, then its body a byte a second (`attacks.trickle`) |
+| sparse | 2% | gRPC only: a query tensor that declares 2^28 floats and stores one (`attacks.sparse_tensor`) |
 
 `--kinds` keeps some kinds of the mix, in their proportions (`--kinds good` measures throughput).
 
@@ -40,12 +42,16 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from attacks import sparse_tensor, trickle  # noqa: E402
 from bombs import jpeg_bomb, png_bomb  # noqa: E402
 from serving import start_server  # noqa: E402
 from tfmeta import export  # noqa: E402
 from tfmeta_serving.repository import versions_in  # noqa: E402
 
-KINDS = (("good", 0.83), ("bad", 0.10), ("large", 0.01), ("bomb", 0.05), ("burst", 0.01))
+KINDS = (("good", 0.79), ("bad", 0.10), ("large", 0.01), ("bomb", 0.05), ("burst", 0.01),
+         ("slow", 0.02), ("sparse", 0.02))
+# The one protocol of a kind that exists in one only.
+ONLY = {"slow": "REST", "sparse": "gRPC"}
 BURST = 20
 
 
@@ -69,7 +75,7 @@ def drawing(rng: np.random.Generator, size: int = 105) -> bytes:
 class Requests:
     """Every request of the mix, built once: REST bodies and gRPC inputs by (kind, variant)."""
 
-    def __init__(self, ways: int, example_shape: list, seed: int):
+    def __init__(self, ways: int, example_shape: list, max_examples: int, seed: int):
         rng = np.random.default_rng(seed)
         labels = np.arange(ways, dtype=np.int32)
         # Pixels to 3 decimals, as a client would send them (and 2,000 queries fit in 16 MB).
@@ -87,7 +93,7 @@ class Requests:
             ("bad", "NaN"): (None, dict(support_x=support, support_y=labels,
                                         query_x=np.full_like(query, np.nan))),
             ("large", "queries"): (None, dict(support_x=support, support_y=labels,
-                                              query_x=floats(2000))),
+                                              query_x=floats(max_examples - ways))),
             ("large", "files"): ("adapt_predict_images", dict(
                 support_images=[big] * ways, support_y=labels, query_images=[big] * 20)),
             ("bomb", "png"): ("adapt_predict_images", dict(
@@ -97,6 +103,11 @@ class Requests:
         }
         self.rest = {key: _json(signature, inputs) for key, (signature, inputs) in self.grpc.items()}
         self.rest[("bad", "malformed")] = b'{"inputs": {"support_x": [1, 2'
+        self.rest[("slow", "trickle")] = self.rest[("good", "floats")]
+        self.sparse = {"support_x": support, "support_y": labels,
+                       "query_x": sparse_tensor([(1 << 28) // int(np.prod(example_shape)),
+                                                 *example_shape])}
+        self.grpc[("sparse", "declared 2^28 floats")] = None
 
     def variants(self, kind: str, protocol: str) -> list:
         keys = self.rest if protocol == "REST" else self.grpc
@@ -149,8 +160,33 @@ class Soak:
             error.read()
             return error.code, None
 
+    def slow(self, key) -> tuple:
+        host, port = self.url.split("//")[1].split("/")[0].split(":")
+        status, _, _ = trickle(host, int(port), self.url.split(port, 1)[1],
+                               self.requests.rest[key], seconds=120)
+        return status, None
+
+    def sparse(self) -> tuple:
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.name
+        for key, value in self.requests.sparse.items():
+            request.inputs[key].CopyFrom(value if not isinstance(value, np.ndarray)
+                                         else tf.make_tensor_proto(value))
+        with grpc.insecure_channel(self.target) as channel:
+            try:
+                prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request,
+                                                                                   timeout=60)
+                return "OK", None
+            except grpc.RpcError as error:
+                return error.code().name, None
+
     def grpc(self, client, key) -> tuple:
         from tfmeta_serving.client import ServingClientError
+        if key[0] == "sparse":
+            return self.sparse()
         signature, inputs = self.requests.grpc[key]
         try:
             return "OK", client.predict(signature, **inputs)["probabilities"].tolist()
@@ -160,7 +196,10 @@ class Soak:
     def one(self, client, key: tuple, protocol: str, kind: str) -> None:
         """Sends request `key` and counts its status under `kind`."""
         start = time.perf_counter()
-        status, answer = self.rest(key) if protocol == "REST" else self.grpc(client, key)
+        if protocol == "REST":
+            status, answer = self.slow(key) if kind == "slow" else self.rest(key)
+        else:
+            status, answer = self.grpc(client, key)
         elapsed = time.perf_counter() - start
         with self.lock:
             self.counts[(kind, protocol, status)] += 1
@@ -175,7 +214,7 @@ class Soak:
         client = self.grpc_client()
         while True:
             kind = str(rng.choice(self.kinds, p=self.shares))
-            protocol = "REST" if rng.random() < 0.5 else "gRPC"
+            protocol = ONLY.get(kind, "REST" if rng.random() < 0.5 else "gRPC")
             if kind == "burst":
                 if not self.take(BURST):
                     break
@@ -216,7 +255,8 @@ def main():
     meta = export.read_metadata(versions_in(args.models)[-1])
     if not meta.get("image_format"):
         parser.error(f"{args.models} is not an image classifier's export")
-    requests = Requests(meta["ways"], meta["example_shape"], args.seed)
+    requests = Requests(meta["ways"], meta["example_shape"], meta.get("max_examples", 1000),
+                        args.seed)
     log = Path(f"/tmp/soak-server-{time.time_ns()}.log")
     process, url, target = start_server(args.models, log, *serve_flags)
     kinds = tuple(args.kinds.split(","))

@@ -185,8 +185,11 @@ def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr, norm, episodes)
 @click.option("--max-image-side", type=int, metavar="PIXELS",
               help="image datasets: the image signature refuses a file whose header declares a "
                    "larger width or height, before decoding it (default 2048)")
+@click.option("--max-examples", type=int, default=1000, show_default=True, metavar="N",
+              help="the most examples (support and query together) one request may carry; "
+                   "checked in the graph before any decoding or adaptation")
 @user_errors
-def export(run_dir, out_dir, version, steps, checkpoint, norm, max_image_side):
+def export(run_dir, out_dir, version, steps, checkpoint, norm, max_image_side, max_examples):
     """Export RUN_DIR as a SavedModel that adapts to each request's support set, in TensorFlow
     Serving's layout (signatures adapt_predict, the default, adapt_predict_images for image
     datasets, and predict)."""
@@ -194,11 +197,11 @@ def export(run_dir, out_dir, version, steps, checkpoint, norm, max_image_side):
     from tfmeta import export as export_lib
 
     path = export_lib.export_run(Path(run_dir), Path(out_dir), version, steps, checkpoint, norm,
-                                 max_image_side)
+                                 max_image_side, max_examples)
     meta = export_lib.read_metadata(path)
     click.echo(f"exported {run_dir} to {path}: {meta['task']}, ways {meta['ways']}, example "
                f"shape {meta['example_shape']}, {meta['steps']} steps at lr {meta['lr']}, "
-               f"norm {meta['norm']}"
+               f"norm {meta['norm']}, at most {meta['max_examples']} examples a request"
                + (f", images up to {meta['max_image_side']} pixels a side"
                   if meta.get("max_image_side") else ""))
     click.echo(f"signatures: {', '.join(meta['signatures'])}; "
@@ -226,24 +229,36 @@ def export(run_dir, out_dir, version, steps, checkpoint, norm, max_image_side):
 @click.option("--max-queued-predictions", "queued", type=int,
               help="requests that may wait for a prediction slot; beyond them a request gets "
                    "503 / UNAVAILABLE at once (embedded server; default 8)")
+@click.option("--max-receiving-bodies", "receiving", type=int,
+              help="REST bodies read at once, apart from the predictions; beyond them a request "
+                   "gets 503 at once (embedded server; default 64)")
+@click.option("--body-grace-ms", type=int,
+              help="how long a REST body may take before --min-body-rate-kb applies; a slower "
+                   "sender gets 408 (embedded server; default 5000)")
+@click.option("--min-body-rate-kb", type=float,
+              help="kB per second a REST body must keep up after the grace (embedded server; "
+                   "default 64)")
 @click.option("--embedded", is_flag=True,
               help="use the embedded server even when tensorflow_model_server is on PATH")
 @user_errors
 def serve(model_base_path, model_name, host, port, grpc_port, max_body_mb, poll_seconds,
-          rest_timeout_ms, concurrent, queued, embedded):
+          rest_timeout_ms, concurrent, queued, receiving, body_grace_ms, min_body_rate_kb,
+          embedded):
     """Serve an export over TensorFlow Serving's REST and gRPC APIs: tensorflow_model_server
     when it is on PATH, else the embedded server with the same contract."""
-    from tfmeta_serving import server
+    from tfmeta_serving import admission, server
 
-    if max_body_mb <= 0 or poll_seconds <= 0:
-        raise click.BadParameter("--max-body-mb and --poll-seconds must be positive")
-    if rest_timeout_ms < 0 or (concurrent is not None and concurrent < 1) or (
-            queued is not None and queued < 0):
-        raise click.BadParameter("--rest_api_timeout_in_ms and --max-queued-predictions must "
-                                 "be >= 0, --max-concurrent-predictions >= 1")
+    if poll_seconds <= 0:
+        raise click.BadParameter("--poll-seconds must be positive")
+    given = {"max_body_bytes": int(max_body_mb * (1 << 20)), "rest_timeout_ms": rest_timeout_ms,
+             "concurrent": concurrent, "queued": queued, "receiving": receiving,
+             "body_grace_ms": body_grace_ms,
+             "min_body_rate": None if min_body_rate_kb is None else int(min_body_rate_kb * 1024)}
+    limits = admission.limits_of(given)
+    embedded_only = [admission.FLAGS[k][0] for k in admission.EMBEDDED_ONLY if given[k] is not None]
     start_tensorflow()
-    server.start(Path(model_base_path), model_name, port, grpc_port, int(max_body_mb * (1 << 20)),
-                 poll_seconds, host, rest_timeout_ms, concurrent, queued, embedded, log=click.echo)
+    server.start(Path(model_base_path), model_name, port, grpc_port, poll_seconds, host, limits,
+                 tuple(embedded_only), embedded, log=click.echo)
 
 
 @cli.command()

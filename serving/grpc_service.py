@@ -3,14 +3,18 @@
 PredictionService.Predict and GetModelMetadata, and ModelService.GetModelStatus, answered from the
 same `Repository` as REST, within the same `admission.Admission` limits. A prediction honours the
 client's deadline (none: no limit, as in TF Serving): it waits for a slot until then, and the
-model runs with the time left. A ServingError's HTTP status maps to the gRPC code TF Serving
-uses: 400 -> INVALID_ARGUMENT, 404 -> NOT_FOUND, 503 -> UNAVAILABLE, 504 -> DEADLINE_EXCEEDED,
-other -> INTERNAL. As in TF Serving, an input tensor must have the signature's dtype: an int64
-label or a float64 image is refused, never cast.
+model runs with the time left. A client that cancels its call stops the work and frees the slot
+(`admission.Cancellation`). Before any tensor is materialized, its name, dtype, declared shape,
+stored values and decoded size are checked (`tensor_protos`), and so is the export's limit on
+examples per request. A ServingError's HTTP status maps to the gRPC code TF Serving uses:
+400 -> INVALID_ARGUMENT, 404 -> NOT_FOUND, 429 -> RESOURCE_EXHAUSTED, 499 -> CANCELLED,
+503 -> UNAVAILABLE, 504 -> DEADLINE_EXCEEDED, other -> INTERNAL. As in TF Serving, an input tensor
+must have the signature's dtype: an int64 label or a float64 image is refused, never cast.
 """
 
 import time
 from concurrent import futures
+from typing import Optional
 
 import grpc
 import tensorflow as tf
@@ -18,13 +22,18 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from tfmeta_serving.admission import Admission
-from tfmeta_serving.repository import Repository, ServingError, signature_def_map
+from tfmeta_serving import tensor_protos
+from tfmeta_serving.admission import Admission, Cancellation
+from tfmeta_serving.errors import ServingError
+from tfmeta_serving.repository import Repository, check_names, run, signature_def_map
 
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
+         429: grpc.StatusCode.RESOURCE_EXHAUSTED, 499: grpc.StatusCode.CANCELLED,
          503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
 # Threads beyond the admitted requests': they answer metadata, status and refusals at once.
 SPARE_THREADS = 4
+# grpcio reports a call without a deadline as one some 290 billion years away.
+NO_DEADLINE_SECONDS = 10 * 365 * 86400
 
 
 def _version(model_spec):
@@ -35,28 +44,50 @@ def _abort(context, error: ServingError):
     context.abort(CODES.get(error.status, grpc.StatusCode.INTERNAL), error.message)
 
 
+def deadline_of(context) -> Optional[float]:
+    """The call's deadline as a `time.monotonic()` instant; None when the client set none."""
+    left = context.time_remaining()
+    return None if left is None or left > NO_DEADLINE_SECONDS else time.monotonic() + left
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, repository: Repository, admission: Admission):
+    def __init__(self, repository: Repository, admission: Admission, max_tensor_bytes: int):
         self.repository = repository
         self.admission = admission
+        self.max_tensor_bytes = max_tensor_bytes
 
     def Predict(self, request, context):
         spec = request.model_spec
-        left = context.time_remaining()
-        deadline = None if left is None else time.monotonic() + left
+        deadline = deadline_of(context)
+        cancellation = Cancellation()
+
+        def ended():
+            # Called when the call ends for any reason: after an answer it finds nothing to stop,
+            # and past the deadline TensorFlow's own timeout stops the step, which keeps the
+            # session (a fresh one costs the next request its graph's first run).
+            if deadline is None or time.monotonic() < deadline - 0.01:
+                cancellation.cancel()
+        context.add_callback(ended)
         try:
-            with self.admission.ticket(), self.admission.slot(deadline):
+            served, signature, specs = self.repository.signature(
+                spec.name, _version(spec), spec.signature_name)
+            check_names(signature, specs, request.inputs)
+            shapes = tensor_protos.check_all(request.inputs, specs, signature,
+                                             self.max_tensor_bytes)
+            served.check_examples(signature, shapes)
+            with self.admission.ticket(), self.admission.slot(deadline, cancellation):
                 inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-                served, outputs = self.repository.predict(spec.name, _version(spec),
-                                                          spec.signature_name, inputs, deadline)
+                outputs = run(served, signature, inputs, deadline, cancellation)
         except ServingError as error:
             _abort(context, error)
+        except MemoryError:
+            _abort(context, ServingError(429, "the server ran out of memory for this request"))
         except (TypeError, ValueError) as error:
             _abort(context, ServingError(400, f"unreadable input tensor: {error}"))
         response = predict_pb2.PredictResponse()
         response.model_spec.name = spec.name
         response.model_spec.version.value = served.number
-        response.model_spec.signature_name = spec.signature_name or "serving_default"
+        response.model_spec.signature_name = signature
         for key, value in outputs.items():
             response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
         return response
@@ -96,7 +127,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 def server(repository: Repository, admission: Admission, port: int,
            max_message_bytes: int = 16 << 20, host: str = "0.0.0.0") -> grpc.Server:
     """A gRPC server for `repository` within `admission`'s limits on `host`:`port`, not yet
-    started."""
+    started; a message, and each of its tensors decoded, is at most `max_message_bytes`."""
     options = [("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.max_send_message_length", max_message_bytes)]
     workers = admission.concurrent + admission.queued + SPARE_THREADS
@@ -104,7 +135,7 @@ def server(repository: Repository, admission: Admission, port: int,
                                                          thread_name_prefix="grpc"),
                               options=options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(repository, admission), grpc_server)
+        PredictionService(repository, admission, max_message_bytes), grpc_server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(repository),
                                                               grpc_server)
     try:

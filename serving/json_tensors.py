@@ -14,7 +14,7 @@ import binascii
 import numpy as np
 import tensorflow as tf
 
-from tfmeta_serving.repository import ServingError
+from tfmeta_serving.errors import ServingError
 
 
 def to_array(name: str, value, spec: tf.TensorSpec, may_hold_booleans: bool = True) -> np.ndarray:

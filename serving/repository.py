@@ -5,7 +5,10 @@ largest version that has a saved_model.pb, serves it, and polls BASE for a newer
 flight keeps the version it started with. A version is loaded as TensorFlow Serving loads it: the
 session-based SavedModel loader (`tf.compat.v1.saved_model.loader.load`), its signatures run by
 tensor name in a Session, with the request's deadline as `RunOptions.timeout_in_ms`, so that an
-expired request is cancelled inside the graph. Inputs are typed arrays checked against the
+expired request is cancelled inside the graph. A version keeps one Session per prediction running
+at once (`SessionPool`), all on its one graph: a cancelled request closes its own Session, which
+is how TensorFlow stops a running step other than by its timeout, and the next request restores a
+fresh one from the version's variables (milliseconds). Inputs are typed arrays checked against the
 signature's specs (names, exact dtype, shape) before the call: like TF Serving, nothing is cast.
 Errors carry an HTTP status: 400 for a bad request (including the model's own
 InvalidArgumentError checks), 404 for an unknown model or version, 503 when the server is busy,
@@ -19,25 +22,139 @@ import math
 import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.saved_model.loader_impl import SavedModelLoader
 
 from tfmeta import export
+from tfmeta_serving.errors import ServingError
 
 DEFAULT_SIGNATURE = "serving_default"
 
 
-class ServingError(Exception):
-    """A failed request: an HTTP status and a message for the client."""
+class SessionPool:
+    """Sessions on one loaded graph, so that a cancelled request can stop its work.
 
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+    TensorFlow stops a running step of a session-based graph only at its timeout or when its
+    session closes, and a session's first run of a signature builds its executors, which takes
+    seconds for an adapting graph (on 2 cores, about 3 s for an Omniglot export). So each request
+    leases a session of its own (`lease`), and a cancelled request closes it (`run`); the pool
+    then prepares a replacement in the background, restored from the version's variables and
+    warmed up on every signature requests have used (run once on empty inputs, which builds the
+    executors before the graph's checks refuse the inputs; TF Serving's warm-up requests do the
+    same at load). The pool keeps `size` sessions (one per prediction slot and a spare, so that a
+    request after a cancellation finds a warm session at once); the first is prepared when the
+    version loads, the others in the background after its first answer.
+
+    Args:
+        path: the version directory.
+        graph: a fresh graph to load it into.
+        size: sessions kept (>= 1).
+    """
+
+    def __init__(self, path: Path, graph: tf.Graph, size: int = 1):
+        self._loader = SavedModelLoader(str(path))
+        self._graph = graph
+        self._size = size
+        self._ready = threading.Condition()
+        self._idle = []            # (session, the signatures it has run or was warmed on)
+        self._leased = self._preparing = 0
+        self._used, self._closed = set(), False
+        with graph.as_default():
+            self._saver, _ = self._loader.load_graph(graph, [tf.saved_model.SERVING])
+        self.meta_graph = self._loader.get_meta_graph_def_from_tags([tf.saved_model.SERVING])
+        self._idle.append((self._prepare(set()), set()))
+
+    def _prepare(self, warm: set) -> tf.compat.v1.Session:
+        """A session restored from the variables and warmed up on the signatures `warm`."""
+        session = tf.compat.v1.Session(graph=self._graph)
+        try:
+            self._loader.restore_variables(session, self._saver)
+            self._loader.run_init_ops(session, [tf.saved_model.SERVING])
+            for name in sorted(warm):
+                signature = self.meta_graph.signature_def[name]
+                try:
+                    session.run([v.name for v in signature.outputs.values()],
+                                {v.name: _empty(v) for v in signature.inputs.values()})
+                except (tf.errors.OpError, TypeError, ValueError):
+                    pass   # the executors are built before the graph's own checks refuse it
+        except Exception:
+            session.close()
+            raise
+        return session
+
+    def _prepare_in_background(self) -> None:
+        """Prepares one session warmed on the signatures used so far; call holding `_ready`."""
+        warm = set(self._used)
+        self._preparing += 1
+
+        def prepare():
+            try:
+                session = self._prepare(warm)
+            except Exception:   # the next lease prepares one itself, and reports the error
+                session = None
+            with self._ready:
+                self._preparing -= 1
+                if session is not None and not self._closed:
+                    self._idle.append((session, warm))
+                elif session is not None:
+                    session.close()
+                self._ready.notify_all()
+
+        threading.Thread(target=prepare, name="session-prepare", daemon=True).start()
+
+    @contextmanager
+    def lease(self, signature: str) -> Iterator[tf.compat.v1.Session]:
+        """A session for a run of `signature`: an idle one warm for it if any, else any idle one,
+        else one being prepared, else a new one."""
+        with self._ready:
+            while not self._idle and self._preparing:
+                self._ready.wait()
+            warm = [i for i, (_, signatures) in enumerate(self._idle) if signature in signatures]
+            session, signatures = (self._idle.pop(warm[0] if warm else -1) if self._idle
+                                   else (None, set()))
+            self._leased += 1
+        if session is None:
+            try:
+                session = self._prepare(set())
+            except Exception:
+                with self._ready:
+                    self._leased -= 1
+                raise
+        try:
+            yield session
+        finally:
+            with self._ready:
+                self._leased -= 1
+                self._used.add(signature)
+                if self._closed or session._closed:
+                    session.close()
+                else:
+                    self._idle.append((session, signatures | {signature}))
+                while (not self._closed and self._used
+                       and len(self._idle) + self._leased + self._preparing < self._size):
+                    self._prepare_in_background()
+                self._ready.notify_all()
+
+    def close(self) -> None:
+        """Closes the idle sessions; leased ones close when their requests end."""
+        with self._ready:
+            idle, self._idle, self._closed = self._idle, [], True
+        for session, _ in idle:
+            session.close()
+
+
+def _empty(info) -> np.ndarray:
+    """A zero-size input for a signature's TensorInfo: its unknown dimensions as 0."""
+    shape = [max(d.size, 0) for d in info.tensor_shape.dim]
+    dtype = tf.as_dtype(info.dtype)
+    return (np.full(shape, b"", object) if dtype == tf.string
+            else np.zeros(shape, dtype.as_numpy_dtype))
 
 
 @dataclass
@@ -47,15 +164,26 @@ class Version:
     Attributes:
         number: the version directory's integer name.
         path: the version directory.
-        session: the Session holding the restored graph and variables.
+        sessions: the Sessions holding the restored graph and variables.
         signature_defs: the SignatureDef protos by signature name, as saved_model.pb has them.
         inputs: per signature, the input TensorSpecs by input name.
+        metadata: tfmeta's metadata (`export.read_metadata`), or None for another SavedModel.
     """
     number: int
     path: Path
-    session: tf.compat.v1.Session
+    sessions: SessionPool
     signature_defs: dict
     inputs: dict
+    metadata: Optional[dict] = None
+
+    def check_examples(self, signature: str, shapes: dict) -> None:
+        """A 400 when a request of `shapes` {input: shape} holds more examples than the export's
+        `max_examples`, before any of its work (the exported graph checks it too)."""
+        if not self.metadata or not self.metadata.get("max_examples"):
+            return
+        count = export.examples_in_request(self.metadata, signature, shapes)
+        if count > self.metadata["max_examples"]:
+            raise ServingError(400, export.too_many_examples(count, self.metadata["max_examples"]))
 
 
 class _LoaderDeprecation(logging.Filter):
@@ -66,45 +194,63 @@ class _LoaderDeprecation(logging.Filter):
         return "is deprecated" not in record.getMessage()
 
 
-def load_version(path: Path) -> Version:
-    """Loads BASE/<version> with the session-based loader and reads its signatures."""
-    graph = tf.Graph()
-    session = tf.compat.v1.Session(graph=graph)
+def load_version(path: Path, sessions: int = 1) -> Version:
+    """Loads BASE/<version> with the session-based loader, into a pool of `sessions`
+    (`SessionPool`), and reads its signatures."""
     quiet = _LoaderDeprecation()
     tf.get_logger().addFilter(quiet)
     try:
-        with graph.as_default():
-            meta_graph = tf.compat.v1.saved_model.loader.load(
-                session, [tf.saved_model.SERVING], str(path))
-    except Exception:
-        session.close()
-        raise
+        sessions = SessionPool(path, tf.Graph(), sessions)
     finally:
         tf.get_logger().removeFilter(quiet)
-    defs = dict(meta_graph.signature_def)
+    defs = dict(sessions.meta_graph.signature_def)
     # "__saved_model_init_op" is the SavedModel's initializer, listed among the signatures.
     inputs = {name: {key: tf.TensorSpec(tf.TensorShape(info.tensor_shape), tf.as_dtype(info.dtype))
                      for key, info in signature.inputs.items()}
               for name, signature in defs.items() if not name.startswith("__")}
-    return Version(int(path.name), path, session, defs, inputs)
+    try:
+        metadata = export.read_metadata(path)
+    except (OSError, ValueError):   # not a tfmeta export, or damaged: reported on loading
+        metadata = None
+    return Version(int(path.name), path, sessions, defs, inputs, metadata)
+
+
+# A version directory's name: ASCII digits only (str.isdigit also takes "²" and "١"), and few
+# enough of them for an int64, as TensorFlow Serving reads versions.
+VERSION = re.compile(r"[0-9]{1,18}")
 
 
 def versions_in(base: Path) -> list:
     """Integer version directories under `base` that hold a saved_model.pb, oldest first."""
-    found = [p for p in base.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    found = [p for p in base.iterdir()
+             if VERSION.fullmatch(p.name) and (p / "saved_model.pb").is_file()]
     return sorted(found, key=lambda p: int(p.name))
 
 
-class Repository:
-    """Serves the newest version of the model under `base_path` as `name`."""
+def _fingerprint(path: Path) -> tuple:
+    """The names, sizes and modification times of a version directory's files: a version that
+    failed to load is tried again once it changes (it may have been seen half-written)."""
+    try:
+        return tuple(sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+                            for f in path.rglob("*") if f.is_file()))
+    except OSError:
+        return ()
 
-    def __init__(self, name: str, base_path: Path, log: Callable[[str], None] = print):
+
+class Repository:
+    """Serves the newest version of the model under `base_path` as `name`, each version with a
+    pool of `sessions` (`SessionPool`: one per prediction slot and a spare)."""
+
+    def __init__(self, name: str, base_path: Path, log: Callable[[str], None] = print,
+                 sessions: int = 1):
         self.name = name
+        self.sessions = sessions
         self.base_path = Path(base_path)
         self.log = log
         self._current: Optional[Version] = None
         self._lock = threading.Lock()
-        self._failed: set = set()
+        self._failed: dict = {}   # path -> its fingerprint when it failed to load
+        self._skipped: set = set()
 
     @property
     def current(self) -> Optional[Version]:
@@ -112,20 +258,25 @@ class Repository:
 
     def refresh(self) -> bool:
         """Loads a version newer than the one served, if any; returns whether it swapped."""
+        self._log_skipped()
         candidates = [p for p in versions_in(self.base_path)
-                      if p not in self._failed
+                      if self._failed.get(p) != _fingerprint(p)
                       and (self._current is None or int(p.name) > self._current.number)]
         if not candidates:
             return False
         path = candidates[-1]
         try:
-            version = load_version(path)
-        except Exception as error:  # a corrupt export must not take the server down
-            self._failed.add(path)
-            self.log(f"could not load {path}: {error}")
+            version = load_version(path, self.sessions)
+        except Exception as error:  # a corrupt or half-written export must not take the server down
+            self._failed[path] = _fingerprint(path)
+            self.log(f"could not load {path}: {first_line(str(error))}; it is tried again when "
+                     "its files change")
             return False
+        self._failed.pop(path, None)
         with self._lock:
-            self._current = version
+            replaced, self._current = self._current, version
+        if replaced is not None:
+            replaced.sessions.close()   # requests in flight keep their leased sessions
         # TensorFlow and the model leave ~350k objects for the cyclic collector, which a JSON
         # request's ~100k new lists make it walk several times: 3x the request's cost. Frozen,
         # they are skipped (a replaced version's cyclic garbage then stays; versions are rare).
@@ -133,19 +284,32 @@ class Repository:
         gc.freeze()
         self.log(f"serving {self.name} version {version.number} from {path}: signatures "
                  f"{', '.join(sorted(version.inputs))}")
-        try:
-            self.log(export.queries_notice(export.read_metadata(path)))
-        except (OSError, ValueError, KeyError) as error:  # not a tfmeta export, or damaged
-            self.log(f"no tfmeta metadata in {path / export.METADATA_FILE} ({error}); cannot "
-                     "say whether answers depend on the rest of a request")
+        if version.metadata is not None:
+            self.log(export.queries_notice(version.metadata))
+        else:
+            self.log(f"no tfmeta metadata in {path / export.METADATA_FILE}; cannot say whether "
+                     "answers depend on the rest of a request")
         return True
 
+    def _log_skipped(self) -> None:
+        """Logs, once each, the entries of the base path that are not version directories."""
+        for entry in self.base_path.iterdir():
+            if (entry.name not in self._skipped and not entry.name.startswith(".")
+                    and not VERSION.fullmatch(entry.name)):
+                self._skipped.add(entry.name)
+                self.log(f"skipping {entry}: a version is a directory named by an integer")
+
     def watch(self, seconds: float) -> threading.Thread:
-        """Polls for new versions every `seconds` in a daemon thread."""
+        """Polls for new versions every `seconds` in a daemon thread, which logs and outlives any
+        error of one poll (an unreadable base path, a version that cannot load)."""
         def loop():
             while True:
                 time.sleep(seconds)
-                self.refresh()
+                try:
+                    self.refresh()
+                except Exception as error:
+                    self.log(f"looking for new versions under {self.base_path} failed: "
+                             f"{type(error).__name__}: {first_line(str(error))}")
         thread = threading.Thread(target=loop, name="version-watch", daemon=True)
         thread.start()
         return thread
@@ -157,8 +321,7 @@ class Repository:
                                     f"'{self.name}'")
         current = self._current
         if current is None:
-            raise ServingError(404, f"model '{name}' has no loadable version under "
-                                    f"{self.base_path} yet")
+            raise ServingError(404, f"model '{name}' has no loadable version yet")
         if version is not None and version != current.number:
             raise ServingError(404, f"model '{name}' version {version} is not served; the "
                                     f"served version is {current.number}")
@@ -172,15 +335,6 @@ class Repository:
             raise ServingError(400, f"unknown signature '{signature}'; model '{name}' has: "
                                     f"{', '.join(sorted(served.inputs))}")
         return served, signature, served.inputs[signature]
-
-    def predict(self, name: str, version: Optional[int], signature: Optional[str],
-                inputs: dict, deadline: Optional[float] = None) -> tuple:
-        """Runs a signature on typed arrays {input name: np.ndarray} whose dtypes must be the
-        signature's, as TensorFlow Serving requires, cancelled at `deadline` (a
-        `time.monotonic()` instant; None: none); returns (Version, {output: np.ndarray})."""
-        served, signature, specs = self.signature(name, version, signature)
-        check_names(signature, specs, inputs)
-        return served, run(served, signature, inputs, deadline)
 
 
 def check_names(signature: str, specs: dict, inputs: dict) -> None:
@@ -211,10 +365,12 @@ def milliseconds_left(deadline: Optional[float]) -> Optional[int]:
     return left
 
 
-def run(served: Version, signature: str, inputs: dict, deadline: Optional[float] = None) -> dict:
+def run(served: Version, signature: str, inputs: dict, deadline: Optional[float] = None,
+        cancellation=None) -> dict:
     """Calls `signature` of a loaded version on typed arrays named as its inputs (`check_names`),
-    cancelled at `deadline` (a `time.monotonic()` instant; None: none); the model's own checks
-    become 400s and the deadline a 504."""
+    cancelled at `deadline` (a `time.monotonic()` instant; None: none) or by `cancellation` (an
+    `admission.Cancellation`, which closes the request's session); the model's own checks become
+    400s, the deadline a 504 and a cancellation a 499."""
     specs = served.inputs[signature]
     definition = served.signature_defs[signature]
     feed = {definition.inputs[k].name: checked(k, inputs[k], spec, signature)
@@ -222,15 +378,25 @@ def run(served: Version, signature: str, inputs: dict, deadline: Optional[float]
     fetches = {k: v.name for k, v in definition.outputs.items()}
     timeout = milliseconds_left(deadline)
     options = tf.compat.v1.RunOptions(timeout_in_ms=timeout or 0)
-    try:
-        return served.session.run(fetches, feed, options=options)
-    except tf.errors.InvalidArgumentError as error:
-        raise ServingError(400, describe_error(error.message, specs)) from None
-    except tf.errors.DeadlineExceededError:
-        raise ServingError(504, f"the request's deadline passed while the model ran ({timeout} "
-                                "ms were left); it was cancelled") from None
-    except Exception as error:
-        raise ServingError(500, f"{type(error).__name__}: {first_line(str(error))}") from None
+    with served.sessions.lease(signature) as session:
+        if cancellation is not None:
+            cancellation.on_cancel(session.close)
+        try:
+            return session.run(fetches, feed, options=options)
+        except tf.errors.InvalidArgumentError as error:
+            raise ServingError(400, describe_error(error.message, specs)) from None
+        except tf.errors.DeadlineExceededError:
+            raise ServingError(504, f"the request's deadline passed while the model ran "
+                                    f"({timeout} ms were left); it was cancelled") from None
+        except Exception as error:
+            if cancellation is not None and cancellation.cancelled:
+                raise ServingError(499, "the client cancelled the request") from None
+            if isinstance(error, (MemoryError, tf.errors.ResourceExhaustedError)):
+                raise ServingError(507, "the server ran out of memory for this request") from None
+            raise ServingError(500, f"{type(error).__name__}: {first_line(str(error))}") from None
+        finally:
+            if cancellation is not None:
+                cancellation.on_cancel(None)
 
 
 def checked(name: str, array: np.ndarray, spec: tf.TensorSpec, signature: str) -> np.ndarray:

@@ -5,10 +5,12 @@
     GET  /v1/models/NAME[/versions/V]           model status
     GET  /v1/models/NAME[/versions/V]/metadata  signatures
 
-Each predict request is admitted, bounded and timed by `admission.Admission` (503 when the server is
-busy) and must finish within `timeout_ms` (TF Serving's --rest_api_timeout_in_ms; 504 after it):
-its body is read within the deadline, then parsed, run and encoded in one of the prediction
-slots, on a thread pool of the admitted requests' size, so the event loop keeps accepting.
+A predict request's body is read first, by `bodies.Bodies` (its own places and a minimum rate, 408
+for a slow sender), and holds nothing else while it arrives. Only then is the request admitted by
+`admission.Admission` (503 when the server is busy); it is parsed, checked, run and encoded in one
+of the prediction slots, on a thread pool of the admitted requests' size, so the event loop keeps
+accepting. The whole request must finish within `Limits.rest_timeout_ms` (TF Serving's
+--rest_api_timeout_in_ms; 504 after it).
 
 Row format ("instances") stacks each named input across the instances, so every input needs the
 same number of rows, and answers {"predictions": [...]} row by row. Columnar format ("inputs")
@@ -23,7 +25,6 @@ binary strings as {"b64": ...}, and nothing converted that would change a value.
 import asyncio
 import json
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
@@ -31,30 +32,38 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from tfmeta_serving import json_tensors
-from tfmeta_serving.admission import Admission
-from tfmeta_serving.repository import (Repository, ServingError, check_names, deadline_after, run,
+from tfmeta_serving.admission import Admission, Limits
+from tfmeta_serving.bodies import Bodies
+from tfmeta_serving.errors import ServingError
+from tfmeta_serving.repository import (VERSION, Repository, check_names, deadline_after, run,
                                        signature_def_map)
 
 ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
                    r"(?P<action>:predict|/metadata)?$")
 
 
-def app(repository: Repository, admission: Admission, max_body_bytes: int = 16 << 20,
-        timeout_ms: int = 30000) -> web.Application:
-    """The REST application serving `repository` within `admission`'s limits; bodies over
-    `max_body_bytes` get a 400, and a predict request gets `timeout_ms` (0: no limit)."""
-    application = web.Application(client_max_size=max_body_bytes,
+def app(repository: Repository, admission: Admission, limits: Limits = Limits()
+        ) -> web.Application:
+    """The REST application serving `repository` within `admission`'s and `limits`' bounds."""
+    application = web.Application(client_max_size=limits.max_body_bytes,
                                   middlewares=[_errors_as_json])
     application["repository"] = repository
     application["admission"] = admission
-    application["max_body_bytes"] = max_body_bytes
-    application["timeout_ms"] = timeout_ms
+    application["limits"] = limits
+    application["bodies"] = Bodies(limits.max_body_bytes, limits.receiving,
+                                   limits.body_grace_ms / 1000, limits.min_body_rate)
     # A thread for every admitted request: they wait for a slot there, never in this pool's queue.
     application["executor"] = ThreadPoolExecutor(admission.concurrent + admission.queued,
                                                  thread_name_prefix="rest-predict")
     application.on_cleanup.append(lambda app: _shutdown(app["executor"]))
+    application.on_response_prepare.append(_no_banner)
     application.router.add_route("*", "/{tail:.*}", _dispatch)
     return application
+
+
+async def _no_banner(request: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp names itself and Python's version in a Server header: nothing a client needs."""
+    response.headers.popall("Server", None)
 
 
 async def _shutdown(executor: ThreadPoolExecutor) -> None:
@@ -66,12 +75,15 @@ async def _errors_as_json(request, handler):
     try:
         return await handler(request)
     except ServingError as error:
-        headers = {"Retry-After": "1"} if error.status == 503 else None
-        return web.json_response({"error": error.message}, status=error.status, headers=headers)
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app["max_body_bytes"]
-        return web.json_response({"error": f"request body is over the limit of {limit} bytes "
-                                           "(tfmeta serve --max-body-mb)"}, status=400)
+        headers = {"Retry-After": "1"} if error.status in (429, 503) else None
+        response = web.json_response({"error": error.message}, status=error.status,
+                                     headers=headers)
+        if error.status == 408:  # the rest of a slow body is not waited for
+            response.force_close()
+        return response
+    except MemoryError:
+        return web.json_response({"error": "the server ran out of memory for this request"},
+                                 status=429, headers={"Retry-After": "1"})
 
 
 async def _dispatch(request: web.Request) -> web.Response:
@@ -82,8 +94,8 @@ async def _dispatch(request: web.Request) -> web.Response:
                                 "POST /v1/models/NAME:predict")
     name, version, action = match["name"], match["version"], match["action"]
     if version is not None:
-        if not version.isdigit():
-            raise ServingError(404, f"version '{version}' is not an integer version")
+        if not VERSION.fullmatch(version):
+            raise ServingError(404, f"version '{version[:40]}' is not an integer version")
         version = int(version)
     method = "POST" if action == ":predict" else "GET"
     if request.method != method:
@@ -104,21 +116,14 @@ async def _dispatch(request: web.Request) -> web.Response:
 
 async def _predict(request: web.Request, repository: Repository, name: str, version):
     app = request.app
-    deadline = deadline_after(app["timeout_ms"])
-    limit = app["max_body_bytes"]
-    if request.content_length is not None and request.content_length > limit:
-        raise ServingError(400, f"request body is {request.content_length} bytes, over the "
-                                f"limit of {limit} bytes (tfmeta serve --max-body-mb)")
+    limits = app["limits"]
+    deadline = deadline_after(limits.rest_timeout_ms)
+    repository.get(name, version)   # a 404 before the body is waited for
+    body = await app["bodies"].read(request, deadline, limits.rest_timeout_ms)
     admission = app["admission"]
     admission.admit()
     working = None
     try:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            body = await asyncio.wait_for(request.read(), left)
-        except asyncio.TimeoutError:
-            raise ServingError(504, f"the request body did not arrive within the deadline of "
-                                    f"{app['timeout_ms']} ms") from None
         working = asyncio.get_running_loop().run_in_executor(
             app["executor"], _answer, repository, admission, name, version, body, deadline)
         # The ticket is held until the work ends, even if this handler is cancelled first.
@@ -156,6 +161,8 @@ def _work(repository: Repository, name: str, version, body: bytes, deadline) -> 
                                     f"{', '.join(specs)}; send an object of them")
         inputs = {next(iter(specs)): inputs}
     check_names(signature, specs, inputs)
+    served.check_examples(signature, {k: [len(v)] if isinstance(v, list) else []
+                                      for k, v in inputs.items()})
     booleans = b"true" in body or b"false" in body
     arrays = {k: json_tensors.to_array(k, v, specs[k], booleans) for k, v in inputs.items()}
     outputs = run(served, signature, arrays, deadline)
@@ -180,6 +187,9 @@ def parse(body: bytes):
         raise ServingError(400, f"malformed JSON: {error}") from None
     except RecursionError:
         raise ServingError(400, "malformed JSON: nested too deeply") from None
+    except ValueError:  # Python's cap on an integer's digits (4,300), past every dtype's range
+        raise ServingError(400, "malformed JSON: a number beyond the range of every input "
+                                "dtype") from None
 
 
 def stack_instances(instances) -> object:

@@ -2,10 +2,11 @@
 
 The embedded server holds one model (the newest version under --model-base-path, picked up
 without a restart when a new version directory appears) and answers REST on aiohttp and gRPC on
-grpcio, with TF Serving's paths, messages and status codes. Both fronts share one
-`admission.Admission`: a cap on running predictions and a bounded queue, beyond which a request is
-refused at once; REST requests get a deadline (TF Serving's --rest_api_timeout_in_ms), gRPC ones
-the client's.
+grpcio, with TF Serving's paths, messages and status codes, within `admission.Limits`. Both fronts
+share one `admission.Admission`: a cap on running predictions and a bounded queue, beyond which a
+request is refused at once; REST bodies are read first, under their own places and rate
+(`bodies`); REST requests get a deadline (TF Serving's --rest_api_timeout_in_ms), gRPC ones the
+client's.
 """
 
 import logging
@@ -41,40 +42,35 @@ def newest_notice(base_path: Path) -> Optional[str]:
 
 
 def serve(base_path: Path, name: str, port: int = 8501, grpc_port: int = 8500,
-          max_body_bytes: int = 16 << 20, poll_seconds: float = 2.0, host: str = "0.0.0.0",
-          rest_timeout_ms: Optional[int] = None, concurrent: Optional[int] = None,
-          queued: Optional[int] = None, log: Callable[[str], None] = print) -> None:
-    """Runs the embedded server until interrupted (SIGINT or SIGTERM).
-
-    `rest_timeout_ms` (0: none), `concurrent` and `queued` default to `admission`'s
-    REST_TIMEOUT_MS, CONCURRENT and QUEUED.
-    """
+          poll_seconds: float = 2.0, host: str = "0.0.0.0", limits=None,
+          log: Callable[[str], None] = print) -> None:
+    """Runs the embedded server until interrupted (SIGINT or SIGTERM), within `limits` (an
+    `admission.Limits`; None: its defaults)."""
     from aiohttp import web
 
     from tfmeta_serving import admission as admission_lib, grpc_service, memory, rest
     from tfmeta_serving.repository import Repository
 
     memory.configure_allocators()  # in time only if TensorFlow has not started: the CLI sets it
-    admission = admission_lib.Admission(
-        admission_lib.CONCURRENT if concurrent is None else concurrent,
-        admission_lib.QUEUED if queued is None else queued)
+    limits = limits or admission_lib.Limits()
+    admission = admission_lib.Admission(limits.concurrent, limits.queued)
     memory.Trimmer(lambda: admission.admitted == 0, lambda: admission.finished).start()
-    timeout = admission_lib.REST_TIMEOUT_MS if rest_timeout_ms is None else rest_timeout_ms
-    repository = Repository(name, Path(base_path), log=log)
+    repository = Repository(name, Path(base_path), log=log, sessions=limits.concurrent + 1)
     if not repository.refresh():
         log(f"no version under {base_path} yet; waiting for one (every {poll_seconds:g} s)")
     repository.watch(poll_seconds)
-    grpc_server = grpc_service.server(repository, admission, grpc_port, max_body_bytes,
+    grpc_server = grpc_service.server(repository, admission, grpc_port, limits.max_body_bytes,
                                       host=host)
     grpc_server.start()
     logging.getLogger("aiohttp.server").addFilter(OneLineClientErrors())
+    timeout = limits.rest_timeout_ms
     log(f"REST on http://{host}:{port}/v1/models/{name}, gRPC on {host}:{grpc_port}; "
-        f"{admission.concurrent} predictions at once, {admission.queued} waiting, REST deadline "
+        f"{admission.concurrent} predictions at once, {admission.queued} waiting, "
+        f"{limits.receiving} bodies received at once, REST deadline "
         + (f"{timeout} ms" if timeout else "none"))
     try:
         # run_app turns SIGINT and SIGTERM into a clean shutdown.
-        web.run_app(rest.app(repository, admission, max_body_bytes, timeout), host=host,
-                    port=port, print=None)
+        web.run_app(rest.app(repository, admission, limits), host=host, port=port, print=None)
     finally:
         grpc_server.stop(grace=1)
 
@@ -101,38 +97,37 @@ def exec_binary(command: list) -> None:
 
 
 def start(base_path: Path, name: Optional[str] = None, port: int = 8501, grpc_port: int = 8500,
-          max_body_bytes: int = 16 << 20, poll_seconds: float = 2.0, host: str = "0.0.0.0",
-          rest_timeout_ms: int = 30000, concurrent: Optional[int] = None,
-          queued: Optional[int] = None, embedded: bool = False,
+          poll_seconds: float = 2.0, host: str = "0.0.0.0", limits=None,
+          embedded_only: tuple = (), embedded: bool = False,
           log: Callable[[str], None] = print) -> None:
     """Serves `base_path` as model `name` (default: the directory's name): execs
     tensorflow_model_server when it is on PATH and `embedded` is false, else runs the embedded
-    server (`serve`). Raises ConfigError for a missing directory, or for an option that only the
-    embedded server has when the binary would run."""
+    server (`serve`) within `limits` (an `admission.Limits`; None: its defaults). Raises
+    ConfigError for a missing directory, or when the binary would run and `embedded_only` names
+    flags that only the embedded server has."""
     from tfmeta.errors import ConfigError
+    from tfmeta_serving.admission import Limits
 
+    limits = limits or Limits()
     base = Path(base_path)
     if not base.is_dir():
         raise ConfigError(f"--model-base-path {base} is not a directory; create it with "
                           f"`tfmeta export RUN_DIR --out {base}`")
     name = name or base.resolve().name
-    command = None if embedded else binary_command(base, name, port, grpc_port, rest_timeout_ms)
+    command = None if embedded else binary_command(base, name, port, grpc_port,
+                                                   limits.rest_timeout_ms)
     if command:
-        embedded_only = [flag for flag, given in (("--host", host != "0.0.0.0"),
-                                                  ("--max-concurrent-predictions",
-                                                   concurrent is not None),
-                                                  ("--max-queued-predictions", queued is not None))
-                         if given]
-        if embedded_only:
-            raise ConfigError(f"{', '.join(embedded_only)}: {BINARY} has no such flag (it "
-                              "listens on every address); drop it, or pass --embedded")
+        flags = (["--host"] if host != "0.0.0.0" else []) + list(embedded_only)
+        if flags:
+            raise ConfigError(f"{', '.join(flags)}: {BINARY} has no such flag (it listens on "
+                              "every address, and has no prediction or body limits of its "
+                              "own); drop it, or pass --embedded")
         notice = newest_notice(base)
         if notice:
             log(notice)
         log(f"running {' '.join(command)}")
         exec_binary(command)
     try:
-        serve(base, name, port, grpc_port, max_body_bytes, poll_seconds, host=host,
-              rest_timeout_ms=rest_timeout_ms, concurrent=concurrent, queued=queued, log=log)
+        serve(base, name, port, grpc_port, poll_seconds, host, limits, log=log)
     except OSError as error:
         raise ConfigError(f"cannot serve: {error}") from None

@@ -24,7 +24,9 @@ predict over those M classes (`losses.mask_classes`); the other logits are the l
 their probabilities 0.
 
 Bad requests fail inside the graph with an InvalidArgumentError whose message names the input, so
-TensorFlow Serving and the embedded server reject them alike: an empty support or query set,
+TensorFlow Serving and the embedded server reject them alike: more examples (support and query
+together, or predict's x) than the export's `max_examples` (checked first, before any file is
+decoded or any step taken), an empty support or query set,
 support sizes that disagree, NaN or Inf values, labels outside [0, N), a support set of one class,
 labels that skip a class, files that are empty or not PNG or JPEG, and files whose header declares
 a side over the export's `max_image_side` (refused before they are decoded). Cost of a request: T forward and backward passes on
@@ -57,6 +59,10 @@ from tfmeta.models import MetaModel, apply, query_outputs
 from tfmeta.tasks.image_format import DEFAULT_MAX_SIDE, ImageFormat, decode_images
 
 METADATA_FILE = "assets.extra/tfmeta.json"
+# Support and query examples of one request: 20-way 5-shot with 15 queries a class is 400.
+DEFAULT_MAX_EXAMPLES = 1000
+# The signature that serving_default is.
+DEFAULT_SIGNATURE = "adapt_predict"
 
 
 class AdaptivePredictor(tf.Module):
@@ -70,11 +76,13 @@ class AdaptivePredictor(tf.Module):
         metadata: JSON-serializable facts about the export, kept as `metadata_json`.
         image_format: the dataset's image files, for `adapt_predict_images`; None for none.
         max_image_side: the largest width or height of a file `adapt_predict_images` decodes.
+        max_examples: the most examples one request may carry (support and query together).
     """
 
     def __init__(self, model: MetaModel, config: AdaptConfig, steps: int, metadata: dict,
                  image_format: Optional[ImageFormat] = None,
-                 max_image_side: int = DEFAULT_MAX_SIDE):
+                 max_image_side: int = DEFAULT_MAX_SIDE,
+                 max_examples: int = DEFAULT_MAX_EXAMPLES):
         super().__init__(name="tfmeta")
         self.model = model
         # The backend tf.Variables, tracked directly (as keras.export.ExportArchive does). Through
@@ -86,6 +94,7 @@ class AdaptivePredictor(tf.Module):
         self.metadata_json = tf.Variable(json.dumps(metadata), trainable=False)
         self.image_format = image_format
         self.max_image_side = max_image_side
+        self.max_examples = max_examples
         self.dtype = model.trainable_variables[0].dtype
         example = tf.TensorSpec([None, *model.example_shape], self.dtype)
         if model.loss_name == "cross_entropy":
@@ -124,7 +133,8 @@ class AdaptivePredictor(tf.Module):
         return {"logits": outputs, "probabilities": tf.nn.softmax(outputs)}
 
     def _adapt_predict(self, support_x, support_y, query_x, names=("support_x", "query_x")):
-        checks = check_request(support_x, support_y, query_x, self.ways, names)
+        with tf.control_dependencies([self._check_count(support_x, query_x)]):
+            checks = check_request(support_x, support_y, query_x, self.ways, names)
         with tf.control_dependencies(checks):
             support_x = tf.identity(support_x)
         classes = tf.reduce_max(support_y) + 1 if self.ways else None
@@ -136,6 +146,9 @@ class AdaptivePredictor(tf.Module):
         return self._outputs(outputs, classes)
 
     def _adapt_predict_images(self, support_images, support_y, query_images):
+        # Counted before a single file is decoded.
+        with tf.control_dependencies([self._check_count(support_images, query_images)]):
+            support_images, query_images = tf.identity(support_images), tf.identity(query_images)
         decode = lambda images, name: decode_images(  # noqa: E731
             images, self.image_format, name, self.dtype, self.max_image_side)
         return self._adapt_predict(decode(support_images, "support_images"), support_y,
@@ -143,9 +156,15 @@ class AdaptivePredictor(tf.Module):
                                    names=("support_images", "query_images"))
 
     def _predict(self, x):
-        with tf.control_dependencies(_check_examples(x, "x")):
+        with tf.control_dependencies([self._check_count(x)] + _check_examples(x, "x")):
             x = tf.identity(x)
         return self._outputs(apply(self.model, self._params(), x))
+
+    def _check_count(self, *inputs) -> tf.Operation:
+        """An assertion that `inputs` hold at most `max_examples` examples (rows) together."""
+        count = tf.add_n([tf.shape(x, out_type=tf.int64)[0] for x in inputs])
+        return tf.debugging.Assert(count <= self.max_examples, [tf.strings.format(
+            too_many_examples("{}", self.max_examples), count)])
 
 
 def _check_examples(x: tf.Tensor, name: str) -> list:
@@ -238,6 +257,28 @@ def describe_signatures(model: MetaModel, image_format: Optional[ImageFormat],
     return signatures
 
 
+def too_many_examples(count, limit: int) -> str:
+    """The refusal of a request of `count` examples (a number, or "{}" for the graph's format)."""
+    return (f"the request holds {count} examples, over the limit of {limit} per request set at "
+            "export (tfmeta export --max-examples); send its queries in several requests")
+
+
+def examples_in_request(metadata: dict, signature: str, shapes: dict) -> int:
+    """The examples a request carries, as the export's `max_examples` counts them: the sizes of
+    the signature's example dimensions (K support and Q query examples, or B rows), read from
+    `shapes` {input name: shape}. An input whose leading dimension the metadata does not name as
+    one of them is not counted."""
+    signatures = metadata["signatures"]
+    described = signatures.get(DEFAULT_SIGNATURE if signature == "serving_default"
+                               else signature, {"inputs": {}})
+    sizes = {}
+    for name, info in described["inputs"].items():
+        dimension = info["shape"][0] if info.get("shape") else None
+        if isinstance(dimension, str) and shapes.get(name):
+            sizes[dimension] = max(sizes.get(dimension, 0), int(shapes[name][0]))
+    return sum(sizes.values())
+
+
 def next_version(model_dir: Path) -> int:
     """1 + the largest integer version under `model_dir` (1 when there is none)."""
     versions = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit() and p.is_dir()]
@@ -246,18 +287,24 @@ def next_version(model_dir: Path) -> int:
 
 def export(model: MetaModel, config: AdaptConfig, out: Path, steps: int, metadata: dict,
            version: Optional[int] = None, image_format: Optional[ImageFormat] = None,
-           max_image_side: int = DEFAULT_MAX_SIDE) -> Path:
+           max_image_side: int = DEFAULT_MAX_SIDE,
+           max_examples: int = DEFAULT_MAX_EXAMPLES) -> Path:
     """Writes `model` as MODELS/NAME/<version> (`out` is MODELS/NAME); returns the version path.
 
     `metadata` is completed with the version, the norm mode, the image format, the largest image
-    side accepted (`max_image_side`) and the signatures' inputs.
+    side accepted (`max_image_side`), the most examples a request may carry (`max_examples`) and
+    the signatures' inputs.
 
     Raises:
-        ConfigError: the version exists or is not positive, or `max_image_side` is below 1.
+        ConfigError: the version exists or is not positive, or `max_image_side` or
+            `max_examples` is below 1.
     """
     if max_image_side < 1:
         raise ConfigError(f"--max-image-side must be a positive number of pixels, got "
                           f"{max_image_side}")
+    if max_examples < 1:
+        raise ConfigError(f"--max-examples must be a positive number of examples, got "
+                          f"{max_examples}")
     out = Path(out)
     version = next_version(out) if version is None else version
     if version < 1:
@@ -271,8 +318,10 @@ def export(model: MetaModel, config: AdaptConfig, out: Path, steps: int, metadat
                 "query_independent": model.query_independent,
                 "image_format": dataclasses.asdict(image_format) if image_format else None,
                 "max_image_side": max_image_side if image_format else None,
+                "max_examples": max_examples,
                 "signatures": describe_signatures(model, image_format, max_image_side)}
-    module = AdaptivePredictor(model, config, steps, metadata, image_format, max_image_side)
+    module = AdaptivePredictor(model, config, steps, metadata, image_format, max_image_side,
+                               max_examples)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=out))
     try:
         tf.saved_model.save(module, str(staging), signatures=module.signatures())
@@ -302,14 +351,16 @@ def queries_notice(metadata: dict) -> str:
 
 def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
                steps: Optional[int] = None, checkpoint: Optional[str] = None,
-               norm: Optional[str] = None, max_image_side: Optional[int] = None) -> Path:
+               norm: Optional[str] = None, max_image_side: Optional[int] = None,
+               max_examples: int = DEFAULT_MAX_EXAMPLES) -> Path:
     """Exports a run's checkpoint (default: the latest) with `steps` adaptation steps per
     request (default: the run's test steps); returns the version directory.
 
     `norm` serves the model with another query normalization than it was trained with (one of
     NORMS; "support" lets a transductive model answer one query at a time). `max_image_side`
     (default `image_format.DEFAULT_MAX_SIDE`) is the largest side of an image file the image
-    signature accepts; it is for image datasets only.
+    signature accepts; it is for image datasets only. `max_examples` is the most support and
+    query examples one request may carry.
     """
     from tfmeta.run import Run
 
@@ -343,4 +394,4 @@ def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
         raise ConfigError(f"--max-image-side is for models of image files; {run_dir} is a "
                           f"{config.data.dataset} run, whose export has no image signature")
     return export(model, config.adapt, out, steps, metadata, version, image_format,
-                  DEFAULT_MAX_SIDE if max_image_side is None else max_image_side)
+                  DEFAULT_MAX_SIDE if max_image_side is None else max_image_side, max_examples)
