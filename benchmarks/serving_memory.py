@@ -10,8 +10,13 @@ MODELS/NAME is an image classifier's export (e.g. omniglot_20w1s-cpu). The scrip
 - `bomb`: for a PNG that declares 20000 x 20000 RGBA (1.6 MB on the wire, 1.6 GB decoded) and a
   JPEG that declares 60000 x 60000, each over REST and gRPC: the status, the time to answer and
   the RSS after it (skipped with --no-bombs, for servers that would decode them);
+- `worst`: one request at a time, each the largest of its kind that the limits let in: a body of
+  16 MB of float JSON (parsed, then refused for its examples), the most float queries the export
+  takes (`max_examples`), and its most files at the largest side (one 2048 x 2048 file decoded at
+  a time; over gRPC, whose message carries them): the status and the RSS at its peak over the
+  warm RSS, the bound that the README states for one request;
 - `burst`: `--clients` clients at once, each sending `--rounds` large legal requests over REST,
-  alternately N support images with 2,000 float queries (14 MB of JSON) and with 40 files of
+  alternately N support images with the most float queries the export takes and with 40 files of
   2048 x 2048 (16 MB each decoded): their statuses, the RSS at its peak (sampled every 50 ms) and
   3 s after the burst, and that as a share of the warm RSS.
 """
@@ -68,8 +73,9 @@ def main():
     good_files = json.dumps({"signature_name": "adapt_predict_images", "inputs": {
         "support_images": files(drawings), "support_y": labels,
         "query_images": files(drawings)}}).encode()
+    most = meta.get("max_examples", 1000)
     queries = json.dumps({"inputs": {"support_x": floats(ways), "support_y": labels,
-                                     "query_x": floats(2000)}}).encode()
+                                     "query_x": floats(most - ways)}}).encode()
     large = png_bomb(2048, 2048, 6)
     images = json.dumps({"signature_name": "adapt_predict_images", "inputs": {
         "support_images": files([large] * ways), "support_y": labels,
@@ -109,6 +115,7 @@ def main():
                                   "ms": round(took * 1e3, 1),
                                   "rss_mb": round(rss_mb(process.pid))}), flush=True)
             client.close()
+        worst(process, predict, target, args.models.name, meta, large, floats, files)
         peak, sampling, statuses = [rss_mb(process.pid)], [True], []
 
         def sample():
@@ -141,6 +148,65 @@ def main():
     finally:
         process.terminate()
         process.wait(30)
+
+
+def peak_during(pid: int, work) -> tuple:
+    """(work()'s result, the largest RSS of `pid` while it ran, sampled every 20 ms)."""
+    peak, done = [rss_mb(pid)], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mb(pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        return work(), peak[0]
+    finally:
+        done.set()
+        sampler.join()
+
+
+def worst(process, predict: str, target: str, name: str, meta: dict, large: bytes, floats,
+          files) -> None:
+    """One request at a time, each the largest of its kind the limits let in."""
+    from tfmeta_serving.client import GrpcClient, ServingClientError
+    ways, most = meta["ways"], meta.get("max_examples", 1000)
+    labels = list(range(ways))
+    per_example = len(json.dumps(floats(1)[0]))
+    sixteen = json.dumps({"inputs": {"support_x": floats(ways), "support_y": labels,
+                                     "query_x": floats((15 << 20) // per_example)}}).encode()
+    cases = {
+        f"REST {len(sixteen) / 2**20:.1f} MB of float JSON (parsed, refused for its examples)":
+            lambda: post(predict, sixteen),
+        f"REST {most - ways} float queries (the most the export takes)": lambda: post(
+            predict, json.dumps({"inputs": {"support_x": floats(ways), "support_y": labels,
+                                            "query_x": floats(most - ways)}}).encode()),
+    }
+
+    def files_at_the_side():
+        client = GrpcClient(target, name, timeout=None)
+        try:
+            count = min(most, (15 << 20) // len(large)) - ways
+            client.predict("adapt_predict_images", support_images=[large] * ways,
+                           support_y=labels, query_images=[large] * count)
+            return f"OK ({count} query files)"
+        except ServingClientError as error:
+            return error.status
+        finally:
+            client.close()
+
+    cases["gRPC the most 2048 x 2048 files a 16 MB message holds"] = files_at_the_side
+    for case, work in cases.items():
+        time.sleep(2)   # the idle trim
+        before = rss_mb(process.pid)
+        start = time.perf_counter()
+        status, peak = peak_during(process.pid, work)
+        print(json.dumps({"worst": case, "status": status,
+                          "s": round(time.perf_counter() - start, 1),
+                          "rss_before_mb": round(before), "peak_over_before_mb":
+                          round(peak - before)}), flush=True)
 
 
 if __name__ == "__main__":

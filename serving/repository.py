@@ -19,6 +19,7 @@ alone: requests are never batched together.
 import gc
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -38,49 +39,58 @@ DEFAULT_SIGNATURE = "serving_default"
 
 
 class SessionPool:
-    """Sessions on one loaded graph, so that a cancelled request can stop its work.
+    """Warm sessions on one loaded graph, so that a cancelled request can stop its work.
 
     TensorFlow stops a running step of a session-based graph only at its timeout or when its
-    session closes, and a session's first run of a signature builds its executors, which takes
-    seconds for an adapting graph (on 2 cores, about 3 s for an Omniglot export). So each request
-    leases a session of its own (`lease`), and a cancelled request closes it (`run`); the pool
-    then prepares a replacement in the background, restored from the version's variables and
-    warmed up on every signature requests have used (run once on empty inputs, which builds the
-    executors before the graph's checks refuse the inputs; TF Serving's warm-up requests do the
-    same at load). The pool keeps `size` sessions (one per prediction slot and a spare, so that a
-    request after a cancellation finds a warm session at once); the first is prepared when the
-    version loads, the others in the background after its first answer.
+    session closes. So each request leases a session of its own (`lease`), and a cancelled
+    request closes it (`run`); the pool prepares a replacement in the background. A session's
+    first run of a signature builds its executors, which takes seconds for an adapting graph
+    (about 3 s per signature for an Omniglot export on 2 cores) and which a cancellation does not
+    interrupt; so every session is warmed up on every signature before it serves: each is run
+    once on empty inputs, which builds the executors before the graph's own checks refuse the
+    inputs (TF Serving's warm-up requests do the same at load). The pool keeps `size` sessions,
+    one per prediction slot and a spare, so that a request after a cancellation finds a warm
+    session at once. The first is prepared before the version serves; the others one at a time in
+    a background thread at the lowest CPU priority, so that they slow no request.
 
     Args:
         path: the version directory.
         graph: a fresh graph to load it into.
         size: sessions kept (>= 1).
+        on_full: called once, when the pool first holds `size` sessions.
     """
 
-    def __init__(self, path: Path, graph: tf.Graph, size: int = 1):
+    def __init__(self, path: Path, graph: tf.Graph, size: int = 1,
+                 on_full: Callable[[], None] = lambda: None):
         self._loader = SavedModelLoader(str(path))
         self._graph = graph
-        self._size = size
+        self._size, self._on_full = size, on_full
         self._ready = threading.Condition()
-        self._idle = []            # (session, the signatures it has run or was warmed on)
-        self._leased = self._preparing = 0
-        self._used, self._closed = set(), False
+        self._idle, self._leased, self._preparing, self._closed = [], 0, 0, False
         with graph.as_default():
             self._saver, _ = self._loader.load_graph(graph, [tf.saved_model.SERVING])
         self.meta_graph = self._loader.get_meta_graph_def_from_tags([tf.saved_model.SERVING])
-        self._idle.append((self._prepare(set()), set()))
+        self._idle.append(self._prepare())
+        with self._ready:
+            self._replenish()
+        if size == 1:
+            on_full()
 
-    def _prepare(self, warm: set) -> tf.compat.v1.Session:
-        """A session restored from the variables and warmed up on the signatures `warm`."""
+    def _prepare(self) -> tf.compat.v1.Session:
+        """A session restored from the variables and warmed up on every signature."""
         session = tf.compat.v1.Session(graph=self._graph)
         try:
             self._loader.restore_variables(session, self._saver)
             self._loader.run_init_ops(session, [tf.saved_model.SERVING])
-            for name in sorted(warm):
-                signature = self.meta_graph.signature_def[name]
+            built = set()
+            for name, signature in sorted(self.meta_graph.signature_def.items()):
+                fetches = sorted(v.name for v in signature.outputs.values())
+                feeds = {v.name: _empty(v) for v in signature.inputs.values()}
+                if name.startswith("__") or (tuple(fetches), tuple(sorted(feeds))) in built:
+                    continue
+                built.add((tuple(fetches), tuple(sorted(feeds))))
                 try:
-                    session.run([v.name for v in signature.outputs.values()],
-                                {v.name: _empty(v) for v in signature.inputs.values()})
+                    session.run(fetches, feeds)
                 except (tf.errors.OpError, TypeError, ValueError):
                     pass   # the executors are built before the graph's own checks refuse it
         except Exception:
@@ -88,64 +98,66 @@ class SessionPool:
             raise
         return session
 
-    def _prepare_in_background(self) -> None:
-        """Prepares one session warmed on the signatures used so far; call holding `_ready`."""
-        warm = set(self._used)
-        self._preparing += 1
+    def _replenish(self) -> None:
+        """Starts preparing the sessions the pool lacks, in one background thread; call holding
+        `_ready`."""
+        missing = self._size - len(self._idle) - self._leased - self._preparing
+        if self._closed or missing <= 0:
+            return
+        self._preparing += missing
 
         def prepare():
-            try:
-                session = self._prepare(warm)
-            except Exception:   # the next lease prepares one itself, and reports the error
-                session = None
-            with self._ready:
-                self._preparing -= 1
-                if session is not None and not self._closed:
-                    self._idle.append((session, warm))
-                elif session is not None:
-                    session.close()
-                self._ready.notify_all()
+            try:   # the lowest priority for this thread only (Linux gives each thread its own)
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            except (AttributeError, OSError):
+                pass
+            for _ in range(missing):
+                try:
+                    session = self._prepare()
+                except Exception:   # a lease then prepares one itself, and reports the error
+                    session = None
+                with self._ready:
+                    self._preparing -= 1
+                    if session is not None and not self._closed:
+                        self._idle.append(session)
+                    elif session is not None:
+                        session.close()
+                    full = self._on_full and len(self._idle) + self._leased == self._size
+                    if full:
+                        on_full, self._on_full = self._on_full, None
+                    self._ready.notify_all()
+                if full:
+                    on_full()
 
         threading.Thread(target=prepare, name="session-prepare", daemon=True).start()
 
     @contextmanager
-    def lease(self, signature: str) -> Iterator[tf.compat.v1.Session]:
-        """A session for a run of `signature`: an idle one warm for it if any, else any idle one,
-        else one being prepared, else a new one."""
+    def lease(self) -> Iterator[tf.compat.v1.Session]:
+        """An idle session, else one being prepared, else a new one; returned to the pool after
+        the block unless it was closed (then replaced in the background)."""
         with self._ready:
             while not self._idle and self._preparing:
                 self._ready.wait()
-            warm = [i for i, (_, signatures) in enumerate(self._idle) if signature in signatures]
-            session, signatures = (self._idle.pop(warm[0] if warm else -1) if self._idle
-                                   else (None, set()))
+            session = self._idle.pop() if self._idle else None
             self._leased += 1
-        if session is None:
-            try:
-                session = self._prepare(set())
-            except Exception:
-                with self._ready:
-                    self._leased -= 1
-                raise
         try:
+            session = session or self._prepare()
             yield session
         finally:
             with self._ready:
                 self._leased -= 1
-                self._used.add(signature)
-                if self._closed or session._closed:
+                if session is not None and not session._closed and not self._closed:
+                    self._idle.append(session)
+                elif session is not None:
                     session.close()
-                else:
-                    self._idle.append((session, signatures | {signature}))
-                while (not self._closed and self._used
-                       and len(self._idle) + self._leased + self._preparing < self._size):
-                    self._prepare_in_background()
+                self._replenish()
                 self._ready.notify_all()
 
     def close(self) -> None:
         """Closes the idle sessions; leased ones close when their requests end."""
         with self._ready:
             idle, self._idle, self._closed = self._idle, [], True
-        for session, _ in idle:
+        for session in idle:
             session.close()
 
 
@@ -194,13 +206,14 @@ class _LoaderDeprecation(logging.Filter):
         return "is deprecated" not in record.getMessage()
 
 
-def load_version(path: Path, sessions: int = 1) -> Version:
+def load_version(path: Path, sessions: int = 1,
+                 on_full: Callable[[], None] = lambda: None) -> Version:
     """Loads BASE/<version> with the session-based loader, into a pool of `sessions`
-    (`SessionPool`), and reads its signatures."""
+    (`SessionPool`; `on_full` is called once they are all warm), and reads its signatures."""
     quiet = _LoaderDeprecation()
     tf.get_logger().addFilter(quiet)
     try:
-        sessions = SessionPool(path, tf.Graph(), sessions)
+        sessions = SessionPool(path, tf.Graph(), sessions, on_full)
     finally:
         tf.get_logger().removeFilter(quiet)
     defs = dict(sessions.meta_graph.signature_def)
@@ -266,7 +279,9 @@ class Repository:
             return False
         path = candidates[-1]
         try:
-            version = load_version(path, self.sessions)
+            number = int(path.name)
+            version = load_version(path, self.sessions, lambda: self.log(
+                f"version {number}: {self.sessions} sessions warm"))
         except Exception as error:  # a corrupt or half-written export must not take the server down
             self._failed[path] = _fingerprint(path)
             self.log(f"could not load {path}: {first_line(str(error))}; it is tried again when "
@@ -378,7 +393,7 @@ def run(served: Version, signature: str, inputs: dict, deadline: Optional[float]
     fetches = {k: v.name for k, v in definition.outputs.items()}
     timeout = milliseconds_left(deadline)
     options = tf.compat.v1.RunOptions(timeout_in_ms=timeout or 0)
-    with served.sessions.lease(signature) as session:
+    with served.sessions.lease() as session:
         if cancellation is not None:
             cancellation.on_cancel(session.close)
         try:
