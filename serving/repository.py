@@ -5,168 +5,35 @@ largest version that has a saved_model.pb, serves it, and polls BASE for a newer
 flight keeps the version it started with. A version is loaded as TensorFlow Serving loads it: the
 session-based SavedModel loader (`tf.compat.v1.saved_model.loader.load`), its signatures run by
 tensor name in a Session, with the request's deadline as `RunOptions.timeout_in_ms`, so that an
-expired request is cancelled inside the graph. A version keeps one Session per prediction running
-at once (`SessionPool`), all on its one graph: a cancelled request closes its own Session, which
-is how TensorFlow stops a running step other than by its timeout, and the next request restores a
-fresh one from the version's variables (milliseconds). Inputs are typed arrays checked against the
-signature's specs (names, exact dtype, shape) before the call: like TF Serving, nothing is cast.
-Errors carry an HTTP status: 400 for a bad request (including the model's own
-InvalidArgumentError checks), 404 for an unknown model or version, 503 when the server is busy,
-504 past the deadline, 500 for anything else. Each request runs the signature on its own inputs
+expired request is cancelled inside the graph. A version's sessions are a `sessions.SessionPool`:
+warm, one per prediction slot and a spare, so that a cancelled request can close its own. Inputs
+are typed arrays checked against the signature's specs (names, exact dtype, shape) before the
+call: like TF Serving, nothing is cast. Errors carry an HTTP status: 400 for a bad request
+(including the model's own InvalidArgumentError checks and the export's example count), 404 for
+an unknown model or version, 429 when the server runs out of memory for a request, 499 for a
+request its client cancelled, 503 when the server is busy, 504 past the deadline, 500 for
+anything else. Each request runs the signature on its own inputs
 alone: requests are never batched together.
 """
 
 import gc
 import logging
 import math
-import os
 import re
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.saved_model.loader_impl import SavedModelLoader
 
 from tfmeta import export
 from tfmeta_serving.errors import ServingError
+from tfmeta_serving.sessions import SessionPool
 
 DEFAULT_SIGNATURE = "serving_default"
-
-
-class SessionPool:
-    """Warm sessions on one loaded graph, so that a cancelled request can stop its work.
-
-    TensorFlow stops a running step of a session-based graph only at its timeout or when its
-    session closes. So each request leases a session of its own (`lease`), and a cancelled
-    request closes it (`run`); the pool prepares a replacement in the background. A session's
-    first run of a signature builds its executors, which takes seconds for an adapting graph
-    (about 3 s per signature for an Omniglot export on 2 cores) and which a cancellation does not
-    interrupt; so every session is warmed up on every signature before it serves: each is run
-    once on empty inputs, which builds the executors before the graph's own checks refuse the
-    inputs (TF Serving's warm-up requests do the same at load). The pool keeps `size` sessions,
-    one per prediction slot and a spare, so that a request after a cancellation finds a warm
-    session at once. The first is prepared before the version serves; the others one at a time in
-    a background thread at the lowest CPU priority, so that they slow no request.
-
-    Args:
-        path: the version directory.
-        graph: a fresh graph to load it into.
-        size: sessions kept (>= 1).
-        on_full: called once, when the pool first holds `size` sessions.
-    """
-
-    def __init__(self, path: Path, graph: tf.Graph, size: int = 1,
-                 on_full: Callable[[], None] = lambda: None):
-        self._loader = SavedModelLoader(str(path))
-        self._graph = graph
-        self._size, self._on_full = size, on_full
-        self._ready = threading.Condition()
-        self._idle, self._leased, self._preparing, self._closed = [], 0, 0, False
-        with graph.as_default():
-            self._saver, _ = self._loader.load_graph(graph, [tf.saved_model.SERVING])
-        self.meta_graph = self._loader.get_meta_graph_def_from_tags([tf.saved_model.SERVING])
-        self._idle.append(self._prepare())
-        with self._ready:
-            self._replenish()
-        if size == 1:
-            on_full()
-
-    def _prepare(self) -> tf.compat.v1.Session:
-        """A session restored from the variables and warmed up on every signature."""
-        session = tf.compat.v1.Session(graph=self._graph)
-        try:
-            self._loader.restore_variables(session, self._saver)
-            self._loader.run_init_ops(session, [tf.saved_model.SERVING])
-            built = set()
-            for name, signature in sorted(self.meta_graph.signature_def.items()):
-                fetches = sorted(v.name for v in signature.outputs.values())
-                feeds = {v.name: _empty(v) for v in signature.inputs.values()}
-                if name.startswith("__") or (tuple(fetches), tuple(sorted(feeds))) in built:
-                    continue
-                built.add((tuple(fetches), tuple(sorted(feeds))))
-                try:
-                    session.run(fetches, feeds)
-                except (tf.errors.OpError, TypeError, ValueError):
-                    pass   # the executors are built before the graph's own checks refuse it
-        except Exception:
-            session.close()
-            raise
-        return session
-
-    def _replenish(self) -> None:
-        """Starts preparing the sessions the pool lacks, in one background thread; call holding
-        `_ready`."""
-        missing = self._size - len(self._idle) - self._leased - self._preparing
-        if self._closed or missing <= 0:
-            return
-        self._preparing += missing
-
-        def prepare():
-            try:   # the lowest priority for this thread only (Linux gives each thread its own)
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-            except (AttributeError, OSError):
-                pass
-            for _ in range(missing):
-                try:
-                    session = self._prepare()
-                except Exception:   # a lease then prepares one itself, and reports the error
-                    session = None
-                with self._ready:
-                    self._preparing -= 1
-                    if session is not None and not self._closed:
-                        self._idle.append(session)
-                    elif session is not None:
-                        session.close()
-                    full = self._on_full and len(self._idle) + self._leased == self._size
-                    if full:
-                        on_full, self._on_full = self._on_full, None
-                    self._ready.notify_all()
-                if full:
-                    on_full()
-
-        threading.Thread(target=prepare, name="session-prepare", daemon=True).start()
-
-    @contextmanager
-    def lease(self) -> Iterator[tf.compat.v1.Session]:
-        """An idle session, else one being prepared, else a new one; returned to the pool after
-        the block unless it was closed (then replaced in the background)."""
-        with self._ready:
-            while not self._idle and self._preparing:
-                self._ready.wait()
-            session = self._idle.pop() if self._idle else None
-            self._leased += 1
-        try:
-            session = session or self._prepare()
-            yield session
-        finally:
-            with self._ready:
-                self._leased -= 1
-                if session is not None and not session._closed and not self._closed:
-                    self._idle.append(session)
-                elif session is not None:
-                    session.close()
-                self._replenish()
-                self._ready.notify_all()
-
-    def close(self) -> None:
-        """Closes the idle sessions; leased ones close when their requests end."""
-        with self._ready:
-            idle, self._idle, self._closed = self._idle, [], True
-        for session in idle:
-            session.close()
-
-
-def _empty(info) -> np.ndarray:
-    """A zero-size input for a signature's TensorInfo: its unknown dimensions as 0."""
-    shape = [max(d.size, 0) for d in info.tensor_shape.dim]
-    dtype = tf.as_dtype(info.dtype)
-    return (np.full(shape, b"", object) if dtype == tf.string
-            else np.zeros(shape, dtype.as_numpy_dtype))
 
 
 @dataclass

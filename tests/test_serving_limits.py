@@ -244,3 +244,51 @@ def test_a_body_over_the_limit_is_refused_from_its_length_or_as_it_arrives():
         assert post(server.port, b"x" * 1001) == 400
     finally:
         server.close()
+
+
+# --- out of memory --------------------------------------------------------------------------------
+
+def test_running_out_of_memory_is_resource_exhausted_and_the_service_lives_on(monkeypatch):
+    """A MemoryError while a request's tensors are made is that request's RESOURCE_EXHAUSTED."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2
+
+    from tfmeta_serving import grpc_service
+
+    class Served:
+        number = 1
+
+        def check_examples(self, signature, shapes):
+            pass
+
+    class Repository:
+        def signature(self, name, version, signature):
+            return Served(), "serving_default", {"x": IMAGES}
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        def time_remaining(self):
+            return None
+
+        def add_callback(self, callback):
+            pass
+
+        def abort(self, code, details):
+            self.code, self.details = code, details
+            raise Aborted
+
+    def exhausted(proto):
+        raise MemoryError
+
+    service = grpc_service.PredictionService(Repository(), Admission(), 1 << 20)
+    request = predict_pb2.PredictRequest()
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.zeros((2, 28, 28, 1), np.float32)))
+    monkeypatch.setattr(grpc_service.tf, "make_ndarray", exhausted)
+    context = Context()
+    with pytest.raises(Aborted):
+        service.Predict(request, context)
+    assert context.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert context.details == "the server ran out of memory for this request"
+    assert service.admission.admitted == 0   # its ticket and slot were given back
