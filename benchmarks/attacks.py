@@ -32,16 +32,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from attacks import sparse_tensor, trickle  # noqa: E402
+from rss import rss_mb  # noqa: E402
 from tfmeta.ports import free_ports  # noqa: E402
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            return next(int(line.split()[1]) / 1024 for line in status
-                        if line.startswith("VmRSS"))
-    except (OSError, StopIteration):
-        return 0.0
 
 
 class Served:

@@ -36,7 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bombs import jpeg_bomb, png_bomb  # noqa: E402
 from serving import start_server  # noqa: E402
-from soak import drawing, parse, rss_mb  # noqa: E402
+from rss import peak_during, rss_mb  # noqa: E402
+from soak import drawing, parse  # noqa: E402
 from tfmeta import export  # noqa: E402
 from tfmeta_serving.repository import versions_in  # noqa: E402
 
@@ -148,24 +149,6 @@ def main():
     finally:
         process.terminate()
         process.wait(30)
-
-
-def peak_during(pid: int, work) -> tuple:
-    """(work()'s result, the largest RSS of `pid` while it ran, sampled every 20 ms)."""
-    peak, done = [rss_mb(pid)], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_mb(pid))
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        return work(), peak[0]
-    finally:
-        done.set()
-        sampler.join()
 
 
 def worst(process, predict: str, target: str, name: str, meta: dict, large: bytes, floats,

@@ -44,6 +44,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from attacks import sparse_tensor, trickle  # noqa: E402
 from bombs import jpeg_bomb, png_bomb  # noqa: E402
+from rss import rss_mb  # noqa: E402
 from serving import start_server  # noqa: E402
 from tfmeta import export  # noqa: E402
 from tfmeta_serving.repository import versions_in  # noqa: E402
@@ -53,11 +54,6 @@ KINDS = (("good", 0.79), ("bad", 0.10), ("large", 0.01), ("bomb", 0.05), ("burst
 # The one protocol of a kind that exists in one only.
 ONLY = {"slow": "REST", "sparse": "gRPC"}
 BURST = 20
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS"))
 
 
 def drawing(rng: np.random.Generator, size: int = 105) -> bytes:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rss
 import tensorflow as tf
 import yaml
 from bombs import jpeg_bomb, png_bomb
@@ -606,8 +607,7 @@ def test_host_with_tensorflow_model_server_is_refused(tmp_path, omniglot_models)
 # --- hostile input, overload, deadlines, memory -------------------------------------------------
 
 def rss_mb(server) -> float:
-    with open(f"/proc/{server.process.pid}/status") as status:
-        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS"))
+    return rss.rss_mb(server.process.pid)
 
 
 @pytest.fixture(scope="module")
@@ -769,24 +769,6 @@ def test_memory_returns_after_large_legal_requests(tight_server, files, large_fi
     assert after - warm < 60 and after <= 1.2 * warm, (warm, after)
 
 
-def peak_rss_mb(server, work) -> tuple:
-    """(work()'s result, the server's largest resident set while it ran, sampled every 20 ms)."""
-    peak, done = [rss_mb(server)], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_mb(server))
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        return work(), peak[0]
-    finally:
-        done.set()
-        sampler.join()
-
-
 def test_the_worst_request_of_each_kind_stays_within_the_stated_memory(
         tight_server, files, large_file, request_inputs):
     """One request at a time, each the largest its kind may be, against the bound the README
@@ -815,7 +797,7 @@ def test_the_worst_request_of_each_kind_stays_within_the_stated_memory(
     for work, expected_result, bound_mb in cases:
         time.sleep(1.5)   # the idle trim
         before = rss_mb(tight_server)
-        result, peak = peak_rss_mb(tight_server, work)
+        result, peak = rss.peak_during(tight_server.process.pid, work)
         assert result == expected_result
         assert peak - before < bound_mb, (expected_result, before, peak)
 
