@@ -32,8 +32,9 @@ SHORTCUTS = {
 }
 
 def user_errors(fn):
-    """Turns a TfmetaError into one `error:` line on stderr and its exit status (2; 138 for a lost
-    worker), with the traceback only under --verbose."""
+    """Turns a TfmetaError, or a disk or permission fault (`faults.describe`), into one `error:`
+    line on stderr and its exit status (2; 138 for a lost worker), with the traceback only under
+    --verbose."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -44,7 +45,21 @@ def user_errors(fn):
                 traceback.print_exc()
             click.echo(f"error: {e}", err=True)
             raise SystemExit(e.exit_status)
+        except Exception as e:   # a full disk, a read-only folder: one line too
+            from tfmeta import faults, quiet
+            line = faults.describe(e)
+            if line is None:
+                raise
+            if quiet.verbose():
+                traceback.print_exc()
+            click.echo(f"error: {line}", err=True)
+            raise SystemExit(2)
     return wrapper
+
+
+def warn(line: str) -> None:
+    """A warning line, on stderr beside the `error:` lines."""
+    click.echo(line, err=True)
 
 
 def start_tensorflow() -> None:
@@ -119,9 +134,11 @@ def cli(verbose):
               help="continue --run-dir if it holds a run, else start it: the one command for a "
                    "job that a cluster restarts")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
+@click.option("--other-data", is_flag=True,
+              help="with --resume: go on although the data differ from what the run saw")
 @user_errors
 def train(config_path, sets, resume_dir, auto_resume, no_progress, first_order, data_dir,
-          devices, **shortcuts):
+          devices, other_data, **shortcuts):
     """Meta-train a model; writes checkpoints, TensorBoard logs and the resolved config."""
     from tfmeta import rundir
 
@@ -137,7 +154,8 @@ def train(config_path, sets, resume_dir, auto_resume, no_progress, first_order, 
     from tfmeta.errors import LostWorkerError
     with (quiet.held(quiet.COLLECTIVE_ABORT, LostWorkerError)
           if config.train.strategy == "multi-worker" else contextlib.nullcontext()):
-        run_dir = training.train(config, resume=resume, progress=not no_progress, log=click.echo)
+        run_dir = training.train(config, resume=resume, progress=not no_progress, log=click.echo,
+                                 other_data=other_data)
     click.echo(f"run: {run_dir}  (tensorboard --logdir {run_dir})")
 
 
@@ -157,18 +175,21 @@ def train(config_path, sets, resume_dir, auto_resume, no_progress, first_order, 
               help="Omniglot: draw each task's classes from the whole split (any) or from one "
                    "alphabet (within_alphabet, Lake et al.'s protocol); default: the run's "
                    "data.omniglot.episodes")
+@click.option("--other-data", is_flag=True,
+              help="evaluate although the data differ from what the run was trained on")
 @user_errors
-def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr, norm, episodes):
+def evaluate(run_dir, steps, tasks, split, checkpoint, inner_lr, norm, episodes, other_data):
     """Adapt a trained run to held-out tasks; print query metrics after 0, 1, 5, 10, ... steps."""
     if tasks < 1 or (steps is not None and steps < 0) or (inner_lr is not None and inner_lr <= 0):
         raise click.BadParameter("--tasks must be >= 1, --steps >= 0 and --inner-lr > 0")
     start_tensorflow()
     from tfmeta import run as run_lib, rundir
 
-    result = run_lib.evaluate_run(Path(run_dir), steps, tasks, split, checkpoint, inner_lr, norm,
-                                  episodes)
-    click.echo(format_table(result))
-    click.echo(f"written to {rundir.write_evaluation(run_dir, result)}")
+    with rundir.lock(run_dir, "evaluated"):
+        result = run_lib.evaluate_run(Path(run_dir), steps, tasks, split, checkpoint, inner_lr,
+                                      norm, episodes, other_data, log=warn)
+        click.echo(format_table(result))
+        click.echo(f"written to {rundir.write_evaluation(run_dir, result)}")
 
 
 @cli.command()
@@ -197,7 +218,7 @@ def export(run_dir, out_dir, version, steps, checkpoint, norm, max_image_side, m
     from tfmeta import export as export_lib
 
     path = export_lib.export_run(Path(run_dir), Path(out_dir), version, steps, checkpoint, norm,
-                                 max_image_side, max_examples)
+                                 max_image_side, max_examples, log=warn)
     meta = export_lib.read_metadata(path)
     click.echo(f"exported {run_dir} to {path}: {meta['task']}, ways {meta['ways']}, example "
                f"shape {meta['example_shape']}, {meta['steps']} steps at lr {meta['lr']}, "
@@ -266,8 +287,10 @@ def serve(model_base_path, model_name, host, port, grpc_port, max_body_mb, poll_
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="override a config field for the analysis, e.g. --set landscape.trace_probes=10")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
+@click.option("--other-data", is_flag=True,
+              help="analyze although the data differ from what the run was trained on")
 @user_errors
-def analyze(run_dir, sets, no_progress):
+def analyze(run_dir, sets, no_progress, other_data):
     """Landscape metrics and meta-test accuracy for every saved checkpoint of RUN_DIR.
 
     Writes RUN_DIR/landscape.csv and TensorBoard scalars under RUN_DIR/logs/analyze.
@@ -275,7 +298,8 @@ def analyze(run_dir, sets, no_progress):
     start_tensorflow()
     from tfmeta import analysis
 
-    out = analysis.analyze(Path(run_dir), sets, progress=not no_progress, log=click.echo)
+    out = analysis.analyze(Path(run_dir), sets, progress=not no_progress, log=click.echo,
+                           other_data=other_data)
     click.echo(f"written to {out}")
 
 
@@ -294,7 +318,8 @@ def report(run_dirs, out_dir, no_tensorboard):
         start_tensorflow()
     if out_dir is None:
         out_dir = rundir.report_dir(run_dirs[0]) if len(run_dirs) == 1 else Path("report")
-    result = report_lib.write_report(list(run_dirs), out_dir, tensorboard=not no_tensorboard)
+    result = report_lib.write_report(list(run_dirs), out_dir, tensorboard=not no_tensorboard,
+                                     log=warn)
     click.echo(Path(result["table"]).read_text())
     for path in result["figures"]:
         click.echo(f"figure  {path}")

@@ -148,7 +148,8 @@ def test_sine_export_any_sizes_and_next_version(tiny_sine_run, tmp_path):
     first = export.export_run(tiny_sine_run, models)
     second = export.export_run(tiny_sine_run, models, steps=2)
     assert (first.name, second.name) == ("1", "2")
-    assert not [p for p in models.iterdir() if p.name.startswith(".")]
+    # No staging folder stays; the one hidden file is the exports' lock.
+    assert [p.name for p in models.iterdir() if p.name.startswith(".")] == [export.EXPORT_LOCK]
     with pytest.raises(ConfigError, match="exists"):
         export.export_run(tiny_sine_run, models, version=2)
     run, episode = episode_of(tiny_sine_run)

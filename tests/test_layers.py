@@ -6,7 +6,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "tfmeta"
 # ARCHITECTURE.md's table, top to bottom; a package's modules share its layer unless named.
 LAYERS = [
-    ["config", "errors", "files", "rundir", "stats", "ports"],
+    ["config", "errors", "faults", "files", "rundir", "stats", "ports"],
     ["tree", "batch_norm", "custom", "models", "losses", "adaptation", "hessian", "meta_batch",
      "distribute", "tasks.episode"],
     ["tasks"],

@@ -17,16 +17,25 @@ from tfmeta.run import Run
 
 
 def analyze(run_dir: Path, overrides: Sequence[str] = (), progress: bool = True,
-            log: Callable[[str], None] = print) -> Path:
-    """Measures every checkpoint of `run_dir`; returns the path of the CSV it wrote.
+            log: Callable[[str], None] = print, other_data: bool = False) -> Path:
+    """Measures every complete checkpoint of `run_dir`, holding its lock; returns the path of
+    the CSV it wrote.
 
     Args:
         overrides: "key=value" changes to the run's config, e.g. "landscape.trace_probes=10".
+        other_data: measure on data other than the run's (`rundir.check_data`).
     """
     run_dir = Path(run_dir)
+    with rundir.lock(run_dir, "analyzed"):
+        return _analyze(run_dir, overrides, progress, log, other_data)
+
+
+def _analyze(run_dir: Path, overrides: Sequence[str], progress: bool,
+             log: Callable[[str], None], other_data: bool) -> Path:
     run = Run.open(run_dir, overrides)
+    run.check_data(other_data, log)
     config = run.config
-    checkpoints = list(run.manager.checkpoints)
+    checkpoints = rundir.complete_checkpoints(run_dir)
     if not checkpoints:
         raise ConfigError(f"{run_dir}: no checkpoints in {rundir.checkpoints(run_dir)}")
     steps = config.adapt.eval_steps
@@ -36,7 +45,7 @@ def analyze(run_dir: Path, overrides: Sequence[str] = (), progress: bool = True,
     summaries.landscape_layout(writer, landscape_lib.METRICS, run.target)
     rows = []
     for path in tqdm(checkpoints, desc="checkpoints", disable=not progress):
-        run.restore(path)
+        run.restore(path, log)
         iteration = int(run.iteration.numpy())
         row = {"checkpoint": Path(path).name, "epoch": iteration // config.train.iterations,
                "iteration": iteration, **records.evaluate(evaluate, writer, steps, iteration)}

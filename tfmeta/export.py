@@ -36,7 +36,9 @@ the support set and one forward pass on the query set (on support and query toge
 The export is written in TensorFlow Serving's layout, MODELS/NAME/<version>/{saved_model.pb,
 variables/}, with the metadata (ways, norm mode, the inputs each signature expects, steps,
 learning rate, source run) in `assets.extra/tfmeta.json`. It is written beside the target and
-renamed into place, so a server watching MODELS/NAME never sees half a version.
+renamed into place, so a server watching MODELS/NAME never sees half a version; exports into one
+MODELS/NAME take turns (a lock), and one that was killed leaves a hidden folder that the next
+removes.
 """
 
 import dataclasses
@@ -45,11 +47,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import tensorflow as tf
 
-from tfmeta import rundir
+from tfmeta import files, rundir
 from tfmeta.adaptation import adapt
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.model import NORMS
@@ -59,6 +61,8 @@ from tfmeta.models import MetaModel, apply, query_outputs
 from tfmeta.tasks.image_format import DEFAULT_MAX_SIDE, ImageFormat, decode_images
 
 METADATA_FILE = "assets.extra/tfmeta.json"
+# Held while a version is chosen and written (a dot file: no server takes it for a version).
+EXPORT_LOCK = ".export.lock"
 # Support and query examples of one request: 20-way 5-shot with 15 queries a class is 400.
 DEFAULT_MAX_EXAMPLES = 1000
 # The signature that serving_default is.
@@ -306,30 +310,36 @@ def export(model: MetaModel, config: AdaptConfig, out: Path, steps: int, metadat
         raise ConfigError(f"--max-examples must be a positive number of examples, got "
                           f"{max_examples}")
     out = Path(out)
-    version = next_version(out) if version is None else version
-    if version < 1:
-        raise ConfigError(f"--version must be a positive integer, got {version}")
-    target = out / str(version)
-    if target.exists():
-        raise ConfigError(f"{target} exists; choose another --version (next free: "
-                          f"{next_version(out)})")
     out.mkdir(parents=True, exist_ok=True)
-    metadata = {**metadata, "version": version, "norm": model.norm,
-                "query_independent": model.query_independent,
-                "image_format": dataclasses.asdict(image_format) if image_format else None,
-                "max_image_side": max_image_side if image_format else None,
-                "max_examples": max_examples,
-                "signatures": describe_signatures(model, image_format, max_image_side)}
-    module = AdaptivePredictor(model, config, steps, metadata, image_format, max_image_side,
-                               max_examples)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=out))
-    try:
-        tf.saved_model.save(module, str(staging), signatures=module.signatures())
-        (staging / METADATA_FILE).parent.mkdir(parents=True, exist_ok=True)
-        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # One export at a time into a model directory: the next free version is chosen, written and
+    # renamed into place under the lock, and a second export waits for its turn.
+    with files.exclusive(out / EXPORT_LOCK, wait=True):
+        for stale in out.glob(".*.partial-*"):   # left by an export that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        version = next_version(out) if version is None else version
+        if version < 1:
+            raise ConfigError(f"--version must be a positive integer, got {version}")
+        target = out / str(version)
+        if target.exists():
+            raise ConfigError(f"{target} exists; choose another --version (next free: "
+                              f"{next_version(out)})")
+        metadata = {**metadata, "version": version, "norm": model.norm,
+                    "query_independent": model.query_independent,
+                    "image_format": dataclasses.asdict(image_format) if image_format else None,
+                    "max_image_side": max_image_side if image_format else None,
+                    "max_examples": max_examples,
+                    "signatures": describe_signatures(model, image_format, max_image_side)}
+        module = AdaptivePredictor(model, config, steps, metadata, image_format, max_image_side,
+                                   max_examples)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=out))
+        try:
+            tf.saved_model.save(module, str(staging), signatures=module.signatures())
+            (staging / METADATA_FILE).parent.mkdir(parents=True, exist_ok=True)
+            (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+            os.chmod(staging, 0o777 & ~files.umask())   # mkdtemp's folder is private (0700)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -352,7 +362,8 @@ def queries_notice(metadata: dict) -> str:
 def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
                steps: Optional[int] = None, checkpoint: Optional[str] = None,
                norm: Optional[str] = None, max_image_side: Optional[int] = None,
-               max_examples: int = DEFAULT_MAX_EXAMPLES) -> Path:
+               max_examples: int = DEFAULT_MAX_EXAMPLES,
+               log: Callable[[str], None] = print) -> Path:
     """Exports a run's checkpoint (default: the latest) with `steps` adaptation steps per
     request (default: the run's test steps); returns the version directory.
 
@@ -372,7 +383,7 @@ def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
     run = Run.open(run_dir, config=dataclasses.replace(
         saved, model=dataclasses.replace(saved.model, norm=norm or trained)))
     config = run.config
-    path = run.restore(checkpoint)
+    path = run.restore(checkpoint, log)
     model = run.eval_model
     # The weights adaptation starts from (the finetune baseline's: a fresh head) are the export's.
     for variable, value in zip(model.trainable_variables, run.start.params()):

@@ -102,11 +102,11 @@ class MetaLearner(keras.Model):
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         rundir.write_config(run_dir, config)
-        from tfmeta.run import checkpointing
+        from tfmeta.run import checkpoint_manager, run_checkpoint
         iterations = int(self.optimizer.iterations)
-        _, manager = checkpointing(run_dir, self.net, self.optimizer,
-                                   tf.Variable(iterations, dtype=tf.int64))
-        return Path(manager.save(checkpoint_number=iterations))
+        checkpoint = run_checkpoint(self.net, self.optimizer,
+                                    tf.Variable(iterations, dtype=tf.int64))
+        return Path(checkpoint_manager(run_dir, checkpoint).save(checkpoint_number=iterations))
 
     def episodes(self, source, split: str = "train", seed: int = 0, meta_batch: int = 4
                  ) -> tf.data.Dataset:

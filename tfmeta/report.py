@@ -23,7 +23,7 @@ import io
 import math
 import re
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -58,18 +58,19 @@ _INTEGER_COLUMNS = ("epoch", "iteration")
 # Records
 
 
-def load_records(run_dir) -> list:
+def load_records(run_dir, log: Callable[[str], None] = print) -> list:
     """The run's per-epoch records (dicts of column -> value), sorted by iteration.
 
     Reads RUN/landscape.csv when it has rows, filling the columns it lacks from RUN/history.jsonl;
     otherwise RUN/history.jsonl. Numbers become floats (`epoch` and `iteration` ints), empty cells
-    NaN. Raises TfmetaError naming the directory when neither file exists or has rows.
+    NaN. A damaged last history line is skipped and said to `log`. Raises TfmetaError naming
+    the directory when neither file exists or has rows.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise TfmetaError(f"{run_dir}: no such run directory")
     csv_rows = [_parsed(row) for row in rundir.read_landscape(run_dir)]
-    history = [_parsed(row) for row in rundir.read_history(run_dir)]
+    history = [_parsed(row) for row in rundir.read_history(run_dir, log)]
     if not csv_rows and not history:
         found = [name for name in (rundir.LANDSCAPE, rundir.HISTORY) if (run_dir / name).is_file()]
         raise TfmetaError(
@@ -249,7 +250,8 @@ def _all_metrics(runs: Mapping[str, Sequence[dict]]) -> list:
 # Report
 
 
-def write_report(run_dirs, out_dir, tensorboard: bool = True) -> dict:
+def write_report(run_dirs, out_dir, tensorboard: bool = True,
+                 log: Callable[[str], None] = print) -> dict:
     """Figures and correlation tables for `run_dirs`, written into `out_dir`.
 
     Writes `<metric>.png` per landscape metric (every run's metric against the epoch on the left
@@ -264,7 +266,7 @@ def write_report(run_dirs, out_dir, tensorboard: bool = True) -> dict:
     if not run_dirs:
         raise TfmetaError("no run directories given")
     names = run_names(run_dirs)
-    runs = {name: load_records(d) for name, d in zip(names, run_dirs)}
+    runs = {name: load_records(d, log) for name, d in zip(names, run_dirs)}
     targets = {name: _require_target(str(d), runs[name]) for name, d in zip(names, run_dirs)}
     metrics = _all_metrics(runs)
     if not metrics:

@@ -9,7 +9,7 @@ replica; checkpoints hold one copy and restore into any strategy.
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import keras
 import numpy as np
@@ -99,13 +99,24 @@ def build_model(config: Config, source: tasks.TaskSource, outputs: Optional[int]
     return model
 
 
-def checkpointing(run_dir: Path, model: MetaModel, optimizer: keras.optimizers.Optimizer,
-                  iteration: tf.Variable, keep: int = 0) -> tuple:
-    """(checkpoint, manager) of a run directory: the object graph every run's checkpoints hold
-    (the network, Adam's state, the meta-step), kept `keep` at a time (0: all)."""
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, iteration=iteration)
-    return checkpoint, tf.train.CheckpointManager(checkpoint, str(rundir.checkpoints(run_dir)),
-                                                  max_to_keep=keep or None)
+def run_checkpoint(model: MetaModel, optimizer: keras.optimizers.Optimizer,
+                   iteration: tf.Variable) -> tf.train.Checkpoint:
+    """The object graph every run's checkpoints hold: the network, Adam's state, the meta-step."""
+    return tf.train.Checkpoint(model=model, optimizer=optimizer, iteration=iteration)
+
+
+def checkpoint_manager(run_dir: Path, checkpoint: tf.train.Checkpoint, keep: int = 0,
+                       log: Callable[[str], None] = print) -> tf.train.CheckpointManager:
+    """The manager that saves `checkpoint` into a run directory, keeping `keep` (0: all). A
+    state file that TensorFlow cannot read (its manager would refuse to start) is set aside as
+    `checkpoint.unreadable`, said to `log`: the checkpoints themselves stay, and the manager
+    lists those it saves from now on."""
+    folder = rundir.checkpoints(run_dir)
+    state = folder / "checkpoint"
+    if state.is_file() and _listed_checkpoint(folder) is None:
+        state.replace(folder / "checkpoint.unreadable")
+        log(f"warning: {state} was unreadable; set aside as checkpoint.unreadable")
+    return tf.train.CheckpointManager(checkpoint, str(folder), max_to_keep=keep or None)
 
 
 class Run:
@@ -131,9 +142,8 @@ class Run:
                 config, self.source, build_model)
             self.optimizer = keras.optimizers.Adam(meta_lr(config))
             self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
-        self.checkpoint, self.manager = checkpointing(
-            self.run_dir, self.model, self.optimizer, self.iteration,
-            config.train.keep_checkpoints)
+        self.checkpoint = run_checkpoint(self.model, self.optimizer, self.iteration)
+        self._manager = None
 
     @classmethod
     def open(cls, run_dir: Path, overrides: Sequence[str] = (),
@@ -145,14 +155,61 @@ class Run:
         configure_threads(config)
         return cls(config, run_dir)
 
-    def restore(self, checkpoint: Optional[str] = None) -> str:
-        """Restores `checkpoint` (default: the latest); returns its path."""
-        path = checkpoint or self.manager.latest_checkpoint
-        if not path:
-            raise ConfigError(f"{self.run_dir}: no checkpoint to restore in "
-                              f"{rundir.checkpoints(self.run_dir)}")
-        self.checkpoint.restore(path).expect_partial()
-        return path
+    def restore(self, checkpoint: Optional[str] = None, log: Callable[[str], None] = print
+                ) -> str:
+        """Restores `checkpoint`, or by default the newest complete checkpoint that restores;
+        returns its path. The default is read from the checkpoint files themselves: a lost or
+        garbled state file, or a damaged newest checkpoint, is said in one line to `log`, and the
+        newest good one is restored. Raises ConfigError when none restores, or when a checkpoint
+        lacks a variable of this run's model (another algorithm's or model's checkpoint)."""
+        folder = rundir.checkpoints(self.run_dir)
+        if checkpoint:
+            candidates = [checkpoint]
+        else:
+            candidates = rundir.complete_checkpoints(self.run_dir)[::-1]
+            if not candidates:
+                raise ConfigError(f"{self.run_dir}: no checkpoint to restore in {folder}")
+            listed = _listed_checkpoint(folder)
+            if listed is None:
+                log(f"warning: {folder / 'checkpoint'} (TensorFlow's list of checkpoints) is "
+                    f"missing or unreadable; restoring the newest complete checkpoint, "
+                    f"{candidates[0]}")
+            elif Path(listed).name != Path(candidates[0]).name:
+                log(f"warning: {folder / 'checkpoint'} names {listed}, which is not complete on "
+                    f"disk; restoring the newest complete checkpoint, {candidates[0]}")
+        for number, path in enumerate(candidates):
+            try:
+                status = self.checkpoint.restore(path)
+            except Exception as error:   # TensorFlow's errors, or its reader's IndexError
+                # ("Read less bytes than requested") for a data file cut short
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(
+                    error).__name__
+                if checkpoint or number == len(candidates) - 1:
+                    raise ConfigError(f"{path} cannot be restored ({reason}); the run has no "
+                                      "other checkpoint to fall back to" if not checkpoint
+                                      else f"{path} cannot be restored ({reason})") from None
+                log(f"warning: {path} is damaged ({reason}); falling back to "
+                    f"{candidates[number + 1]}")
+                continue
+            try:
+                status.assert_existing_objects_matched()
+            except AssertionError as error:
+                raise ConfigError(
+                    f"{path} lacks variables that this run's {self.config.algorithm} "
+                    f"{self.model.name} model has ({str(error).splitlines()[0][:200]}); was it "
+                    "saved by another algorithm or model?") from None
+            status.expect_partial()   # the optimizer's state, restored when it is built
+            return path
+        raise AssertionError("unreachable: the last candidate returns or raises")
+
+    @property
+    def manager(self) -> tf.train.CheckpointManager:
+        """The manager that saves the run's checkpoints, made when training first needs it (a
+        run opened to read needs none, and its state file may be unreadable)."""
+        if self._manager is None:
+            self._manager = checkpoint_manager(self.run_dir, self.checkpoint,
+                                               self.config.train.keep_checkpoints)
+        return self._manager
 
     def save(self, number: int, chief: bool = True) -> None:
         """Writes checkpoint `number`. Every worker of a multi-worker job saves (TensorFlow's
@@ -167,6 +224,11 @@ class Run:
                 checkpoint_number=number)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def check_data(self, other_data: bool = False, log: Callable[[str], None] = print) -> None:
+        """Refuses data other than what the run was trained on (`rundir.check_data`)."""
+        rundir.check_data(self.run_dir, tasks.fingerprint(self.source, self.config.data),
+                          other_data, log)
 
     @property
     def target(self) -> str:
@@ -207,19 +269,31 @@ class Run:
         return self.algorithm.batch_size(self.config)
 
 
+def _listed_checkpoint(folder: Path) -> Optional[str]:
+    """The newest checkpoint TensorFlow's state file lists, or None when it is missing or
+    unreadable."""
+    try:
+        state = tf.train.get_checkpoint_state(str(folder))
+    except (tf.errors.OpError, ValueError, UnicodeDecodeError):
+        return None
+    return state.model_checkpoint_path if state and state.model_checkpoint_path else None
+
+
 # Steps that `evaluate_run` reports besides the run's own test steps and the last step.
 REPORT_STEPS = (0, 1, 5, 10)
 
 
 def evaluate_run(run_dir: Path, steps: Optional[int], tasks_count: int, split: str = "test",
                  checkpoint: Optional[str] = None, inner_lr: Optional[float] = None,
-                 norm: Optional[str] = None, episodes: Optional[str] = None) -> dict:
+                 norm: Optional[str] = None, episodes: Optional[str] = None,
+                 other_data: bool = False, log: Callable[[str], None] = print) -> dict:
     """Evaluates a run's checkpoint on `tasks_count` tasks of `split`, adapting `steps` steps
     (default: max(10, the run's test steps)) at the run's adapt.lr, or at `inner_lr` when given,
     normalizing query sets as the run's model.norm says, or as `norm` says when given; an
     Omniglot run's tasks are drawn as its data.omniglot.episodes says, or as `episodes` says when
     given. Reports the metrics after REPORT_STEPS, the run's test steps and `steps`, those up to
-    `steps`.
+    `steps`. Data other than the run's is refused unless `other_data` (`rundir.check_data`);
+    warnings go to `log`.
 
     Returns:
         {"checkpoint", "split", "episodes" (None unless Omniglot), "tasks", "inner_lr", "norm",
@@ -232,7 +306,8 @@ def evaluate_run(run_dir: Path, steps: Optional[int], tasks_count: int, split: s
     if episodes is not None and run.config.data.dataset != "omniglot":
         raise ConfigError(f"--episodes chooses how Omniglot tasks are drawn; {run_dir} is a "
                           f"{run.config.data.dataset} run")
-    path = run.restore(checkpoint)
+    run.check_data(other_data, log)
+    path = run.restore(checkpoint, log)
     own = run.config.adapt.eval_steps
     steps = max(10, own) if steps is None else steps
     report_steps = sorted({t for t in (*REPORT_STEPS, own, steps) if t <= steps})

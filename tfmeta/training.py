@@ -21,6 +21,7 @@ them. In a multi-worker job the chief evaluates, measures the landscape and writ
 checkpoints, TensorBoard and history; the other workers train and write nothing that stays.
 """
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -33,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from tfmeta import distribute, landscape as landscape_lib, records, rundir, summaries
+from tfmeta import distribute, landscape as landscape_lib, records, rundir, summaries, tasks
 from tfmeta.config import Config
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.errors import ConfigError, DivergedError
@@ -126,19 +127,26 @@ def default_run_dir(config: Config) -> Path:
 
 
 def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
-          progress: bool = True, log: Callable[[str], None] = print) -> Path:
+          progress: bool = True, log: Callable[[str], None] = print,
+          other_data: bool = False) -> Path:
     """Meta-trains per `config`; returns the run directory.
+
+    The process that writes the run (the chief of a multi-worker job) holds its lock
+    (`rundir.lock`) throughout, so that no second training, resume, evaluation or analysis writes
+    to it at the same time.
 
     Args:
         run_dir: where to write; defaults to config.run_dir or runs/<name>.
-        resume: continue from the run directory's latest checkpoint (weights, Adam state and the
-            episode stream position), or from the beginning when it has none yet.
+        resume: continue from the run directory's newest complete checkpoint (weights, Adam state
+            and the episode stream position), or from the beginning when it has none yet.
         progress: show a progress bar (on the chief).
-        log: receives one summary line per epoch.
+        log: receives one summary line per epoch, and any warning.
+        other_data: resume on data other than the run's (`rundir.check_data`).
 
     Raises:
         DivergedError: the meta-loss became NaN or Inf; the last good checkpoint is kept.
-        ConfigError: a bad config, strategy or cluster.
+        ConfigError: a bad config, strategy or cluster; a run directory in use, or whose
+            checkpoints cannot be restored; data other than the run's.
         LostWorkerError: a peer of a multi-worker job died; restart the job to continue.
     """
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)
@@ -146,23 +154,42 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
     configure_threads(config)
     strategy = distribute.make_strategy(config.train.strategy, config.train.devices)
     chief = distribute.is_chief(strategy)
+    if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with rundir.lock(run_dir, "trained") if chief else contextlib.nullcontext():
+        return _train(config, run_dir, strategy, chief, resume, progress, log, other_data)
+
+
+def _train(config: Config, run_dir: Path, strategy: tf.distribute.Strategy, chief: bool,
+           resume: bool, progress: bool, log: Callable[[str], None], other_data: bool) -> Path:
     if not resume and rundir.has_checkpoint(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose "
                           f"another --run-dir")
     run = Run(config, run_dir, strategy)
     distribute.check_divisible(run.batch_size, strategy, run.algorithm.batch_key)
     start = _starting_iteration(run, resume, log)
+    iterations, epochs = config.train.iterations, config.train.epochs
+    if start >= epochs * iterations:
+        log(f"{run_dir} has trained its {start // iterations} epochs (iteration {start}); "
+            f"nothing to do (pass --epochs N above {start // iterations} to train on)")
+        return run_dir
+    if chief:
+        for path in rundir.remove_partial_checkpoints(run_dir):
+            log(f"removed {path}, left by a save that was interrupted")
+        data = tasks.fingerprint(run.source, config.data)
+        if start:
+            rundir.check_data(run_dir, data, other_data, log)
+        rundir.write_data(run_dir, data)
     # A resumed run's overrides describe the run only once a checkpoint made with them exists; a
     # resume that fails before then leaves the saved config as it was.
     config_pending = start > 0
     if chief and not config_pending:
         rundir.write_config(run_dir, config)
-    iterations, epochs = config.train.iterations, config.train.epochs
     step_of, executions = RunSteps(run, strategy), {}
     batches = distribute.replica_batches(
         strategy, lambda replica, replicas: run.training_batches(start, replica, replicas))
     k = config.train.steps_per_execution
-    epoch_end = EpochEnd(run, chief, progress, fresh=start == 0)
+    epoch_end = EpochEnd(run, chief, progress, fresh=start == 0, log=log)
     if start == 0 and config.train.eval_at_start:
         log(records.epoch_line(epoch_end(0, 0, {}, {}), epochs * iterations))
     # Read when the error comes: on a worker other than the chief, the chief wrote it.
@@ -173,11 +200,12 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
             step = step_of(epoch)
             if step not in executions:   # built once: a compiled loop traces on first call
                 executions[step] = repeat(step, batches, k)
+            good = (rundir.complete_checkpoints(run_dir) or [None])[-1]
             means, vectors = fit(
                 executions[step], last - first, k, first, f"epoch {epoch + 1}/{epochs}",
                 progress and chief, "; the run stopped without updating. Last good checkpoint: "
-                f"{run.manager.latest_checkpoint or 'none (diverged in the first epoch)'}. Try "
-                "a lower train.meta_lr or adapt.lr.")
+                f"{good or 'none (diverged in the first epoch)'}. Try a lower train.meta_lr or "
+                "adapt.lr.")
             run.iteration.assign(last)
             record = epoch_end(epoch + 1, last, means, vectors)
             run.save(epoch + 1, chief)
@@ -189,14 +217,20 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
 
 
 def _starting_iteration(run: Run, resume: bool, log: Callable[[str], None]) -> int:
-    """The iteration to start from: the latest checkpoint's when resuming, else 0."""
+    """The iteration to start from: the newest complete checkpoint's when resuming, else 0. A
+    run whose checkpoint files are there but none complete is refused, never started over."""
     if not resume:
         return 0
-    if run.manager.latest_checkpoint is None:
+    if not rundir.complete_checkpoints(run.run_dir):
+        partial = sorted(p.name for p in rundir.checkpoints(run.run_dir).glob("ckpt-*"))
+        if partial:
+            raise ConfigError(f"{rundir.checkpoints(run.run_dir)} holds {', '.join(partial)} but "
+                              "no complete checkpoint (an index and every data shard); restore "
+                              "the missing files, or train a new run")
         log(f"{run.run_dir}: no checkpoint yet (the run stopped in its first epoch); starting "
             "it from the beginning")
         return 0
-    path = run.restore()
+    path = run.restore(log=log)
     iteration = int(run.iteration.numpy())
     log(f"resumed {path} at iteration {iteration}")
     return iteration
@@ -280,9 +314,10 @@ class EpochEnd:
     `fresh`: the run starts here, so its HParams session is written.
     """
 
-    def __init__(self, run: Run, chief: bool, progress: bool, fresh: bool = True):
+    def __init__(self, run: Run, chief: bool, progress: bool, fresh: bool = True,
+                 log: Callable[[str], None] = print):
         config = run.config
-        self.run, self.chief, self.progress = run, chief, progress and chief
+        self.run, self.chief, self.progress, self.log = run, chief, progress and chief, log
         self.wall_start = time.perf_counter()
         if not chief:
             return
@@ -316,7 +351,7 @@ class EpochEnd:
                 self.progress))
         # History first: a kill between this and the checkpoint repeats this epoch on resume (a
         # duplicate line with the same numbers) rather than losing its record.
-        rundir.append_history(self.run.run_dir, record)
+        rundir.append_history(self.run.run_dir, record, self.log)
         return record
 
 

@@ -149,15 +149,25 @@ RETIRED = {
     "landscape.representation_inputs": "representation coherence is now taken over each "
                                        "coherence task's query embeddings",
 }
+# Keys added after runs were first saved, with why their defaults are what those runs did: a saved
+# config may lack these and still be read strictly.
+ADDED: dict = {}
 
 
-def from_dict(cls, data: dict, where: str, prefix: str = ""):
-    """Builds dataclass `cls` from a mapping, checking every key and value type."""
+def from_dict(cls, data: dict, where: str, prefix: str = "", strict: bool = False):
+    """Builds dataclass `cls` from a mapping, checking every key and value type; `strict`: every
+    field must be present (a saved run's config, written fully resolved), but for `ADDED`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: '{prefix.rstrip('.') or 'config'}' must be a mapping, "
                           f"got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
+    if strict:
+        missing = [name for name in fields if name not in data and f"{prefix}{name}" not in ADDED]
+        if missing:
+            raise ConfigError(f"{where}: missing '{prefix}{missing[0]}'" + (
+                f" and {len(missing) - 1} more keys" if len(missing) > 1 else "")
+                + "; a saved run's config holds every key (was it cut short, or edited?)")
     kwargs = {}
     for key, value in data.items():
         if f"{prefix}{key}" in RETIRED:
@@ -167,13 +177,13 @@ def from_dict(cls, data: dict, where: str, prefix: str = ""):
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise ConfigError(f"{where}: unknown config key '{prefix}{key}'{hint}; keys here: "
                               f"{', '.join(prefix + f for f in fields)}")
-        kwargs[key] = _coerce(hints[key], value, where, prefix + key)
+        kwargs[key] = _coerce(hints[key], value, where, prefix + key, strict)
     return cls(**kwargs)
 
 
-def _coerce(kind, value, where: str, key: str):
+def _coerce(kind, value, where: str, key: str, strict: bool = False):
     if dataclasses.is_dataclass(kind):
-        return from_dict(kind, value, where, key + ".")
+        return from_dict(kind, value, where, key + ".", strict)
     if kind is float and isinstance(value, str):
         # YAML 1.1 reads exponents without a dot ("1e-3") as strings.
         try:
@@ -191,15 +201,19 @@ def _coerce(kind, value, where: str, key: str):
 
 
 def load(path: Optional[str] = None, overrides: Iterable[str] = (),
-         values: Optional[Mapping[str, Any]] = None, data_dir: str = "") -> Config:
+         values: Optional[Mapping[str, Any]] = None, data_dir: str = "",
+         strict: bool = False) -> Config:
     """The config of a preset or file (or the defaults), checked, with in this order: `values`
     ({"dotted.key": value}, typed values such as a command line's flags), `overrides`
     ("dotted.key=value" strings, the value YAML: `--set`) and `data_dir`, the data folder of the
-    config's dataset (`data.<dataset>.data_dir`)."""
+    config's dataset (`data.<dataset>.data_dir`). `strict`: the file must hold every key (a
+    saved run's config), before anything is applied."""
     data, where = {}, "defaults"
     if path:
         file = resolve_path(path)
         data, where = load_yaml(file), str(file)
+        if strict:
+            from_dict(Config, data, where, strict=True)
     overrides, values = list(overrides), dict(values or {})
     for key, value in values.items():
         data = merge(data, nest(key, value))
@@ -220,6 +234,29 @@ def validate(config: Config, where: str) -> Config:
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
     return config
+
+
+# What a resume may change: how long the run goes on, how and how often it is measured, where its
+# data live, and how it runs. Any other key makes it another run.
+RESUMABLE = ("run_dir", "name", "train.epochs", "train.eval_tasks", "train.eval_every",
+             "train.eval_at_start", "train.eval_batch", "train.keep_checkpoints",
+             "train.intra_op_threads", "train.inter_op_threads", "train.steps_per_execution",
+             "train.jit_compile", "train.task_strategy", "train.strategy", "train.devices",
+             "landscape.")
+
+
+def identity_changes(saved: Config, resumed: Config) -> list:
+    """[(key, saved value, resumed value)] of the keys that differ and that a resume may not
+    change (`RESUMABLE`, and data folders, whose content `rundir.check_data` compares)."""
+    before, after = flat_dict(saved), flat_dict(resumed)
+    changed = [(key, before[key], after[key]) for key in before if before[key] != after[key]]
+
+    def resumable(key: str) -> bool:
+        if key == "train.epochs" and saved.train.cosine_lr:
+            return False   # the cosine schedule is spread over the epochs
+        return (key.startswith("data.") and key.endswith(("data_dir", "cache_dir"))
+                or any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE))
+    return [change for change in changed if not resumable(change[0])]
 
 
 def to_dict(config: Config) -> dict:

@@ -7,8 +7,10 @@ example shape, the number of outputs and the loss, and draws seeded episode stre
 options, if any) in `tfmeta.config.data`.
 """
 
+import hashlib
 from typing import Callable, Dict
 
+import numpy as np
 import tensorflow as tf
 
 from tfmeta.config.data import DATASETS, DataConfig, is_tfds
@@ -34,3 +36,20 @@ def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
         raise ConfigError(f"unknown dataset {config.dataset!r}; expected one of "
                           f"{', '.join(DATASETS)}, or tfds:NAME")
     return SOURCES[config.dataset](config, tf.as_dtype(dtype))
+
+
+def fingerprint(source: TaskSource, config: DataConfig) -> dict:
+    """What data a run sees, for `rundir.check_data`: the dataset, its classes per split, and a
+    hash of the first episodes of every split. Episodes are pure functions of the seed and the
+    data, so a file added, removed or changed, or another preprocessing, changes them; values are
+    hashed to 4 decimals, so that another device's last bits do not."""
+    digest = hashlib.sha256()
+    for split in sorted(source.episode_fns):
+        batch = next(iter(source.episodes(split, seed=0, meta_batch=2, count=2)))
+        for tensor in tf.nest.flatten(batch):
+            value = tensor.numpy()
+            if value.dtype.kind == "f":
+                value = np.round(value.astype(np.float64) * 1e4).astype(np.int64)
+            digest.update(np.ascontiguousarray(value).tobytes())
+    return {"dataset": config.dataset, "classes": dict(sorted(source.classes.items())),
+            "example_shape": list(source.example_shape), "episodes": digest.hexdigest()}
