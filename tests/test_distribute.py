@@ -108,8 +108,8 @@ def test_two_worker_processes_train_as_one_process(tmp_path):
     np.testing.assert_allclose([r["meta_test/mse"] for r in history[1]],
                                [r["meta_test/mse"] for r in history[0]], rtol=1e-5)
     # The chief wrote the run; the other worker wrote nothing that stays.
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml",
-                                                          "history.jsonl", "logs"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "checkpoints", "config.yaml",
+                                                          "data.json", "history.jsonl", "logs"]
     assert len((run_dir / "history.jsonl").read_text().splitlines()) == 2
     assert not list(scratch.iterdir())
     log = (tmp_path / "logs" / "worker1.log").read_text()

@@ -281,15 +281,17 @@ def test_the_run_records_its_data_and_refuses_other_data(omniglot_dir, tmp_path)
                     "--landscape-every", 0, "--no-progress")
     assert result.exit_code == 0, result.output
     saw = json.loads((run / rundir.DATA).read_text())
-    assert saw["dataset"] == "omniglot" and len(saw["episodes"]) == 64
+    assert saw["dataset"] == "omniglot" and len(saw["examples"]) == 64
+    # How episodes are drawn at evaluation is not the data.
+    assert invoke("evaluate", run, "--tasks", 4, "--episodes", "within_alphabet").exit_code == 0
     assert invoke("evaluate", run, "--tasks", 4).exit_code == 0
     (data / "images_background_small2.zip").unlink()
     for args in (["evaluate", run, "--tasks", 4], ["analyze", run, "--no-progress"],
                  ["train", "--resume", run, "--epochs", 2, "--no-progress"]):
         line = error_line(invoke(*args))
         assert re.match(rf"error: {re.escape(str(run))} was trained on other data: it saw "
-                        r"omniglot: \d+ test / \d+ train classes, episodes [0-9a-f]{8}, and the "
-                        r"data now is omniglot: \d+ test / \d+ train classes, episodes "
+                        r"omniglot: \d+ test / \d+ train classes, examples [0-9a-f]{8}, and the "
+                        r"data now is omniglot: \d+ test / \d+ train classes, examples "
                         r"[0-9a-f]{8}\. .* pass --other-data", line), line
     result = invoke("evaluate", run, "--tasks", 4, "--other-data")
     assert result.exit_code == 0 and "going on (--other-data)" in result.output

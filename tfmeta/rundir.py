@@ -238,10 +238,10 @@ def check_data(run_dir: Path, fingerprint: dict, other_data: bool = False,
 
 
 def describe_data(fingerprint: dict) -> str:
-    """'omniglot: 1070 train / 40 test classes, episodes 3f2a9c1e'."""
+    """'omniglot: 659 test / 964 train classes, examples 3f2a9c1e'."""
     classes = " / ".join(f"{n} {split}" for split, n in fingerprint.get("classes", {}).items())
-    return (f"{fingerprint.get('dataset', '?')}: {classes} classes, episodes "
-            f"{fingerprint.get('episodes', '?')[:8]}")
+    return (f"{fingerprint.get('dataset', '?')}: {classes} classes, examples "
+            f"{fingerprint.get('examples', '?')[:8]}")
 
 
 def write_landscape(run_dir: Path, rows: list) -> Path:

@@ -40,16 +40,19 @@ def build(config: DataConfig, dtype: str = "float32") -> TaskSource:
 
 def fingerprint(source: TaskSource, config: DataConfig) -> dict:
     """What data a run sees, for `rundir.check_data`: the dataset, its classes per split, and a
-    hash of the first episodes of every split. Episodes are pure functions of the seed and the
-    data, so a file added, removed or changed, or another preprocessing, changes them; values are
-    hashed to 4 decimals, so that another device's last bits do not."""
+    hash of the first examples of every split: its labelled examples where it has them (drawn
+    from the split's whole pool, so that how episodes are drawn, say `--episodes
+    within_alphabet` at evaluation, does not change it), else its first episodes. Both are pure
+    functions of the seed and the data, so a file added or removed, or another preprocessing,
+    changes them; values are hashed to 4 decimals, so that another device's last bits do not."""
     digest = hashlib.sha256()
     for split in sorted(source.episode_fns):
-        batch = next(iter(source.episodes(split, seed=0, meta_batch=2, count=2)))
-        for tensor in tf.nest.flatten(batch):
+        stream = (source.labelled(split, seed=0, batch_size=16) if split in source.labelled_fns
+                  else source.episodes(split, seed=0, meta_batch=2, count=2))
+        for tensor in tf.nest.flatten(next(iter(stream))):
             value = tensor.numpy()
             if value.dtype.kind == "f":
                 value = np.round(value.astype(np.float64) * 1e4).astype(np.int64)
             digest.update(np.ascontiguousarray(value).tobytes())
     return {"dataset": config.dataset, "classes": dict(sorted(source.classes.items())),
-            "example_shape": list(source.example_shape), "episodes": digest.hexdigest()}
+            "example_shape": list(source.example_shape), "examples": digest.hexdigest()}
