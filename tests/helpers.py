@@ -23,12 +23,12 @@ def sine_episode(seed: int = 0, shots: int = 10, queries: int = 10) -> Episode:
 
 
 def image_episode(seed: int = 0, ways: int = 5, shots: int = 1, queries: int = 3,
-                  size: int = 16) -> Episode:
+                  size: int = 16, channels: int = 1) -> Episode:
     rng = np.random.default_rng(seed)
     t = lambda a: tf.constant(a, tf.float64)  # noqa: E731
     labels = lambda k: tf.constant(np.repeat(np.arange(ways), k), tf.int32)  # noqa: E731
-    return Episode(t(rng.random((ways * shots, size, size, 1))), labels(shots),
-                   t(rng.random((ways * queries, size, size, 1))), labels(queries))
+    return Episode(t(rng.random((ways * shots, size, size, channels))), labels(shots),
+                   t(rng.random((ways * queries, size, size, channels))), labels(queries))
 
 
 def params_of(model) -> list:

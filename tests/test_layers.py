@@ -7,8 +7,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tfmeta"
 # ARCHITECTURE.md's table, top to bottom; a package's modules share its layer unless named.
 LAYERS = [
     ["config", "errors", "faults", "files", "rundir", "stats", "ports"],
-    ["tree", "batch_norm", "custom", "models", "losses", "adaptation", "hessian", "meta_batch",
-     "distribute", "tasks.episode"],
+    ["tree", "batch_norm", "custom", "backbones", "models", "losses", "adaptation", "hessian",
+     "meta_batch", "distribute", "tasks.episode"],
     ["tasks"],
     ["algorithms"],
     ["evaluation", "landscape", "verdicts", "report"],

@@ -1,9 +1,33 @@
 """Batch normalization on batch statistics, and layer normalization, exact to every order of
-derivative."""
+derivative.
+
+Where a batch norm takes its statistics from (`reference_rows`) and which inner step's weights it
+uses (`step`) are arguments of its call, and also a context (`statistics`) that `MetaModel.call`
+sets around its feature network: a Keras graph (a residual block, a nested backbone) passes no
+extra arguments to its layers, and every `BatchNorm` inside it, at any depth, reads them from the
+context instead.
+"""
+
+import contextlib
+import threading
 
 import keras
 import tensorflow as tf
 from keras import ops
+
+_CONTEXT = threading.local()
+
+
+@contextlib.contextmanager
+def statistics(reference_rows=None, step=None):
+    """Within the block, every `BatchNorm` called without its own `reference_rows` and `step`
+    takes these (a context per thread: a server traces several requests at once)."""
+    saved = getattr(_CONTEXT, "value", (None, None))
+    _CONTEXT.value = (reference_rows, step)
+    try:
+        yield
+    finally:
+        _CONTEXT.value = saved
 
 
 def normalize(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float) -> tf.Tensor:
@@ -82,10 +106,16 @@ class BatchNorm(keras.layers.Layer):
         self.gamma = self.add_weight(shape=shape, initializer="ones", name="gamma")
         self.beta = self.add_weight(shape=shape, initializer="zeros", name="beta")
 
-    def call(self, x, training=None, reference_rows=None, step=None):
-        """x [B, ..., C] -> [B, ..., C]; `reference_rows` k: statistics of x[:k] (default: all);
-        `step` t (an int or int tensor): the inner step whose gamma and beta to use (per-step
-        layers only)."""
+    def call(self, x, training=None, reference_rows=None, step=None, mask=None):
+        """x [B, ..., C] -> [B, ..., C]; `reference_rows` k: statistics of x[:k] (default: the
+        context's, `statistics`, else all); `step` t (an int or int tensor): the inner step whose
+        gamma and beta to use (per-step layers only; default the context's). `mask` is accepted
+        as the stock layer's call accepts it (a converted graph passes it on) and must be None."""
+        if mask is not None:
+            raise ValueError("BatchNorm normalizes every position; it takes no mask")
+        context_rows, context_step = getattr(_CONTEXT, "value", (None, None))
+        reference_rows = context_rows if reference_rows is None else reference_rows
+        step = context_step if step is None else step
         gamma, beta = self.gamma, self.beta
         if self.steps:
             row = self.steps - 1 if step is None else ops.clip(
@@ -132,7 +162,8 @@ class LayerNorm(keras.layers.Layer):
         self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
         self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
 
-    def call(self, x, training=None):
+    def call(self, x, training=None, mask=None):
+        # `mask`: as for BatchNorm; a layer norm is per position, so a mask changes nothing.
         gamma, beta = tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta)  # as BatchNorm
         centered = x - ops.mean(x, axis=-1, keepdims=True)
         variance = ops.mean(ops.square(centered), axis=-1, keepdims=True)

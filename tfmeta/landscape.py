@@ -56,7 +56,7 @@ from tfmeta.adaptation import (Start, adapt, displacement, inner_gradient, inner
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.landscape import LandscapeConfig
 from tfmeta.losses import task_loss
-from tfmeta.models import MetaModel, query_features
+from tfmeta.models import MetaModel, leaves, query_features
 from tfmeta.tasks.source import TaskSource
 
 METRICS = ("flatness", "trajectory_coherence", "gradient_coherence", "representation_coherence",
@@ -75,15 +75,15 @@ def pairwise_mean(total: Sequence[tf.Tensor], sum_sq, n: int) -> tf.Tensor:
 def layer_groups_of(model: MetaModel) -> tuple:
     """(names, groups): each layer with adapted weights and the positions of its tensors in the
     list of adapted parameters (`model.inner_indices`)."""
-    position = {index: k for k, index in enumerate(model.inner_indices)}
-    names, groups, start = [], [], 0
-    for layer in [*model.features.layers, model.head]:
-        count = len(layer.trainable_variables)
-        group = [position[i] for i in range(start, start + count) if i in position]
+    index = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    position = {i: k for k, i in enumerate(model.inner_indices)}
+    names, groups = [], []
+    for layer in [*leaves(model.features), model.head]:
+        group = [position[index[id(v)]] for v in layer.trainable_variables
+                 if index.get(id(v)) in position]
         if group:
             names.append(layer.name)
             groups.append(group)
-        start += count
     return names, groups
 
 

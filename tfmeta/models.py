@@ -1,8 +1,12 @@
-"""The meta-learned networks: conv4 (Finn et al., 2017) and the sine-regression MLP.
+"""The meta-learned networks: conv4 (Finn et al., 2017), ResNet-12 (MetaOptNet, Lee et al. 2019),
+the sine-regression MLP, and any Keras model (`from_keras`).
 
 Every model is a `MetaModel`: a feature network h = f_feat(x) followed by a linear head. The split is
-explicit because representation metrics read h, and the finetune baseline swaps the head. Models are
+explicit because representation metrics read h, and the finetune baseline swaps the head. The
+feature network is any Keras graph (a chain, residual blocks, a nested backbone). Models are
 called functionally on explicit parameter lists through `apply`, never by mutating their variables.
+Parameters are chosen by layer name: which the inner loop adapts and which are frozen
+(`InnerLoop`).
 
 A model's `norm` mode says how batch norm treats a task's query set (`query_outputs`):
 
@@ -17,16 +21,19 @@ loss and every landscape metric are the same computation in both.
 """
 
 import dataclasses
+import fnmatch
 import functools
+import re
 import warnings
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import keras
 import tensorflow as tf
 
-from tfmeta import custom
+from tfmeta import batch_norm, custom
 from tfmeta.batch_norm import BatchNorm
-from tfmeta.config.model import NORMS, ModelConfig
+from tfmeta.config.model import NORMS, ModelConfig, patterns
+from tfmeta.custom import leaves
 from tfmeta.custom import exact_batch_norm  # noqa: F401  (tfmeta.models.exact_batch_norm)
 from tfmeta.errors import ConfigError
 
@@ -45,12 +52,18 @@ class InnerLoop:
             (evaluation may take more steps than training) uses step S - 1's.
         step_norms: per-step batch-norm weights and biases (MAML++'s BNWB). As in MAML++, they are
             meta-learned and not adapted by the inner loop.
+        adapt: which layers the inner loop adapts, by name (`model.adapt_layers`): "all", "head",
+            "last:N" (the last N layers with trainable weights) or comma-separated `fnmatch`
+            patterns; `head_only` (ANIL) is "head".
+        frozen: patterns of layers that neither adapt nor meta-train (`model.frozen_layers`).
     """
     head_only: bool = False
     learned_lr: str = ""
     lr: float = 0.01
     steps: int = 1
     step_norms: bool = False
+    adapt: str = "all"
+    frozen: tuple = ()
 
 
 class InnerRates(keras.layers.Layer):
@@ -76,7 +89,7 @@ class MetaModel(keras.Model):
     """A feature network followed by a linear head.
 
     Args:
-        features: maps x [B, *input_shape] to h [B, D].
+        features: a Keras model (a chain or any graph) mapping x [B, *input_shape] to h [B, D].
         head: a Dense layer mapping h [B, D] to outputs [B, outputs].
         input_shape: the shape of one example, without the batch dimension.
         loss: "cross_entropy" (outputs are logits over classes) or "mse" (outputs are predictions).
@@ -88,10 +101,11 @@ class MetaModel(keras.Model):
     rates' (if any), in that order; `inner_indices` are the entries the inner loop adapts.
     """
 
-    def __init__(self, features: keras.Sequential, head: keras.layers.Dense,
+    def __init__(self, features: keras.Model, head: keras.layers.Dense,
                  input_shape: Sequence[int], loss: str, gains: bool = False,
                  norm: str = "transductive", inner: InnerLoop = InnerLoop(), **kwargs):
-        super().__init__(**kwargs)
+        # The head's dtype, so that a float64 network is not handed its inputs cast to float32.
+        super().__init__(**{"dtype": head.dtype_policy, **kwargs})
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}. Received norm={norm!r}")
         self.features = features
@@ -104,18 +118,26 @@ class MetaModel(keras.Model):
         self.build((None, *self.example_shape))
 
     def build(self, input_shape):
-        self.features.build(input_shape)
-        self.head.build(self.features.compute_output_shape(input_shape))
+        if not self.features.built:
+            self.features.build(input_shape)
+        if not self.head.built:   # a Keras model's head comes built
+            self.head.build(self.features.compute_output_shape(input_shape))
+        for layer in leaves(self.features) + [self.head]:
+            if any(fnmatch.fnmatchcase(layer.name, p) for p in self.inner.frozen):
+                layer.trainable = False
         self.num_gated = len(self.features.trainable_variables) + len(self.head.trainable_variables)
         self.gains = Gains(self.num_gated, dtype=self.head.dtype_policy) if self.with_gains else None
         weights = self.features.trainable_variables + self.head.trainable_variables
-        if self.inner.head_only:
-            indices = range(self.num_feature_params, self.num_gated)
-        else:
-            frozen = {id(v) for layer in self.features.layers if isinstance(layer, BatchNorm)
-                      and layer.steps for v in layer.trainable_variables}
-            indices = [i for i, w in enumerate(weights) if id(w) not in frozen]
-            indices += [self.num_gated] if self.gains is not None else []
+        adapted = {id(v) for layer in self.adapted_layers() for v in layer.trainable_variables}
+        # MAML++'s per-step norm weights are meta-learned, never adapted.
+        adapted -= {id(v) for layer in leaves(self.features) if isinstance(layer, BatchNorm)
+                    and layer.steps for v in layer.trainable_variables}
+        indices = [i for i, w in enumerate(weights) if id(w) in adapted]
+        indices += [self.num_gated] if self.gains is not None and not self.inner.head_only else []
+        if not indices:
+            raise ConfigError(f"model {self.name}: the inner loop adapts no parameter "
+                              f"(adapt {self.inner.adapt!r}, frozen {list(self.inner.frozen)}); "
+                              f"layers with weights: {', '.join(self.layer_names())}")
         self.inner_indices = tuple(indices)
         self.rates = None
         if self.inner.learned_lr:
@@ -125,25 +147,51 @@ class MetaModel(keras.Model):
             self.rates = InnerRates(shapes, self.inner.lr, dtype=self.head.dtype_policy)
         self.built = True
 
+    def layer_names(self) -> list:
+        """The names of the layers with trainable weights, features then head, in order."""
+        return [layer.name for layer in self._weighted()]
+
+    def _weighted(self) -> list:
+        return [layer for layer in leaves(self.features) + [self.head]
+                if layer.trainable_variables]
+
+    def adapted_layers(self) -> list:
+        """The layers whose parameters the inner loop adapts (`InnerLoop.adapt`), among those
+        with trainable weights; ConfigError for a pattern that names no layer."""
+        weighted, spec = self._weighted(), "head" if self.inner.head_only else self.inner.adapt
+        if spec == "all":
+            return weighted
+        if spec == "head":
+            return [self.head]
+        last = re.fullmatch(r"last:(\d+)", spec)
+        if last:
+            return weighted[-int(last.group(1)):]
+        chosen = []
+        for pattern in patterns(spec):
+            matched = [layer for layer in weighted if fnmatch.fnmatchcase(layer.name, pattern)
+                       or (pattern == "head" and layer is self.head)]
+            if not matched:
+                raise ConfigError(f"model {self.name}: model.adapt_layers pattern {pattern!r} "
+                                  "names no layer with trainable weights; they are: "
+                                  f"{', '.join(self.layer_names())}")
+            chosen += [layer for layer in matched if layer not in chosen]
+        return chosen
+
     def call(self, x, training=None, reference_rows=None, step=None, features_only=False):
         """x [B, *example_shape] -> outputs [B, outputs], or the representation h [B, D] with
         `features_only`; `reference_rows` k makes every batch norm take its statistics from the
         first k rows, and `step` t its inner step's weights (see `BatchNorm`)."""
-        # The layers are called one by one because keras.Sequential passes no extra arguments,
-        # and `training` is passed explicitly because stateless_call enters `call` directly, with
-        # no call context to carry it to the inner layers.
-        h = x
-        for layer in self.features.layers:
-            if isinstance(layer, BatchNorm):
-                h = layer(h, training=training, reference_rows=reference_rows, step=step)
-            else:
-                h = layer(h, training=training)
+        # The batch norms read `reference_rows` and `step` from a context, at any depth of the
+        # feature graph; `training` is passed explicitly because stateless_call enters `call`
+        # directly, with no call context to carry it to the inner layers.
+        with batch_norm.statistics(reference_rows, step):
+            h = self.features(x, training=training)
         return h if features_only else self.head(h, training=training)
 
     @property
     def normalizes(self) -> bool:
         """Whether the network has batch norm layers (the sine MLP has none)."""
-        return any(isinstance(layer, BatchNorm) for layer in self.features.layers)
+        return any(isinstance(layer, BatchNorm) for layer in leaves(self.features))
 
     @property
     def query_independent(self) -> bool:
@@ -355,46 +403,92 @@ def mlp(hidden: Sequence[int] = (40, 40), inputs: int = 1, outputs: int = 1,
                      (inputs,), loss="mse", gains=gains, norm=norm, inner=inner, name="mlp")
 
 
+def resnet12(outputs: int, image_shape: Sequence[int] = (84, 84, 3),
+             widths: Sequence[int] = (64, 160, 320, 640), dtype: str = "float32",
+             gains: bool = False, norm: str = "transductive",
+             inner: InnerLoop = InnerLoop()) -> MetaModel:
+    """ResNet-12 as in MetaOptNet (Lee et al., 2019) and learn2learn, without DropBlock: 4
+    residual blocks, each 3 x [3x3 conv, batch norm, LeakyReLU 0.1] with the third LeakyReLU
+    after the residual add, a 1x1 conv and batch norm as the shortcut, then a 2x2 max-pool; global
+    average pooling and the head. 12.4 M parameters at the default widths and 5 ways.
+
+    Args:
+        outputs: classes of the head (N ways).
+        image_shape: [H, W, C] of one image (84 x 84 x 3 for MiniImagenet).
+        widths: channels of the four blocks.
+        dtype, gains, norm, inner: as for `conv4`.
+
+    Layers are named blockB_convJ, blockB_bnJ, blockB_shortcut, blockB_shortcut_bn, blockB_pool
+    (B = 1..4, J = 1..3), pool and head, for `model.adapt_layers` and `model.frozen_layers`.
+    """
+    norm_layer = functools.partial(BatchNorm, steps=inner.steps if inner.step_norms else 0,
+                                   dtype=dtype)
+    # learn2learn's initialization: He normal on the fan-out.
+    init = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+    conv = functools.partial(keras.layers.Conv2D, use_bias=False, kernel_initializer=init,
+                             dtype=dtype)
+    x = inputs = keras.Input(tuple(image_shape), dtype=dtype)
+    for b, width in enumerate(widths, 1):
+        shortcut = norm_layer(name=f"block{b}_shortcut_bn")(conv(width, 1, name=f"block{b}_shortcut")(x))
+        h = x
+        for j in (1, 2, 3):
+            h = norm_layer(name=f"block{b}_bn{j}")(
+                conv(width, 3, padding="same", name=f"block{b}_conv{j}")(h))
+            if j < 3:
+                h = keras.layers.LeakyReLU(0.1, dtype=dtype, name=f"block{b}_relu{j}")(h)
+        h = keras.layers.Add(dtype=dtype, name=f"block{b}_add")([h, shortcut])
+        h = keras.layers.LeakyReLU(0.1, dtype=dtype, name=f"block{b}_relu3")(h)
+        x = keras.layers.MaxPooling2D(2, dtype=dtype, name=f"block{b}_pool")(h)
+    x = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="pool")(x)
+    return MetaModel(keras.Model(inputs, x, name="features"),
+                     keras.layers.Dense(outputs, dtype=dtype, name="head"),
+                     image_shape, loss="cross_entropy", gains=gains, norm=norm, inner=inner,
+                     name="resnet12")
+
+
 def from_keras(model: keras.Model, example_shape: Sequence[int], outputs: int, loss: str,
                norm_layers: str = "convert", gains: bool = False, norm: str = "transductive",
                inner: InnerLoop = InnerLoop()) -> MetaModel:
-    """Your Keras model as a MetaModel: its layers but the last are the features, its last, a
-    Dense of `outputs` linear units, the head; weights are copied. Stock BatchNormalization and
-    LayerNormalization layers are converted to the exact ones (`norm_layers="convert"`, with a
-    warning that names them), refused ("refuse") or kept ("keep": wrong second derivatives);
-    layers that make adaptation stateful are refused (`tfmeta.custom`).
+    """Your Keras model as a MetaModel: a keras.Sequential or any functional graph (branches,
+    skip connections, nested models such as a keras.applications backbone), whose output is a
+    Dense of `outputs` linear units, the head; everything before it is the features. Weights are
+    copied. Stock BatchNormalization and LayerNormalization layers, at any depth, are converted
+    to the exact ones (`norm_layers="convert"`, with a warning that names them), refused
+    ("refuse") or kept ("keep": wrong second derivatives); layers that make adaptation stateful
+    are refused, each named on its own line (`tfmeta.custom`).
 
     Args:
-        model: a built keras.Sequential or functional chain from x [B, *example_shape] to
-            [B, outputs].
+        model: a Keras model from x [B, *example_shape] to [B, outputs].
         loss: "cross_entropy" (the outputs are logits) or "mse".
+        inner: what the inner loop adapts, and what is frozen, by layer name.
     """
-    layers = custom.chain(model, example_shape)
-    last = layers[-1] if layers else None
+    if not model.built:
+        model.build((None, *example_shape))
+    last = custom.head_of(model)
     if not (isinstance(last, keras.layers.Dense) and last.units == outputs
             and last.get_config()["activation"] == "linear"):
-        raise ConfigError(f"model {model.name}: its last layer must be Dense({outputs}) with no "
+        raise ConfigError(f"model {model.name}: its output layer must be Dense({outputs}) with no "
                           f"activation (the head, {'logits' if loss == 'cross_entropy' else 'predictions'}"
-                          f"), got {type(last).__name__ if last else 'no layer'}"
+                          f"), got {type(last).__name__}"
                           + (f"({last.units}, activation={last.get_config()['activation']})"
                              if isinstance(last, keras.layers.Dense) else ""))
-    copies, assign = custom.copy_chain(layers, norm_layers)
-    converted = [f.line() for f in custom.findings(layers) if norm_layers == "convert"]
+    converted = [f"{f.layer} ({f.kind})" for f in custom.findings([model])
+                 if norm_layers == "convert" and f.convertible]
+    features, head = custom.split(custom.copy_model(model, norm_layers))
     if converted:
+        shown = ", ".join(converted[:6]) + (f" and {len(converted) - 6} more"
+                                            if len(converted) > 6 else "")
         warnings.warn(f"model {model.name}: converted {len(converted)} stock normalization "
-                      "layers to tfmeta's exact ones: " + "; ".join(converted), stacklevel=2)
-    dtype = last.dtype_policy
-    features = keras.Sequential(copies[:-1] or [keras.layers.Identity(dtype=dtype)],
-                                name="features")
-    meta = MetaModel(features, copies[-1], example_shape, loss=loss, gains=gains, norm=norm,
+                      f"layers to tfmeta's exact ones ({shown}): their second derivatives "
+                      "would be wrong", stacklevel=2)
+    return MetaModel(features, head, example_shape, loss=loss, gains=gains, norm=norm,
                      inner=inner, name=model.name)
-    assign()
-    return meta
 
 
 def custom_model(config: ModelConfig, example_shape: Sequence[int], outputs: int, loss: str,
                  gains: bool = False, inner: InnerLoop = InnerLoop()) -> MetaModel:
-    """`model.factory`'s model (called as factory(example_shape, outputs)) through `from_keras`."""
+    """`model.factory`'s model (called as factory(example_shape, outputs)), with `model.weights`
+    loaded into it when given, through `from_keras`."""
     factory = custom.load_factory(config.factory)
     model = factory(tuple(example_shape), outputs)
     if not isinstance(model, keras.Model):
@@ -402,6 +496,8 @@ def custom_model(config: ModelConfig, example_shape: Sequence[int], outputs: int
                           f"{type(model).__name__}, not a keras.Model")
     if not model.built:
         model.build((None, *example_shape))
+    if config.weights:
+        custom.load_weights(model, config.weights)
     return from_keras(model, example_shape, outputs, loss, config.norm_layers, gains,
                       config.norm, inner)
 
@@ -417,6 +513,9 @@ def build(config: ModelConfig, example_shape: Sequence[int], outputs: int,
         arch = "mlp" if len(example_shape) == 1 else "conv4"
     if arch == "custom":
         return custom_model(config, example_shape, outputs, loss, gains, inner)
+    if arch == "resnet12":
+        return resnet12(outputs, example_shape, config.widths, config.dtype, gains=gains,
+                        norm=config.norm, inner=inner)
     if arch == "mlp":
         return mlp(config.hidden, example_shape[0], outputs, dtype=config.dtype, gains=gains,
                    norm=config.norm, inner=inner)

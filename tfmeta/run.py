@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from tfmeta import algorithms, evaluation, landscape as landscape_lib, models, rundir, tasks
 from tfmeta.config import Config
+from tfmeta.config.model import patterns
 from tfmeta.errors import ConfigError
 from tfmeta.models import MetaModel
 
@@ -44,7 +45,9 @@ def inner_loop(config: Config) -> models.InnerLoop:
     adapt, algorithm = config.adapt, algorithms.get(config.algorithm)
     learned = algorithm.learned_lr or ("layer_step" if adapt.per_step_lr else "")
     return models.InnerLoop(head_only=algorithm.head_only, learned_lr=learned, lr=adapt.lr,
-                            steps=adapt.steps, step_norms=adapt.per_step_norm)
+                            steps=adapt.steps, step_norms=adapt.per_step_norm,
+                            adapt=config.model.adapt_layers,
+                            frozen=patterns(config.model.frozen_layers))
 
 
 def meta_lr(config: Config):
@@ -82,9 +85,9 @@ def build_model(config: Config, source: tasks.TaskSource, outputs: Optional[int]
     if arch == "mlp" and len(source.example_shape) != 1:
         raise ConfigError(f"model.arch=mlp needs vector inputs, but {config.data.dataset} has "
                           f"examples of shape {source.example_shape}; use conv4")
-    if arch == "conv4" and len(source.example_shape) != 3:
-        raise ConfigError(f"model.arch=conv4 needs images, but {config.data.dataset} has examples "
-                          f"of shape {source.example_shape}; use mlp")
+    if arch in ("conv4", "resnet12") and len(source.example_shape) != 3:
+        raise ConfigError(f"model.arch={arch} needs images, but {config.data.dataset} has "
+                          f"examples of shape {source.example_shape}; use mlp")
     keras.utils.set_random_seed(config.train.seed)
     model = models.build(config.model, source.example_shape, outputs or source.outputs,
                          gains=algorithms.get(config.algorithm).gains,

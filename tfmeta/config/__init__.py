@@ -151,7 +151,12 @@ RETIRED = {
 }
 # Keys added after runs were first saved, with why their defaults are what those runs did: a saved
 # config may lack these and still be read strictly.
-ADDED: dict = {}
+ADDED = {
+    "model.widths": "ResNet-12's widths; runs before it were conv4, MLP or custom",
+    "model.weights": "no pretrained weights, as every earlier run",
+    "model.adapt_layers": "all: the inner loop adapted every parameter (ANIL's head by algorithm)",
+    "model.frozen_layers": "none: every parameter meta-trained",
+}
 
 
 def from_dict(cls, data: dict, where: str, prefix: str = "", strict: bool = False):
