@@ -1,5 +1,5 @@
-"""The hardware bound of the conv4 meta-steps: their multiply-accumulate count, this machine's
-sgemm rate, and each measured time's share of the bound.
+"""The hardware bound of the conv4 and ResNet-12 meta-steps: their multiply-accumulate count, this
+machine's sgemm rate, and each measured time's share of the bound.
 
 MACs of one conv4 forward pass per image are counted from the model's own layer shapes (F; F1 of
 the first layer; BN, ReLU and pooling are not counted). A meta-iteration with K support and Q
@@ -34,25 +34,32 @@ from tfmeta import models  # noqa: E402
 
 
 def forward_macs(model) -> list:
-    """MACs per image of each conv and dense layer of a MetaModel, in order."""
-    macs, shape = [], (1, *model.example_shape)
-    for layer in [*model.features.layers, model.head]:
-        out = layer.compute_output_shape(shape)
+    """(MACs per image, whether the layer reads the input images) of each conv and dense layer of
+    a MetaModel, any graph, in order: from each layer's own input and output shapes."""
+    macs = []
+    for layer in models.leaves(model.features):
         if isinstance(layer, keras.layers.Conv2D):
-            kh, kw = layer.kernel_size
-            macs.append(out[1] * out[2] * out[3] * kh * kw * shape[-1])
+            (kh, kw), out = layer.kernel_size, tuple(layer.output.shape)
+            macs.append((out[1] * out[2] * out[3] * kh * kw * layer.input.shape[-1],
+                         layer.input is model.features.inputs[0]))
         elif isinstance(layer, keras.layers.Dense):
-            macs.append(out[-1] * shape[-1])
-        shape = out
-    return macs
+            macs.append((layer.units * layer.input.shape[-1], False))
+    return macs + [(int(model.head.kernel.shape[0]) * model.head.units, False)]
 
 
 def meta_step_flops(model, steps: int, first_order: bool, tasks: int, support: int = 5,
                     query: int = 75) -> float:
-    macs = forward_macs(model)
-    f, f1 = sum(macs), macs[0]
-    inner = (3 * f - f1) if first_order else (9 * f - 5 * f1)
-    return 2.0 * tasks * (query * (3 * f - f1) + steps * support * inner)
+    """2 x the MACs of one meta-step: a layer of m MACs costs m (3 Q + T K 9) second order, and
+    one that reads the input images needs no input gradient: m (2 Q + T K 4) (the reference's
+    `resnet12_gflop_per_step`; for conv4 the same as n (Q (3F - F1) + T K (9F - 5F1)))."""
+    total = 0
+    for m, first in forward_macs(model):
+        if first_order:
+            total += m * (query + steps * support) * (2 if first else 3)
+        else:
+            total += m * ((2 * query + steps * support * 4) if first
+                          else (3 * query + steps * support * 9))
+    return 2.0 * tasks * total
 
 
 def sgemm_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -73,11 +80,11 @@ def main():
     parser.add_argument("--results", default=None)
     args = parser.parse_args()
     maml_tfmeta.configure()
-    model = models.conv4(5, pool="max")
-    macs = forward_macs(model)
+    networks = {"conv4": models.conv4(5, pool="max"),
+                "resnet12": models.resnet12(5, (32, 32, 3))}
     rate = sgemm_gflops()
-    print(json.dumps(dict(forward_macs_per_image=sum(macs), per_layer=macs,
-                          sgemm_gflops=round(rate, 1))))
+    print(json.dumps(dict(sgemm_gflops=round(rate, 1), forward_macs_per_image={
+        arch: sum(m for m, _ in forward_macs(net)) for arch, net in networks.items()})))
     measured = {}
     if args.results:
         with open(args.results) as f:
@@ -86,9 +93,9 @@ def main():
                     row = json.loads(line)
                     measured[row["workload"]] = row["median_ms"]
     for name, (arch, steps, first_order, n, _) in maml_tfmeta.WORKLOADS.items():
-        if arch != "conv4":
+        if arch not in networks:
             continue
-        flops = meta_step_flops(model, steps, first_order, n)
+        flops = meta_step_flops(networks[arch], steps, first_order, n)
         row = dict(workload=name, gflop=round(flops / 1e9, 1),
                    bound_ms=round(flops / rate / 1e6, 1))
         if name in measured:

@@ -48,10 +48,10 @@ def residual(input_shape, outputs, dtype="float32"):
     """A residual block: conv, stock BatchNormalization, ReLU, conv, added back onto the input;
     global average pooling and the head."""
     x = keras.Input(input_shape, dtype=dtype)
-    h = keras.layers.Conv2D(4, 3, padding="same", dtype=dtype)(x)
-    h = keras.layers.BatchNormalization(dtype=dtype)(h)
+    h = keras.layers.Conv2D(4, 3, padding="same", dtype=dtype, name="conv_a")(x)
+    h = keras.layers.BatchNormalization(dtype=dtype, name="norm_a")(h)
     h = keras.layers.ReLU(dtype=dtype)(h)
-    h = keras.layers.Conv2D(input_shape[-1], 3, padding="same", dtype=dtype)(h)
+    h = keras.layers.Conv2D(input_shape[-1], 3, padding="same", dtype=dtype, name="conv_b")(h)
     h = keras.layers.Add(dtype=dtype)([h, x])
     h = keras.layers.GlobalAveragePooling2D(dtype=dtype)(h)
     return keras.Model(x, keras.layers.Dense(outputs, dtype=dtype, name="head")(h),

@@ -203,7 +203,7 @@ def test_second_order_meta_gradient_of_any_graph_matches_finite_differences(name
     assert max(meta_gradient_errors(kept, episode32(), config, FD_EPS)) > 1e-3
 
 
-@pytest.mark.parametrize("adapt, frozen", [("head", ()), ("all", ("conv2d*", "batch_norm*"))])
+@pytest.mark.parametrize("adapt, frozen", [("head", ()), ("all", ("conv_a", "norm_*"))])
 def test_the_head_alone_or_a_frozen_backbone_matches_finite_differences(adapt, frozen):
     """Only the head adapting (ANIL for any model), and a frozen backbone: the meta-gradient of
     what meta-trains matches finite differences, and a frozen parameter is not a parameter (it
@@ -215,8 +215,7 @@ def test_the_head_alone_or_a_frozen_backbone_matches_finite_differences(adapt, f
                                  (8, 8, 3), 5, "cross_entropy",
                                  inner=models.InnerLoop(adapt=adapt, frozen=frozen))
     adapted = [layer.name for layer in meta.adapted_layers()]
-    assert adapted == (["head"] if adapt == "head" else
-                       [n for n in meta.layer_names() if n.startswith(("conv2d_1", "head"))])
+    assert adapted == (["head"] if adapt == "head" else ["conv_b", "head"])
     assert max(meta_gradient_errors(meta, episode32(), AdaptConfig(steps=1, lr=0.4),
                                     FD_EPS)) < 1e-5
     held = {v.path: v.numpy() for v in meta.non_trainable_variables}

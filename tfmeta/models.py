@@ -122,8 +122,14 @@ class MetaModel(keras.Model):
             self.features.build(input_shape)
         if not self.head.built:   # a Keras model's head comes built
             self.head.build(self.features.compute_output_shape(input_shape))
-        for layer in leaves(self.features) + [self.head]:
-            if any(fnmatch.fnmatchcase(layer.name, p) for p in self.inner.frozen):
+        every = leaves(self.features) + [self.head]
+        for pattern in self.inner.frozen:
+            matched = [layer for layer in every if fnmatch.fnmatchcase(layer.name, pattern)]
+            if not matched:
+                raise ConfigError(f"model {self.name}: model.frozen_layers pattern {pattern!r} "
+                                  "names no layer; they are: "
+                                  f"{', '.join(layer.name for layer in every)}")
+            for layer in matched:
                 layer.trainable = False
         self.num_gated = len(self.features.trainable_variables) + len(self.head.trainable_variables)
         self.gains = Gains(self.num_gated, dtype=self.head.dtype_policy) if self.with_gains else None
@@ -351,7 +357,8 @@ def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int =
           pool: str = "max", dtype: str = "float32",
           norm_layer: Optional[Callable[..., keras.Layer]] = None, gains: bool = False,
           norm: str = "transductive", inner: InnerLoop = InnerLoop()) -> MetaModel:
-    """The conv4 of Finn et al.: 4 x [3x3 conv, batch norm, downsample, ReLU], flatten, dense.
+    """The conv4 of Finn et al.: 4 x [3x3 conv, batch norm, downsample, ReLU], flatten, dense;
+    its layers are named convI, normI, poolI, reluI (I = 1..4), flatten and head.
 
     Args:
         outputs: classes of the head (N ways).
@@ -371,18 +378,19 @@ def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int =
     if pool not in ("max", "stride"):
         raise ValueError(f"pool must be 'max' or 'stride'. Received pool={pool!r}")
     layers = []
-    for _ in range(4):
+    for i in range(1, 5):
         strides = 2 if pool == "stride" else 1
         # No conv bias: the batch norm after it subtracts the batch mean, which cancels any bias,
         # so its gradient is identically zero and it would only cost time.
         layers += [keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
-                                       dtype=dtype), norm_layer(dtype=dtype)]
+                                       dtype=dtype, name=f"conv{i}"),
+                   norm_layer(dtype=dtype, name=f"norm{i}")]
         # ReLU after the max-pool: ReLU is monotone, so max-pool then ReLU gives the values and
         # derivatives of ReLU then max-pool, on a 4x smaller tensor.
         if pool == "max":
-            layers.append(keras.layers.MaxPooling2D(2, dtype=dtype))
-        layers.append(keras.layers.ReLU(dtype=dtype))
-    layers.append(keras.layers.Flatten(dtype=dtype))
+            layers.append(keras.layers.MaxPooling2D(2, dtype=dtype, name=f"pool{i}"))
+        layers.append(keras.layers.ReLU(dtype=dtype, name=f"relu{i}"))
+    layers.append(keras.layers.Flatten(dtype=dtype, name="flatten"))
     return MetaModel(keras.Sequential(layers, name="features"),
                      keras.layers.Dense(outputs, dtype=dtype, name="head"),
                      image_shape, loss="cross_entropy", gains=gains, norm=norm, inner=inner,
@@ -392,10 +400,12 @@ def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int =
 def mlp(hidden: Sequence[int] = (40, 40), inputs: int = 1, outputs: int = 1,
         activation: str = "relu", dtype: str = "float32", gains: bool = False,
         norm: str = "transductive", inner: InnerLoop = InnerLoop()) -> MetaModel:
-    """An MLP regressor, inputs-hidden...-outputs (1-40-40-1 with ReLU for sine, as in MAML);
+    """An MLP regressor, inputs-hidden...-outputs (1-40-40-1 with ReLU for sine, as in MAML), its
+    layers named hidden1, hidden2, ... and head;
     `gains` adds Wormhole MAML's per-tensor gains. It has no batch norm, so `norm` (recorded for
     the run) changes nothing."""
-    layers = [keras.layers.Dense(width, activation=activation, dtype=dtype) for width in hidden]
+    layers = [keras.layers.Dense(width, activation=activation, dtype=dtype, name=f"hidden{i}")
+              for i, width in enumerate(hidden, 1)]
     # With no hidden layer the model is linear, y = x^T w + b: identity features, the head alone.
     layers = layers or [keras.layers.Identity(dtype=dtype)]
     return MetaModel(keras.Sequential(layers, name="features"),
