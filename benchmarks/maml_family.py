@@ -1,7 +1,8 @@
 """Training cost of the MAML family: ms per meta-iteration of each preset, as ratios to MAML.
 
     python benchmarks/maml_family.py --data-dir ../shared/data/omniglot [--steps 20] [--passes 2]
-                                     [PRESET ...]
+                                     [--set KEY=VALUE ...] [PRESET ...]
+    python benchmarks/maml_family.py --set data.folder.data_dir=SHAPES folder_mobilenet
 
 Default presets: omniglot_5w1s-cpu and its anil, meta_sgd and mamlpp variants. Each preset's
 compiled meta-step (the one `tfmeta train` runs, on its own real batches) is timed in turn, the
@@ -9,7 +10,10 @@ median of --steps steps after 3 warm-up steps, and the presets alternate over --
 that a change in the machine's load reaches all of them alike. A preset with derivative-order
 annealing is timed in both phases: first order (its first epoch) and second order (its last).
 Prints one JSON line per preset and pass, then one per preset with the median over passes and
-its ratio to the first preset's.
+its ratio to the first preset's. Memory, over each preset's timed steps: `tensor_peak_mb`, the
+peak of the tensors TensorFlow's CPU allocator holds (activations, gradients and parameters alive
+at once), and `rss_mb`, the process's peak resident set so far (TensorFlow, the compiled graphs
+and every preset timed before it).
 """
 
 import argparse
@@ -19,12 +23,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from tfmeta import config as config_lib, training
 from tfmeta.run import Run, configure_threads
 
 PRESETS = ["omniglot_5w1s-cpu", "omniglot_5w1s_anil-cpu", "omniglot_5w1s_meta_sgd-cpu",
            "omniglot_5w1s_mamlpp-cpu"]
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM:")).split()[1]) / 1024
 
 
 def step_timer(config: config_lib.Config, work: Path, epoch: int):
@@ -38,6 +48,8 @@ def step_timer(config: config_lib.Config, work: Path, epoch: int):
     def median_ms(steps: int) -> float:
         times = []
         for i in range(steps + 3):
+            if i == 3:
+                tf.config.experimental.reset_memory_stats("CPU:0")
             batch = next(batches)
             start = time.perf_counter()
             metrics, _ = step(batch)
@@ -53,14 +65,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("presets", nargs="*", default=PRESETS)
-    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--data-dir", help="Omniglot's folder, for the Omniglot presets")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every preset (repeatable)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--passes", type=int, default=2)
     args = parser.parse_args()
     cases = []
     with tempfile.TemporaryDirectory() as work:
         for preset in args.presets:
-            config = config_lib.load(preset, [f"data.omniglot.data_dir={args.data_dir}"])
+            overrides = [f"data.omniglot.data_dir={args.data_dir}"] if args.data_dir else []
+            config = config_lib.load(preset, overrides + args.set)
             epochs = [config.train.epochs - 1]
             if config.algorithms.maml.first_order_epochs:
                 epochs.insert(0, 0)
@@ -74,8 +89,11 @@ def main():
             for preset, order, median_ms in cases:
                 ms = median_ms(args.steps)
                 results[(preset, order)].append(ms)
+                peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20
                 print(json.dumps({"pass": number, "preset": preset, "order": order,
-                                  "ms_per_iteration": round(ms, 1)}), flush=True)
+                                  "ms_per_iteration": round(ms, 1),
+                                  "tensor_peak_mb": round(peak, 1),
+                                  "rss_mb": round(peak_rss_mb(), 1)}), flush=True)
     first = float(np.median(next(iter(results.values()))))
     for (preset, order), values in results.items():
         ms = float(np.median(values))

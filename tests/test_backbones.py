@@ -118,7 +118,9 @@ def test_a_mobilenet_backbone_run_exports_and_answers_its_folders_files(mobilene
                   "support_y": np.arange(5, dtype=np.int32),
                   "query_images": np.array(query, object)}
         together = session.run("adapt_predict_images", inputs)["logits"]
-        np.testing.assert_allclose(together, expected, atol=1e-4)
+        # float32 through some fifty layers and a step that moves these untrained logits by about
+        # a hundred: agreement to 1e-3 of their scale, where a wrong image or step is off by 10%.
+        np.testing.assert_allclose(together, expected, rtol=0, atol=1e-3 * np.abs(expected).max())
         alone = session.run("adapt_predict_images", {**inputs, "query_images": inputs[
             "query_images"][2:3]})["logits"]
         np.testing.assert_allclose(alone, together[2:3], rtol=0, atol=1e-5)

@@ -127,7 +127,7 @@ def test_hvp_through_conv4_with_batch_norm_matches_finite_differences(mode):
 
 def test_stock_batch_norm_fails_the_same_check():
     """Keras' BatchNormalization stops the gradient through the mean in its variance."""
-    stock = lambda dtype: keras.layers.BatchNormalization(dtype=dtype, epsilon=1e-5)  # noqa: E731
+    stock = lambda **kw: keras.layers.BatchNormalization(epsilon=1e-5, **kw)  # noqa: E731
     assert min(conv4_hvp_errors("forward", stock)) > 1e-2
 
 

@@ -488,8 +488,9 @@ def from_keras(model: keras.Model, example_shape: Sequence[int], outputs: int, l
     if converted:
         shown = ", ".join(converted[:6]) + (f" and {len(converted) - 6} more"
                                             if len(converted) > 6 else "")
+        layers = "layer" if len(converted) == 1 else "layers"
         warnings.warn(f"model {model.name}: converted {len(converted)} stock normalization "
-                      f"layers to tfmeta's exact ones ({shown}): their second derivatives "
+                      f"{layers} to tfmeta's exact ones ({shown}): their second derivatives "
                       "would be wrong", stacklevel=2)
     return MetaModel(features, head, example_shape, loss=loss, gains=gains, norm=norm,
                      inner=inner, name=model.name)
