@@ -39,13 +39,13 @@ class SessionPool:
         self._loader = SavedModelLoader(str(path))
         self._graph = graph
         self._size, self._on_full = size, on_full
-        self._ready = threading.Condition()
+        self._lock = threading.Lock()
         self._idle, self._leased, self._preparing, self._closed = [], 0, 0, False
         with graph.as_default():
             self._saver, _ = self._loader.load_graph(graph, [tf.saved_model.SERVING])
         self.meta_graph = self._loader.get_meta_graph_def_from_tags([tf.saved_model.SERVING])
         self._idle.append(self._prepare())
-        with self._ready:
+        with self._lock:
             self._replenish()
         if size == 1:
             on_full()
@@ -72,9 +72,15 @@ class SessionPool:
             raise
         return session
 
+    def _keeps(self, session) -> bool:
+        """Whether an unleased `session` goes back to the idle ones: open, and the pool short of
+        `size` (a lease that prepared its own may leave one too many); call holding `_lock`."""
+        return (session is not None and not session._closed and not self._closed
+                and len(self._idle) + self._leased < self._size)
+
     def _replenish(self) -> None:
         """Starts preparing the sessions the pool lacks, in one background thread; call holding
-        `_ready`."""
+        `_lock`."""
         missing = self._size - len(self._idle) - self._leased - self._preparing
         if self._closed or missing <= 0:
             return
@@ -90,16 +96,15 @@ class SessionPool:
                     session = self._prepare()
                 except Exception:   # a lease then prepares one itself, and reports the error
                     session = None
-                with self._ready:
+                with self._lock:
                     self._preparing -= 1
-                    if session is not None and not self._closed:
+                    if self._keeps(session):
                         self._idle.append(session)
                     elif session is not None:
                         session.close()
-                    full = self._on_full and len(self._idle) + self._leased == self._size
+                    full = self._on_full and len(self._idle) + self._leased >= self._size
                     if full:
                         on_full, self._on_full = self._on_full, None
-                    self._ready.notify_all()
                 if full:
                     on_full()
 
@@ -107,29 +112,28 @@ class SessionPool:
 
     @contextmanager
     def lease(self) -> Iterator[tf.compat.v1.Session]:
-        """An idle session, else one being prepared, else a new one; returned to the pool after
-        the block unless it was closed (then replaced in the background)."""
-        with self._ready:
-            while not self._idle and self._preparing:
-                self._ready.wait()
+        """An idle session, else a new one prepared at the request's own priority (never one that
+        the background thread prepares: at the lowest priority on a busy machine, it may not run
+        for a long time); returned to the pool after the block unless it was closed (then
+        replaced in the background) or the pool is full."""
+        with self._lock:
             session = self._idle.pop() if self._idle else None
             self._leased += 1
         try:
             session = session or self._prepare()
             yield session
         finally:
-            with self._ready:
+            with self._lock:
                 self._leased -= 1
-                if session is not None and not session._closed and not self._closed:
+                if self._keeps(session):
                     self._idle.append(session)
                 elif session is not None:
                     session.close()
                 self._replenish()
-                self._ready.notify_all()
 
     def close(self) -> None:
         """Closes the idle sessions; leased ones close when their requests end."""
-        with self._ready:
+        with self._lock:
             idle, self._idle, self._closed = self._idle, [], True
         for session in idle:
             session.close()

@@ -61,6 +61,7 @@ def episode_of(run_dir: Path, split: str = "test"):
     return run, next(iter(run.source.episodes(split, 7, 1).unbatch()))
 
 
+@pytest.mark.slow
 def test_resnet12_answers_one_query_alone_as_among_75_through_tf_servings_loader(
         resnet12_run, tmp_path):
     version = export.export_run(resnet12_run, tmp_path / "models" / "resnet12")
@@ -90,6 +91,7 @@ def test_resnet12_answers_one_query_alone_as_among_75_through_tf_servings_loader
         session.close()
 
 
+@pytest.mark.slow
 def test_a_mobilenet_backbone_run_exports_and_answers_its_folders_files(mobilenet_run, shapes,
                                                                        tmp_path):
     """The folder's PNG files through `adapt_predict_images` in TF Serving's loader give the

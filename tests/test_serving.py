@@ -266,10 +266,7 @@ def test_a_new_version_is_served_without_a_restart(omniglot_models, request_inpu
     log = lambda: (tmp_path / "server.log").read_text()  # noqa: E731
 
     def wait_for(condition, what):
-        deadline = time.time() + 30
-        while not condition():
-            assert time.time() < deadline, f"{what}:\n{log()}"
-            time.sleep(0.2)
+        until(condition, 30, lambda: f"{what}:\n{log()}")
     try:
         (models / "²").mkdir()
         half = models / "2"
@@ -653,6 +650,14 @@ def tight_server(omniglot_models, tmp_path_factory):
     server.stop()
 
 
+def until(condition, seconds: float, describe) -> None:
+    """Waits for condition() for up to `seconds`, then fails with describe()."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, describe()
+        time.sleep(0.2)
+
+
 def burst(send, count: int) -> list:
     """`count` calls of send() released at once; [(result, seconds)] in order."""
     barrier, results = threading.Barrier(count), [None] * count
@@ -981,6 +986,10 @@ def test_a_cancelled_call_stops_its_work_and_frees_the_slot(tight_server, files,
         for _ in range(3):
             client.predict(**request_inputs)
             client.predict("adapt_predict_images", **files)
+        # And its spare is ready: prepared at the lowest priority, it may take long on a busy
+        # machine (a request that finds none prepares its own, seconds this test does not time).
+        until(lambda: "sessions warm" in tight_server.log.read_text(), 180,
+              lambda: f"no spare session:\n{tight_server.log.read_text()}")
         with grpc.insecure_channel(f"127.0.0.1:{tight_server.grpc_port}") as channel:
             call = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict.future(
                 request)

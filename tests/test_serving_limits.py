@@ -292,3 +292,43 @@ def test_running_out_of_memory_is_resource_exhausted_and_the_service_lives_on(mo
     assert context.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert context.details == "the server ran out of memory for this request"
     assert service.admission.admitted == 0   # its ticket and slot were given back
+
+
+# --- sessions -------------------------------------------------------------------------------------
+
+def test_a_lease_never_waits_for_the_background_preparation(tmp_path, monkeypatch):
+    """The spare is prepared by a thread at the lowest priority, which a busy machine may starve:
+    a request that finds no idle session prepares its own rather than wait for that thread; the
+    pool then keeps its size."""
+    from tfmeta_serving import sessions
+
+    class Double(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def double(self, x):
+            return {"y": 2 * x}
+    module = Double()
+    tf.saved_model.save(module, str(tmp_path / "1"), signatures={"double": module.double})
+
+    def starved(pool):   # a preparation that is under way and never finishes
+        pool._preparing = pool._size - len(pool._idle) - pool._leased
+    monkeypatch.setattr(sessions.SessionPool, "_replenish", starved)
+    pool = sessions.SessionPool(tmp_path / "1", tf.Graph(), size=2)
+    assert pool._preparing == 1
+    signature = pool.meta_graph.signature_def["double"]
+    feed, fetch = signature.inputs["x"].name, signature.outputs["y"].name
+    with pool.lease() as session:
+        session.close()   # as a cancelled request closes its own
+    answers = []
+    leasing = threading.Thread(target=lambda: answers.append(_leased_run(pool, fetch, feed)))
+    leasing.start()
+    leasing.join(timeout=30)
+    assert answers and list(answers[0]) == [2.0, 4.0]
+    with pool.lease() as first, pool.lease() as second, pool.lease() as third:
+        assert len({id(first), id(second), id(third)}) == 3
+    assert len(pool._idle) == 2   # the third went: the pool keeps its size
+    pool.close()
+
+
+def _leased_run(pool, fetch, feed):
+    with pool.lease() as session:
+        return session.run(fetch, {feed: [1.0, 2.0]})
