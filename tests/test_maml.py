@@ -69,7 +69,7 @@ def test_conv4_with_batch_norm_matches_finite_differences(norm):
 
 def test_stock_batch_norm_fails_the_same_check():
     """Keras' BatchNormalization stops the gradient through the mean in its variance."""
-    stock = lambda dtype: keras.layers.BatchNormalization(dtype=dtype, epsilon=1e-5)  # noqa: E731
+    stock = lambda **kw: keras.layers.BatchNormalization(epsilon=1e-5, **kw)  # noqa: E731
     assert max(conv4_directional_errors(stock)) > 1e-3
 
 
