@@ -367,8 +367,8 @@ def conv4(outputs: int, image_shape: Sequence[int] = (28, 28, 1), filters: int =
         pool: "max" downsamples with a 2x2 max-pool after a 'same' conv; "stride" uses a stride-2
             conv instead, as Finn et al. do for Omniglot.
         dtype: "float32", or "float64" for finite-difference checks.
-        norm_layer: the normalization layer class, called as norm_layer(dtype=dtype, name=name); default
-            `BatchNorm`, with per-step weights when `inner.step_norms`.
+        norm_layer: the normalization layer class, called as norm_layer(dtype=dtype, name=name);
+            default `BatchNorm`, with per-step weights when `inner.step_norms`.
         gains: add a meta-learned gain per weight tensor (Wormhole MAML; see `Gains`).
         norm: how a query set is normalized, one of NORMS (see the module docstring).
         inner: what the inner loop adapts and at which rates (`InnerLoop`).
