@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tfmeta import stats, verdicts as V
+from tfmeta import power, stats, verdicts as V
 from tfmeta.errors import ConfigError
 from tfmeta.experiments import landscape_claims as lc
 from tfmeta.experiments.landscape_claims import judge as J, plan, write
@@ -23,13 +23,22 @@ def accuracy_curve(rng, peak_epoch=12, fall=0.06, noise=0.004):
     return rise - drop + rng.normal(0, noise, E.size)
 
 
+def per_task_of(rng, truth, tasks=300, task_sd=0.12, epoch_sd=0.02):
+    """Per-task values [epochs, tasks] around a true curve: each task's own difficulty, the same
+    at every epoch, and what changes from epoch to epoch."""
+    return (truth[:, None] + rng.normal(0, task_sd, tasks)[None, :]
+            + rng.normal(0, epoch_sd, (truth.size, tasks)))
+
+
 def seeds_of(n=5, seed=0):
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        acc = accuracy_curve(rng)
+        tasks = per_task_of(rng, accuracy_curve(rng, noise=0.0))
+        acc = tasks.mean(axis=1)
         out.append({
             "epoch": E, "generalization": acc, "generalization_ci95": np.full(E.size, 0.01),
+            "per_task": tasks,
             # tracks accuracy, in the rise and in the fall
             "trajectory_coherence": 0.1 * acc + rng.normal(0, 0.0004, E.size),
             # sharper up to epoch 3, then flatter every epoch, also past the accuracy peak
@@ -87,41 +96,80 @@ def test_side_within_and_combine():
     assert V.combine([V.INCONCLUSIVE, V.CONTRADICTED]) == V.CONTRADICTED
 
 
-def test_peak_detects_meta_overfitting_only_beyond_the_evaluation_noise():
-    acc = accuracy_curve(np.random.default_rng(0))
-    p = V.peak(acc, np.full(E.size, 0.01), E)
-    assert p.epoch in (11, 12, 13) and p.index == p.epoch and p.overfits and p.drop > 0.03
-    assert not V.peak(acc, np.full(E.size, 0.05), E).overfits         # drop within the noise
-    assert V.peak(acc, np.full(E.size, 0.03), E).overfits
-    assert not V.peak(acc, np.full(E.size, 0.03), E, fall=2.0).overfits  # not twice the noise
-    assert not V.peak(np.linspace(0.5, 0.6, E.size)).overfits         # still rising
-    assert not V.peak(np.r_[np.linspace(0.5, 0.6, E.size - 2), 0.5, 0.5]).overfits  # too late
+def test_the_split_half_rule_finds_a_real_fall_and_not_the_maximum_of_noise():
+    rng = np.random.default_rng(0)
+    fall = V.meta_overfitting(per_task_of(rng, accuracy_curve(rng, fall=0.06, noise=0)), E)
+    assert fall.epoch in (11, 12, 13) and fall.index == fall.epoch and fall.overfits
+    assert fall.drop.low > 0.03
+    rising = V.meta_overfitting(per_task_of(rng, np.linspace(0.5, 0.6, E.size)), E)
+    late = V.meta_overfitting(per_task_of(rng, np.r_[np.linspace(0.5, 0.6, E.size - 2),
+                                                     0.55, 0.55]), E)
+    assert not rising.overfits and not late.overfits   # no peak with 3 epochs after it
+    # A plateau: the peak of 25 noisy means is above their last 3 by chance. Chosen on the
+    # tasks that measure the fall (the old rule: a drop beyond 1 half-width) it passes often;
+    # chosen on the other half, about as often as a 95% interval misses (2.5%).
+    old, new = 0, 0
+    for _ in range(200):
+        tasks = per_task_of(rng, np.full(E.size, 0.6), epoch_sd=0.133, task_sd=0.0)
+        means = tasks.mean(axis=1)
+        half_width = 1.96 * 0.133 / np.sqrt(tasks.shape[1])
+        old += means.max() - means[-3:].mean() > half_width
+        new += V.meta_overfitting(tasks, E).overfits
+    assert old > 60 and new <= 12
+    assert not V.setting_overfits([fall] * 3 + [rising] * 2) and V.setting_overfits(
+        [fall] * 4 + [rising])
+    assert not V.meta_overfitting(np.full((E.size, 10), np.nan)).overfits   # no per-task record
 
 
-def draws(metric, n=300, target=accuracy_curve):
-    """Verdicts of `V.tracking` over n experiments of 5 seeds; metric(rng, accuracy) -> curve."""
+# The experiment's noise: one epoch's accuracy on 300 tasks has a standard error of 0.0077
+# (the issue's measurement); it is split here into a task's difficulty and its binomial
+# epoch-to-epoch change at 75 queries (0.057), until `power.noise_of` measures the split on the
+# experiment's own per-task records.
+NOISE = power.Noise(tasks=300, task_sd=0.12, epoch_sd=0.057)
+
+
+@pytest.mark.parametrize("design", [power.Design(fall=0.0308, seeds=8),
+                                    power.Design(fall=0.0308, epochs=40, peak_epoch=20)])
+def test_the_rules_have_the_power_asked_at_the_experiments_noise(design):
+    """A fall of 2 half-widths (2 x 1.96 x 0.0077) over 8 seeds of 30 epochs, or 5 seeds of 40:
+    a true tracker is reproduced, anything else is not and is contradicted, and a plateau does
+    not pass for meta-overfitting. (5 seeds of 30 epochs leave pure noise contradicted in 77%.)"""
+    assert NOISE.standard_error == pytest.approx(0.0077, abs=2e-4)
+    rates = power.power(NOISE, design, trials=200)
+    assert rates["overfits"] >= 0.8 and rates["plateau_overfits"] <= 0.05
+    assert rates["tracker_reproduced"] >= 0.8
+    for metric in ("noise", "linear", "saturating"):
+        assert rates[f"{metric}_reproduced"] <= 0.02
+        assert rates[f"{metric}_contradicted"] >= 0.8
+
+
+def test_noise_of_measures_the_two_parts():
+    rng = np.random.default_rng(3)
+    measured = power.noise_of(per_task_of(rng, accuracy_curve(rng, noise=0), tasks=2000,
+                                          task_sd=0.12, epoch_sd=0.05))
+    assert measured.tasks == 2000
+    assert measured.task_sd == pytest.approx(0.12, rel=0.05)
+    assert measured.epoch_sd == pytest.approx(0.05, rel=0.02)
+
+
+def test_tracking_is_a_conjunction_that_either_phase_contradicts():
     rng = np.random.default_rng(11)
-    counts = {V.REPRODUCED: 0, V.CONTRADICTED: 0, V.INCONCLUSIVE: 0}
-    for _ in range(n):
-        accs = [target(rng) for _ in range(5)]
-        peaks = [V.peak(a, np.full(E.size, 0.01), E) for a in accs]
-        counts[V.tracking([metric(rng, a) for a in accs], accs, peaks).verdict] += 1
-    return counts
-
-
-def trend(slope):
-    return lambda rng, acc: slope * E + rng.normal(0, 1.0, E.size)
-
-
-def test_tracking_needs_both_phases_so_a_trend_alone_decides_nothing():
-    tracks = draws(lambda rng, acc: acc + rng.normal(0, 0.004, E.size))
-    assert tracks[V.REPRODUCED] >= 295
-    for slope in (1.0, -1.0):                      # rises, or falls, with the epoch only
-        assert draws(trend(slope)) == {V.REPRODUCED: 0, V.CONTRADICTED: 0, V.INCONCLUSIVE: 300}
-    noise = draws(lambda rng, acc: rng.normal(size=E.size))
-    assert noise[V.REPRODUCED] == 0
-    anti = draws(lambda rng, acc: -acc + rng.normal(0, 0.004, E.size))
-    assert anti[V.CONTRADICTED] >= 295           # moves against accuracy in both phases
+    seeds = seeds_of()
+    falls = J.falls_of(seeds)
+    accs = [c["generalization"] for c in seeds]
+    tracker = V.tracking([a + rng.normal(0, 1e-4, E.size) for a in accs], accs, falls)
+    assert (tracker.rise_verdict, tracker.fall_verdict, tracker.verdict) == (V.REPRODUCED,) * 3
+    rising = V.tracking([E + rng.normal(0, 0.01, E.size) for _ in accs], accs, falls)
+    assert rising.rise_verdict == V.REPRODUCED and rising.fall_verdict == V.CONTRADICTED
+    assert rising.verdict == V.CONTRADICTED   # keeps rising while accuracy really falls
+    # Where the setting does not meta-overfit, the falling phase is untestable, and a trend
+    # cannot decide the claim through it.
+    flat = [{**c, "per_task": per_task_of(rng, np.full(E.size, 0.6))} for c in seeds]
+    untested = V.tracking([E for _ in accs], [c["per_task"].mean(axis=1) for c in flat],
+                          J.falls_of(flat))
+    assert untested.fall_verdict == V.UNTESTABLE and untested.verdict != V.REPRODUCED
+    assert V.combine([V.REPRODUCED, V.UNTESTABLE]) == V.UNTESTABLE
+    assert V.combine([V.CONTRADICTED, V.UNTESTABLE]) == V.CONTRADICTED
 
 
 def test_the_old_rule_over_all_epochs_is_decided_by_the_trend():
@@ -132,21 +180,10 @@ def test_the_old_rule_over_all_epochs_is_decided_by_the_trend():
     verdicts = []
     for _ in range(300):
         accs = [accuracy_curve(rng, peak_epoch=3, fall=0.25) for _ in range(5)]
-        rho = stats.correlation_interval([V.rank_correlation(trend(1.0)(rng, a), a) for a in accs])
+        rho = stats.correlation_interval([V.rank_correlation(E + rng.normal(0, 1.0, E.size), a)
+                                          for a in accs])
         verdicts.append(V.within(rho, V.CORRELATION))
     assert verdicts.count(V.CONTRADICTED) > 150
-
-
-def test_without_a_fall_first_differences_decide_and_a_linear_trend_still_does_not():
-    rising = lambda rng: 0.4 + 0.2 * (1 - np.exp(-E / 6)) + rng.normal(0, 0.003, E.size)  # noqa: E731
-    follows = draws(lambda rng, acc: 3 * acc + rng.normal(0, 0.004, E.size), target=rising)
-    assert follows[V.REPRODUCED] >= 290
-    assert draws(trend(0.01), target=rising)[V.REPRODUCED] == 0
-    assert draws(trend(0.01), target=rising)[V.CONTRADICTED] == 0
-    rng = np.random.default_rng(0)
-    accs = [rising(rng) for _ in range(5)]
-    result = V.tracking([a for a in accs], accs, [V.peak(a, None, E) for a in accs])
-    assert result.rule == V.DIFFERENCES and result.differences.low > 0.9
 
 
 def test_the_claims_on_curves_of_known_shape():
@@ -158,7 +195,7 @@ def test_the_claims_on_curves_of_known_shape():
     assert rows["C3"]["parts"][0].verdict == V.REPRODUCED
     assert "accuracy peak: epoch" in rows["C1"]["peaks"]
     c4 = rows["C4"]["parts"]
-    assert c4[0].tracking.rule == V.PHASES and c4[0].verdict == V.REPRODUCED
+    assert c4[0].tracking.fall_verdict == V.REPRODUCED and c4[0].verdict == V.REPRODUCED
     assert c4[1].verdict == V.REPRODUCED and rows["C4"]["verdict"] == V.REPRODUCED
     c5 = rows["C5"]["parts"]
     assert c5[0].verdict != V.REPRODUCED           # gradient coherence is noise here
@@ -168,13 +205,14 @@ def test_the_claims_on_curves_of_known_shape():
     assert rows["C6"]["verdict"].startswith("pending")
 
 
-def test_representation_coherence_that_only_trends_is_neither_and_pools_decide_the_rest():
+def test_representation_coherence_that_keeps_rising_while_accuracy_falls_is_contradicted():
     pools = [{"pool": ["a", "b", "c", "d"], "generalization": np.array([.5, .6, .7, .8]),
               "representation_coherence": np.array([1.0, 2.0, 3.0, 4.0]) + s}
              for s in range(3)]
     c6 = {r["id"]: r for r in J.judge({"maml-t5": seeds_of()}, pools, None, None)}["C6"]
-    assert c6["parts"][0].verdict == V.INCONCLUSIVE
-    assert c6["parts"][1].verdict == V.REPRODUCED and c6["verdict"] == V.INCONCLUSIVE
+    assert c6["parts"][0].tracking.rise_verdict == V.REPRODUCED
+    assert c6["parts"][0].verdict == V.CONTRADICTED   # its falling phase
+    assert c6["parts"][1].verdict == V.REPRODUCED and c6["verdict"] == V.CONTRADICTED
 
 
 def test_the_regularizer_verdict_is_the_paired_difference():
@@ -194,11 +232,10 @@ def test_the_regularizer_verdict_is_the_paired_difference():
 def test_the_pilot_picks_the_largest_pool_in_the_regime():
     rng = np.random.default_rng(2)
     config = plan.ClaimsConfig()
-    late = {"epoch": E, "generalization": accuracy_curve(rng, peak_epoch=12),
-            "generalization_ci95": np.full(E.size, 0.01)}
-    early = {**late, "generalization": accuracy_curve(rng, peak_epoch=3)}
-    flat = {**late, "generalization": 0.5 + 0.1 * (1 - np.exp(-E / 4))
-            + rng.normal(0, 0.002, E.size)}
+    curve = lambda truth: {"epoch": E, "per_task": per_task_of(rng, truth)}  # noqa: E731
+    late = curve(accuracy_curve(rng, peak_epoch=12, noise=0))
+    early = curve(accuracy_curve(rng, peak_epoch=3, noise=0))
+    flat = curve(0.5 + 0.1 * (1 - np.exp(-E / 4)))
     runs = {"maml": {"c3x6": early, "c4x8": late, "c6x10": late, "c12x12": flat}}
     rows = J.pilot_table(runs, config)
     assert [r["regime"] for r in rows] == [False, True, True, False]

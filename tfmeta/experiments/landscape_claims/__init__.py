@@ -193,7 +193,7 @@ class _Experiment:
         peaks = {}
         for setting, title in (("maml-t5", "MAML, T = 5"), ("maml-t1", "MAML, T = 1 (C5)")):
             if setting in main:
-                peaks[title] = judge_lib.peaks_of(main[setting])
+                peaks[title] = judge_lib.falls_of(main[setting])
         correlations = (judge_lib.across_pools(pools, MEASURED), pools,
                         str(self.out / "figures" / "pools.png")) if pools else None
         if pools and final:

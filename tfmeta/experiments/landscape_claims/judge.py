@@ -41,8 +41,9 @@ class Part:
     counts: bool = True
 
 
-def peaks_of(runs: Sequence[dict], fall: float = 1.0) -> List[V.Peak]:
-    return [V.peak(c["generalization"], c["generalization_ci95"], c["epoch"], fall) for c in runs]
+def falls_of(runs: Sequence[dict]) -> List[V.Fall]:
+    """Each seed's peak and meta-overfitting, from its per-task values (`runner.curves`)."""
+    return [V.meta_overfitting(c["per_task"], c["epoch"]) for c in runs]
 
 
 def _trend(test: str, ys: Sequence[np.ndarray], threshold: float, above: bool,
@@ -53,8 +54,8 @@ def _trend(test: str, ys: Sequence[np.ndarray], threshold: float, above: bool,
     return Part(test, spearman=rho, verdict=V.side(rho, threshold, above))
 
 
-def _tracks(test: str, xs, ys, peaks: Sequence[V.Peak], counts: bool = True) -> Part:
-    result = V.tracking(xs, ys, peaks, V.CORRELATION)
+def _tracks(test: str, xs, ys, falls: Sequence[V.Fall], counts: bool = True) -> Part:
+    result = V.tracking(xs, ys, falls, V.CORRELATION)
     return Part(test, tracking=result, verdict=result.verdict, counts=counts)
 
 
@@ -82,14 +83,14 @@ def pilot_table(runs: Dict[str, Dict[str, dict]], config: ClaimsConfig) -> List[
     rows = []
     for algorithm, by_pool in runs.items():
         for name, c in by_pool.items():
-            p = V.peak(c["generalization"], c["generalization_ci95"], c["epoch"], config.fall)
+            f = V.meta_overfitting(c["per_task"], c["epoch"])
             epochs = int(np.nanmax(c["epoch"]))
-            rises = p.epoch >= config.rise_epochs
-            middle = epochs / 3 <= p.epoch <= 2 * epochs / 3
-            rows.append({"algorithm": algorithm, "pool": name, "peak_epoch": p.epoch,
-                         "peak": p.value, "drop": p.drop, "half_width": p.margin,
-                         "rises": rises, "middle_third": middle, "falls": p.overfits,
-                         "regime": rises and middle and p.overfits})
+            rises = f.epoch >= config.rise_epochs
+            middle = epochs / 3 <= f.epoch <= 2 * epochs / 3
+            rows.append({"algorithm": algorithm, "pool": name, "peak_epoch": f.epoch,
+                         "peak": f.value, "drop": f.drop.mean, "drop_low": f.drop.low,
+                         "rises": rises, "middle_third": middle, "falls": f.overfits,
+                         "regime": rises and middle and f.overfits})
     return rows
 
 
@@ -136,13 +137,13 @@ def judge(main: Dict[str, list], pools: Optional[List[Dict[str, np.ndarray]]],
                      **(extra or {})})
 
     def untestable(test: str) -> Part:
-        return Part(f"{test}: no meta-overfitting in most seeds, so untestable")
+        return Part(test, verdict=V.UNTESTABLE)
 
     extra = {}
     if t5:
         acc = [c["generalization"] for c in t5]
-        peaks = peaks_of(t5)
-        overfit = sum(p.overfits for p in peaks) * 2 > len(peaks)
+        peaks = falls_of(t5)
+        overfit = V.setting_overfits(peaks)
         post = [p.index for p in peaks]
         flat = [c["flatness"] for c in t5]
         sharpest = [int(np.nanargmax(f)) for f in flat]
@@ -158,7 +159,8 @@ def judge(main: Dict[str, list], pools: Optional[List[Dict[str, np.ndarray]]],
               _trend("flatness vs epoch after its maximum: rho < -0.3", flat, -V.CORRELATION,
                      False, sharpest)]
         c2 = [_trend("flatness vs epoch after the accuracy peak: rho < -0.3", flat,
-                     -V.CORRELATION, False, post) if overfit else untestable("after the peak")]
+                     -V.CORRELATION, False, post) if overfit else
+              untestable("flatness vs epoch after the accuracy peak")]
         c3 = [_trend("support loss vs epoch: rho < -0.8 (monotone fall)", losses, -V.MONOTONE,
                      False),
               Part("first differences: rho(flatness, support loss) - |rho(flatness, accuracy)| "
@@ -176,7 +178,7 @@ def judge(main: Dict[str, list], pools: Optional[List[Dict[str, np.ndarray]]],
     row("C4", c4 if t5 and ft else [], [("maml-t5", t5), ("finetune", ft)], extra)
 
     if t1 and sine and ft:
-        t1_acc, t1_peaks = [c["generalization"] for c in t1], peaks_of(t1)
+        t1_acc, t1_peaks = [c["generalization"] for c in t1], falls_of(t1)
         c5 = [_tracks("T = 1: gradient coherence tracks accuracy (pairs i != j)",
                       [c["gradient_coherence"] for c in t1], t1_acc, t1_peaks),
               _tracks("the same with the self-pairs i = j (reported, not judged)",
@@ -184,7 +186,7 @@ def judge(main: Dict[str, list], pools: Optional[List[Dict[str, np.ndarray]]],
                       counts=False),
               _tracks("sine: gradient coherence tracks -MSE", [c["gradient_coherence"]
                                                                for c in sine],
-                      [c["generalization"] for c in sine], peaks_of(sine)),
+                      [c["generalization"] for c in sine], falls_of(sine)),
               _ratio("finetune / MAML (T = 1) mean |gradient coherence| < 0.25",
                      [c["gradient_coherence"] for c in ft],
                      [c["gradient_coherence"] for c in t1], V.LOW)]
@@ -204,7 +206,8 @@ def judge(main: Dict[str, list], pools: Optional[List[Dict[str, np.ndarray]]],
               _trend("finetune trajectory norm vs epoch: rho < 0.3",
                      [c["trajectory_norm"] for c in ft], V.CORRELATION, False),
               _trend("past the accuracy peak, MAML trajectory norm vs epoch: rho > 0.3", norms,
-                     V.CORRELATION, True, post) if overfit else untestable("past the peak")]
+                     V.CORRELATION, True, post) if overfit else
+              untestable("past the accuracy peak, MAML trajectory norm vs epoch")]
     row("C7", c7 if t5 and ft else [], [("maml-t5", t5), ("finetune", ft)], extra)
 
     c8 = [_across("across k: rho(final gradient coherence, final -MSE) > 0.3", sweep,

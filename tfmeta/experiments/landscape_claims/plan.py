@@ -33,8 +33,8 @@ class ClaimsConfig:
             500): short epochs give the accuracy curve's rise and fall enough points.
         eval_tasks: fixed meta-test tasks for accuracy at epoch 0 and after each epoch.
         rise_epochs: the pilot's rule: accuracy rises for at least this many epochs, peaks in the
-            middle third of the run, then falls by more than `fall` times its 95% half-width.
-        fall: see `rise_epochs`.
+            middle third of the run, then meta-overfits by `verdicts.meta_overfitting` (the
+            split-half rule of the main settings).
         flatness_tasks, coherence_tasks: the landscape protocol (paper: 60 and 500).
         max_hvps: most Hessian-vector products per spectral norm.
         finetune_iterations: minibatches of 64 per finetune epoch (paper: 25).
@@ -59,7 +59,6 @@ class ClaimsConfig:
     iterations: int = 25
     eval_tasks: int = 300
     rise_epochs: int = 8
-    fall: float = 2.0
     flatness_tasks: int = 60
     coherence_tasks: int = 500
     max_hvps: int = 100

@@ -118,6 +118,21 @@ def curves(run_dir: Path) -> Dict[str, np.ndarray]:
         out["generalization"] = -column(records, "meta_test/mse")
         out["generalization_ci95"] = column(records, "meta_test/mse_ci95")
     out["epoch"] = column(records, "epoch")
+    out["per_task"] = per_task(run_dir, out["epoch"])
+    return out
+
+
+def per_task(run_dir: Path, epochs: np.ndarray) -> np.ndarray:
+    """The per-task generalization [epochs, tasks] at each of `epochs` (accuracy, or -MSE), NaN
+    where an epoch has no per-task record."""
+    rows = {row["epoch"]: row for row in rundir.read_per_task(run_dir)}
+    key = "accuracy" if any("accuracy" in row for row in rows.values()) else "mse"
+    sign = 1.0 if key == "accuracy" else -1.0
+    tasks = max((len(row[key]) for row in rows.values()), default=0)
+    out = np.full((len(epochs), tasks), np.nan)
+    for i, epoch in enumerate(epochs):
+        if np.isfinite(epoch) and int(epoch) in rows:
+            out[i] = sign * np.asarray(rows[int(epoch)][key], dtype=np.float64)
     return out
 
 
