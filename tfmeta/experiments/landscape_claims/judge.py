@@ -194,10 +194,15 @@ def judge(main: Dict[str, list], pools: Optional[List[Dict[str, np.ndarray]]],
                                                    ("finetune", ft)])
 
     if t5 and pools:
-        c6 = [_tracks("representation coherence tracks accuracy",
-                      [c["representation_coherence"] for c in t5], acc, peaks),
-              _across("across pools: rho(representation coherence at the accuracy peak, peak "
-                      "accuracy) > 0.3", pools, "representation_coherence")]
+        c6 = [_tracks("representation coherence before the last norm's gamma and beta tracks "
+                      "accuracy", [c["representation_coherence_normalized"] for c in t5], acc,
+                      peaks),
+              _tracks("the paper's representation coherence, whose mean gamma and beta set "
+                      "(reported, not judged)", [c["representation_coherence"] for c in t5], acc,
+                      peaks, counts=False),
+              _across("across pools: rho(representation coherence before gamma and beta at the "
+                      "accuracy peak, peak accuracy) > 0.3", pools,
+                      "representation_coherence_normalized")]
     row("C6", c6 if t5 and pools else [], [("maml-t5", t5), ("the pools", pools)], extra)
 
     if t5 and ft:
