@@ -240,18 +240,33 @@ def test_c8_is_judged_within_each_k_where_k_cannot_decide_it():
     assert related["verdict"] == V.REPRODUCED
 
 
-def test_the_regularizer_verdict_is_the_paired_difference():
-    maml = [0.730, 0.745, 0.731, 0.738, 0.742]
+def test_the_regularizer_verdict_is_the_paired_difference_at_the_end():
+    """Curves of held-out accuracy after each of 3 epochs per seed; the verdict reads the last,
+    the section gives the gap along training, MAML's last rise, and each unit beside the
+    paper's."""
+    maml = np.array([0.730, 0.745, 0.731, 0.738, 0.742])
+    curves = lambda final, rise: [np.array([f - 2 * rise, f - rise, f]) for f in final]  # noqa: E731
     better = {r["id"]: r for r in J.judge({}, None, None, {
-        "maml": maml, "maml-reg": [m + d for m, d in zip(maml, (.014, .016, .013, .017, .015))]})}
+        "maml": curves(maml, 0.01),
+        "maml-reg": curves(maml + np.array([.014, .016, .013, .017, .015]), 0.01)})}
     assert better["R"]["verdict"] == V.REPRODUCED
     assert better["R"]["parts"][0].value.mean == pytest.approx(1.5, abs=1e-9)
     same = {r["id"]: r for r in J.judge({}, None, None, {
-        "maml": maml, "maml-reg": [m + d for m, d in zip(maml, (.01, -.012, .004, -.003, .0))]})}
+        "maml": curves(maml, 0.0),
+        "maml-reg": curves(maml + np.array([.01, -.012, .004, -.003, .0]), 0.0)})}
     assert same["R"]["verdict"] == V.INCONCLUSIVE
     text = "\n".join(write.regularizer_section(
-        {"maml": maml, "maml-reg": [m + .015 for m in maml]}))
-    assert "relative reduction of the error" in text
+        {"maml": curves(maml, 0.01),
+         "maml-reg": curves(maml + np.array([.012, .015, .013, .014, .0125]), 0.01)}, 1000))
+    assert "| 3,000 | 73.72% | 75.05% | 1.33 [1.18, 1.48] |" in text
+    assert "changed its accuracy by 1.00 [1.00, 1.00] points: still rising" in text
+    assert "Absolute effect: 1.33 [1.18, 1.48] points, which includes the paper's 1.33" in text
+    assert "Relative reduction of the error" in text and "excludes the paper's 22.35" in text
+    flat = "\n".join(write.regularizer_section(
+        {"maml": [c + np.array([0, 0, d]) for c, d in zip(curves(maml, 0.0),
+                                                          (.001, -.002, .0, .002, -.001))],
+         "maml-reg": curves(maml, 0.0)}))
+    assert "no longer rising clearly" in flat
 
 
 def test_the_pilot_picks_the_largest_pool_in_the_regime():

@@ -170,7 +170,7 @@ class _Experiment:
         finished = runner.done(specs, self.runs_dir)
         if len(finished) < len(specs):
             return None
-        return {method: [runner.final(finished[f"regularizer-{method}-s{s}"])["generalization"]
+        return {method: [runner.curves(finished[f"regularizer-{method}-s{s}"])["generalization"]
                          for s in range(self.config.regularizer_seeds)]
                 for method in ("maml", "maml-reg")}
 

@@ -139,7 +139,8 @@ def judge(main: Dict[str, list], pools: Optional[List[Dict[str, np.ndarray]]],
         pools: per seed, {"pool", "generalization", metric: [values at each pool's accuracy
             peak]}, or None.
         sweep: per seed, {"k", "generalization", metric: [finals per k]} of the sine sweep.
-        regularizer: {"maml": [final accuracy per seed], "maml-reg": [...]}, paired by seed.
+        regularizer: {"maml": [held-out accuracy after each epoch, per seed], "maml-reg": [...]},
+            paired by seed; the verdict reads the last epoch.
 
     Returns:
         One dict per claim: id, claim, parts (list of Part), verdict, and `peaks` where the claim
@@ -250,7 +251,9 @@ def judge(main: Dict[str, list], pools: Optional[List[Dict[str, np.ndarray]]],
     row("C8", c8, [("the sine k-sweep", sweep)])
 
     if regularizer:
-        gain = stats.interval(np.subtract(regularizer["maml-reg"], regularizer["maml"]) * 100)
+        finals = {m: [float(np.asarray(c)[-1]) for c in curves]
+                  for m, curves in regularizer.items()}
+        gain = stats.interval(np.subtract(finals["maml-reg"], finals["maml"]) * 100)
         r = [Part("maml-reg - MAML held-out accuracy, paired by seed (points) > 0", value=gain,
                   verdict=V.side(gain, 0.0, True))]
     row("R", r if regularizer else [], [("the regularizer runs", regularizer)])

@@ -41,8 +41,9 @@ class ClaimsConfig:
         sine_shots: the k of the sine sweep (Figure 8e).
         sine_epochs, sine_iterations: sine meta-training length.
         regularizer_ways: ways of the regularizer comparison (paper: 20-way 1-shot).
-        regularizer_epochs, regularizer_iterations: its meta-training length.
-        regularizer_eval_tasks: held-out tasks that score each of its runs at the end.
+        regularizer_epochs, regularizer_iterations: its meta-training length (6 x 1,000: MAML's
+            held-out accuracy still rose from 1,000 to 2,000 meta-steps).
+        regularizer_eval_tasks: held-out tasks that score each of its runs after every epoch.
         noise_draws: re-drawn meta-test task sets for the metric-noise check.
     """
     data_dir: str = ""
@@ -67,8 +68,8 @@ class ClaimsConfig:
     sine_epochs: int = 20
     sine_iterations: int = 250
     regularizer_ways: int = 20
-    regularizer_epochs: int = 10
-    regularizer_iterations: int = 100
+    regularizer_epochs: int = 6
+    regularizer_iterations: int = 1000
     regularizer_eval_tasks: int = 600
     noise_draws: int = 5
 
@@ -221,13 +222,14 @@ def sine_runs(config: ClaimsConfig) -> List[RunSpec]:
 
 def regularizer_runs(config: ClaimsConfig) -> List[RunSpec]:
     """MAML and angle-regularized MAML (Algorithm 1, gamma 0.5) on the 20-way 1-shot CPU
-    preset, paired by seed, scored once at the end on `regularizer_eval_tasks` held-out tasks."""
+    preset, paired by seed, scored after every epoch on `regularizer_eval_tasks` held-out tasks,
+    so that the gap is seen along training and MAML's plateau checked."""
     c = config
     shared = [f"data.omniglot.data_dir={c.data_dir}", f"data.ways={c.regularizer_ways}",
               f"train.epochs={c.regularizer_epochs}",
               f"train.iterations={c.regularizer_iterations}",
               f"train.eval_tasks={c.regularizer_eval_tasks}",
-              f"train.eval_every={c.regularizer_epochs}", *_landscape(c, 0),
+              "train.eval_every=1", *_landscape(c, 0),
               "train.keep_checkpoints=1"]
     seeds = range(c.regularizer_seeds)
     return [*_runs("regularizer-maml", "regularizer", seeds, "omniglot_20w1s-cpu", shared,
