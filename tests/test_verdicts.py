@@ -144,6 +144,23 @@ def test_the_rules_have_the_power_asked_at_the_experiments_noise(design):
         assert rates[f"{metric}_contradicted"] >= 0.8
 
 
+def test_claims_md_reports_the_power_at_the_settings_own_noise():
+    found = J.power_at(seeds_of(), trials=50)
+    assert found["noise"].tasks == 300
+    assert found["noise"].task_sd == pytest.approx(0.12, rel=0.1)
+    assert found["noise"].epoch_sd == pytest.approx(0.02, rel=0.1)
+    assert found["design"].seeds == 5 and found["design"].epochs == EPOCHS
+    assert found["design"].peak_epoch in (11, 12, 13)
+    assert found["design"].fall == pytest.approx(0.06 * 11 / 12, abs=0.01)
+    assert found["rates"]["tracker_reproduced"] >= 0.8
+    text = "\n".join(write.power_section("MAML, T = 5", found))
+    # 5 seeds of 24 epochs: pure noise is contradicted in about half the settings only.
+    assert found["rates"]["noise_contradicted"] < 0.8
+    assert "a fall of 0.05" in text and "they do not here" in text
+    assert J.power_at([{**c, "per_task": np.full((E.size, 300), np.nan)} for c in seeds_of()]) \
+        is None
+
+
 def test_noise_of_measures_the_two_parts():
     rng = np.random.default_rng(3)
     measured = power.noise_of(per_task_of(rng, accuracy_curve(rng, noise=0), tasks=2000,

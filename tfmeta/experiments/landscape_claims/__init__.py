@@ -190,17 +190,20 @@ class _Experiment:
                        and runner.finished(d, _epochs_of(d)))
         status = (f"{finished} of {total} runs finished." if finished < total else
                   f"All {total} runs finished.")
-        peaks = {}
+        peaks, powers = {}, {}
         for setting, title in (("maml-t5", "MAML, T = 5"), ("maml-t1", "MAML, T = 1 (C5)")):
             if setting in main:
                 peaks[title] = judge_lib.falls_of(main[setting])
+                found = judge_lib.power_at(main[setting])
+                if found:
+                    powers[title] = found
         correlations = (judge_lib.across_pools(pools, MEASURED), pools,
                         str(self.out / "figures" / "pools.png")) if pools else None
         if pools and final:
             self._pools_figure(pools)
         with atomic_open(self.out / "claims.md") as f:
             f.write(write.format_markdown(rows, config, status, pilot, peaks, correlations,
-                                          regularizer, noise, scale, self.chosen_pool()))
+                                          regularizer, noise, scale, self.chosen_pool(), powers))
         with atomic_open(self.out / "claims.json") as f:
             json.dump({"config": dataclasses.asdict(config), "status": status,
                        "pilot": pilot[0] if pilot else None, "noise": noise, "scale": scale,

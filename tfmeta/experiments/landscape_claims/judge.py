@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from tfmeta import stats, verdicts as V
+from tfmeta import power, stats, verdicts as V
 from tfmeta.experiments.landscape_claims.plan import ClaimsConfig
 
 CLAIMS = {
@@ -44,6 +44,29 @@ class Part:
 def falls_of(runs: Sequence[dict]) -> List[V.Fall]:
     """Each seed's peak and meta-overfitting, from its per-task values (`runner.curves`)."""
     return [V.meta_overfitting(c["per_task"], c["epoch"]) for c in runs]
+
+
+def power_at(runs: Sequence[dict], trials: int = 200) -> Optional[dict]:
+    """The rules' power (`power.power`) at a setting's own noise and shape: task_sd and epoch_sd
+    measured on each seed's per-task values (the mean over seeds), its seeds and epochs, and the
+    median peak epoch, rise and fall of its seeds. None without per-task records."""
+    tables = [np.asarray(c["per_task"], dtype=np.float64) for c in runs]
+    tables = [t[:, np.all(np.isfinite(t), axis=0)] for t in tables]
+    if not tables or min(t.shape[1] for t in tables) < 4:
+        return None
+    measured = [power.noise_of(t) for t in tables]
+    noise = power.Noise(int(np.median([m.tasks for m in measured])),
+                        float(np.mean([m.task_sd for m in measured])),
+                        float(np.mean([m.epoch_sd for m in measured])))
+    falls = falls_of(runs)
+    epochs = tables[0].shape[0] - 1
+    peak = int(np.clip(np.median([f.index for f in falls]), 1, max(epochs - V.TAIL, 1)))
+    rise = float(np.median([f.value - np.mean(t[0, 1::2]) for f, t in zip(falls, tables)]))
+    drop = float(np.median([f.drop.mean for f in falls]))
+    design = power.Design(seeds=len(runs), epochs=epochs, peak_epoch=peak,
+                          rise=max(rise, 1e-3), fall=max(drop, 0.0))
+    return {"noise": noise, "design": design, "trials": trials,
+            "rates": power.power(noise, design, trials)}
 
 
 def _trend(test: str, ys: Sequence[np.ndarray], threshold: float, above: bool,

@@ -110,6 +110,31 @@ def overfitting_section(title: str, falls: Sequence[V.Fall]) -> List[str]:
     return out
 
 
+def power_section(title: str, found: dict) -> List[str]:
+    """The rules' power at a setting's own noise and shape (`judge.power_at`)."""
+    n, d, r = found["noise"], found["design"], found["rates"]
+    pct = lambda key: f"{r[key]:.0%}"  # noqa: E731
+    return [f"## Power of the rules: {title}", "",
+            f"Simulated at this setting's noise, measured on its per-task records: {n.tasks} "
+            f"tasks, task difficulty sd {n.task_sd:.3f}, epoch-to-epoch sd {n.epoch_sd:.3f} "
+            f"(one epoch's standard error {n.standard_error:.4f}); and its shape: {d.seeds} "
+            f"seeds, {d.epochs} epochs, the peak at epoch {d.peak_epoch}, a rise of "
+            f"{d.rise:.3f} and a fall of {d.fall:.4f} (medians over seeds); {found['trials']} "
+            "simulated settings:", "",
+            "| setting meta-overfits | a plateau judged to | tracker reproduced | noise "
+            "contradicted | linear trend contradicted | saturating trend contradicted | a "
+            "non-tracker reproduced |", "| --- | --- | --- | --- | --- | --- | --- |",
+            f"| {pct('overfits')} | {pct('plateau_overfits')} | {pct('tracker_reproduced')} | "
+            f"{pct('noise_contradicted')} | {pct('linear_contradicted')} | "
+            f"{pct('saturating_contradicted')} | "
+            f"{max(r[f'{m}_reproduced'] for m in ('noise', 'linear', 'saturating')):.0%} |", "",
+            "The rules decide where a tracker is reproduced in at least 80% and every "
+            "non-tracker contradicted in at least 80%: "
+            + ("they do here." if r["tracker_reproduced"] >= 0.8 and min(
+                r[f"{m}_contradicted"] for m in ("noise", "linear", "saturating")) >= 0.8
+               else "they do not here, so an inconclusive verdict of this setting says little.")]
+
+
 def pools_section(correlations: Dict[str, stats.Interval], pools: Sequence[Dict[str, np.ndarray]],
                   figure: Optional[str]) -> List[str]:
     out = ["## Across pools (Figures 10 and 8e, with pools for k)", "",
@@ -166,8 +191,10 @@ def format_markdown(rows: List[dict], config: ClaimsConfig, status: str,
                     pilot: Optional[tuple] = None, main_peaks: Optional[dict] = None,
                     pools: Optional[tuple] = None, regularizer: Optional[dict] = None,
                     noise: Optional[dict] = None, scale: Optional[dict] = None,
-                    chosen: Optional[Sequence[int]] = None) -> str:
-    """claims.md: the verdicts, then every table they rest on, the deviations, noise and scale."""
+                    chosen: Optional[Sequence[int]] = None,
+                    powers: Optional[dict] = None) -> str:
+    """claims.md: the verdicts, then every table they rest on (with the rules' power at each
+    setting's noise), the deviations, noise and scale."""
     fields = {**dataclasses.asdict(config),
               "pool": pool_name(chosen) if chosen else "pending (the pilot)",
               "pool_count": len(config.pools),
@@ -184,6 +211,8 @@ def format_markdown(rows: List[dict], config: ClaimsConfig, status: str,
         out += ["", *pilot_section(*pilot, config)]
     for title, peaks in (main_peaks or {}).items():
         out += ["", *overfitting_section(title, peaks)]
+    for title, found in (powers or {}).items():
+        out += ["", *power_section(title, found)]
     if pools:
         out += ["", *pools_section(*pools)]
     if regularizer:
