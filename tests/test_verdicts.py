@@ -272,6 +272,10 @@ def test_the_regularizer_verdict_is_the_paired_difference_at_the_end():
         "maml": curves(maml, 0.0),
         "maml-reg": curves(maml + np.array([.01, -.012, .004, -.003, .0]), 0.0)})}
     assert same["R"]["verdict"] == V.INCONCLUSIVE
+    assert same["R"]["parts"][0].lean == "leans toward contradicted"   # -0.02 points on average
+    assert "inconclusive (leans toward contradicted)" in "\n".join(write.verdict_table(
+        [r for r in J.judge({}, None, None, {"maml": curves(maml, 0.0), "maml-reg": curves(
+            maml + np.array([.01, -.012, .004, -.003, .0]), 0.0)}) if r["id"] == "R"]))
     text = "\n".join(write.regularizer_section(
         {"maml": curves(maml, 0.01),
          "maml-reg": curves(maml + np.array([.012, .015, .013, .014, .0125]), 0.01)}, 1000))

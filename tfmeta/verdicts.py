@@ -59,6 +59,15 @@ def side(iv: Interval, threshold: float, above: bool) -> str:
         else INCONCLUSIVE
 
 
+def lean(iv: Interval, threshold: float, above: bool) -> str:
+    """Which way an inconclusive interval leans: its mean on the claim's side of `threshold`, or
+    on the other; "" when it has no mean."""
+    if not np.isfinite(iv.mean):
+        return ""
+    return ("leans toward reproduced" if (iv.mean > threshold) == above
+            else "leans toward contradicted")
+
+
 def within(iv: Interval, bound: float) -> str:
     """Verdict for "no association": the interval inside (-bound, bound) reproduces it, an
     interval wholly outside contradicts it."""

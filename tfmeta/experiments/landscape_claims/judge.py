@@ -39,6 +39,15 @@ class Part:
     tracking: Optional[V.Tracking] = None
     verdict: str = V.INCONCLUSIVE
     counts: bool = True
+    lean: str = ""    # for an inconclusive verdict, which way the interval leans
+
+
+def _judged(test: str, iv: stats.Interval, threshold: float, above: bool, key: str = "value",
+            counts: bool = True) -> Part:
+    """A statement whose per-seed interval `iv` must lie above (or below) `threshold`."""
+    verdict = V.side(iv, threshold, above)
+    return Part(test, verdict=verdict, counts=counts, **{key: iv},
+                lean=V.lean(iv, threshold, above) if verdict == V.INCONCLUSIVE else "")
 
 
 def falls_of(runs: Sequence[dict]) -> List[V.Fall]:
@@ -74,7 +83,7 @@ def _trend(test: str, ys: Sequence[np.ndarray], threshold: float, above: bool,
     """Spearman's rho of each seed's curve with the epoch from position `starts` on."""
     starts = starts or [0] * len(ys)
     rho = stats.correlation_interval([V.epoch_trend(np.asarray(y)[s:]) for y, s in zip(ys, starts)])
-    return Part(test, spearman=rho, verdict=V.side(rho, threshold, above), counts=counts)
+    return _judged(test, rho, threshold, above, "spearman", counts)
 
 
 def _growth(test: str, ys: Sequence[np.ndarray], grows: bool) -> Part:
@@ -86,26 +95,31 @@ def _growth(test: str, ys: Sequence[np.ndarray], grows: bool) -> Part:
         return float(np.mean(finite[-V.TAIL:]) / finite[0] - 1) if finite.size > V.TAIL else \
             math.nan
     iv = stats.interval([growth(y) for y in ys])
-    return Part(test, value=iv, verdict=V.side(iv, V.RISE, grows))
+    return _judged(test, iv, V.RISE, grows)
 
 
 def _tracks(test: str, xs, ys, falls: Sequence[V.Fall], counts: bool = True) -> Part:
     result = V.tracking(xs, ys, falls, V.CORRELATION)
-    return Part(test, tracking=result, verdict=result.verdict, counts=counts)
+    leans = [f"{name} {V.lean(iv, V.CORRELATION, True)}"
+             for name, iv, verdict in (("rising phase", result.rise, result.rise_verdict),
+                                       ("falling phase", result.fall, result.fall_verdict))
+             if verdict == V.INCONCLUSIVE and np.isfinite(iv.mean)]
+    return Part(test, tracking=result, verdict=result.verdict, counts=counts,
+                lean="; ".join(leans) if result.verdict == V.INCONCLUSIVE else "")
 
 
 def _ratio(test: str, baseline, maml, bound: float) -> Part:
     """mean |baseline metric| / mean |MAML metric| over epochs, per seed pair; below `bound`."""
     ratios = [np.nanmean(np.abs(b)) / np.nanmean(np.abs(m)) for b, m in zip(baseline, maml)]
     iv = stats.interval(ratios)
-    return Part(test, value=iv, verdict=V.side(iv, bound, above=False))
+    return _judged(test, iv, bound, False)
 
 
 def _across(test: str, per_seed: Sequence[Dict[str, np.ndarray]], metric: str,
             target: str = "generalization", counts: bool = True) -> Part:
     """Per seed, across conditions (k or pools): rho(metric, target); above 0.3."""
     rho = stats.correlation_interval([stats.spearman(s[metric], s[target]) for s in per_seed])
-    return Part(test, spearman=rho, verdict=V.side(rho, V.CORRELATION, True), counts=counts)
+    return _judged(test, rho, V.CORRELATION, True, "spearman", counts)
 
 
 def _within_k(test: str, per_seed: Sequence[Dict[str, np.ndarray]], metric: str) -> Part:
@@ -115,7 +129,7 @@ def _within_k(test: str, per_seed: Sequence[Dict[str, np.ndarray]], metric: str)
     target = np.array([s["generalization"] for s in per_seed], dtype=np.float64)
     rho = stats.correlation_interval([stats.spearman(values[:, i], target[:, i])
                                       for i in range(values.shape[1])])
-    return Part(test, spearman=rho, verdict=V.side(rho, V.CORRELATION, True))
+    return _judged(test, rho, V.CORRELATION, True, "spearman")
 
 
 def _differences(x, y) -> float:
@@ -200,8 +214,8 @@ def judge(main: Dict[str, list], pools: Optional[List[Dict[str, np.ndarray]]],
         losses = [c["support_loss"] for c in t5]
         follows = stats.interval([_differences(f, s) - abs(_differences(f, a))
                               for f, s, a in zip(flat, losses, acc)])
-        c1 = [Part("relative rise of flatness from epoch 0 to its maximum > 10%", value=rise,
-                   verdict=V.side(rise, V.RISE, True)),
+        c1 = [_judged("relative rise of flatness from epoch 0 to its maximum > 10%", rise,
+                      V.RISE, True),
               _trend("flatness vs epoch after its maximum: rho < -0.3", flat, -V.CORRELATION,
                      False, sharpest)]
         c2 = [_trend("flatness vs epoch after the accuracy peak: rho < -0.3", flat,
@@ -209,8 +223,8 @@ def judge(main: Dict[str, list], pools: Optional[List[Dict[str, np.ndarray]]],
               untestable("flatness vs epoch after the accuracy peak")]
         c3 = [_trend("support loss vs epoch: rho < -0.8 (monotone fall)", losses, -V.MONOTONE,
                      False),
-              Part("first differences: rho(flatness, support loss) - |rho(flatness, accuracy)| "
-                   "> 0", value=follows, verdict=V.side(follows, 0.0, True))]
+              _judged("first differences: rho(flatness, support loss) - |rho(flatness, "
+                      "accuracy)| > 0", follows, 0.0, True)]
     row("C1", c1 if t5 else [], [("maml-t5", t5)], extra)
     row("C2", c2 if t5 else [], [("maml-t5", t5)], extra)
     row("C3", c3 if t5 else [], [("maml-t5", t5)], extra)
@@ -277,8 +291,8 @@ def judge(main: Dict[str, list], pools: Optional[List[Dict[str, np.ndarray]]],
         finals = {m: [float(np.asarray(c)[-1]) for c in curves]
                   for m, curves in regularizer.items()}
         gain = stats.interval(np.subtract(finals["maml-reg"], finals["maml"]) * 100)
-        r = [Part("maml-reg - MAML held-out accuracy, paired by seed (points) > 0", value=gain,
-                  verdict=V.side(gain, 0.0, True))]
+        r = [_judged("maml-reg - MAML held-out accuracy, paired by seed (points) > 0", gain,
+                     0.0, True)]
     row("R", r if regularizer else [], [("the regularizer runs", regularizer)])
     return rows
 

@@ -63,6 +63,8 @@ def verdict_table(rows: List[dict]) -> List[str]:
         for i, part in enumerate(parts):
             first = i == 0
             verdict = part.verdict if row["parts"] else ""
+            if part.lean:
+                verdict = f"{verdict} ({part.lean})"
             if row["parts"] and not part.counts:
                 verdict = f"({verdict}, not counted)"
             out.append(f"| {row['id'] + ': ' + row['claim'] if first else ''} | {part.test} | "
