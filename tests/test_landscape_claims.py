@@ -8,13 +8,14 @@ import math
 import numpy as np
 import pytest
 
+from tfmeta import verdicts as V
 from tfmeta.errors import ConfigError
 from tfmeta.experiments import landscape_claims as lc
 from tfmeta.report import load_records
 
 pytestmark = pytest.mark.slow
 
-VERDICTS = {"reproduced", "contradicted", "inconclusive"}
+VERDICTS = {V.REPRODUCED, V.CONTRADICTED, V.INCONCLUSIVE, V.UNTESTABLE}
 RUNS = 2 * 2 + 4 * 2 + 2 * 1 + 3 * 2 + 2 * 2   # pilot, main, pools, sine sweep, regularizer
 
 

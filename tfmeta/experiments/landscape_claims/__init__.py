@@ -142,15 +142,18 @@ class _Experiment:
         every = [d for seed in dirs for d in seed]
         if not all(runner.finished(d, c.epochs) for d in every):
             return None
-        if not all((d / "peak_landscape.json").is_file() for d in every):
+        epochs = plan.pool_epochs(c)
+        if not all((d / "peak_landscape.json").is_file() and all(
+                (d / f"landscape-epoch-{e}.json").is_file() for e in epochs) for d in every):
             return None
-        per_seed = []
-        for seed in dirs:
-            values = [runner.at_peak(d) for d in seed]
-            per_seed.append({"pool": [plan.pool_name(p) for p in c.pools],
-                             **{k: np.array([v[k] for v in values], float)
-                                for k in ("epoch", "generalization", *MEASURED)}})
-        return per_seed
+        keys = ("epoch", "generalization", *MEASURED)
+        as_arrays = lambda values: {k: np.array([v[k] for v in values], float)  # noqa: E731
+                                    for k in keys}
+        return [{"pool": [plan.pool_name(p) for p in c.pools],
+                 **as_arrays([runner.at_peak(d) for d in seed]),
+                 "at_steps": {e * c.iterations: as_arrays([runner.at_epoch(d, e) for d in seed])
+                              for e in epochs}}
+                for seed in dirs]
 
     def sweep(self):
         specs = plan.sine_runs(self.config)
@@ -198,7 +201,8 @@ class _Experiment:
                 if found:
                     powers[title] = found
         correlations = (judge_lib.across_pools(pools, MEASURED), pools,
-                        str(self.out / "figures" / "pools.png")) if pools else None
+                        str(self.out / "figures" / "pools.png"),
+                        judge_lib.across_pools_at_steps(pools, MEASURED)) if pools else None
         if pools and final:
             self._pools_figure(pools)
         with atomic_open(self.out / "claims.md") as f:

@@ -297,6 +297,15 @@ def judge(main: Dict[str, list], pools: Optional[List[Dict[str, np.ndarray]]],
     return rows
 
 
+def across_pools_at_steps(pools: List[dict], metrics: Sequence[str]
+                          ) -> Dict[int, Dict[str, stats.Interval]]:
+    """The same at each of the fixed meta-steps every pool was measured at ({steps: {metric:
+    interval}}): every pool at the same point of training, so that a metric that only grows with
+    training cannot rank the pools by when they peak."""
+    steps = sorted(pools[0].get("at_steps", {})) if pools else []
+    return {n: across_pools([s["at_steps"][n] for s in pools], metrics) for n in steps}
+
+
 def across_pools(pools: List[Dict[str, np.ndarray]], metrics: Sequence[str]) -> Dict[str, stats.Interval]:
     """For every metric, the per-seed Spearman rho across pools of its value at the accuracy
     peak with the peak accuracy, as an interval over seeds."""

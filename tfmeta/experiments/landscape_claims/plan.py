@@ -45,6 +45,9 @@ class ClaimsConfig:
             held-out accuracy still rose from 1,000 to 2,000 meta-steps).
         regularizer_eval_tasks: held-out tasks that score each of its runs after every epoch.
         noise_draws: re-drawn meta-test task sets for the metric-noise check.
+        pool_steps: meta-steps at which every pool run's landscape is also measured, the same
+            for every pool (each at its own peak would set early points of training against
+            late ones); multiples of `iterations`.
     """
     data_dir: str = ""
     seeds: int = 5
@@ -60,6 +63,7 @@ class ClaimsConfig:
     iterations: int = 25
     eval_tasks: int = 300
     rise_epochs: int = 8
+    pool_steps: list = dataclasses.field(default_factory=lambda: [250, 500, 750])
     flatness_tasks: int = 60
     coherence_tasks: int = 500
     max_hvps: int = 100
@@ -87,6 +91,7 @@ def quick(config: ClaimsConfig) -> ClaimsConfig:
     return dataclasses.replace(
         config, seeds=2, pool_seeds=2, regularizer_seeds=2, filters=8, meta_batch=2, queries=2,
         pools=[[3, 6], [6, 6]], epochs=5, iterations=3, eval_tasks=10, rise_epochs=2,
+        pool_steps=[3, 9, 15],
         flatness_tasks=1, coherence_tasks=6, max_hvps=4, finetune_iterations=3,
         sine_shots=[2, 5, 10], sine_epochs=3, sine_iterations=4, regularizer_ways=5,
         regularizer_epochs=1, regularizer_iterations=3, regularizer_eval_tasks=10,
@@ -96,7 +101,8 @@ def quick(config: ClaimsConfig) -> ClaimsConfig:
 @dataclasses.dataclass
 class RunSpec:
     """One training run: a preset with overrides, and what the experiment does with it.
-    `at_peak`: once trained, its landscape is measured at its accuracy peak (the pools)."""
+    `at_peak`: once trained, its landscape is measured at its accuracy peak, and at each epoch
+    of `at_epochs` (the pools)."""
     name: str
     part: str
     setting: str
@@ -105,6 +111,7 @@ class RunSpec:
     overrides: list
     epochs: int
     at_peak: bool = False
+    at_epochs: tuple = ()
 
 
 def pool_name(pool: Sequence[int]) -> str:
@@ -128,6 +135,11 @@ def check(config: ClaimsConfig, characters: int) -> None:
         if getattr(config, key) < 2:
             raise ConfigError(f"{key} must be at least 2 for an interval across seeds, got "
                               f"{getattr(config, key)}")
+    for steps in config.pool_steps:
+        if steps % config.iterations or not 0 < steps <= config.epochs * config.iterations:
+            raise ConfigError(f"pool_steps: {steps} must be a multiple of iterations "
+                              f"({config.iterations}) between {config.iterations} and "
+                              f"{config.epochs * config.iterations}")
     if config.rise_epochs * 3 > 2 * config.epochs:
         raise ConfigError(f"rise_epochs ({config.rise_epochs}) cannot fit before the end of the "
                           f"middle third of {config.epochs} epochs")
@@ -157,9 +169,15 @@ def _maml(config: ClaimsConfig, algorithm: str, steps: int) -> list:
 
 
 def _runs(name: str, part: str, seeds: Sequence[int], preset: str, overrides: list,
-          epochs: int, at_peak: bool = False) -> List[RunSpec]:
+          epochs: int, at_peak: bool = False, at_epochs: tuple = ()) -> List[RunSpec]:
     return [RunSpec(f"{name}-s{seed}", part, name, seed, preset,
-                    [*overrides, f"train.seed={seed}"], epochs, at_peak) for seed in seeds]
+                    [*overrides, f"train.seed={seed}"], epochs, at_peak, at_epochs)
+            for seed in seeds]
+
+
+def pool_epochs(config: ClaimsConfig) -> tuple:
+    """The epochs at which every pool run is measured: `pool_steps` in epochs."""
+    return tuple(steps // config.iterations for steps in config.pool_steps)
 
 
 def pilot_runs(config: ClaimsConfig, characters: int) -> List[RunSpec]:
@@ -170,8 +188,10 @@ def pilot_runs(config: ClaimsConfig, characters: int) -> List[RunSpec]:
         for pool in config.pools:
             overrides = [*_omniglot(config, pool, characters), *_maml(config, algorithm, 5),
                          *_landscape(config, 0), "train.keep_checkpoints=0"]
+            main = algorithm == config.algorithm
             specs += _runs(f"pilot-{algorithm}-{pool_name(pool)}", "pilot", [0], "omniglot_5w1s",
-                           overrides, config.epochs, at_peak=algorithm == config.algorithm)
+                           overrides, config.epochs, at_peak=main,
+                           at_epochs=pool_epochs(config) if main else ())
     return specs
 
 
@@ -198,14 +218,15 @@ def _sine(config: ClaimsConfig, every: int) -> list:
 
 def pool_runs(config: ClaimsConfig, characters: int) -> List[RunSpec]:
     """Seeds 1.. of the main algorithm on every pool (seed 0 is the pilot's run): accuracy after
-    every epoch, every checkpoint kept, the landscape measured afterwards at the peak."""
+    every epoch, every checkpoint kept, the landscape measured afterwards at the peak and at the
+    same meta-steps for every pool (`pool_steps`)."""
     specs = []
     for pool in config.pools:
         overrides = [*_omniglot(config, pool, characters), *_maml(config, config.algorithm, 5),
                      *_landscape(config, 0), "train.keep_checkpoints=0"]
         specs += _runs(f"pilot-{config.algorithm}-{pool_name(pool)}", "pools",
                        range(1, config.pool_seeds), "omniglot_5w1s", overrides, config.epochs,
-                       at_peak=True)
+                       at_peak=True, at_epochs=pool_epochs(config))
     return specs
 
 

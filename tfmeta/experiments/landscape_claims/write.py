@@ -138,11 +138,29 @@ def power_section(title: str, found: dict) -> List[str]:
 
 
 def pools_section(correlations: Dict[str, stats.Interval], pools: Sequence[Dict[str, np.ndarray]],
-                  figure: Optional[str]) -> List[str]:
+                  figure: Optional[str],
+                  at_steps: Optional[Dict[int, Dict[str, stats.Interval]]] = None) -> List[str]:
+    steps = sorted(at_steps or {})
     out = ["## Across pools (Figures 10 and 8e, with pools for k)", "",
-           "Per seed, across the pools: Spearman's ρ of each metric at the run's accuracy peak "
-           "with the peak accuracy.", "", "| metric | ρ [95% CI] |", "| --- | --- |"]
-    out += [f"| {m} | {iv.text()} |" for m, iv in correlations.items()]
+           "Per seed, across the pools: Spearman's ρ of each metric with the accuracy, at each "
+           "run's accuracy peak (the pools peak at different epochs, so a metric that only grows "
+           "with training ranks them by when they peak) and at the same meta-steps for every "
+           "pool.", "",
+           "| metric | at the peak: ρ [95% CI] | " + " | ".join(
+               f"at {n:,} meta-steps" for n in steps) + " |",
+           "| --- | --- | " + " | ".join("---" for _ in steps) + " |"]
+    out += [f"| {m} | {iv.text()} | " + " | ".join(at_steps[n][m].text() for n in steps) + " |"
+            for m, iv in correlations.items()]
+    key = "representation_coherence_normalized"
+    if steps and key in correlations:
+        held = [n for n in steps if at_steps[n][key].low > 0.3]
+        out += ["", f"The Figure 10 reading (representation coherence, before γ and β, rises with "
+                    f"the accuracy a training set reaches) "
+                    + (f"survives at every fixed point ({', '.join(f'{n:,}' for n in steps)} "
+                       "meta-steps)." if len(held) == len(steps) else
+                       f"holds at {len(held)} of the {len(steps)} fixed points"
+                       + (f" ({', '.join(f'{n:,}' for n in held)})" if held else "")
+                       + ": at the peaks it rests on when each pool peaks.")]
     out += ["", "| seed | pool | peak epoch | peak accuracy |", "| --- | --- | --- | --- |"]
     for seed, s in enumerate(pools):
         out += [f"| {seed} | {name} | {int(e)} | {a:.4f} |"
