@@ -359,7 +359,7 @@ def test_plan_keeps_the_protocol_and_checks_the_pools():
         plan.check(lc.ClaimsConfig(pool_steps=[260]), 242)
     reg = [s for s in specs if s.part == "regularizer"]
     assert {s.preset for s in reg} == {"omniglot_20w1s-cpu", "omniglot_20w1s_maml_reg-cpu"}
-    assert len({s.name for s in specs}) == len(specs) == 8 + 4 * 5 + 8 + 6 * 5 + 10
+    assert len({s.name for s in specs}) == len(specs) == 8 + 4 * 8 + 8 + 6 * 8 + 10
     with pytest.raises(ConfigError, match=r"pools: \[242, 6\] .* between 1 and 241"):
         plan.check(lc.ClaimsConfig(pools=[[242, 6]]), 242)
     with pytest.raises(ConfigError, match="need 6 to 20"):

@@ -50,7 +50,7 @@ class ClaimsConfig:
             late ones); multiples of `iterations`.
     """
     data_dir: str = ""
-    seeds: int = 5
+    seeds: int = 8
     pool_seeds: int = 3
     regularizer_seeds: int = 5
     jobs: int = 2
@@ -61,7 +61,7 @@ class ClaimsConfig:
     queries: int = 5
     epochs: int = 30
     iterations: int = 25
-    eval_tasks: int = 300
+    eval_tasks: int = 2000
     rise_epochs: int = 8
     pool_steps: list = dataclasses.field(default_factory=lambda: [250, 500, 750])
     flatness_tasks: int = 60
