@@ -16,7 +16,7 @@ from tfmeta.report import load_records
 pytestmark = pytest.mark.slow
 
 VERDICTS = {V.REPRODUCED, V.CONTRADICTED, V.INCONCLUSIVE, V.UNTESTABLE}
-RUNS = 2 * 2 + 4 * 2 + 2 * 1 + 3 * 2 + 2 * 2   # pilot, main, pools, sine sweep, regularizer
+RUNS = 3 * 2 + 4 * 2 + 2 * 1 + 3 * 2 + 2 * 2   # pilot, main, pools, sine sweep, regularizer
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_a_second_call_reuses_the_runs_and_other_settings_are_refused(quick_run,
     lines = []
     again = lc.run(lc.ClaimsConfig(data_dir=str(omniglot_dir)), out, quick_run=True,
                    parts=("pilot", "regularizer"), log=lines.append)
-    assert lines[0] == f"8 of 8 runs already finished in {out / 'runs'}; training 0, 2 at a " \
+    assert lines[0] == f"10 of 10 runs already finished in {out / 'runs'}; training 0, 2 at a " \
                        "time (each run's epochs: RUN.log)"
     assert [r["verdict"] for r in again["claims"]] == [r["verdict"] for r in result["claims"]]
     with pytest.raises(ConfigError, match="other settings"):

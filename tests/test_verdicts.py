@@ -350,7 +350,8 @@ def test_plan_keeps_the_protocol_and_checks_the_pools():
     t1 = next(s for s in specs if s.name == "maml-t1-s2")
     assert {"adapt.steps=1", "adapt.test_steps=1", "train.seed=2"} <= set(t1.overrides)
     pilot = [s for s in specs if s.part == "pilot"]
-    assert len(pilot) == 2 * 4 and all("landscape.every=0" in s.overrides for s in pilot)
+    assert len(pilot) == 3 * 4 and all("landscape.every=0" in s.overrides for s in pilot)
+    assert sum("adapt.steps=1" in s.overrides for s in pilot) == 4   # C5's own pool, at T = 1
     pools = [s for s in specs if s.part == "pools"]
     assert {s.seed for s in pools} == {1, 2} and len(pools) == 4 * 2
     assert all(s.at_epochs == (10, 20, 30) for s in pools)   # 250, 500, 750 meta-steps
@@ -359,7 +360,10 @@ def test_plan_keeps_the_protocol_and_checks_the_pools():
         plan.check(lc.ClaimsConfig(pool_steps=[260]), 242)
     reg = [s for s in specs if s.part == "regularizer"]
     assert {s.preset for s in reg} == {"omniglot_20w1s-cpu", "omniglot_20w1s_maml_reg-cpu"}
-    assert len({s.name for s in specs}) == len(specs) == 8 + 4 * 8 + 8 + 6 * 8 + 10
+    assert len({s.name for s in specs}) == len(specs) == 12 + 4 * 8 + 8 + 6 * 8 + 10
+    on_t1_pool = plan.every_run(config, 242, [6, 10], ("main",), t1_pool=[3, 6])
+    t1_runs = [s for s in on_t1_pool if s.setting == "maml-t1"]
+    assert all("data.omniglot.train_drawings=6" in s.overrides for s in t1_runs)
     with pytest.raises(ConfigError, match=r"pools: \[242, 6\] .* between 1 and 241"):
         plan.check(lc.ClaimsConfig(pools=[[242, 6]]), 242)
     with pytest.raises(ConfigError, match="need 6 to 20"):

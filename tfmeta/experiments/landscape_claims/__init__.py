@@ -77,7 +77,8 @@ def run(config: ClaimsConfig, out_dir, quick_run: bool = False, parts: Sequence[
         runner.train(plan.every_run(config, characters, None, first), runs_dir, config.jobs,
                      log, experiment.write)
     if needs_pilot:
-        runner.train(plan.every_run(config, characters, experiment.chosen_pool(), needs_pilot),
+        runner.train(plan.every_run(config, characters, experiment.chosen_pool(), needs_pilot,
+                                    experiment.chosen_pool(t1=True)),
                      runs_dir, config.jobs, log, experiment.write)
     rows = experiment.write(final=True)
     for row in rows:
@@ -115,15 +116,17 @@ class _Experiment:
             json.dump({"rows": rows, "selected": selected}, f, indent=1, default=float)
         return rows, selected
 
-    def chosen_pool(self):
+    def chosen_pool(self, t1: bool = False):
+        """The pilot's pool for the main settings, or with `t1` for T = 1 (C5)."""
         pilot = self.pilot()
-        return pilot[1][self.config.algorithm]["pool"] if pilot else None
+        key = f"{self.config.algorithm}_t1" if t1 else self.config.algorithm
+        return pilot[1][key]["pool"] if pilot else None
 
     def main(self) -> Dict[str, list]:
         pool = self.chosen_pool()
         if pool is None:
             return {}
-        specs = plan.main_runs(self.config, self.characters, pool)
+        specs = plan.main_runs(self.config, self.characters, pool, self.chosen_pool(t1=True))
         finished = runner.done(specs, self.runs_dir)
         out = {}
         for setting in MAIN:
@@ -216,7 +219,8 @@ class _Experiment:
 
     def expected_runs(self) -> int:
         pool = self.chosen_pool() or self.config.pools[0]
-        return len(plan.every_run(self.config, self.characters, pool))
+        return len(plan.every_run(self.config, self.characters, pool,
+                                  t1_pool=self.chosen_pool(t1=True)))
 
     def _noise_and_scale(self) -> tuple:
         run_dir = self.runs_dir / "maml-t5-s0"
@@ -250,7 +254,8 @@ class _Experiment:
         figures = []
         main = self.main()
         pool = self.chosen_pool()
-        specs = plan.main_runs(self.config, self.characters, pool) if pool else []
+        specs = plan.main_runs(self.config, self.characters, pool,
+                               self.chosen_pool(t1=True)) if pool else []
         for setting in main:
             dirs = [self.runs_dir / s.name for s in specs if s.setting == setting]
             figures += write_report(dirs, self.out / "figures" / setting,

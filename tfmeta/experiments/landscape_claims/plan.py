@@ -181,8 +181,9 @@ def pool_epochs(config: ClaimsConfig) -> tuple:
 
 
 def pilot_runs(config: ClaimsConfig, characters: int) -> List[RunSpec]:
-    """Accuracy only, one seed, every pool, both algorithms; every epoch's checkpoint is kept,
-    so that the main algorithm's runs are seed 0 of the across-pools comparison."""
+    """Accuracy only, one seed, every pool, both algorithms at T = 5 and the main one at T = 1
+    ("<algorithm>_t1"); every epoch's checkpoint of the main algorithm's T = 5 runs is kept, so
+    that they are seed 0 of the across-pools comparison."""
     specs = []
     for algorithm in ALGORITHMS:
         for pool in config.pools:
@@ -192,17 +193,27 @@ def pilot_runs(config: ClaimsConfig, characters: int) -> List[RunSpec]:
             specs += _runs(f"pilot-{algorithm}-{pool_name(pool)}", "pilot", [0], "omniglot_5w1s",
                            overrides, config.epochs, at_peak=main,
                            at_epochs=pool_epochs(config) if main else ())
+    # C5's setting, T = 1, has a pool of its own: a regime at T = 5 need not be one at T = 1.
+    for pool in config.pools:
+        overrides = [*_omniglot(config, pool, characters), *_maml(config, config.algorithm, 1),
+                     *_landscape(config, 0), "train.keep_checkpoints=1"]
+        specs += _runs(f"pilot-{config.algorithm}_t1-{pool_name(pool)}", "pilot", [0],
+                       "omniglot_5w1s", overrides, config.epochs)
     return specs
 
 
-def main_runs(config: ClaimsConfig, characters: int, pool: Sequence[int]) -> List[RunSpec]:
-    """The settings measured at epoch 0 and after every epoch, on the pilot's pool."""
+def main_runs(config: ClaimsConfig, characters: int, pool: Sequence[int],
+              t1_pool: Optional[Sequence[int]] = None) -> List[RunSpec]:
+    """The settings measured at epoch 0 and after every epoch, on the pilot's pool (T = 1 on the
+    pilot's T = 1 pool, `t1_pool`, when given)."""
     c, seeds = config, range(config.seeds)
-    omniglot = [*_omniglot(c, pool, characters), *_landscape(c, 1), "train.keep_checkpoints=1"]
+    on = lambda p: [*_omniglot(c, p, characters), *_landscape(c, 1),  # noqa: E731
+                    "train.keep_checkpoints=1"]
+    omniglot, omniglot_t1 = on(pool), on(t1_pool or pool)
     return [*_runs("maml-t5", "main", seeds, "omniglot_5w1s",
                    [*omniglot, *_maml(c, c.algorithm, 5)], c.epochs),
             *_runs("maml-t1", "main", seeds, "omniglot_5w1s",
-                   [*omniglot, *_maml(c, c.algorithm, 1)], c.epochs),
+                   [*omniglot_t1, *_maml(c, c.algorithm, 1)], c.epochs),
             *_runs("finetune", "main", seeds, "omniglot_5w1s_finetune",
                    [*omniglot, f"train.iterations={c.finetune_iterations}", "adapt.steps=5",
                     "adapt.test_steps=5"], c.epochs),
@@ -260,11 +271,13 @@ def regularizer_runs(config: ClaimsConfig) -> List[RunSpec]:
 
 
 def every_run(config: ClaimsConfig, characters: int, pool: Optional[Sequence[int]],
-              parts: Sequence[str] = PARTS) -> List[RunSpec]:
-    """The runs of `parts`, the main settings on `pool` (the pilot's choice)."""
+              parts: Sequence[str] = PARTS,
+              t1_pool: Optional[Sequence[int]] = None) -> List[RunSpec]:
+    """The runs of `parts`, the main settings on `pool` and T = 1 on `t1_pool` (the pilot's
+    choices)."""
     builders: Dict[str, callable] = {
         "pilot": lambda: pilot_runs(config, characters),
-        "main": lambda: main_runs(config, characters, pool),
+        "main": lambda: main_runs(config, characters, pool, t1_pool),
         "pools": lambda: pool_runs(config, characters),
         "sine": lambda: sine_runs(config),
         "regularizer": lambda: regularizer_runs(config)}
