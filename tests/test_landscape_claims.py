@@ -54,7 +54,9 @@ def test_quick_writes_a_verdict_per_claim_and_every_table(quick_run):
     saved = json.loads((out / "claims.json").read_text())
     assert [r["verdict"] for r in saved["claims"]] == [r["verdict"] for r in result["claims"]]
     assert all(math.isfinite(x) for x in numbers(saved["noise"]))
-    assert len(saved["pilot"]) == 4 and json.loads((out / "pilot.json").read_text())["selected"]
+    assert len(saved["pilot"]) == 6   # 2 pools x (maml, fomaml, maml at T = 1)
+    assert set(json.loads((out / "pilot.json").read_text())["selected"]) == {
+        "maml", "fomaml", "maml_t1"}
     figures = {p.split("/")[-2] + "/" + p.split("/")[-1] for p in result["figures"]}
     assert {"maml-t5/flatness.png", "finetune/trajectory_coherence.png",
             "sine/gradient_coherence.png", "figures/pools.png",
