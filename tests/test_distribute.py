@@ -109,7 +109,8 @@ def test_two_worker_processes_train_as_one_process(tmp_path):
                                [r["meta_test/mse"] for r in history[0]], rtol=1e-5)
     # The chief wrote the run; the other worker wrote nothing that stays.
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "checkpoints", "config.yaml",
-                                                          "data.json", "history.jsonl", "logs"]
+                                                          "data.json", "history.jsonl", "logs",
+                                                          "per_task.jsonl"]
     assert len((run_dir / "history.jsonl").read_text().splitlines()) == 2
     assert not list(scratch.iterdir())
     log = (tmp_path / "logs" / "worker1.log").read_text()

@@ -123,6 +123,40 @@ def test_representation_coherence_is_each_tasks_meta_test_pass_whatever_the_batc
     np.testing.assert_allclose(values, naive_pairwise(list(h)), rtol=1e-9)
 
 
+@pytest.mark.parametrize("norm", ["transductive", "support"])
+def test_normalized_representation_coherence_ignores_the_last_norms_gamma_and_beta(
+        omniglot_dir, norm):
+    """The variant takes the last batch norm's x^ of each task's query rows (checked against a
+    naive loop); scaling that layer's gamma by 1.2 and shifting its beta by 0.1 moves the paper's
+    representation coherence and leaves the variant as it was."""
+    from tfmeta import batch_norm
+    config = config_lib.load("omniglot_5w1s-cpu", [
+        f"data.omniglot.data_dir={omniglot_dir}", "model.filters=4", "model.dtype=float64",
+        f"model.norm={norm}", "landscape.flatness_tasks=0", "landscape.coherence_tasks=6"])
+    source = tasks.build(config.data, "float64")
+    model = build_model(config, source)
+    land = landscape_lib.Landscape(model, source, config.adapt, config.landscape)
+    before = land.measure(progress=False)
+    episodes = [tf.nest.map_structure(lambda t: t[0], b) for b in
+                source.episodes(source.eval_split, config.landscape.seed, 1, count=6)]
+    z = []
+    for e in episodes:
+        with batch_norm.capture() as normalized:
+            query_features(model, params_of(model), e.support_x, e.query_x)
+        last = normalized[-1].numpy().reshape(len(normalized[-1]), -1)
+        z.append(last[len(last) - len(e.query_x):])
+    assert before["representation_coherence_normalized"] == pytest.approx(
+        naive_pairwise(list(np.concatenate(z))), rel=1e-9)
+    last_norm = model.features.get_layer("norm4")
+    last_norm.gamma.assign(last_norm.gamma * 1.2)
+    last_norm.beta.assign(last_norm.beta + 0.1)
+    after = landscape_lib.Landscape(model, source, config.adapt, config.landscape).measure(
+        progress=False)
+    assert abs(after["representation_coherence"] / before["representation_coherence"] - 1) > 0.1
+    assert after["representation_coherence_normalized"] == pytest.approx(
+        before["representation_coherence_normalized"], rel=1e-9)
+
+
 def test_opt_in_hessian_metrics_are_reported(measured):
     _, _, model, _, values = measured
     assert {"hessian_trace", "top_eigenvalue_1", "top_eigenvalue_2"} <= set(values)

@@ -8,14 +8,15 @@ import math
 import numpy as np
 import pytest
 
+from tfmeta import verdicts as V
 from tfmeta.errors import ConfigError
 from tfmeta.experiments import landscape_claims as lc
 from tfmeta.report import load_records
 
 pytestmark = pytest.mark.slow
 
-VERDICTS = {"reproduced", "contradicted", "inconclusive"}
-RUNS = 2 * 2 + 4 * 2 + 2 * 1 + 3 * 2 + 2 * 2   # pilot, main, pools, sine sweep, regularizer
+VERDICTS = {V.REPRODUCED, V.CONTRADICTED, V.INCONCLUSIVE, V.UNTESTABLE}
+RUNS = 3 * 2 + 4 * 2 + 2 * 1 + 3 * 2 + 2 * 2   # pilot, main, pools, sine sweep, regularizer
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,9 @@ def test_quick_writes_a_verdict_per_claim_and_every_table(quick_run):
     saved = json.loads((out / "claims.json").read_text())
     assert [r["verdict"] for r in saved["claims"]] == [r["verdict"] for r in result["claims"]]
     assert all(math.isfinite(x) for x in numbers(saved["noise"]))
-    assert len(saved["pilot"]) == 4 and json.loads((out / "pilot.json").read_text())["selected"]
+    assert len(saved["pilot"]) == 6   # 2 pools x (maml, fomaml, maml at T = 1)
+    assert set(json.loads((out / "pilot.json").read_text())["selected"]) == {
+        "maml", "fomaml", "maml_t1"}
     figures = {p.split("/")[-2] + "/" + p.split("/")[-1] for p in result["figures"]}
     assert {"maml-t5/flatness.png", "finetune/trajectory_coherence.png",
             "sine/gradient_coherence.png", "figures/pools.png",
@@ -79,9 +82,10 @@ def test_a_second_call_reuses_the_runs_and_other_settings_are_refused(quick_run,
     lines = []
     again = lc.run(lc.ClaimsConfig(data_dir=str(omniglot_dir)), out, quick_run=True,
                    parts=("pilot", "regularizer"), log=lines.append)
-    assert lines[0] == f"8 of 8 runs already finished in {out / 'runs'}; training 0, 2 at a " \
+    assert lines[0] == f"10 of 10 runs already finished in {out / 'runs'}; training 0, 2 at a " \
                        "time (each run's epochs: RUN.log)"
     assert [r["verdict"] for r in again["claims"]] == [r["verdict"] for r in result["claims"]]
     with pytest.raises(ConfigError, match="other settings"):
-        lc.run(lc.ClaimsConfig(data_dir=str(omniglot_dir), fall=3.0), out, quick_run=True)
+        lc.run(lc.ClaimsConfig(data_dir=str(omniglot_dir), algorithm="fomaml"), out,
+               quick_run=True)
 

@@ -11,7 +11,7 @@ LAYERS = [
      "meta_batch", "distribute", "tasks.episode"],
     ["tasks"],
     ["algorithms"],
-    ["evaluation", "landscape", "verdicts", "report"],
+    ["evaluation", "landscape", "verdicts", "power", "report"],
     ["run", "training", "records", "summaries", "analysis", "export", "quiet", "workers", "keras"],
     ["experiments"],
 ]

@@ -47,8 +47,9 @@ def _analyze(run_dir: Path, overrides: Sequence[str], progress: bool,
     for path in tqdm(checkpoints, desc="checkpoints", disable=not progress):
         run.restore(path, log)
         iteration = int(run.iteration.numpy())
+        scalars, _ = records.evaluate(evaluate, writer, steps, iteration)
         row = {"checkpoint": Path(path).name, "epoch": iteration // config.train.iterations,
-               "iteration": iteration, **records.evaluate(evaluate, writer, steps, iteration)}
+               "iteration": iteration, **scalars}
         row.update(records.measure_landscape(landscape, writer, rundir.density_path(run_dir, analyze=True),
                                              iteration, progress))
         rows.append(row)

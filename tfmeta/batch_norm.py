@@ -30,6 +30,25 @@ def statistics(reference_rows=None, step=None):
         _CONTEXT.value = saved
 
 
+@contextlib.contextmanager
+def capture():
+    """Within the block, every `BatchNorm` and `LayerNorm` call also appends its normalized input
+    before gamma and beta, x^ (the shape of its input), to the list the block gets: what a
+    representation is before the affine transform that sets its mean and scale."""
+    saved = getattr(_CONTEXT, "captured", None)
+    _CONTEXT.captured = []
+    try:
+        yield _CONTEXT.captured
+    finally:
+        _CONTEXT.captured = saved
+
+
+def _captured(normalized: tf.Tensor) -> None:
+    captured = getattr(_CONTEXT, "captured", None)
+    if captured is not None:
+        captured.append(normalized)
+
+
 def normalize(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float) -> tf.Tensor:
     """gamma * x^ + beta with x^ = (x - mu) * r, r = 1 / sqrt(var + epsilon), the statistics of all
     of x [B, ..., C] per channel; gamma, beta [C].
@@ -124,10 +143,14 @@ class BatchNorm(keras.layers.Layer):
         # tf's conversion, not keras.ops': with the latter, test_maml's finite-difference check
         # of the meta-gradient through batch norm fails (18% off).
         gamma, beta = tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta)
+        axes = list(range(len(x.shape) - 1))
+        reference = x if reference_rows is None else x[:reference_rows]
+        if getattr(_CONTEXT, "captured", None) is not None:
+            mean = ops.mean(reference, axis=axes, keepdims=True)
+            variance = ops.mean(ops.square(reference - mean), axis=axes, keepdims=True)
+            _captured((x - mean) * ops.rsqrt(variance + self.epsilon))
         if reference_rows is None:
             return normalize(x, gamma, beta, self.epsilon)
-        axes = list(range(len(x.shape) - 1))
-        reference = x[:reference_rows]
         mean = ops.mean(reference, axis=axes, keepdims=True)
         variance = ops.mean(ops.square(reference - mean), axis=axes, keepdims=True)
         # The per-channel factor is formed first so that only two ops touch the full activation.
@@ -167,7 +190,9 @@ class LayerNorm(keras.layers.Layer):
         gamma, beta = tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta)  # as BatchNorm
         centered = x - ops.mean(x, axis=-1, keepdims=True)
         variance = ops.mean(ops.square(centered), axis=-1, keepdims=True)
-        return centered * ops.rsqrt(variance + self.epsilon) * gamma + beta
+        normalized = centered * ops.rsqrt(variance + self.epsilon)
+        _captured(normalized)
+        return normalized * gamma + beta
 
     def compute_output_shape(self, input_shape):
         return input_shape

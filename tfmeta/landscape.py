@@ -14,6 +14,9 @@ and beside them two variants that a choice of the definition would change:
 
     gradient_coherence_self   E_{i, j} g_i^T g_j with the pairs i = j: ||mean_i g_i||^2
     representation_spread     E_a ||h_a - mean_b h_b||^2
+    representation_coherence_normalized
+                              E_{a != b} z_a^T z_b,  z = the last normalization layer's x^,
+                              before its gamma and beta (h where the model has none)
 
 Which pairs count. The paper's expectations are over two independently drawn tasks (images), which
 pairs i != j estimate without bias: E_{i != j} g_i^T g_j estimates ||E g||^2. Counting the self-pairs
@@ -26,7 +29,10 @@ query set (or its support set, with `norm: support`), never of an arbitrary chun
 the value does not depend on how many tasks are computed at once. Its centered variant is
 E_{a != b} (h_a - mu)^T (h_b - mu) with mu the mean embedding, which is identically
 -representation_spread / (N - 1) (the centered embeddings sum to zero): centering leaves the
-spread, and the raw coherence is ||mu||^2 - representation_spread / (N - 1).
+spread, and the raw coherence is ||mu||^2 - representation_spread / (N - 1). With per-task
+statistics ||mu|| is set by the last normalization's gamma and beta, which training moves;
+`representation_coherence_normalized` takes the representation before them, so that scaling gamma
+or shifting beta leaves it unchanged.
 
 All of them live in the space the inner loop moves in, the parameters `model.inner_indices` (the
 others are held at theta~_i = theta): every parameter for MAML, the head alone for ANIL, all but
@@ -50,7 +56,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from tfmeta import hessian, meta_batch, tree
+from tfmeta import batch_norm, hessian, meta_batch, tree
 from tfmeta.adaptation import (Start, adapt, displacement, inner_gradient, inner_part,
                                learning_rates, support_loss_fn, with_inner)
 from tfmeta.config.adapt import AdaptConfig
@@ -62,7 +68,8 @@ from tfmeta.tasks.source import TaskSource
 METRICS = ("flatness", "trajectory_coherence", "gradient_coherence", "representation_coherence",
            "trajectory_norm", "support_loss")
 # Variants of the definitions, measured beside METRICS (see the module docstring).
-VARIANTS = ("gradient_coherence_self", "representation_spread")
+VARIANTS = ("gradient_coherence_self", "representation_spread",
+            "representation_coherence_normalized")
 
 
 def pairwise_mean(total: Sequence[tf.Tensor], sum_sq, n: int) -> tf.Tensor:
@@ -108,12 +115,17 @@ def task_sums(model: MetaModel, start: Start, params: list, task, config: AdaptC
     # averaged: one Inf would turn every mean into NaN.
     finite = tf.math.is_finite(norm) & tf.math.is_finite(loss)
     keep = lambda t: tf.where(finite, t, tf.zeros_like(t))  # noqa: E731
-    h = query_features(model, theta, x, task.query_x)
+    with batch_norm.capture() as normalized:
+        h = query_features(model, theta, x, task.query_x)
     h = tf.reshape(h, [tf.shape(h)[0], -1])
+    # The last normalization's x^ of the query rows (a support-norm pass also holds the support's).
+    z = normalized[-1] if normalized else h
+    z = tf.reshape(z, [tf.shape(z)[0], -1])[tf.shape(z)[0] - tf.shape(h)[0]:]
     return {"direction": [keep(s / norm) for s in step], "gradient": gradient,
             "gradient_sq": tree.sum_sq(gradient), "trajectory_norm": keep(norm),
             "support_loss": keep(loss), "adapted": tf.cast(finite, norm.dtype),
             "feature": tf.reduce_sum(h, 0), "feature_sq": tf.reduce_sum(tf.square(h)),
+            "normalized": tf.reduce_sum(z, 0), "normalized_sq": tf.reduce_sum(tf.square(z)),
             "embeddings": tf.cast(tf.shape(h)[0], h.dtype)}
 
 
@@ -133,6 +145,8 @@ def coherences(sums: dict, n: int) -> Dict[str, float]:
                                                         embeddings)),
         "representation_spread": float(sums["feature_sq"] / embeddings
                                        - tree.sum_sq([sums["feature"] / embeddings])),
+        "representation_coherence_normalized": float(pairwise_mean(
+            [sums["normalized"]], sums["normalized_sq"], embeddings)),
     }
 
 

@@ -7,6 +7,9 @@ same functions, so the two agree number for number.
 import os
 import resource
 from pathlib import Path
+from typing import Tuple
+
+import numpy as np
 
 from tfmeta import evaluation, landscape as landscape_lib, rundir, summaries
 
@@ -20,11 +23,14 @@ def meta_test_scalars(results: dict, steps: int) -> dict:
     return test
 
 
-def evaluate(evaluator, writer, steps: int, iteration: int) -> dict:
-    """Runs a per-epoch evaluation; writes meta_test/ scalars; returns them, prefixed."""
-    test = meta_test_scalars(evaluation.summarize(evaluator(), [steps]), steps)
+def evaluate(evaluator, writer, steps: int, iteration: int) -> Tuple[dict, dict]:
+    """Runs a per-epoch evaluation; writes meta_test/ scalars. Returns them, prefixed, and each
+    metric's per-task values after `steps` steps ({metric: [tasks] list}, rounded to 1e-6)."""
+    per_task = evaluator()
+    test = meta_test_scalars(evaluation.summarize(per_task, [steps]), steps)
     summaries.scalars(writer, "meta_test", test, iteration)
-    return {f"meta_test/{k}": v for k, v in test.items()}
+    return ({f"meta_test/{k}": v for k, v in test.items()},
+            {k: np.round(np.asarray(v)[:, steps], 6).tolist() for k, v in per_task.items()})
 
 
 def measure_landscape(landscape: landscape_lib.Landscape, writer, density_path: Path,

@@ -33,6 +33,7 @@ CONFIG = "config.yaml"
 DATA = "data.json"
 LOCK = ".lock"
 HISTORY = "history.jsonl"
+PER_TASK = "per_task.jsonl"   # each evaluation's per-task values: paired across epochs
 LANDSCAPE = "landscape.csv"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
@@ -179,10 +180,27 @@ def has_history(run_dir: Path) -> bool:
 
 
 def read_history(run_dir: Path, log: Optional[Callable[[str], None]] = None) -> list:
-    """The history's lines as dicts ([] without a history). A damaged last line (cut short by a
-    kill mid-write, or bytes that are not UTF-8) is skipped and reported to `log`; any other bad
-    line raises TfmetaError naming the file and line."""
-    path = Path(run_dir) / HISTORY
+    """The history's lines as dicts ([] without a history); see `read_jsonl`."""
+    return read_jsonl(Path(run_dir) / HISTORY, log)
+
+
+def append_per_task(run_dir: Path, record: dict, log: Callable[[str], None] = print) -> None:
+    """Appends one evaluation's per-task values ({"epoch", "iteration", metric: [tasks]}); the
+    tasks are the same at every epoch, so that values pair across epochs."""
+    append_jsonl(Path(run_dir) / PER_TASK, record, log)
+
+
+def read_per_task(run_dir: Path, log: Optional[Callable[[str], None]] = None) -> list:
+    """The per-task lines as dicts, the last for each epoch (a resumed epoch appends again)."""
+    by_epoch = {row["epoch"]: row for row in read_jsonl(Path(run_dir) / PER_TASK, log)}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def read_jsonl(path: Path, log: Optional[Callable[[str], None]] = None) -> list:
+    """A JSON-lines file's lines as dicts ([] without the file). A damaged last line (cut short
+    by a kill mid-write, or bytes that are not UTF-8) is skipped and reported to `log`; any other
+    bad line raises TfmetaError naming the file and line."""
+    path = Path(path)
     if not path.is_file():
         return []
     lines = [line for line in path.read_bytes().split(b"\n")]

@@ -342,15 +342,20 @@ class EpochEnd:
         summaries.scalars(writer, "meta_train", means, iteration)
         summaries.histograms(writer, "meta_train", vectors, iteration)
         summaries.scalars(writer, "system", system, iteration)
+        per_task = None
         if _due(epoch, config.train.eval_every, config.train.epochs):
-            record.update(records.evaluate(self.evaluate, writer, config.adapt.eval_steps,
-                                           iteration))
+            scalars, per_task = records.evaluate(self.evaluate, writer, config.adapt.eval_steps,
+                                                 iteration)
+            record.update(scalars)
         if self.landscape and _due(epoch, config.landscape.every, config.train.epochs):
             record.update(records.measure_landscape(
                 self.landscape, writer, rundir.density_path(self.run.run_dir), iteration,
                 self.progress))
         # History first: a kill between this and the checkpoint repeats this epoch on resume (a
         # duplicate line with the same numbers) rather than losing its record.
+        if per_task is not None:
+            rundir.append_per_task(self.run.run_dir, {"epoch": epoch, "iteration": iteration,
+                                                      **per_task}, self.log)
         rundir.append_history(self.run.run_dir, record, self.log)
         return record
 

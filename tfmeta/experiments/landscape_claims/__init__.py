@@ -77,7 +77,8 @@ def run(config: ClaimsConfig, out_dir, quick_run: bool = False, parts: Sequence[
         runner.train(plan.every_run(config, characters, None, first), runs_dir, config.jobs,
                      log, experiment.write)
     if needs_pilot:
-        runner.train(plan.every_run(config, characters, experiment.chosen_pool(), needs_pilot),
+        runner.train(plan.every_run(config, characters, experiment.chosen_pool(), needs_pilot,
+                                    experiment.chosen_pool(t1=True)),
                      runs_dir, config.jobs, log, experiment.write)
     rows = experiment.write(final=True)
     for row in rows:
@@ -115,15 +116,17 @@ class _Experiment:
             json.dump({"rows": rows, "selected": selected}, f, indent=1, default=float)
         return rows, selected
 
-    def chosen_pool(self):
+    def chosen_pool(self, t1: bool = False):
+        """The pilot's pool for the main settings, or with `t1` for T = 1 (C5)."""
         pilot = self.pilot()
-        return pilot[1][self.config.algorithm]["pool"] if pilot else None
+        key = f"{self.config.algorithm}_t1" if t1 else self.config.algorithm
+        return pilot[1][key]["pool"] if pilot else None
 
     def main(self) -> Dict[str, list]:
         pool = self.chosen_pool()
         if pool is None:
             return {}
-        specs = plan.main_runs(self.config, self.characters, pool)
+        specs = plan.main_runs(self.config, self.characters, pool, self.chosen_pool(t1=True))
         finished = runner.done(specs, self.runs_dir)
         out = {}
         for setting in MAIN:
@@ -142,15 +145,18 @@ class _Experiment:
         every = [d for seed in dirs for d in seed]
         if not all(runner.finished(d, c.epochs) for d in every):
             return None
-        if not all((d / "peak_landscape.json").is_file() for d in every):
+        epochs = plan.pool_epochs(c)
+        if not all((d / "peak_landscape.json").is_file() and all(
+                (d / f"landscape-epoch-{e}.json").is_file() for e in epochs) for d in every):
             return None
-        per_seed = []
-        for seed in dirs:
-            values = [runner.at_peak(d) for d in seed]
-            per_seed.append({"pool": [plan.pool_name(p) for p in c.pools],
-                             **{k: np.array([v[k] for v in values], float)
-                                for k in ("epoch", "generalization", *MEASURED)}})
-        return per_seed
+        keys = ("epoch", "generalization", *MEASURED)
+        as_arrays = lambda values: {k: np.array([v[k] for v in values], float)  # noqa: E731
+                                    for k in keys}
+        return [{"pool": [plan.pool_name(p) for p in c.pools],
+                 **as_arrays([runner.at_peak(d) for d in seed]),
+                 "at_steps": {e * c.iterations: as_arrays([runner.at_epoch(d, e) for d in seed])
+                              for e in epochs}}
+                for seed in dirs]
 
     def sweep(self):
         specs = plan.sine_runs(self.config)
@@ -170,7 +176,7 @@ class _Experiment:
         finished = runner.done(specs, self.runs_dir)
         if len(finished) < len(specs):
             return None
-        return {method: [runner.final(finished[f"regularizer-{method}-s{s}"])["generalization"]
+        return {method: [runner.curves(finished[f"regularizer-{method}-s{s}"])["generalization"]
                          for s in range(self.config.regularizer_seeds)]
                 for method in ("maml", "maml-reg")}
 
@@ -190,17 +196,21 @@ class _Experiment:
                        and runner.finished(d, _epochs_of(d)))
         status = (f"{finished} of {total} runs finished." if finished < total else
                   f"All {total} runs finished.")
-        peaks = {}
+        peaks, powers = {}, {}
         for setting, title in (("maml-t5", "MAML, T = 5"), ("maml-t1", "MAML, T = 1 (C5)")):
             if setting in main:
-                peaks[title] = judge_lib.peaks_of(main[setting])
+                peaks[title] = judge_lib.falls_of(main[setting])
+                found = judge_lib.power_at(main[setting])
+                if found:
+                    powers[title] = found
         correlations = (judge_lib.across_pools(pools, MEASURED), pools,
-                        str(self.out / "figures" / "pools.png")) if pools else None
+                        str(self.out / "figures" / "pools.png"),
+                        judge_lib.across_pools_at_steps(pools, MEASURED)) if pools else None
         if pools and final:
             self._pools_figure(pools)
         with atomic_open(self.out / "claims.md") as f:
             f.write(write.format_markdown(rows, config, status, pilot, peaks, correlations,
-                                          regularizer, noise, scale, self.chosen_pool()))
+                                          regularizer, noise, scale, self.chosen_pool(), powers))
         with atomic_open(self.out / "claims.json") as f:
             json.dump({"config": dataclasses.asdict(config), "status": status,
                        "pilot": pilot[0] if pilot else None, "noise": noise, "scale": scale,
@@ -209,7 +219,8 @@ class _Experiment:
 
     def expected_runs(self) -> int:
         pool = self.chosen_pool() or self.config.pools[0]
-        return len(plan.every_run(self.config, self.characters, pool))
+        return len(plan.every_run(self.config, self.characters, pool,
+                                  t1_pool=self.chosen_pool(t1=True)))
 
     def _noise_and_scale(self) -> tuple:
         run_dir = self.runs_dir / "maml-t5-s0"
@@ -243,7 +254,8 @@ class _Experiment:
         figures = []
         main = self.main()
         pool = self.chosen_pool()
-        specs = plan.main_runs(self.config, self.characters, pool) if pool else []
+        specs = plan.main_runs(self.config, self.characters, pool,
+                               self.chosen_pool(t1=True)) if pool else []
         for setting in main:
             dirs = [self.runs_dir / s.name for s in specs if s.setting == setting]
             figures += write_report(dirs, self.out / "figures" / setting,

@@ -65,7 +65,16 @@ def train_one(spec: RunSpec, run_dir: str) -> str:
                            log=lambda line: print(line, file=log, flush=True))
     if spec.at_peak:
         at_peak(run_dir)
+    for epoch in spec.at_epochs:
+        at_epoch(run_dir, epoch)
     return spec.name
+
+
+def measured(spec: RunSpec, run_dir: Path) -> bool:
+    """Whether a trained run's landscape measurements (`at_peak`, `at_epochs`) are on disk."""
+    files = ((["peak_landscape.json"] if spec.at_peak else [])
+             + [f"landscape-epoch-{e}.json" for e in spec.at_epochs])
+    return all((run_dir / name).is_file() for name in files)
 
 
 def train(specs: Sequence[RunSpec], runs_dir: Path, jobs: int, log: Callable[[str], None],
@@ -74,8 +83,8 @@ def train(specs: Sequence[RunSpec], runs_dir: Path, jobs: int, log: Callable[[st
     after each one (to rewrite the tables)."""
     for spec in specs:
         check_same(spec, runs_dir / spec.name)
-    todo = [s for s in specs if not finished(runs_dir / s.name, s.epochs)
-            or (s.at_peak and not (runs_dir / s.name / "peak_landscape.json").is_file())]
+    todo = [s for s in specs if not finished(runs_dir / s.name, s.epochs) or not measured(
+        s, runs_dir / s.name)]
     log(f"{len(specs) - len(todo)} of {len(specs)} runs already finished in {runs_dir}; "
         f"training {len(todo)}, {jobs} at a time (each run's epochs: RUN.log)")
     if not todo:
@@ -118,6 +127,21 @@ def curves(run_dir: Path) -> Dict[str, np.ndarray]:
         out["generalization"] = -column(records, "meta_test/mse")
         out["generalization_ci95"] = column(records, "meta_test/mse_ci95")
     out["epoch"] = column(records, "epoch")
+    out["per_task"] = per_task(run_dir, out["epoch"])
+    return out
+
+
+def per_task(run_dir: Path, epochs: np.ndarray) -> np.ndarray:
+    """The per-task generalization [epochs, tasks] at each of `epochs` (accuracy, or -MSE), NaN
+    where an epoch has no per-task record."""
+    rows = {row["epoch"]: row for row in rundir.read_per_task(run_dir)}
+    key = "accuracy" if any("accuracy" in row for row in rows.values()) else "mse"
+    sign = 1.0 if key == "accuracy" else -1.0
+    tasks = max((len(row[key]) for row in rows.values()), default=0)
+    out = np.full((len(epochs), tasks), np.nan)
+    for i, epoch in enumerate(epochs):
+        if np.isfinite(epoch) and int(epoch) in rows:
+            out[i] = sign * np.asarray(rows[int(epoch)][key], dtype=np.float64)
     return out
 
 
@@ -133,18 +157,28 @@ def final(run_dir: Path) -> Dict[str, float]:
 def at_peak(run_dir: Path) -> Dict[str, float]:
     """Every landscape metric at the checkpoint of the run's accuracy peak, with the peak's
     epoch and accuracy; measured once and kept in RUN/peak_landscape.json."""
-    from tfmeta.run import Run
-    path = run_dir / "peak_landscape.json"
-    if path.is_file():
-        return json.loads(path.read_text())
     c = curves(run_dir)
     trained = c["epoch"] >= 1  # epoch 0 has no checkpoint
     i = int(np.nanargmax(np.where(trained, c["generalization"], -np.inf)))
-    epoch = int(c["epoch"][i])
+    return _measured_at(run_dir, int(c["epoch"][i]), run_dir / "peak_landscape.json")
+
+
+def at_epoch(run_dir: Path, epoch: int) -> Dict[str, float]:
+    """Every landscape metric at the checkpoint of `epoch`, with that epoch's accuracy; measured
+    once and kept in RUN/landscape-epoch-N.json."""
+    return _measured_at(run_dir, epoch, run_dir / f"landscape-epoch-{epoch}.json")
+
+
+def _measured_at(run_dir: Path, epoch: int, path: Path) -> Dict[str, float]:
+    from tfmeta.run import Run
+    if path.is_file():
+        return json.loads(path.read_text())
+    c = curves(run_dir)
+    accuracy = c["generalization"][list(c["epoch"]).index(epoch)]
     run = Run.open(run_dir)
     run.restore(str(rundir.checkpoints(run_dir) / f"ckpt-{epoch}"))
     measured = run.landscape().measure(progress=False)
-    values = {"epoch": epoch, "generalization": float(c["generalization"][i]),
+    values = {"epoch": epoch, "generalization": float(accuracy),
               **{m: float(measured[m]) for m in MEASURED}}
     with atomic_open(path) as f:
         json.dump(values, f, indent=1)
