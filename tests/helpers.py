@@ -1,7 +1,11 @@
-"""Small models, episodes and finite differences shared by the exactness tests."""
+"""Small models, episodes and finite differences shared by the exactness tests; copies of runs."""
+
+import shutil
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+import yaml
 
 from tfmeta import models
 from tfmeta.tasks.episode import Episode
@@ -91,3 +95,13 @@ def session_run(version_dir, signature: str, inputs: dict) -> dict:
         return model.run(signature, inputs)
     finally:
         model.close()
+
+
+def copy_run(run: Path, where: Path) -> Path:
+    """A copy of `run` whose config points at the copy."""
+    copy = where / "copy"
+    shutil.copytree(run, copy)
+    saved = yaml.safe_load((copy / "config.yaml").read_text())
+    saved["run_dir"] = str(copy)
+    (copy / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    return copy

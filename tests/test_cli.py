@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from helpers import copy_run
 
 from tfmeta_cli.main import cli
 
@@ -142,16 +142,6 @@ def test_train_into_an_existing_run(trained):
     result = invoke("train", "--config", "sine", "--run-dir", trained, *TINY)
     assert_user_error(result, "already holds a run", "--resume")
     assert (trained / "checkpoints" / "checkpoint").read_text() == before
-
-
-def copy_run(run: Path, tmp_path: Path) -> Path:
-    """A copy of `run` whose config points at the copy."""
-    copy = tmp_path / "copy"
-    shutil.copytree(run, copy)
-    saved = yaml.safe_load((copy / "config.yaml").read_text())
-    saved["run_dir"] = str(copy)
-    (copy / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    return copy
 
 
 @pytest.mark.trains

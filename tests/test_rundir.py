@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
+from helpers import copy_run
 
 from tfmeta import config as config_lib, rundir
 from tfmeta.errors import ConfigError
@@ -53,16 +53,6 @@ def two_epochs(tmp_path_factory) -> Path:
                     "--keep-checkpoints", 0, *TINY)
     assert result.exit_code == 0, result.output
     return run
-
-
-def copy_run(run: Path, where: Path) -> Path:
-    """A copy of `run` whose config points at the copy."""
-    copy = where / "copy"
-    shutil.copytree(run, copy)
-    saved = yaml.safe_load((copy / "config.yaml").read_text())
-    saved["run_dir"] = str(copy)
-    (copy / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    return copy
 
 
 def epochs_in(run: Path) -> list:

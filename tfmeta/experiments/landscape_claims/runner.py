@@ -157,10 +157,13 @@ def final(run_dir: Path) -> Dict[str, float]:
 def at_peak(run_dir: Path) -> Dict[str, float]:
     """Every landscape metric at the checkpoint of the run's accuracy peak, with the peak's
     epoch and accuracy; measured once and kept in RUN/peak_landscape.json."""
+    path = run_dir / "peak_landscape.json"
+    if path.is_file():   # read on every rewrite of claims.md: no need for the curves
+        return json.loads(path.read_text())
     c = curves(run_dir)
     trained = c["epoch"] >= 1  # epoch 0 has no checkpoint
     i = int(np.nanargmax(np.where(trained, c["generalization"], -np.inf)))
-    return _measured_at(run_dir, int(c["epoch"][i]), run_dir / "peak_landscape.json")
+    return _measured_at(run_dir, int(c["epoch"][i]), path)
 
 
 def at_epoch(run_dir: Path, epoch: int) -> Dict[str, float]:
