@@ -1,5 +1,5 @@
 """The sine-mlp peer workload through the command line's loop (`training.repeat` and
-`training.fit`, as `tfmeta train` runs them) and through `MetaLearner.fit`, with k meta-steps per
+`training.run_steps`, as `tfmeta train` runs them) and through `MetaLearner.fit`, with k meta-steps per
 compiled call: ms per meta-iteration, in alternating passes.
 
 Same workload as `maml_tfmeta.py` (MLP 1-40-40-1, meta-batch 25, K=10, T=1, second order, Adam
@@ -45,14 +45,14 @@ def dataset(data: list) -> tf.data.Dataset:
 
 
 def cli_variant(data: list, k: int):
-    """The command line's loop: `training.fit` over `training.repeat` of its compiled meta-step,
+    """The command line's loop: `training.run_steps` over `training.repeat` of its compiled meta-step,
     k meta-steps per compiled call."""
     keras.utils.set_random_seed(0)
     model = models.mlp((40, 40))
     step = training.make_meta_step(model, keras.optimizers.Adam(1e-3), maml.meta_gradient,
                                    CONFIG, N, "vectorized")
-    execute = training.repeat(step, iter(dataset(data)), k)
-    return lambda iters: training.fit(execute, iters, k)
+    execute, batches = training.repeat(step, k), iter(dataset(data))
+    return lambda iters: training.run_steps(execute, batches, iters)
 
 
 def keras_variant(data: list, k: int):

@@ -42,7 +42,7 @@ def step_timer(config: config_lib.Config, work: Path, epoch: int):
     at (0-based) `epoch`, on its own batches, after 3 warm-up steps."""
     configure_threads(config)
     run = Run(config, work)
-    step = training.RunSteps(run)(epoch)
+    step = training.MetaSteps.of_run(run).step(epoch)
     batches = iter(run.training_batches(0))
 
     def median_ms(steps: int) -> float:

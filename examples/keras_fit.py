@@ -38,7 +38,7 @@ def main():
 
     # The ten lines of the README.
     source = tasks.build(config.data)
-    learner = MetaLearner.from_config(config, source)
+    learner = MetaLearner.from_run_config(config, source)
     learner.compile(optimizer=keras.optimizers.Adam(config.train.meta_lr), steps_per_execution=10)
     learner.fit(learner.episodes(source, "train", seed=0, meta_batch=config.train.meta_batch),
                 epochs=epochs, steps_per_epoch=steps,

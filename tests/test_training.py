@@ -87,11 +87,11 @@ def test_a_compiled_loop_stops_after_its_first_non_finite_step():
     episodes = [Episode(x, x, x, v * x) for v in (1.0, 2.0, np.nan, 3.0)]
     data = tf.data.Dataset.from_tensor_slices(
         tf.nest.map_structure(lambda *a: np.stack(a), *episodes))
-    metrics, finite = training.repeat(step, iter(data), 4)(4)
+    metrics, finite = training.repeat(step, 4)(iter(data), 4)
     assert not bool(finite) and metrics["loss"].shape == [3]
     assert np.isnan(float(metrics["loss"][2])) and int(optimizer.iterations.numpy()) == 2
     with pytest.raises(DivergedError, match="at iteration 3"):
-        training.fit(training.repeat(step, iter(data), 4), 4, 4)
+        training.run_steps(training.repeat(step, 4), iter(data), 4)
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "wormhole", "finetune"])

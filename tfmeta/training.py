@@ -34,24 +34,28 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from tfmeta import distribute, landscape as landscape_lib, records, rundir, summaries, tasks
+from tfmeta import algorithms, distribute, landscape as landscape_lib, records, rundir, summaries, tasks
 from tfmeta.config import Config
 from tfmeta.config.adapt import AdaptConfig
+from tfmeta.config.algorithms import AlgorithmConfig
 from tfmeta.errors import ConfigError, DivergedError
 from tfmeta.models import MetaModel, params_of
 from tfmeta.run import Run, configure_threads, task_mapping
 
 
 def make_meta_step(model: MetaModel, optimizer: keras.optimizers.Optimizer,
-                   meta_gradient: Callable, adapt_config: AdaptConfig, global_batch_size: int,
-                   mapping: str = "loop", jit_compile: bool = False,
+                   meta_gradient: Callable, adapt_config: AdaptConfig,
+                   global_batch_size: Optional[int] = None, mapping: str = "loop",
+                   jit_compile: bool = False,
                    distribution: Optional[tf.distribute.Strategy] = None) -> Callable:
-    """Builds the compiled meta-step: one meta-gradient and one Adam update.
+    """Builds the compiled meta-step: one meta-gradient and one guarded Adam update, the one
+    update both `tfmeta train` and `MetaLearner.fit` apply.
 
     Under `distribution` (default: none), each replica computes the meta-gradient of its share,
-    already divided by the global batch size; the shares are summed across replicas, and Adam
-    applies the sum once. A step whose meta-loss or gradient is not finite leaves the weights and
-    Adam state untouched, on every replica alike.
+    already divided by the global batch size (`global_batch_size`, or by default the replica's
+    share times the replicas); the shares are summed across replicas, and Adam applies the sum
+    once. A step whose meta-loss or gradient is not finite leaves the weights and Adam state
+    untouched, on every replica alike.
 
     Returns:
         step(batch: Episode with [n, ...] fields, or a distributed value of the replicas' shares)
@@ -65,8 +69,9 @@ def make_meta_step(model: MetaModel, optimizer: keras.optimizers.Optimizer,
                                               axis=None)
 
     def replica_step(batch):
-        return meta_gradient(model, params_of(model), batch, adapt_config, global_batch_size,
-                             mapping)
+        share = tf.shape(tf.nest.flatten(batch)[0])[0]
+        size = global_batch_size or share * distribution.num_replicas_in_sync
+        return meta_gradient(model, params_of(model), batch, adapt_config, size, mapping)
 
     @tf.function(jit_compile=jit_compile)
     def step(batch):
@@ -86,26 +91,55 @@ def make_meta_step(model: MetaModel, optimizer: keras.optimizers.Optimizer,
     return step
 
 
-class RunSteps:
-    """The compiled meta-steps of a run, by (0-based) epoch: `steps(epoch)` is first order during
-    derivative-order annealing (`algorithms.maml.first_order_epochs`) and as configured after;
-    each is built on first use, and both share the run's optimizer."""
+class MetaSteps:
+    """The compiled meta-steps of a training, by (0-based) epoch, for both doors: `steps(epoch)`
+    is `repeat` of `make_meta_step`, first order during derivative-order annealing
+    (`algorithms.maml.first_order_epochs`) and as configured after; each is built on first use,
+    and all share the optimizer.
 
-    def __init__(self, run: Run, strategy: Optional[tf.distribute.Strategy] = None):
-        self.run, self.strategy, self.steps = run, strategy, {}
-        iterations = run.config.train.iterations
-        self.meta_gradient = run.algorithm.meta_gradient(
-            run.config.algorithms, lambda: run.optimizer.iterations // iterations)
+    Args:
+        algorithm: a name of `algorithms.REGISTRY`; `options` are its options.
+        batch_size: tasks (or examples) per meta-step, or None to read it from each batch.
+        iterations: meta-steps per epoch, for options counted in epochs.
+    """
+
+    def __init__(self, model: MetaModel, optimizer: keras.optimizers.Optimizer, algorithm: str,
+                 options: AlgorithmConfig, adapt_config: AdaptConfig,
+                 batch_size: Optional[int], mapping: str, iterations: int,
+                 steps_per_execution: int = 1, jit_compile: bool = False,
+                 strategy: Optional[tf.distribute.Strategy] = None):
+        self.model, self.optimizer, self.adapt_config = model, optimizer, adapt_config
+        self.options, self.batch_size, self.mapping = options, batch_size, mapping
+        self.steps_per_execution, self.jit_compile, self.strategy = (
+            steps_per_execution, jit_compile, strategy)
+        self.meta_gradient = algorithms.get(algorithm).meta_gradient(
+            options, lambda: optimizer.iterations // iterations)
+        self.executions = {}
+
+    @classmethod
+    def of_run(cls, run: Run, strategy: Optional[tf.distribute.Strategy] = None) -> "MetaSteps":
+        config = run.config
+        return cls(run.model, run.optimizer, config.algorithm, config.algorithms, config.adapt,
+                   run.batch_size, task_mapping(config, run.model), config.train.iterations,
+                   config.train.steps_per_execution, config.train.jit_compile, strategy)
+
+    def first_order(self, epoch: int) -> bool:
+        return (self.adapt_config.first_order
+                or epoch < self.options.maml.first_order_epochs)
+
+    def step(self, epoch: int) -> Callable:
+        """The epoch's single compiled meta-step (`make_meta_step`)."""
+        return self(epoch).step
 
     def __call__(self, epoch: int) -> Callable:
-        config, run = self.run.config, self.run
-        first_order = config.adapt.first_order or epoch < config.algorithms.maml.first_order_epochs
-        if first_order not in self.steps:
-            self.steps[first_order] = make_meta_step(
-                run.model, run.optimizer, self.meta_gradient,
-                dataclasses.replace(config.adapt, first_order=first_order), run.batch_size,
-                task_mapping(config, run.model), config.train.jit_compile, self.strategy)
-        return self.steps[first_order]
+        first_order = self.first_order(epoch)
+        if first_order not in self.executions:   # built once: a compiled loop traces on first call
+            step = make_meta_step(
+                self.model, self.optimizer, self.meta_gradient,
+                dataclasses.replace(self.adapt_config, first_order=first_order), self.batch_size,
+                self.mapping, self.jit_compile, self.strategy)
+            self.executions[first_order] = repeat(step, self.steps_per_execution)
+        return self.executions[first_order]
 
 
 def with_absolute_paths(config: Config) -> Config:
@@ -185,10 +219,9 @@ def _train(config: Config, run_dir: Path, strategy: tf.distribute.Strategy, chie
     config_pending = start > 0
     if chief and not config_pending:
         rundir.write_config(run_dir, config)
-    step_of, executions = RunSteps(run, strategy), {}
+    steps = MetaSteps.of_run(run, strategy)
     batches = distribute.replica_batches(
         strategy, lambda replica, replicas: run.training_batches(start, replica, replicas))
-    k = config.train.steps_per_execution
     epoch_end = EpochEnd(run, chief, progress, fresh=start == 0, log=log)
     if start == 0 and config.train.eval_at_start:
         log(records.epoch_line(epoch_end(0, 0, {}, {}), epochs * iterations))
@@ -197,12 +230,9 @@ def _train(config: Config, run_dir: Path, strategy: tf.distribute.Strategy, chie
             strategy, lambda: tf.train.latest_checkpoint(str(rundir.checkpoints(run_dir)))):
         for epoch in range(start // iterations, epochs):
             first, last = max(start, epoch * iterations), (epoch + 1) * iterations
-            step = step_of(epoch)
-            if step not in executions:   # built once: a compiled loop traces on first call
-                executions[step] = repeat(step, batches, k)
             good = (rundir.complete_checkpoints(run_dir) or [None])[-1]
-            means, vectors = fit(
-                executions[step], last - first, k, first, f"epoch {epoch + 1}/{epochs}",
+            means, vectors = run_steps(
+                steps(epoch), batches, last - first, first, f"epoch {epoch + 1}/{epochs}",
                 progress and chief, "; the run stopped without updating. Last good checkpoint: "
                 f"{good or 'none (diverged in the first epoch)'}. Try a lower train.meta_lr or "
                 "adapt.lr.")
@@ -236,73 +266,108 @@ def _starting_iteration(run: Run, resume: bool, log: Callable[[str], None]) -> i
     return iteration
 
 
-def repeat(step: Callable, batches, steps_per_execution: int = 1) -> Callable:
+class repeat:   # noqa: N801 (a function's name: it builds the execution of `step`)
     """Runs `make_meta_step`'s `step` on inputs drawn from `batches`, up to `steps_per_execution`
     at a time: above 1, in one compiled call whose loop draws them from a `tf.data` iterator (or
-    `distribute.replica_batches`) inside the graph, which spares the per-call overhead that
-    dominates small models. A call stops after a step whose meta-loss is not finite (that step
-    changed nothing), so the weights are those of the same steps taken one at a time.
+    a Keras `DistributedIterator`, or `distribute.replica_batches`) inside the graph, which
+    spares the per-call overhead that dominates small models. A call stops after a step whose
+    meta-loss is not finite (that step changed nothing), or when a finite dataset ends, so the
+    weights are those of the same steps taken one at a time.
 
-    Returns:
-        execute(count: 1..steps_per_execution) -> (metrics {name: [steps run, ...] per step},
-        finite: bool scalar, False when the last step run was not finite).
+    Call it as execute(batches, count: 1..steps_per_execution) -> (metrics {name: [steps run,
+    ...] per step}, finite: bool scalar, False when the last step run was not finite); a
+    dataset that has ended before the call raises `tf.errors.OutOfRangeError`.
     """
-    if steps_per_execution == 1:
-        def single(count):
-            metrics, finite = step(next(batches))
-            return {k: v[tf.newaxis] for k, v in metrics.items()}, finite
-        return single
 
-    @tf.function
-    def compiled(count):
+    def __init__(self, step: Callable, steps_per_execution: int = 1):
+        self.step, self.steps_per_execution = step, steps_per_execution
+        self._compiled = tf.function(self._loop)
+
+    def __call__(self, batches, count: int = 1) -> tuple:
+        if self.steps_per_execution == 1:
+            metrics, finite = self.step(next(batches))
+            return {k: v[tf.newaxis] for k, v in metrics.items()}, finite
+        return self._compiled(batches, tf.constant(count, tf.int32))
+
+    def _loop(self, batches, count):
+        step = self.step
         metrics, finite = step(next(batches))
         arrays = {k: tf.TensorArray(v.dtype, size=0, dynamic_size=True, element_shape=v.shape
                                     ).write(0, v) for k, v in metrics.items()}
+        # A Keras dataset may end inside the call: draw optionally, and stop where it ends.
+        optional = hasattr(batches, "get_next_as_optional")
+        nothing = {k: tf.zeros_like(v) for k, v in metrics.items()}
 
-        def body(i, arrays, finite):
-            metrics, finite = step(next(batches))
-            return i + 1, {k: a.write(i, metrics[k]) for k, a in arrays.items()}, finite
+        def body(i, arrays, finite, more):
+            if optional:
+                drawn = batches.get_next_as_optional()
+                more = drawn.has_value()
+                metrics, finite = tf.cond(more, lambda: step(drawn.get_value()),
+                                          lambda: (nothing, finite))
+            else:
+                metrics, finite = step(next(batches))
+            arrays = {k: a.write(i, metrics[k]) for k, a in arrays.items()}
+            return i + tf.cast(more, tf.int32), arrays, finite, more
 
-        _, arrays, finite = tf.while_loop(lambda i, _, finite: (i < count) & finite, body,
-                                          (tf.constant(1), arrays, finite))
-        return {k: a.stack() for k, a in arrays.items()}, finite
+        ran, arrays, finite, _ = tf.while_loop(
+            lambda i, _, finite, more: (i < count) & finite & more, body,
+            (tf.constant(1), arrays, finite, tf.constant(True)))
+        return {k: a.stack()[:ran] for k, a in arrays.items()}, finite
 
-    return lambda count: compiled(tf.constant(count, tf.int32))
+
+class StepMeans:
+    """The running means of the meta-steps' scalar metrics, one step at a time (the same sums
+    however many steps a call ran), and their vector metrics joined."""
+
+    def __init__(self):
+        self.sums, self.vectors, self.count = {}, {}, 0
+
+    def add(self, metrics: dict, finite, first: int, remedy: str = "") -> int:
+        """Adds one execution's `metrics` ({name: [steps, ...]}); returns the steps it ran.
+        Raises DivergedError, its message ending with `remedy`, when its last step (meta-step
+        `first` + its number) was not finite."""
+        metrics = {k: np.asarray(v) for k, v in metrics.items()}
+        ran = len(metrics["loss"])
+        if not bool(finite):
+            raise DivergedError(f"meta-loss became {float(metrics['loss'][-1])} at iteration "
+                                f"{first + ran}{remedy}")
+        for k, v in metrics.items():
+            if v.ndim == 1:
+                for value in v:
+                    self.sums[k] = self.sums.get(k, 0.0) + float(value)
+            else:
+                self.vectors.setdefault(k, []).extend(v)
+        self.count += ran
+        return ran
+
+    def means(self) -> dict:
+        return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+
+    def joined(self) -> dict:
+        return {k: np.concatenate(v) for k, v in self.vectors.items()}
 
 
-def fit(execute: Callable, count: int, steps_per_execution: int = 1, first: int = 0,
-        label: str = "", progress: bool = False, remedy: str = "") -> tuple:
-    """Runs `count` meta-steps through `repeat`'s `execute`, `steps_per_execution` per call,
-    numbered from `first`; a step whose meta-loss is not finite raises DivergedError, its message
+def run_steps(execute: repeat, batches, count: int, first: int = 0, label: str = "",
+              progress: bool = False, remedy: str = "") -> tuple:
+    """Runs `count` meta-steps of `execute` on `batches`, numbered from `first`, as many per
+    call as it takes; a step whose meta-loss is not finite raises DivergedError, its message
     ending with `remedy`.
 
     Returns:
         (means of the scalar metrics, with seconds_per_iteration; {name: [values]} of the vector
         metrics).
     """
-    sums, vectors, began, done = {}, {}, time.perf_counter(), 0
+    steps, began = StepMeans(), time.perf_counter()
     bar = tqdm(total=count, desc=label, disable=not progress, leave=False, dynamic_ncols=True)
-    while done < count:
-        metrics, finite = execute(min(steps_per_execution, count - done))
+    while steps.count < count:
+        metrics, finite = execute(batches, min(execute.steps_per_execution, count - steps.count))
         metrics = {k: v.numpy() for k, v in metrics.items()}
-        ran = len(metrics["loss"])
-        done += ran
-        if not bool(finite):
-            raise DivergedError(f"meta-loss became {float(metrics['loss'][-1])} at iteration "
-                                f"{first + done}{remedy}")
-        for k, v in metrics.items():
-            if v.ndim == 1:
-                for value in v:   # one step at a time: the same sums as single steps give
-                    sums[k] = sums.get(k, 0.0) + float(value)
-            else:
-                vectors.setdefault(k, []).extend(v)
-        bar.update(ran)
+        bar.update(steps.add(metrics, finite, first + steps.count, remedy))
         bar.set_postfix({k: f"{float(v[-1]):.4g}" for k, v in metrics.items() if v.ndim == 1},
                         refresh=False)
     bar.close()
-    means = {k: v / count for k, v in sums.items()}
-    means["seconds_per_iteration"] = (time.perf_counter() - began) / count
-    return means, {k: np.concatenate(v) for k, v in vectors.items()}
+    return ({**steps.means(), "seconds_per_iteration": (time.perf_counter() - began) / count},
+            steps.joined())
 
 
 class EpochEnd:

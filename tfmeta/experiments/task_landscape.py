@@ -273,9 +273,9 @@ def meta_train(source: TaskSource, dim: int, meta_gradient: Callable, alpha: flo
     step = training.make_meta_step(model, optimizer, meta_gradient,
                                    AdaptConfig(steps=1, lr=alpha / 2), check.meta_batch,
                                    "vectorized")
-    training.fit(training.repeat(step, iter(source.episodes("train", check.seed,
-                                                            check.meta_batch))),
-                 check.iterations)
+    training.run_steps(training.repeat(step),
+                       iter(source.episodes("train", check.seed, check.meta_batch)),
+                       check.iterations)
     return model
 
 
