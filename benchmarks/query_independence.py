@@ -37,7 +37,7 @@ def score(run: Run, tasks: int) -> tuple:
 
     @tf.function(reduce_retracing=True)
     def one_task(episode):
-        params = run.start.params()
+        params = run.origin.params()
         adapted, _ = adapt(model, params, episode.support, config.adapt,
                            steps=config.adapt.eval_steps)
         together = query_outputs(model, adapted, episode.support_x, episode.query_x)

@@ -220,7 +220,7 @@ def test_finetune_evaluation_adapts_each_task_from_its_own_head(tmp_path, omnigl
     results = run.evaluator(2, 6)()
     shared = Run.open(run_dir, ["algorithms.finetune.head=shared"])
     shared.restore()
-    base = run.start.params()
+    base = run.origin.params()
     episodes = [tf.nest.map_structure(lambda t: t[i], batch)
                 for batch in run.source.episodes(run.source.eval_split, config.train.seed, 3,
                                                  count=6) for i in range(3)]

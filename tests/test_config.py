@@ -197,7 +197,7 @@ def test_wrong_type_names_key_and_expected_type(override, key, kind):
     ("data.ways=0", "data.ways"),
     ("data.shots=-1", "data.shots"),
     ("data.dataset=foo", "data.dataset"),
-    ("train.task_strategy=parallel", "train.task_strategy"),
+    ("train.task_mapping=parallel", "train.task_mapping"),
     ("adapt.lr=0", "adapt.lr"),
     ("train.meta_lr=-0.001", "train.meta_lr"),
     ("adapt.steps=-1", "adapt.steps"),
@@ -320,3 +320,15 @@ def test_saved_config_is_readable_like_other_run_files(tmp_path):
         os.umask(old)
     mode = stat.S_IMODE((tmp_path / "config.yaml").stat().st_mode)
     assert mode == stat.S_IMODE((tmp_path / "other").stat().st_mode) == 0o644
+
+
+def test_a_renamed_key_opens_in_saved_files_and_is_named_in_overrides(tmp_path):
+    """`train.task_strategy`, the earlier name of `train.task_mapping`: a saved run's config
+    that holds it loads (strictly, as `rundir.read_config` does); an override says its name."""
+    saved = config.to_dict(config.load("sine", ["train.task_mapping=map"]))
+    saved["train"]["task_strategy"] = saved["train"].pop("task_mapping")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(saved))
+    assert config.load(str(path), strict=True).train.task_mapping == "map"
+    with pytest.raises(ConfigError, match="'train.task_strategy' is now 'train.task_mapping'"):
+        config.load("sine", ["train.task_strategy=map"])

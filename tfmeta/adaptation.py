@@ -30,10 +30,10 @@ from tfmeta.losses import classes_loss, task_loss
 from tfmeta.models import MetaModel, features, head, params_of, parts
 
 
-class Start:
+class Origin:
     """Where meta-test adaptation starts: `params()` once per batch of tasks (theta, the model's
     meta-learned weights), then `task(params, support)` for each task (theta itself). The finetune
-    baseline overrides both (`algorithms.finetune.Start`)."""
+    baseline overrides both (`algorithms.finetune.Origin`)."""
 
     def __init__(self, model: MetaModel):
         self.model = model

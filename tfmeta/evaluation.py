@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta import meta_batch
-from tfmeta.adaptation import Start, adapt
+from tfmeta.adaptation import Origin, adapt
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.losses import query_metrics
 from tfmeta.models import MetaModel
@@ -20,11 +20,11 @@ from tfmeta.tasks.source import TaskSource
 
 def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, steps: int,
                    tasks: int, seed: int, batch: int, mapping: str = "loop", split: str = "test",
-                   start: Optional[Start] = None):
+                   origin: Optional[Origin] = None):
     """Builds a function that evaluates the model's current weights on a fixed set of tasks.
 
     The tasks are episodes 0..tasks-1 of the split's stream for `seed`: the same tasks every call.
-    Each task adapts from `start` (default: the model's weights; the finetune baseline's start
+    Each task adapts from `origin` (default: the model's weights; the finetune baseline's origin
     is its trained features with a fresh head).
 
     Where the split's episodes have fewer classes than the head (`data.test_ways`), adaptation and
@@ -35,17 +35,17 @@ def make_evaluator(model: MetaModel, source: TaskSource, config: AdaptConfig, st
         [tasks, steps + 1]}, on the query sets: "loss" and "accuracy" for classifiers, "mse" for
         regression (the loss, named for what it is in every report).
     """
-    start = start or Start(model)
+    origin = origin or Origin(model)
     dataset = source.episodes(split, seed, batch, count=tasks)
     classes = source.classes_in(split)
     names = {"loss": "mse"} if model.loss_name == "mse" else {}
 
     @tf.function(reduce_retracing=True)
     def run(episodes):
-        params = start.params()
+        params = origin.params()
 
         def one_task(episode):
-            _, trajectory = adapt(model, start.task(params, episode.support), episode.support, config, steps=steps,
+            _, trajectory = adapt(model, origin.task(params, episode.support), episode.support, config, steps=steps,
                                   observe=lambda p, t: query_metrics(model, p, episode, t - 1,
                                                                      classes),
                                   classes=classes)

@@ -386,7 +386,7 @@ def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
     path = run.restore(checkpoint, log)
     model = run.eval_model
     # The weights adaptation starts from (the finetune baseline's: a fresh head) are the export's.
-    for variable, value in zip(model.trainable_variables, run.start.params()):
+    for variable, value in zip(model.trainable_variables, run.origin.params()):
         variable.assign(value)
     steps = config.adapt.eval_steps if steps is None else steps
     if steps < 0:

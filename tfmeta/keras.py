@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta import algorithms, meta_batch, rundir
-from tfmeta.adaptation import Start, adapt
+from tfmeta.adaptation import Origin, adapt
 from tfmeta.config import Config
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.algorithms import AlgorithmConfig
@@ -31,6 +31,7 @@ from tfmeta.config.train import TASK_MAPPINGS
 from tfmeta.errors import ConfigError
 from tfmeta.landscape import Landscape
 from tfmeta.losses import query_metrics
+from tfmeta.record_keys import LANDSCAPE
 from tfmeta.models import MetaModel
 from tfmeta.tasks.episode import Episode
 from tfmeta.training import MetaSteps, StepMeans
@@ -54,7 +55,7 @@ class MetaLearner(keras.Model):
         iterations_per_epoch: meta-steps per epoch, for options counted in epochs (MAML++'s
             multi-step loss, derivative-order annealing); the optimizer's iteration count
             divided by it is the epoch.
-        eval_model, start: the network that adapts at meta-test and where it starts; by default
+        eval_model, origin: the network that adapts at meta-test and where it starts; by default
             `model` from its own weights (the finetune baseline's differ: `from_run_config`).
     """
 
@@ -62,12 +63,12 @@ class MetaLearner(keras.Model):
                  adapt_config: Optional[AdaptConfig] = None,
                  options: Optional[AlgorithmConfig] = None, mapping: str = "loop",
                  iterations_per_epoch: int = 1, eval_model: Optional[MetaModel] = None,
-                 start: Optional[Start] = None, **kwargs):
+                 origin: Optional[Origin] = None, **kwargs):
         super().__init__(**kwargs)
-        _check(model, algorithm, mapping, start)
+        _check(model, algorithm, mapping, origin)
         self.net = model
         self.eval_net = eval_model or model
-        self.start = start or Start(model)
+        self.origin = origin or Origin(model)
         self.config: Optional[Config] = None  # the tfmeta config, when from_run_config built it
         self.algorithm = algorithm
         self.adapt_config = adapt_config or AdaptConfig()
@@ -87,10 +88,10 @@ class MetaLearner(keras.Model):
         """The learner a tfmeta config describes, with the networks the command line would build
         from it (same seed, architecture and inner loop)."""
         from tfmeta.run import build_model, task_mapping
-        model, eval_model, start = algorithms.get(config.algorithm).networks(
+        model, eval_model, origin = algorithms.get(config.algorithm).networks(
             config, source, build_model)
         learner = cls(model, config.algorithm, config.adapt, config.algorithms,
-                      task_mapping(config, model), config.train.iterations, eval_model, start)
+                      task_mapping(config, model), config.train.iterations, eval_model, origin)
         learner.config = config
         return learner
 
@@ -209,10 +210,10 @@ class MetaLearner(keras.Model):
 
     def test_step(self, data: Episode) -> dict:
         """Adapts to each episode's support set (the test steps) and scores its queries."""
-        params = self.start.params()
+        params = self.origin.params()
 
         def one_task(episode: Episode) -> dict:
-            adapted, _ = adapt(self.eval_net, self.start.task(params, episode.support),
+            adapted, _ = adapt(self.eval_net, self.origin.task(params, episode.support),
                                episode.support, self.adapt_config,
                                steps=self.adapt_config.eval_steps)
             found = query_metrics(self.eval_net, adapted, episode)
@@ -225,7 +226,7 @@ class MetaLearner(keras.Model):
         return {name: tracker.result() for name, tracker in self._trackers.items()}
 
 
-def _check(model, algorithm: str, mapping: str, start: Optional[Start]) -> None:
+def _check(model, algorithm: str, mapping: str, origin: Optional[Origin]) -> None:
     """Refuses a network the learner cannot meta-train as `algorithm`, in one sentence."""
     if not isinstance(model, MetaModel):
         raise ConfigError(f"MetaLearner takes a tfmeta MetaModel, got the "
@@ -239,7 +240,7 @@ def _check(model, algorithm: str, mapping: str, start: Optional[Start]) -> None:
         raise ConfigError(f"MetaLearner: mapping must be one of {', '.join(TASK_MAPPINGS)}, "
                           f"got {mapping!r}")
     spec, inner = algorithms.get(algorithm), model.inner
-    if spec.supervised and start is None:
+    if spec.supervised and origin is None:
         raise ConfigError(f"MetaLearner: {algorithm} trains one wide head on minibatches and "
                           "adapts a fresh N-way head at meta-test; build it with "
                           "MetaLearner.from_run_config(config, source)")
@@ -308,12 +309,12 @@ class LandscapeMetrics(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         learner = self.model
         self._landscape = Landscape(learner.eval_net, self.source, learner.adapt_config,
-                                    self.config, learner.mapping, learner.start)
+                                    self.config, learner.mapping, learner.origin)
 
     def on_epoch_end(self, epoch, logs=None):
         every = self.config.every
         if logs is None or not every or (epoch + 1) % every:
             return
         measured = self._landscape.measure(progress=False)
-        logs.update({f"landscape/{name}": float(value) for name, value in measured.items()
+        logs.update({LANDSCAPE + name: float(value) for name, value in measured.items()
                      if np.ndim(value) == 0})

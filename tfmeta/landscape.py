@@ -57,7 +57,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from tfmeta import batch_norm, hessian, meta_batch, tree
-from tfmeta.adaptation import (Start, adapt, displacement, inner_gradient, inner_part,
+from tfmeta.adaptation import (Origin, adapt, displacement, inner_gradient, inner_part,
                                learning_rates, support_loss_fn, with_inner)
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.landscape import LandscapeConfig
@@ -94,14 +94,14 @@ def layer_groups_of(model: MetaModel) -> tuple:
     return names, groups
 
 
-def task_sums(model: MetaModel, start: Start, params: list, task, config: AdaptConfig,
+def task_sums(model: MetaModel, origin: Origin, params: list, task, config: AdaptConfig,
               steps: int, classes=None) -> dict:
     """One task's terms of the coherence sums: its unit displacement and its -gradient (in the
     adapted parameters), their squared norms, its displacement norm and adapted support loss
     (zero when adaptation diverged, with "adapted" 0), and the sum, squared norm and count of its
     query embeddings at theta."""
     x, _ = task.support
-    theta = start.task(params, task.support)
+    theta = origin.task(params, task.support)
     support_loss = support_loss_fn(model, theta, task.support, classes)
     grads, _ = inner_gradient(model, theta, inner_part(model, theta), support_loss, 0)
     # The direction adaptation sets out in, in gradient units (see the module docstring).
@@ -220,10 +220,10 @@ class Landscape:
     """
 
     def __init__(self, model: MetaModel, source: TaskSource, adapt_config: AdaptConfig,
-                 config: LandscapeConfig, mapping: str = "loop", start: Optional[Start] = None):
+                 config: LandscapeConfig, mapping: str = "loop", origin: Optional[Origin] = None):
         self.config = config
         # theta, where every task adapts from (the finetune baseline's has a fresh head).
-        start = start or Start(model)
+        origin = origin or Origin(model)
         steps = adapt_config.eval_steps
         # The split the tasks come from: val where there is one, else test.
         self.split = split = source.eval_split
@@ -234,13 +234,13 @@ class Landscape:
         self.layer_names, layer_groups = layer_groups_of(model)
 
         def coherence_sums(batch):
-            params = start.params()
+            params = origin.params()
             return meta_batch.sum_tasks(
-                lambda task: task_sums(model, start, params, task, adapt_config, steps, classes),
+                lambda task: task_sums(model, origin, params, task, adapt_config, steps, classes),
                 batch, mapping)
 
         def task_hessian(task):
-            solution, _ = adapt(model, start.task(start.params(), task.support), task.support,
+            solution, _ = adapt(model, origin.task(origin.params(), task.support), task.support,
                                 adapt_config, steps, classes=classes)
             return hessian_metrics(model, solution, task, config, layer_groups, classes)
 

@@ -12,13 +12,14 @@ from typing import Tuple
 import numpy as np
 
 from tfmeta import evaluation, landscape as landscape_lib, rundir, summaries
+from tfmeta.record_keys import CI95, LANDSCAPE, META_TEST, META_TRAIN, prefixed
 
 
 def meta_test_scalars(results: dict, steps: int) -> dict:
     """{metric, metric_ci95, diverged_tasks} after `steps` steps, from `evaluation.summarize`."""
     test = {}
     for metric, per_step in results.items():
-        test[metric], test[f"{metric}_ci95"] = per_step[steps].mean, per_step[steps].ci95
+        test[metric], test[metric + CI95] = per_step[steps].mean, per_step[steps].ci95
         test["diverged_tasks"] = per_step[steps].diverged
     return test
 
@@ -29,7 +30,7 @@ def evaluate(evaluator, writer, steps: int, iteration: int) -> Tuple[dict, dict]
     per_task = evaluator()
     test = meta_test_scalars(evaluation.summarize(per_task, [steps]), steps)
     summaries.scalars(writer, "meta_test", test, iteration)
-    return ({f"meta_test/{k}": v for k, v in test.items()},
+    return (prefixed(META_TEST, test),
             {k: np.round(np.asarray(v)[:, steps], 6).tolist() for k, v in per_task.items()})
 
 
@@ -42,7 +43,7 @@ def measure_landscape(landscape: landscape_lib.Landscape, writer, density_path: 
     if density is not None:
         rundir.append_jsonl(density_path, {"iteration": iteration, **density})
     summaries.scalars(writer, "landscape", values, iteration)
-    return {f"landscape/{k}": v for k, v in values.items()}
+    return prefixed(LANDSCAPE, values)
 
 
 def resident_mb() -> float:
@@ -57,15 +58,15 @@ def resident_mb() -> float:
 def epoch_line(record: dict, total: int) -> str:
     """The one-line summary of an epoch for the console."""
     parts = [f"epoch {record['epoch']} (it {record['iteration']}/{total})"]
-    for key in ("meta_train/loss", "meta_train/accuracy", "meta_test/loss", "meta_test/accuracy",
-                "meta_test/mse"):
+    for key in (META_TRAIN + "loss", META_TRAIN + "accuracy", META_TEST + "loss",
+                META_TEST + "accuracy", META_TEST + "mse"):
         if key in record:
-            ci = record.get(key + "_ci95")
+            ci = record.get(key + CI95)
             value = f"{record[key]:.4f}" + (f" ± {ci:.4f}" if ci is not None else "")
             parts.append(f"{key} {value}")
-    for key in ("landscape/flatness", "landscape/trajectory_coherence"):
+    for key in (LANDSCAPE + "flatness", LANDSCAPE + "trajectory_coherence"):
         if key in record:
             parts.append(f"{key.split('/')[1]} {record[key]:.4g}")
-    if "meta_train/seconds_per_iteration" in record:  # none at epoch 0, before training
-        parts.append(f"{record['meta_train/seconds_per_iteration'] * 1e3:.0f} ms/it")
+    if META_TRAIN + "seconds_per_iteration" in record:  # none at epoch 0, before training
+        parts.append(f"{record[META_TRAIN + 'seconds_per_iteration'] * 1e3:.0f} ms/it")
     return "  ".join(parts)

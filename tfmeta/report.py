@@ -30,11 +30,9 @@ import numpy as np
 from tfmeta import rundir
 from tfmeta.errors import TfmetaError
 from tfmeta.files import atomic_open
+from tfmeta.record_keys import ACCURACY, CI95, LANDSCAPE, MSE
 from tfmeta.stats import finite_pairs, pearson, spearman
 
-PREFIX = "landscape/"
-CI_SUFFIX = "_ci95"
-ACCURACY, MSE = "meta_test/accuracy", "meta_test/mse"
 POOLED = "pooled"
 # Human names of the metrics tfmeta measures, in the order figures and tables list them; any other
 # landscape/<name> follows, alphabetically, named from its key.
@@ -157,10 +155,10 @@ def metric_names(records: Iterable[dict]) -> list:
     names = set()
     for row in records:
         for key in row:
-            if key.startswith(PREFIX) and len(key) > len(PREFIX):
-                names.add(key[len(PREFIX):])
+            if key.startswith(LANDSCAPE) and len(key) > len(LANDSCAPE):
+                names.add(key[len(LANDSCAPE):])
     names = {n for n in names if n not in DIAGNOSTICS
-             and not (n.endswith(CI_SUFFIX) and n[:-len(CI_SUFFIX)] in names)}
+             and not (n.endswith(CI95) and n[:-len(CI95)] in names)}
     return _ordered(names)
 
 
@@ -215,7 +213,7 @@ def correlations(runs: Mapping[str, Sequence[dict]]) -> list:
         for metric in metrics:
             if metric not in present:
                 continue
-            x = column(records, PREFIX + metric)
+            x = column(records, LANDSCAPE + metric)
             rows.append(_row(name, metric, x, y))
             pooled[metric][0].append(x)
             pooled[metric][1].append(y)
@@ -388,10 +386,10 @@ def plot_metric(runs: Mapping[str, Sequence[dict]], targets: Mapping[str, str],
                 continue
             colour = colours[i % len(colours)]
             x = column(records, x_key)
-            m = column(records, PREFIX + metric)
+            m = column(records, LANDSCAPE + metric)
             y = column(records, targets[run])
-            _line(left, x, m, column(records, PREFIX + metric + CI_SUFFIX), colour, "-", "o", 0.15)
-            _line(right, x, y, column(records, targets[run] + CI_SUFFIX), colour, "--", "s", 0.07)
+            _line(left, x, m, column(records, LANDSCAPE + metric + CI95), colour, "-", "o", 0.15)
+            _line(right, x, y, column(records, targets[run] + CI95), colour, "--", "s", 0.07)
             r, rho = pearson(m, y), spearman(m, y)
             handles.append(Line2D([], [], color=colour, lw=2.2,
                                   label=f"{run}  (r = {_fmt(r, 2)}, ρ = {_fmt(rho, 2)})"))

@@ -15,7 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmeta import algorithms, evaluation, landscape as landscape_lib, models, rundir, tasks
+from tfmeta import (algorithms, evaluation, landscape as landscape_lib, models, record_keys,
+                    rundir, tasks)
 from tfmeta.config import Config
 from tfmeta.config.model import patterns
 from tfmeta.errors import ConfigError
@@ -23,10 +24,10 @@ from tfmeta.models import MetaModel
 
 
 def task_mapping(config: Config, model: MetaModel) -> str:
-    """How tasks are mapped onto ops (`meta_batch`): train.task_strategy, "auto" resolved by
+    """How tasks are mapped onto ops (`meta_batch`): train.task_mapping, "auto" resolved by
     architecture."""
-    if config.train.task_strategy != "auto":
-        return config.train.task_strategy
+    if config.train.task_mapping != "auto":
+        return config.train.task_mapping
     return "vectorized" if len(model.example_shape) == 1 else "loop"
 
 
@@ -141,7 +142,7 @@ class Run:
         with self.strategy.scope():
             # The model that meta-trains, the one that adapts at meta-test (the same but for the
             # finetune baseline) and where it starts.
-            self.model, self.eval_model, self.start = self.algorithm.networks(
+            self.model, self.eval_model, self.origin = self.algorithm.networks(
                 config, self.source, build_model)
             self.optimizer = keras.optimizers.Adam(meta_lr(config))
             self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
@@ -236,13 +237,13 @@ class Run:
     @property
     def target(self) -> str:
         """The tag that landscape metrics are set beside: meta-test accuracy, or MSE."""
-        return "meta_test/accuracy" if self.source.loss == "cross_entropy" else "meta_test/mse"
+        return record_keys.target(self.source.loss)
 
     def landscape(self) -> landscape_lib.Landscape:
         return landscape_lib.Landscape(self.eval_model, self.source, self.config.adapt,
                                        self.config.landscape,
                                        task_mapping(self.config, self.eval_model),
-                                       self.start)
+                                       self.origin)
 
     def evaluator(self, steps: int, tasks_count: int, split: Optional[str] = None):
         """Evaluates on `split`, by default the one training evaluates after each epoch (val
@@ -251,7 +252,7 @@ class Run:
         return evaluation.make_evaluator(
             self.eval_model, self.source, self.config.adapt, steps, tasks_count, train.seed,
             train.eval_batch, task_mapping(self.config, self.eval_model),
-            split or self.source.eval_split, self.start)
+            split or self.source.eval_split, self.origin)
 
     def training_batches(self, start: int, replica: int = 0,
                          replicas: int = 1) -> tf.data.Dataset:

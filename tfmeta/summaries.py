@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta import algorithms
+from tfmeta.record_keys import LANDSCAPE
 
 
 def writer(log_dir: Path) -> tf.summary.SummaryWriter:
@@ -53,7 +54,7 @@ def landscape_layout(summary_writer: tf.summary.SummaryWriter, metrics, target: 
 
     layout = layout_pb2.Layout(category=[
         layout_pb2.Category(title=f"landscape: {metric} | {target}",
-                            chart=[chart(f"landscape/{metric}"), chart(target)])
+                            chart=[chart(LANDSCAPE + metric), chart(target)])
         for metric in metrics])
     with summary_writer.as_default(step=0):
         tf.summary.experimental.write_raw_pb(layout_summary.pb(layout).SerializeToString(), step=0)

@@ -40,6 +40,7 @@ from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.algorithms import AlgorithmConfig
 from tfmeta.errors import ConfigError, DivergedError
 from tfmeta.models import MetaModel, params_of
+from tfmeta.record_keys import META_TRAIN, SYSTEM, prefixed
 from tfmeta.run import Run, configure_threads, task_mapping
 
 
@@ -399,8 +400,7 @@ class EpochEnd:
         system = {"rss_mb": records.resident_mb(),
                   "wall_seconds": time.perf_counter() - self.wall_start}
         record = {"epoch": epoch, "iteration": iteration,
-                  **{f"meta_train/{k}": v for k, v in means.items()},
-                  **{f"system/{k}": v for k, v in system.items()}}
+                  **prefixed(META_TRAIN, means), **prefixed(SYSTEM, system)}
         if not self.chief:
             return record
         config, writer = self.run.config, self.writer

@@ -18,15 +18,15 @@ import dataclasses
 import functools
 from typing import Callable
 
-from tfmeta.adaptation import Start
+from tfmeta.adaptation import Origin
 from tfmeta.algorithms import finetune, gradient_agreement, maml, maml_reg, nal
 from tfmeta.config.algorithms import AlgorithmConfig
 
 
 def _networks(config, source, build: Callable) -> tuple:
-    """The one network that meta-trains and adapts: (model, eval_model, Start)."""
+    """The one network that meta-trains and adapts: (model, eval_model, Origin)."""
     model = build(config, source)
-    return model, model, Start(model)
+    return model, model, Origin(model)
 
 
 def _maml_step(options: AlgorithmConfig, epoch: Callable) -> Callable:
@@ -54,7 +54,7 @@ class Algorithm:
         supervised: it meta-trains on labelled minibatches, not episodes (the finetune baseline).
         batch_key: the config key of the tasks (or examples) per meta-step.
         networks: (config, source, build(config, source, outputs=None)) -> (the model it trains,
-            the model that adapts at meta-test, its `adaptation.Start`).
+            the model that adapts at meta-test, its `adaptation.Origin`).
         hparams: config -> its own TensorBoard HParams.
     """
     meta_gradient: Callable

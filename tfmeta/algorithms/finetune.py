@@ -79,7 +79,7 @@ def transfer(trained: MetaModel, target: MetaModel, seed: int) -> list:
     return features + xavier_head(head, features[0].dtype, [seed, 0])
 
 
-class Start(adaptation.Start):
+class Origin(adaptation.Origin):
     """Where the baseline adapts from at meta-test: its trained features with a fresh Xavier head
     of N ways (`transfer`), shared by every task or drawn per task (`FinetuneConfig.head`)."""
 
@@ -97,11 +97,11 @@ class Start(adaptation.Start):
 
 
 def networks(config, source, build) -> tuple:
-    """(model, eval_model, Start): trained with one head over every meta-train class, adapted
+    """(model, eval_model, Origin): trained with one head over every meta-train class, adapted
     with a fresh N-way head."""
     model = build(config, source, source.classes["train"])
     eval_model = build(config, source)
-    return model, eval_model, Start(model, eval_model, config.algorithms.finetune)
+    return model, eval_model, Origin(model, eval_model, config.algorithms.finetune)
 
 
 def hparams(config) -> dict:

@@ -178,6 +178,8 @@ def from_dict(cls, data: dict, where: str, prefix: str = "", strict: bool = Fals
         if f"{prefix}{key}" in RETIRED:
             continue
         if key not in fields:
+            if f"{prefix}{key}" in RENAMED:
+                raise ConfigError(f"{where}: '{prefix}{key}' is now '{RENAMED[prefix + key]}'")
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise ConfigError(f"{where}: unknown config key '{prefix}{key}'{hint}; keys here: "
@@ -205,6 +207,22 @@ def _coerce(kind, value, where: str, key: str, strict: bool = False):
     return float(value) if kind is float else value
 
 
+# Keys renamed since runs were first saved: a saved config with the old name opens as before.
+RENAMED = {"train.task_strategy": "train.task_mapping"}
+
+
+def _renamed(data: dict) -> dict:
+    """`data` with the old names of RENAMED under their new ones."""
+    for old, new in RENAMED.items():
+        *path, leaf = old.split(".")
+        section = data
+        for part in path:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict) and leaf in section:
+            section[new.split(".")[-1]] = section.pop(leaf)
+    return data
+
+
 def load(path: Optional[str] = None, overrides: Iterable[str] = (),
          values: Optional[Mapping[str, Any]] = None, data_dir: str = "",
          strict: bool = False) -> Config:
@@ -216,7 +234,7 @@ def load(path: Optional[str] = None, overrides: Iterable[str] = (),
     data, where = {}, "defaults"
     if path:
         file = resolve_path(path)
-        data, where = load_yaml(file), str(file)
+        data, where = _renamed(load_yaml(file)), str(file)
         if strict:
             from_dict(Config, data, where, strict=True)
     overrides, values = list(overrides), dict(values or {})
@@ -246,7 +264,7 @@ def validate(config: Config, where: str) -> Config:
 RESUMABLE = ("run_dir", "name", "train.epochs", "train.eval_tasks", "train.eval_every",
              "train.eval_at_start", "train.eval_batch", "train.keep_checkpoints",
              "train.intra_op_threads", "train.inter_op_threads", "train.steps_per_execution",
-             "train.jit_compile", "train.task_strategy", "train.strategy", "train.devices",
+             "train.jit_compile", "train.task_mapping", "train.strategy", "train.devices",
              "landscape.")
 
 

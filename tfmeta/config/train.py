@@ -26,7 +26,7 @@ class TrainConfig:
             meta-step: a history line and TensorBoard scalars for epoch 0 (iteration 0).
         eval_batch: tasks adapted per evaluation call.
         seed: seeds the initial parameters and every episode stream.
-        task_strategy: how tasks of a meta-batch are mapped onto ops: "loop", "map",
+        task_mapping: how tasks of a meta-batch are mapped onto ops: "loop", "map",
             "vectorized", or "auto" (vectorized for MLPs, loop for convolutional models).
         keep_checkpoints: checkpoints kept (one per epoch); 0 keeps every epoch's.
         intra_op_threads: threads inside one op; 0 lets TensorFlow choose. The default 1 suits
@@ -55,7 +55,7 @@ class TrainConfig:
     eval_at_start: bool = False
     eval_batch: int = 25
     seed: int = 0
-    task_strategy: str = "auto"
+    task_mapping: str = "auto"
     keep_checkpoints: int = 3
     intra_op_threads: int = 1
     inter_op_threads: int = 0
@@ -82,5 +82,5 @@ class TrainConfig:
         expect(all(isinstance(d, str) for d in self.devices), f"{key}.devices",
                "a list of device names such as \"/gpu:0\"", self.devices)
         mappings = ("auto",) + TASK_MAPPINGS
-        expect(self.task_strategy in mappings, f"{key}.task_strategy", ", ".join(mappings),
-               self.task_strategy)
+        expect(self.task_mapping in mappings, f"{key}.task_mapping", ", ".join(mappings),
+               self.task_mapping)

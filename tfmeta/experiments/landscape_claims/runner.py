@@ -19,6 +19,7 @@ from tfmeta.errors import ConfigError, TfmetaError
 from tfmeta.experiments.landscape_claims.plan import RunSpec
 from tfmeta.files import atomic_open
 from tfmeta.landscape import METRICS, VARIANTS
+from tfmeta.record_keys import ACCURACY, CI95, LANDSCAPE, MSE
 from tfmeta.report import column, load_records
 
 MEASURED = METRICS + VARIANTS
@@ -118,14 +119,14 @@ def curves(run_dir: Path) -> Dict[str, np.ndarray]:
     `generalization` (accuracy, or -MSE for regression), its 95% half-width, and the landscape
     metrics and variants."""
     records = load_records(run_dir)
-    out = {m: column(records, f"landscape/{m}") for m in MEASURED}
-    accuracy = column(records, "meta_test/accuracy")
+    out = {m: column(records, LANDSCAPE + m) for m in MEASURED}
+    accuracy = column(records, ACCURACY)
     if np.isfinite(accuracy).any():
         out["generalization"] = accuracy
-        out["generalization_ci95"] = column(records, "meta_test/accuracy_ci95")
+        out["generalization_ci95"] = column(records, ACCURACY + CI95)
     else:
-        out["generalization"] = -column(records, "meta_test/mse")
-        out["generalization_ci95"] = column(records, "meta_test/mse_ci95")
+        out["generalization"] = -column(records, MSE)
+        out["generalization_ci95"] = column(records, MSE + CI95)
     out["epoch"] = column(records, "epoch")
     out["per_task"] = per_task(run_dir, out["epoch"])
     return out

@@ -154,8 +154,8 @@ def pools_section(correlations: Dict[str, stats.Interval], pools: Sequence[Dict[
     key = "representation_coherence_normalized"
     if steps and key in correlations:
         held = [n for n in steps if at_steps[n][key].low > 0.3]
-        out += ["", f"The Figure 10 reading (representation coherence, before γ and β, rises with "
-                    f"the accuracy a training set reaches) "
+        out += ["", "The Figure 10 reading (representation coherence, before γ and β, rises with "
+                    "the accuracy a training set reaches) "
                     + (f"survives at every fixed point ({', '.join(f'{n:,}' for n in steps)} "
                        "meta-steps)." if len(held) == len(steps) else
                        f"holds at {len(held)} of the {len(steps)} fixed points"
