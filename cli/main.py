@@ -15,7 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The config modules import no TensorFlow, so `--help` and a config error return at once.
 from tfmeta.config.algorithms import NAMES as ALGORITHMS  # noqa: E402
-from tfmeta.config.data import COLORS, DATASETS, EPISODES  # noqa: E402
+from tfmeta.config.data import (COLORS, EPISODES, data_dir_help,  # noqa: E402
+                                dataset_names)
 from tfmeta.config.model import NORMS  # noqa: E402
 from tfmeta.config.train import DISTRIBUTIONS  # noqa: E402
 from tfmeta.errors import TfmetaError  # noqa: E402
@@ -94,16 +95,14 @@ def cli(verbose):
                    "defaults.")
 @click.option("--algorithm", type=click.Choice(ALGORITHMS),
               help="the meta-learning algorithm (default maml)")
-@click.option("--dataset", metavar="|".join(DATASETS) + "|tfds:NAME",
+@click.option("--dataset", metavar="|".join(dataset_names().split(", ")),
               help="data.dataset: a built-in dataset, your folder of class folders, or a "
                    "TensorFlow Datasets image classification dataset")
 @click.option("--norm", type=click.Choice(NORMS),
               help="model.norm: query sets normalized by their own statistics (transductive, "
                    "the papers') or by the support set's (support: serves one query at a time)")
 @click.option("--data-dir", type=click.Path(),
-              help="data.<dataset>.data_dir: the Omniglot zips, MiniImagenet in any layout, "
-                   "your folder of class folders (--dataset folder), or the TFDS data directory "
-                   "(--dataset tfds:NAME)")
+              help=f"data.<dataset>.data_dir: {data_dir_help()}")
 @click.option("--strategy", type=click.Choice(DISTRIBUTIONS),
               help="train.strategy: one device, every local GPU (or --devices), or the cluster "
                    "in TF_CONFIG")

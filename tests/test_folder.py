@@ -243,3 +243,18 @@ def test_the_command_line_trains_and_exports_a_custom_keras_model(shapes, tmp_pa
         env=env, capture_output=True, text=True)
     assert refused.returncode == 2 and "dropout (Dropout): draws new random numbers" in \
         refused.stderr
+
+
+def test_images_too_small_for_max_pooling_are_refused_in_one_sentence(tmp_path):
+    """conv4 with max-pooling halves the image 4 times: 12x12 images are refused before any
+    layer is built, with the remedy, rather than by Keras' "output size would be zero"."""
+    from tfmeta import config as config_lib
+    from tfmeta.errors import ConfigError
+    from tfmeta.run import build_model
+    data = shapes_folder.write(tmp_path / "small", classes=20, per_class=4, size=12)
+    config = config_lib.load("folder", ["data.ways=3", "data.shots=1", "data.queries=1"],
+                             data_dir=str(data))
+    with pytest.raises(ConfigError, match="model.arch=conv4 halves the images 4 times with "
+                                          "max-pooling, so it needs at least 16x16, but folder "
+                                          "has 12x12; resize them .* or set model.pool=stride"):
+        build_model(config, tasks.build(config.data))

@@ -17,34 +17,7 @@ from tfmeta.run import Run
 from tfmeta.tasks import miniimagenet
 from tfmeta_cli.main import cli
 
-CLASSES = {"train": 8, "val": 6, "test": 6}
-PER_CLASS = 6
-
-
-def label(split: str, c: int) -> str:
-    return f"n{ {'train': 1, 'val': 2, 'test': 3}[split]}{c:07d}"
-
-
-def write_csv_layout(root, per_class=None, seed=0):
-    """images/*.jpg and {split}.csv; rows shuffled across classes, class order unsorted."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    for split, count in CLASSES.items():
-        rows = []
-        for c in rng.permutation(count):
-            n = (per_class or {}).get(label(split, c), PER_CLASS)
-            colour = rng.integers(0, 256, 3)
-            for k in range(n):
-                pixels = np.clip(colour + rng.normal(0, 40, (84, 84, 3)), 0, 255).astype(np.uint8)
-                name = f"{label(split, c)}{k:08d}.jpg"
-                Image.fromarray(pixels).save(root / "images" / name, quality=90)
-                rows.append((name, label(split, c)))
-        # Rows of different classes interleave.
-        order = np.argsort(rng.permutation(len(rows)) % 3, kind="stable")
-        lines = ["filename,label"] + [f"{rows[i][0]},{rows[i][1]}" for i in order]
-        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
-    return root
-
+from datasets import MINI_CLASSES as CLASSES, PER_CLASS, label, write_csv_layout
 
 def write_pickle_layout(csv_root, root, seed=1):
     """The same images as mini-imagenet-cache-{split}.pkl: rows shuffled, class_dict indexing."""
@@ -178,12 +151,15 @@ def test_prepare_names_missing_and_unreadable_files(csv_copy, tmp_path):
     assert not (tmp_path / "cache" / "manifest.json").exists()
 
 
-def test_no_data_names_the_searched_paths_and_the_layouts(tmp_path):
+def test_no_data_names_the_searched_paths_and_the_layouts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     result = invoke("train", "--dataset", "miniimagenet", "--data-dir", tmp_path / "nothing",
                     "--no-progress")
     assert_user_error(result, "no MiniImagenet found", re.escape(str(tmp_path / "nothing")),
                       re.escape(str(tmp_path / "nothing" / "mini-imagenet")), "train.csv",
                       "mini-imagenet-cache-train.pkl", "tfmeta data prepare miniimagenet")
+    # The failed start leaves no empty run directory (runs/miniimagenet-maml-<time>) behind.
+    assert not list((tmp_path / "runs").glob("*"))
     result = invoke("data", "prepare", "miniimagenet", "--source", tmp_path, "--out",
                     tmp_path / "out")
     assert_user_error(result, "no MiniImagenet found")

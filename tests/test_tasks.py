@@ -1,5 +1,6 @@
 """Task sources: sine and classification episodes, seeded streams, and the Omniglot class split."""
 
+import json
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -409,11 +410,49 @@ def test_train_drawings_keeps_the_first_drawings_of_meta_train_characters_only(m
 
 
 def test_every_dataset_is_registered_and_linear_is_one():
-    from tfmeta.config.data import DATASETS
-    assert sorted(tasks.SOURCES) == sorted(DATASETS)
+    """Each registry entry's builder imports, and its options are a section of DataConfig whose
+    path fields exist; a dataset outside the registry is refused with the registry's names."""
+    import dataclasses
+    import importlib
+
+    from tfmeta.config.data import DATASETS, DataConfig
+    sections = {f.name: f.type for f in dataclasses.fields(DataConfig)}
+    for name, record in DATASETS.items():
+        module, function = record.source.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), name
+        if record.options:
+            assert sections[name] is record.options, name
+            assert all(hasattr(record.options(), field) for field in record.paths), name
+    with pytest.raises(ConfigError, match="'data.dataset' must be one of sine, omniglot, "
+                                          "miniimagenet, linear, folder, tfds:NAME"):
+        config_lib.load(None, values={"data.dataset": "cifar"})
     config = config_lib.load(None, values={"data.dataset": "linear", "data.linear.dim": 3,
                                            "data.shots": 5, "data.queries": 7})
     source = tasks.build(config.data)
     assert (source.example_shape, source.outputs, source.loss) == ((3,), 1, "mse")
     support_x, _, _, query_y = take(source.episodes("train", 0, 2), 1)[0]
     assert support_x.shape == (2, 5, 3) and query_y.shape == (2, 7, 1)
+
+
+def toy_source(config, dtype):
+    """A dataset registered by the test below: sine tasks under another name."""
+    from tfmeta.tasks import sine
+    return sine.source(config, dtype)
+
+
+@pytest.mark.trains
+def test_a_dataset_is_its_module_and_its_registry_entry(monkeypatch, tmp_path):
+    """ARCHITECTURE.md's "where to add a dataset": an entry in `DATASETS` whose builder lives in
+    a module of its own (here, this one) is trained on by `tfmeta train --dataset toy`, with
+    nothing else touched."""
+    from click.testing import CliRunner
+
+    from tfmeta.config.data import DATASETS, Dataset
+    from tfmeta_cli.main import cli
+    monkeypatch.setitem(DATASETS, "toy", Dataset(f"{__name__}:toy_source", classes=False))
+    result = CliRunner().invoke(cli, ["train", "--dataset", "toy", "--run-dir",
+                                      str(tmp_path / "run"), "--epochs", "1", "--iterations", "2",
+                                      "--no-progress", "--set", "train.eval_tasks=4"])
+    assert result.exit_code == 0, result.output
+    assert "meta_test/mse" in result.output
+    assert json.loads((tmp_path / "run" / "data.json").read_text())["dataset"] == "toy"

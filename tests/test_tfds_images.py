@@ -8,40 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from tfmeta import tasks
 from tfmeta.config.data import DataConfig, TfdsConfig
 from tfmeta.errors import DataError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import shapes_folder  # noqa: E402
-
-CLASSES, PER_CLASS = 12, 5
-
-
-class TinyShapes(tfds.core.GeneratorBasedBuilder):
-    """12 classes of examples/shapes_folder.py's shapes, 5 RGB 16x16 images each, in two TFDS
-    splits."""
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-            "picture": tfds.features.Image(shape=(16, 16, 3)),
-            "kind": tfds.features.ClassLabel(names=[f"shape{c}" for c in range(CLASSES)])}))
-
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(range(0, 3)),
-                "test": self._generate_examples(range(3, PER_CLASS))}
-
-    def _generate_examples(self, indices):
-        for c in range(CLASSES):
-            shape = shapes_folder.SHAPES[c % len(shapes_folder.SHAPES)]
-            colour = shapes_folder.COLOURS[c // len(shapes_folder.SHAPES)]
-            for i in indices:
-                image = shapes_folder.draw(shape, colour, 16, np.random.default_rng(100 * c + i))
-                yield f"{c}-{i}", {"picture": np.asarray(image), "kind": c}
-
+from datasets import TINY_CLASSES as CLASSES, TINY_PER_CLASS as PER_CLASS, TinyShapes, shapes_folder
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:

@@ -89,6 +89,13 @@ def build_model(config: Config, source: tasks.TaskSource, outputs: Optional[int]
     if arch in ("conv4", "resnet12") and len(source.example_shape) != 3:
         raise ConfigError(f"model.arch={arch} needs images, but {config.data.dataset} has "
                           f"examples of shape {source.example_shape}; use mlp")
+    pools = arch == "resnet12" or (arch == "conv4" and config.model.pool == "max")
+    if pools and min(source.example_shape[:2]) < 16:
+        height, width = source.example_shape[:2]
+        raise ConfigError(f"model.arch={arch} halves the images 4 times with max-pooling, so it "
+                          f"needs at least 16x16, but {config.data.dataset} has {height}x{width}; "
+                          "resize them (data.<dataset>.image_size)"
+                          + (" or set model.pool=stride" if arch == "conv4" else ""))
     keras.utils.set_random_seed(config.train.seed)
     model = models.build(config.model, source.example_shape, outputs or source.outputs,
                          gains=algorithms.get(config.algorithm).gains,

@@ -295,7 +295,7 @@ def training_config(preset: Optional[str] = None, overrides: Iterable[str] = (),
     - `auto_resume`: continue values["run_dir"] when it holds a run, else start it: the one
       command for a job that a cluster restarts.
     - Otherwise start from `preset` (a preset name or a file), else from the preset of
-      values["data.dataset"] (`config.DATASET_PRESETS`), else from the defaults.
+      values["data.dataset"] (`config.dataset_preset`), else from the defaults.
     """
     values = dict(values or {})
     if auto_resume:

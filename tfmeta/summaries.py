@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta import algorithms
+from tfmeta.config.data import find, section_of
 from tfmeta.record_keys import LANDSCAPE
 
 
@@ -74,10 +75,9 @@ def hparams_of(config) -> dict:
               "dtype": c.model.dtype, "norm": c.model.norm, "cosine_lr": c.train.cosine_lr,
               "per_step_lr": c.adapt.per_step_lr, "per_step_norm": c.adapt.per_step_norm}
     values.update(algorithms.get(c.algorithm).hparams(c))
-    if c.data.dataset == "omniglot":
-        # The protocol of every meta_test/* scalar of the run: any or within_alphabet.
-        values.update({"omniglot.episodes": c.data.omniglot.episodes,
-                       "omniglot.augment": c.data.omniglot.augment.per})
+    # The dataset's own, such as the protocol of every meta_test/* scalar of an Omniglot run.
+    section = section_of(c.data.dataset)
+    values.update(find(c.data.dataset).hparams(getattr(c.data, section, None)))
     return values
 
 

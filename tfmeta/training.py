@@ -24,7 +24,7 @@ checkpoints, TensorBoard and history; the other workers train and write nothing 
 import contextlib
 import copy
 import dataclasses
-import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -38,6 +38,7 @@ from tfmeta import algorithms, distribute, landscape as landscape_lib, records, 
 from tfmeta.config import Config
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.algorithms import AlgorithmConfig
+from tfmeta.config.data import absolute_paths
 from tfmeta.errors import ConfigError, DivergedError
 from tfmeta.models import MetaModel, params_of
 from tfmeta.record_keys import META_TRAIN, SYSTEM, prefixed
@@ -146,11 +147,7 @@ class MetaSteps:
 def with_absolute_paths(config: Config) -> Config:
     """A copy whose data directories are absolute, so the saved config works from any directory."""
     config = copy.deepcopy(config)
-    for section, field in ((config.data.omniglot, "data_dir"),
-                           (config.data.miniimagenet, "data_dir"),
-                           (config.data.miniimagenet, "cache_dir")):
-        if getattr(section, field):
-            setattr(section, field, os.path.abspath(getattr(section, field)))
+    absolute_paths(config.data)
     return config
 
 
@@ -189,10 +186,18 @@ def train(config: Config, run_dir: Optional[Path] = None, resume: bool = False,
     configure_threads(config)
     strategy = distribute.make_strategy(config.train.strategy, config.train.devices)
     chief = distribute.is_chief(strategy)
+    created = chief and not run_dir.exists()
     if chief:
         run_dir.mkdir(parents=True, exist_ok=True)
-    with rundir.lock(run_dir, "trained") if chief else contextlib.nullcontext():
-        return _train(config, run_dir, strategy, chief, resume, progress, log, other_data)
+    try:
+        with rundir.lock(run_dir, "trained") if chief else contextlib.nullcontext():
+            return _train(config, run_dir, strategy, chief, resume, progress, log, other_data)
+    except BaseException:
+        # A start that failed before writing anything (no data, a bad model) leaves no empty
+        # run directory behind.
+        if created and not any(p.name != rundir.LOCK for p in run_dir.iterdir()):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _train(config: Config, run_dir: Path, strategy: tf.distribute.Strategy, chief: bool,

@@ -16,7 +16,7 @@ import yaml
 
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.algorithms import AlgorithmConfig
-from tfmeta.config.data import DataConfig, data_dir_key, is_tfds
+from tfmeta.config.data import DataConfig, data_dir_key, find
 from tfmeta.config.landscape import LandscapeConfig
 from tfmeta.config.model import ModelConfig
 from tfmeta.config.train import TrainConfig
@@ -26,16 +26,11 @@ from tfmeta.files import atomic_open
 # The presets ship inside the package (a wheel has them); the repository's top-level configs/ is a
 # link to this folder.
 CONFIG_DIR = Path(__file__).resolve().parent / "presets"
-# The preset a bare `--dataset NAME` starts from, so that each dataset gets its paper settings.
-DATASET_PRESETS = {"sine": "sine", "omniglot": "omniglot_5w1s",
-                   "miniimagenet": "miniimagenet_5w1s", "folder": "folder"}
-
-
 def dataset_preset(dataset: Optional[str]) -> Optional[str]:
-    """The preset of `--dataset NAME`; a TFDS dataset ("tfds:NAME") starts from `folder`'s."""
-    if dataset and is_tfds(dataset):
-        return "folder"
-    return DATASET_PRESETS.get(dataset)
+    """The preset a bare `--dataset NAME` starts from (`Dataset.preset`), so that each dataset
+    gets its paper settings; a TFDS dataset ("tfds:NAME") starts from `folder`'s."""
+    record = find(dataset) if dataset else None
+    return record.preset if record else None
 
 
 @dataclasses.dataclass

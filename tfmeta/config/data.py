@@ -1,11 +1,17 @@
-"""The task distributions' options (`tfmeta.tasks` builds them)."""
+"""The datasets: each one's options, and `DATASETS`, the registry of what tfmeta needs of each
+(`tfmeta.tasks` builds them). No TensorFlow here.
+
+To add a dataset: a module in `tfmeta/tasks/` with a `source(config: DataConfig, dtype) ->
+TaskSource`, and its entry in `DATASETS` below (with its options class, if it has options).
+"""
 
 import dataclasses
 import math
+import os
+from typing import Callable, Optional
 
 from tfmeta.errors import ConfigError, expect
 
-DATASETS = ("sine", "omniglot", "miniimagenet", "linear", "folder")
 # Omniglot: where the images come from, how classes are split, how an episode draws its classes.
 OMNIGLOT_SOURCES = ("zips", "tfds")
 OMNIGLOT_SPLITS = ("alphabet", "character")
@@ -237,14 +243,74 @@ class LinearTasksConfig:
                self.hard_fraction)
 
 
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """What tfmeta needs of one dataset: its entry in `DATASETS`.
+
+    Attributes:
+        source: "module:function" of its `(DataConfig, tf.DType) -> TaskSource` builder, imported
+            when first built (the config imports no TensorFlow).
+        options: the class of its config section, data.<name>; None when it has none.
+        paths: its section's fields that name files or folders: made absolute when a run is
+            saved, so the run opens from any directory; the first is what --data-dir sets.
+        preset: the preset a bare `--dataset NAME` starts from.
+        classes: its tasks have classes (`data.test_ways` applies).
+        hparams: its section -> its own TensorBoard HParams.
+        help: what --data-dir names for it.
+        named: its name is a prefix, "<name>:NAME" (a TensorFlow Datasets dataset).
+    """
+    source: str
+    options: Optional[type] = None
+    paths: tuple = ()
+    preset: Optional[str] = None
+    classes: bool = True
+    hparams: Callable = lambda options: {}
+    help: str = ""
+    named: bool = False
+
+
+DATASETS = {
+    "sine": Dataset("tfmeta.tasks.sine:source", SineConfig, preset="sine", classes=False),
+    "omniglot": Dataset(
+        "tfmeta.tasks.omniglot_split:source", OmniglotConfig, ("data_dir",), "omniglot_5w1s",
+        hparams=lambda o: {"omniglot.episodes": o.episodes, "omniglot.augment": o.augment.per},
+        help="the Omniglot zips"),
+    "miniimagenet": Dataset("tfmeta.tasks.miniimagenet:source", MiniImagenetConfig,
+                            ("data_dir", "cache_dir"), "miniimagenet_5w1s",
+                            help="MiniImagenet in any layout"),
+    "linear": Dataset("tfmeta.tasks.linear:source", LinearTasksConfig, classes=False),
+    "folder": Dataset("tfmeta.tasks.folder:source", FolderConfig, ("data_dir", "cache_dir"),
+                      "folder", help="your folder of class folders"),
+    "tfds": Dataset("tfmeta.tasks.tfds_images:source", TfdsConfig, ("data_dir",), "folder",
+                    help="the TFDS data directory", named=True),
+}
+
+
+def dataset_names() -> str:
+    """The names `data.dataset` takes: "sine, omniglot, ..., tfds:NAME"."""
+    return ", ".join(f"{n}:NAME" if d.named else n for n, d in DATASETS.items())
+
+
+def find(dataset: str) -> Optional[Dataset]:
+    """The registry entry of `dataset` ("tfds:mnist" is tfds's), or None."""
+    name, _, rest = dataset.partition(":")
+    record = DATASETS.get(name)
+    return record if record and record.named == bool(rest) else None
+
+
+def section_of(dataset: str) -> str:
+    """The config section of `dataset`: its name, or its prefix for "tfds:NAME"."""
+    return dataset.partition(":")[0]
+
+
 @dataclasses.dataclass
-class DataConfig:
+class _Episodes:
     """Which tasks, and how big their episodes are.
 
     Attributes:
-        dataset: "sine", "omniglot", "miniimagenet", "linear" (easy and hard linear-regression
-            tasks, `tfmeta experiment task-landscape`'s), "folder" (your own images) or
-            "tfds:NAME" (a TensorFlow Datasets image classification dataset).
+        dataset: a name of `DATASETS`: "sine", "omniglot", "miniimagenet", "linear" (easy and
+            hard linear-regression tasks, `tfmeta experiment task-landscape`'s), "folder" (your
+            own images) or "tfds:NAME" (a TensorFlow Datasets image classification dataset).
         ways: N classes per episode (classification only), and the width of the model's head.
         test_ways: N of meta-test (and val) episodes, at most `ways`; 0 means `ways`. Fewer ways
             at meta-test than in meta-training adapt and score the first test_ways rows of the
@@ -252,44 +318,39 @@ class DataConfig:
             fewer classes.
         shots: K support examples per class (sine: K support points).
         queries: Q query examples per class (sine: Q query points).
+        <name>: each dataset's options (`Dataset.options`), data.<name>.
     """
     dataset: str = "sine"
     ways: int = 5
     test_ways: int = 0
     shots: int = 10
     queries: int = 10
-    sine: SineConfig = dataclasses.field(default_factory=SineConfig)
-    omniglot: OmniglotConfig = dataclasses.field(default_factory=OmniglotConfig)
-    miniimagenet: MiniImagenetConfig = dataclasses.field(default_factory=MiniImagenetConfig)
-    linear: LinearTasksConfig = dataclasses.field(default_factory=LinearTasksConfig)
-    folder: FolderConfig = dataclasses.field(default_factory=FolderConfig)
-    tfds: TfdsConfig = dataclasses.field(default_factory=TfdsConfig)
 
     def check(self, key: str = "data") -> None:
-        expect(self.dataset in DATASETS or is_tfds(self.dataset), f"{key}.dataset",
-               " or ".join(DATASETS) + ", or tfds:NAME (a TensorFlow Datasets image "
-               "classification dataset)", self.dataset)
+        record = find(self.dataset)
+        expect(record is not None, f"{key}.dataset", f"one of {dataset_names()}", self.dataset)
         for field in ("ways", "shots", "queries"):
             value = getattr(self, field)
             expect(value >= 1, f"{key}.{field}", "a positive integer", value)
-        if self.dataset in ("sine", "linear"):
+        if not record.classes:
             expect(self.test_ways == 0, f"{key}.test_ways",
                    f"0 for {self.dataset}, whose tasks have no classes", self.test_ways)
         expect(self.test_ways == 0 or 2 <= self.test_ways <= self.ways, f"{key}.test_ways",
                f"0 (as data.ways) or between 2 and data.ways ({self.ways})", self.test_ways)
-        self.sine.check(f"{key}.sine")
-        if self.dataset == "omniglot":
-            self.omniglot.check(f"{key}.omniglot")
-        if self.dataset == "linear":
-            self.linear.check(f"{key}.linear")
-        if self.dataset == "folder":
-            self.folder.check(f"{key}.folder")
-        if is_tfds(self.dataset):
-            self.tfds.check(f"{key}.tfds")
+        section = section_of(self.dataset)
+        if hasattr(record.options, "check"):
+            getattr(self, section).check(f"{key}.{section}")
 
     def split_ways(self, split: str) -> int:
         """N of the split's episodes: `ways` in meta-training, `test_ways` (when set) elsewhere."""
         return self.test_ways if split != "train" and self.test_ways else self.ways
+
+
+# The episode fields, then a section per dataset with options, in registry order.
+DataConfig = dataclasses.make_dataclass(
+    "DataConfig", [(name, d.options, dataclasses.field(default_factory=d.options))
+                   for name, d in DATASETS.items() if d.options],
+    bases=(_Episodes,), namespace={"__doc__": _Episodes.__doc__, "__module__": __name__})
 
 
 def is_tfds(dataset: str) -> bool:
@@ -299,9 +360,24 @@ def is_tfds(dataset: str) -> bool:
 
 def data_dir_key(dataset: str) -> str:
     """The config key of `dataset`'s data folder (what `--data-dir` sets)."""
-    if is_tfds(dataset):
-        return "data.tfds.data_dir"
-    if dataset not in ("omniglot", "miniimagenet", "folder"):
+    record = find(dataset)
+    if record is None or not record.paths:
+        readers = ", ".join(f"{n}:NAME" if d.named else n for n, d in DATASETS.items() if d.paths)
         raise ConfigError(f"--data-dir: the {dataset} dataset reads no files; it is for "
-                          "omniglot, miniimagenet, folder and tfds:NAME")
-    return f"data.{dataset}.data_dir"
+                          f"{readers}")
+    return f"data.{section_of(dataset)}.{record.paths[0]}"
+
+
+def data_dir_help() -> str:
+    """What --data-dir names, dataset by dataset."""
+    return ", ".join(f"{d.help} (--dataset {f'{n}:NAME' if d.named else n})"
+                     for n, d in DATASETS.items() if d.paths)
+
+
+def absolute_paths(data) -> None:
+    """Makes every dataset's path fields (`Dataset.paths`) in `data` absolute, in place."""
+    for name, record in DATASETS.items():
+        section = getattr(data, name, None)
+        for field in record.paths:
+            if getattr(section, field):
+                setattr(section, field, os.path.abspath(getattr(section, field)))
