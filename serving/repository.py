@@ -320,8 +320,8 @@ def first_line(message: str) -> str:
     failed: [...]" around an assertion whose message is one sentence."""
     lines = [line.strip() for line in message.split("\n\t [[")[0].splitlines() if line.strip()]
     line = lines[-1] if lines else message.strip()
-    sentence = re.fullmatch(r"assertion failed: \[([^\[\]]*)\]", line)
-    return sentence.group(1) if sentence else line
+    sentence = re.fullmatch(r"assertion failed: \[(.*)\]", line)
+    return sentence.group(1) if sentence and "] [" not in sentence.group(1) else line
 
 
 def signature_def_map(version: Version):

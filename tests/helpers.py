@@ -105,3 +105,15 @@ def copy_run(run: Path, where: Path) -> Path:
     saved["run_dir"] = str(copy)
     (copy / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     return copy
+
+
+def graph_sentence(error) -> str:
+    """The sentence of an in-graph refusal (`tfmeta.refusals`): what "assertion failed: [...]"
+    holds in a TensorFlow error's message, which must hold no tensor name ("name:0") and no
+    "Condition x ... did not hold element-wise" fragment."""
+    import re
+    text = getattr(error, "message", None) or str(error)
+    assert "Condition x" not in text and not re.search(r"\w:0\b", text), text
+    found = re.findall(r"assertion failed: \[(.*)\]", text)
+    assert len(found) == 1 and "] [" not in found[0], text
+    return found[0]

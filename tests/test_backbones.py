@@ -137,7 +137,7 @@ def test_every_door_keeps_the_choice_of_what_adapts(tmp_path):
     from tfmeta.keras import MetaLearner
     config = config_lib.load("sine", ["model.adapt_layers=head", "model.frozen_layers=hidden1"])
     source = tasks.build(config.data)
-    learner = MetaLearner.from_config(config, source)
+    learner = MetaLearner.from_run_config(config, source)
     run = Run(config, tmp_path)
     for model in (learner.net, run.eval_model):
         names = [layer.name for layer in model.adapted_layers()]

@@ -155,7 +155,8 @@ def test_grpc_predict_and_metadata(server, omniglot_models, request_inputs):
         np.testing.assert_allclose(out["probabilities"], truth["probabilities"], atol=1e-5)
         assert "adapt_predict" in client.metadata().signature_def
         bad = dict(request_inputs, support_y=np.array([0, 1, 2, 3, 9], np.int32))
-        with pytest.raises(ServingClientError, match="outside") as error:
+        with pytest.raises(ServingClientError, match=r"^INVALID_ARGUMENT: support_y holds 9 at "
+                                                     r"index 4; labels must lie in \[0, 5\)$") as error:
             client.predict(**bad)
         assert error.value.status == "INVALID_ARGUMENT"
         with pytest.raises(ServingClientError) as error:
@@ -180,18 +181,21 @@ BAD_REQUESTS = {
     "wrong image size": (lambda i: columnar(corrupt(i, support_x=i["support_x"][:, :14, :14])),
                          r"'support_x' has shape \[5, 14, 14, 1\]"),
     "label outside [0, ways)": (lambda i: columnar(corrupt(i, support_y=np.array([0, 1, 2, 3, 5]))),
-                                r"outside \[0, 5\)"),
+                                r"^support_y holds 5 at index 4; labels must lie in \[0, 5\)$"),
     "one class": (lambda i: columnar(corrupt(i, support_y=np.zeros(5, np.int32))),
-                  r"support_y holds one class only \(label 0 on all 5 support examples\)"),
+                  r"^support_y holds one class only \(label 0 on all 5 support examples\); a task "
+                  r"needs at least two classes$"),
     "labels that skip a class": (lambda i: columnar(corrupt(i, support_y=np.array([0, 1, 3, 3, 4]))),
-                                 "must use classes 0..M-1 with a support example of each"),
+                                 r"^support_y has no example of class 2 although its largest "
+                                 r"label is 4; labels must be the classes 0\.\.M-1 with a "
+                                 r"support example of each$"),
     "NaN": (lambda i: json.dumps(columnar(i)).replace("0.0", "NaN", 1).encode(),
-            "contains NaN or Inf"),
+            r"^support_x holds NaN or Inf in example 0$"),
     "Inf": (lambda i: json.dumps(columnar(i)).replace("0.0", "Infinity", 1).encode(),
-            "contains NaN or Inf"),
+            r"^support_x holds NaN or Inf in example 0$"),
     "empty support set": (lambda i: {"inputs": {"support_x": [], "support_y": [],
                                                 "query_x": i["query_x"].tolist()}},
-                          "support_x is empty"),
+                          r"^support_x is empty; send at least one example$"),
     "body over the limit": (lambda i: b'{"inputs": "' + b"x" * (3 << 20) + b'"}',
                             "over the limit of 2097152 bytes"),
     "both instances and inputs": (lambda i: {**columnar(i), "instances": [1]},
@@ -459,11 +463,12 @@ def cmyk_jpeg() -> bytes:
 BAD_IMAGE_REQUESTS = {
     "bytes that are not an image": (
         lambda f: image_body(f, query_images=[b"hello, not a PNG"] + f["query_images"][1:]),
-        r"query_images holds bytes that are not a PNG or JPEG file at index\] \[0\]"),
+        r"^query_images holds bytes that are not a PNG or JPEG file at index 0$"),
     "an empty string": (lambda f: image_body(f, support_images=f["support_images"][:4] + [b""]),
-                        r"support_images holds an empty string at index\] \[4\]"),
+                        r"^support_images holds an empty string at index 4$"),
     "a CMYK JPEG": (lambda f: image_body(f, query_images=[cmyk_jpeg()]),
-                    "query_images holds a CMYK JPEG"),
+                    r"^query_images holds a CMYK JPEG at index 0; convert it to RGB or "
+                    r"grayscale$"),
     "a damaged PNG": (lambda f: image_body(f, query_images=[f["query_images"][0][:80]]),
                       "^query_images: "),
     "invalid base64": (lambda f: {**image_body(f), "inputs": {**image_body(f)["inputs"],
@@ -478,9 +483,11 @@ BAD_IMAGE_REQUESTS = {
                               "query_x": [b64(x) for x in f["query_images"]]}},
         "'support_x' holds strings or {\"b64\": ...} bytes"),
     "M = 0 classes": (lambda f: image_body(f, support_images=[], support_y=[]),
-                      "support_images is empty"),
+                      r"^support_images is empty; send at least one example$"),
     "labels that skip a class": (lambda f: image_body(f, support_y=np.array([0, 2, 2, 3, 4])),
-                                 "must use classes 0..M-1"),
+                                 r"^support_y has no example of class 1 although its largest "
+                                 r"label is 4; labels must be the classes 0\.\.M-1 with a "
+                                 r"support example of each$"),
 }
 
 

@@ -58,6 +58,7 @@ from tfmeta.config.model import NORMS
 from tfmeta.errors import ConfigError
 from tfmeta.losses import mask_classes
 from tfmeta.models import MetaModel, apply, query_outputs
+from tfmeta.refusals import bad_rows, first, refusal
 from tfmeta.tasks.image_format import DEFAULT_MAX_SIDE, ImageFormat, decode_images
 
 METADATA_FILE = "assets.extra/tfmeta.json"
@@ -167,19 +168,22 @@ class AdaptivePredictor(tf.Module):
     def _check_count(self, *inputs) -> tf.Operation:
         """An assertion that `inputs` hold at most `max_examples` examples (rows) together."""
         count = tf.add_n([tf.shape(x, out_type=tf.int64)[0] for x in inputs])
-        return tf.debugging.Assert(count <= self.max_examples, [tf.strings.format(
-            too_many_examples("{}", self.max_examples), count)])
+        return refusal(count <= self.max_examples, too_many_examples("{}", self.max_examples),
+                       count)
 
 
 def _check_examples(x: tf.Tensor, name: str) -> list:
-    return [tf.debugging.assert_positive(tf.shape(x)[0], message=f"{name} is empty"),
-            tf.debugging.assert_all_finite(x, f"{name} contains NaN or Inf")]
+    empty = refusal(tf.shape(x)[0] > 0, f"{name} is empty; send at least one example")
+    with tf.control_dependencies([empty]):
+        bad = bad_rows(x)
+    return [empty, refusal(tf.logical_not(tf.reduce_any(bad)),
+                           f"{name} holds NaN or Inf in example {{}}", first(bad))]
 
 
 def check_request(support_x: tf.Tensor, support_y: tf.Tensor, query_x: tf.Tensor,
                   ways: int, names=("support_x", "query_x")) -> list:
     """Graph assertions on one adapt_predict request; `ways` 0 means regression; `names` are the
-    support and query inputs' names for the messages.
+    support and query inputs' names for the messages (`refusals`: each one sentence).
 
     A classifier's labels must lie in [0, ways), hold at least two classes (one class leaves
     nothing to learn, and is most likely a client's mistake) and use every class in
@@ -188,30 +192,34 @@ def check_request(support_x: tf.Tensor, support_y: tf.Tensor, query_x: tf.Tensor
     """
     support, query = names
     checks = _check_examples(support_x, support) + _check_examples(query_x, query)
-    checks.append(tf.debugging.assert_equal(
-        tf.shape(support_y)[0], tf.shape(support_x)[0],
-        message=f"{support} and support_y hold different numbers of examples"))
+    examples, labels = tf.shape(support_x)[0], tf.shape(support_y)[0]
+    checks.append(refusal(tf.equal(examples, labels), f"{support} holds {{}} examples but "
+                          "support_y holds {} labels; send one label per support example",
+                          examples, labels))
     if not ways:
-        checks.append(tf.debugging.assert_all_finite(support_y, "support_y contains NaN or Inf"))
+        with tf.control_dependencies(checks):
+            bad = tf.logical_not(tf.math.is_finite(tf.reshape(support_y, [labels, -1])[:, 0]))
+        checks.append(refusal(tf.logical_not(tf.reduce_any(bad)),
+                              "support_y holds NaN or Inf at index {}", first(bad)))
         return checks
     with tf.control_dependencies(checks):
-        in_range = [
-            tf.debugging.assert_non_negative(
-                support_y, message=f"support_y holds a label outside [0, {ways})"),
-            tf.debugging.assert_less(
-                support_y, ways, message=f"support_y holds a label outside [0, {ways})")]
+        outside = (support_y < 0) | (support_y >= ways)
+        at = first(outside)
+        in_range = [refusal(tf.logical_not(tf.reduce_any(outside)),
+                            f"support_y holds {{}} at index {{}}; labels must lie in [0, {ways})",
+                            tf.gather(tf.concat([support_y, [0]], 0), at), at)]
     with tf.control_dependencies(in_range):  # bincount itself fails on a negative label
         counts = tf.math.bincount(support_y, minlength=ways, maxlength=ways)
         low, high = tf.reduce_min(support_y), tf.reduce_max(support_y)
-        two_classes = tf.debugging.Assert(low < high, [tf.strings.format(
-            "support_y holds one class only (label {} on all {} support examples); a task needs "
-            "at least two classes", (high, tf.size(support_y)))])
+        two_classes = refusal(low < high, "support_y holds one class only (label {} on all {} "
+                              "support examples); a task needs at least two classes",
+                              high, tf.size(support_y))
     with tf.control_dependencies([two_classes]):
-        used = tf.range(ways) <= high
-    checks += in_range + [two_classes, tf.debugging.Assert(
-        tf.reduce_all(tf.logical_or(counts > 0, tf.logical_not(used))),
-        ["support_y must use classes 0..M-1 with a support example of each (M = the largest "
-         "label + 1); examples per class:", counts])]
+        missing = tf.logical_and(tf.equal(counts, 0), tf.range(ways) <= high)
+    checks += in_range + [two_classes, refusal(
+        tf.logical_not(tf.reduce_any(missing)),
+        "support_y has no example of class {} although its largest label is {}; labels must "
+        "be the classes 0..M-1 with a support example of each", first(missing), high)]
     return checks
 
 

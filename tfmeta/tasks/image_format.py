@@ -37,6 +37,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from tfmeta.refusals import first, refusal
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The largest image side an export accepts by default: every Omniglot drawing (105 pixels) and
 # ImageNet photograph that MiniImagenet comes from (mostly under 1,000) with room to spare, while
@@ -116,8 +118,8 @@ def decode_images(encoded: tf.Tensor, image_format: ImageFormat, name: str,
         no_ihdr = png & tf.not_equal(tf.strings.substr(header, 12, 4), b"IHDR")
 
         def refuse(bad, what):
-            return tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)),
-                                       [f"{name} holds {what} at index", tf.boolean_mask(index, bad)])
+            return refusal(tf.logical_not(tf.reduce_any(bad)), f"{name} holds {what} at index {{}}",
+                           first(bad))
 
         checks = [refuse(empty, "an empty string"),
                   refuse(~(png | jpeg | empty), "bytes that are not a PNG or JPEG file"),
@@ -161,17 +163,17 @@ def _decode_one(data: tf.Tensor, index: tf.Tensor, image_format: ImageFormat,
     """One file's bytes -> uint8 [height, width, channels], as `ImageFormat.from_pil`; refused
     before decoding when a side is over `max_side`."""
     size = _size(data)
-    limit = tf.debugging.Assert(tf.reduce_max(size) <= max_side, [tf.strings.format(
-        f"{name} holds an image of {{}}x{{}} pixels (width x height) at index {{}}, over the "
-        f"limit of {max_side} pixels per side set at export (tfmeta export --max-image-side); "
-        "send it resized", (size[1], size[0], index))])
+    limit = refusal(tf.reduce_max(size) <= max_side,
+                    f"{name} holds an image of {{}}x{{}} pixels (width x height) at index {{}}, "
+                    f"over the limit of {max_side} pixels per side set at export (tfmeta export "
+                    "--max-image-side); send it resized", size[1], size[0], index)
     with tf.control_dependencies([limit]):
         data = tf.identity(data)
 
     def jpeg():
         cmyk = tf.equal(tf.io.extract_jpeg_shape(data)[2], 4)
-        check = tf.debugging.Assert(tf.logical_not(cmyk), [
-            f"{name} holds a CMYK JPEG (convert it to RGB or grayscale) at index", index])
+        check = refusal(tf.logical_not(cmyk), f"{name} holds a CMYK JPEG at index {{}}; "
+                        "convert it to RGB or grayscale", index)
         with tf.control_dependencies([check]):
             return tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE")
 
