@@ -51,7 +51,7 @@ def main():
                                save_weights_only=True)])
     print(learner.evaluate(source.episodes("test", seed=1, meta_batch=10, count=600),
                            return_dict=True, verbose=0))
-    print("run directory:", learner.save_run(out).parent.parent)
+    print("run directory:", learner.save_run(out))
 
 
 if __name__ == "__main__":

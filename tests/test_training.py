@@ -88,7 +88,7 @@ def test_a_compiled_loop_stops_after_its_first_non_finite_step():
     data = tf.data.Dataset.from_tensor_slices(
         tf.nest.map_structure(lambda *a: np.stack(a), *episodes))
     metrics, finite = training.repeat(step, 4)(iter(data), 4)
-    assert not bool(finite) and metrics["loss"].shape == [3]
+    assert not finite and metrics["loss"].shape == (3,)
     assert np.isnan(float(metrics["loss"][2])) and int(optimizer.iterations.numpy()) == 2
     with pytest.raises(DivergedError, match="at iteration 3"):
         training.run_steps(training.repeat(step, 4), iter(data), 4)

@@ -82,6 +82,8 @@ class MetaLearner(keras.Model):
         # The first episode of `episodes` streams, set when fit starts (after any restore).
         self._first_episode = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._stream_batch = 0
+        self._iteration = None   # the optimizer's meta-step, counted on the host during fit
+        self._endless = False    # whether fit's dataset never ends
 
     @classmethod
     def from_run_config(cls, config: Config, source) -> "MetaLearner":
@@ -176,6 +178,12 @@ class MetaLearner(keras.Model):
         first = [c for c in callbacks if isinstance(c, LandscapeMetrics)]
         callbacks = [*first, *(c for c in callbacks if c not in first),
                      _StreamStart()]   # after any restore in the list
+        data = args[0] if args else kwargs.get("x")
+        endless = isinstance(data, tf.data.Dataset) and int(
+            data.cardinality()) == tf.data.INFINITE_CARDINALITY
+        if endless != self._endless:   # a stream that never ends needs no check for its end
+            self.train_function, self._endless = None, endless
+        self._iteration = None
         return super().fit(*args, shuffle=shuffle, callbacks=callbacks, **kwargs)
 
     def make_train_function(self, force: bool = False):
@@ -186,15 +194,16 @@ class MetaLearner(keras.Model):
         steps = MetaSteps(self.net, self.optimizer, self.algorithm, self.options,
                           self.adapt_config, None, self.mapping, self.iterations_per_epoch,
                           self.steps_per_execution, bool(self.jit_compile),
-                          self.distribute_strategy)
+                          self.distribute_strategy, self._endless)
 
         def train_function(iterator) -> dict:
-            first = int(self.optimizer.iterations.numpy())
-            metrics, finite = steps(first // self.iterations_per_epoch)(
+            if self._iteration is None:   # read once per fit, after any restore
+                self._iteration = int(self.optimizer.iterations.numpy())
+            metrics, finite = steps(self._iteration // self.iterations_per_epoch)(
                 iterator, self.steps_per_execution)
-            self._training.steps.add(
-                metrics, finite, first, "; that step changed nothing: the weights and Adam's "
-                "state are those before it. Try a lower learning rate or adapt.lr.")
+            self._iteration += self._training.steps.add(
+                metrics, finite, self._iteration, "; that step changed nothing: the weights "
+                "and Adam's state are those before it. Try a lower learning rate or adapt.lr.")
             return self._training.result()
 
         self.train_function = train_function

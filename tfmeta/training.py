@@ -103,17 +103,18 @@ class MetaSteps:
         algorithm: a name of `algorithms.REGISTRY`; `options` are its options.
         batch_size: tasks (or examples) per meta-step, or None to read it from each batch.
         iterations: meta-steps per epoch, for options counted in epochs.
+        endless: the batches never end (`repeat`).
     """
 
     def __init__(self, model: MetaModel, optimizer: keras.optimizers.Optimizer, algorithm: str,
                  options: AlgorithmConfig, adapt_config: AdaptConfig,
                  batch_size: Optional[int], mapping: str, iterations: int,
                  steps_per_execution: int = 1, jit_compile: bool = False,
-                 strategy: Optional[tf.distribute.Strategy] = None):
+                 strategy: Optional[tf.distribute.Strategy] = None, endless: bool = True):
         self.model, self.optimizer, self.adapt_config = model, optimizer, adapt_config
         self.options, self.batch_size, self.mapping = options, batch_size, mapping
-        self.steps_per_execution, self.jit_compile, self.strategy = (
-            steps_per_execution, jit_compile, strategy)
+        self.steps_per_execution, self.jit_compile, self.strategy, self.endless = (
+            steps_per_execution, jit_compile, strategy, endless)
         self.meta_gradient = algorithms.get(algorithm).meta_gradient(
             options, lambda: optimizer.iterations // iterations)
         self.executions = {}
@@ -140,7 +141,7 @@ class MetaSteps:
                 self.model, self.optimizer, self.meta_gradient,
                 dataclasses.replace(self.adapt_config, first_order=first_order), self.batch_size,
                 self.mapping, self.jit_compile, self.strategy)
-            self.executions[first_order] = repeat(step, self.steps_per_execution)
+            self.executions[first_order] = repeat(step, self.steps_per_execution, self.endless)
         return self.executions[first_order]
 
 
@@ -277,31 +278,31 @@ class repeat:   # noqa: N801 (a function's name: it builds the execution of `ste
     at a time: above 1, in one compiled call whose loop draws them from a `tf.data` iterator (or
     a Keras `DistributedIterator`, or `distribute.replica_batches`) inside the graph, which
     spares the per-call overhead that dominates small models. A call stops after a step whose
-    meta-loss is not finite (that step changed nothing), or when a finite dataset ends, so the
-    weights are those of the same steps taken one at a time.
+    meta-loss is not finite (that step changed nothing), or, unless `endless`, where a finite
+    dataset ends, so the weights are those of the same steps taken one at a time. `endless`
+    (the command line's streams, a Keras dataset that repeats forever) draws without checking
+    for the end, which costs a conditional per step.
 
-    Call it as execute(batches, count: 1..steps_per_execution) -> (metrics {name: [steps run,
-    ...] per step}, finite: bool scalar, False when the last step run was not finite); a
+    Call it as execute(batches, count: 1..steps_per_execution) -> (metrics {name: NumPy array
+    [steps run, ...] per step}, finite: bool, False when the last step run was not finite); a
     dataset that has ended before the call raises `tf.errors.OutOfRangeError`.
     """
 
-    def __init__(self, step: Callable, steps_per_execution: int = 1):
-        self.step, self.steps_per_execution = step, steps_per_execution
+    def __init__(self, step: Callable, steps_per_execution: int = 1, endless: bool = True):
+        self.step, self.steps_per_execution, self.endless = step, steps_per_execution, endless
         self._compiled = tf.function(self._loop)
 
     def __call__(self, batches, count: int = 1) -> tuple:
-        if self.steps_per_execution == 1:
-            metrics, finite = self.step(next(batches))
-            return {k: v[tf.newaxis] for k, v in metrics.items()}, finite
-        return self._compiled(batches, tf.constant(count, tf.int32))
+        metrics, finite = self._compiled(batches, tf.constant(count, tf.int32))
+        return {k: v.numpy() for k, v in metrics.items()}, bool(finite)
 
     def _loop(self, batches, count):
         step = self.step
         metrics, finite = step(next(batches))
         arrays = {k: tf.TensorArray(v.dtype, size=0, dynamic_size=True, element_shape=v.shape
                                     ).write(0, v) for k, v in metrics.items()}
-        # A Keras dataset may end inside the call: draw optionally, and stop where it ends.
-        optional = hasattr(batches, "get_next_as_optional")
+        # A finite Keras dataset may end inside the call: draw optionally, and stop there.
+        optional = not self.endless
         nothing = {k: tf.zeros_like(v) for k, v in metrics.items()}
 
         def body(i, arrays, finite, more):
@@ -328,13 +329,12 @@ class StepMeans:
     def __init__(self):
         self.sums, self.vectors, self.count = {}, {}, 0
 
-    def add(self, metrics: dict, finite, first: int, remedy: str = "") -> int:
-        """Adds one execution's `metrics` ({name: [steps, ...]}); returns the steps it ran.
+    def add(self, metrics: dict, finite: bool, first: int, remedy: str = "") -> int:
+        """Adds one execution's `metrics` ({name: NumPy [steps, ...]}); returns the steps it ran.
         Raises DivergedError, its message ending with `remedy`, when its last step (meta-step
         `first` + its number) was not finite."""
-        metrics = {k: np.asarray(v) for k, v in metrics.items()}
         ran = len(metrics["loss"])
-        if not bool(finite):
+        if not finite:
             raise DivergedError(f"meta-loss became {float(metrics['loss'][-1])} at iteration "
                                 f"{first + ran}{remedy}")
         for k, v in metrics.items():
@@ -367,7 +367,6 @@ def run_steps(execute: repeat, batches, count: int, first: int = 0, label: str =
     bar = tqdm(total=count, desc=label, disable=not progress, leave=False, dynamic_ncols=True)
     while steps.count < count:
         metrics, finite = execute(batches, min(execute.steps_per_execution, count - steps.count))
-        metrics = {k: v.numpy() for k, v in metrics.items()}
         bar.update(steps.add(metrics, finite, first + steps.count, remedy))
         bar.set_postfix({k: f"{float(v[-1]):.4g}" for k, v in metrics.items() if v.ndim == 1},
                         refresh=False)
