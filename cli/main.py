@@ -470,7 +470,7 @@ def task_landscape(out_dir, quick, ratios, spreads, distances, alpha, check_rati
               help="run these parts: pilot, main, pools, sine, regularizer (default: all; main "
                    "and pools need the pilot, which runs first)")
 @click.option("--seeds", type=int,
-              help="seeds per main setting and per k (default 5); more seeds on an existing "
+              help="seeds per main setting and per k (default 8); more seeds on an existing "
                    "--out add runs")
 @click.option("--jobs", type=int, help="runs trained side by side (default 2)")
 @click.option("--data-dir", type=click.Path(),
@@ -479,7 +479,8 @@ def task_landscape(out_dir, quick, ratios, spreads, distances, alpha, check_rati
 def landscape_claims(out_dir, quick, pilot, only, seeds, jobs, data_dir):
     """Test the claims of Guiroy et al. (2019) and their regularizer: a pilot chooses a
     meta-overfitting regime, the settings are trained with the landscape at every epoch, and
-    claims.md gives a verdict per claim (about 3 hours on 2 CPU cores)."""
+    claims.md gives a verdict per claim (hours on 2 CPU cores: the pilot alone takes about
+    2; an interrupted run continues where it stopped)."""
     if pilot and only:
         raise click.UsageError("--pilot is --only pilot; pass one of them")
     start_tensorflow()
