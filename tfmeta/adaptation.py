@@ -204,7 +204,7 @@ def _while_steps(step: Callable, moving: list, steps: int) -> tuple:
 
 def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config: AdaptConfig,
           steps: Optional[int] = None,
-          observe: Optional[Callable[[list], Any]] = None, classes=None) -> tuple:
+          observe: Optional[Callable[[list], Any]] = None, classes: Optional[int] = None) -> tuple:
     """Adapts `params` to one task's support set by T steps of SGD.
 
     Args:

@@ -34,6 +34,7 @@ from tfmeta.losses import query_metrics
 from tfmeta.record_keys import LANDSCAPE
 from tfmeta.models import MetaModel
 from tfmeta.tasks.episode import Episode
+from tfmeta.tasks.source import TaskSource
 from tfmeta.training import MetaSteps, StepMeans
 
 _SAVED = ("a MetaLearner is saved as a run directory, not as a Keras file, because its MetaModel "
@@ -55,8 +56,9 @@ class MetaLearner(keras.Model):
         iterations_per_epoch: meta-steps per epoch, for options counted in epochs (MAML++'s
             multi-step loss, derivative-order annealing); the optimizer's iteration count
             divided by it is the epoch.
-        eval_model, origin: the network that adapts at meta-test and where it starts; by default
-            `model` from its own weights (the finetune baseline's differ: `from_run_config`).
+        eval_model: the network that adapts at meta-test; by default `model` (the finetune
+            baseline's differs: `from_run_config`).
+        origin: where meta-test adaptation starts; by default `model`'s own weights.
     """
 
     def __init__(self, model: MetaModel, algorithm: str = "maml",
@@ -310,7 +312,7 @@ class LandscapeMetrics(keras.callbacks.Callback):
         config: the landscape protocol (tasks, eigenvalue method and tolerance, opt-in metrics).
     """
 
-    def __init__(self, source, config: Optional[LandscapeConfig] = None):
+    def __init__(self, source: TaskSource, config: Optional[LandscapeConfig] = None):
         super().__init__()
         self.source, self.config = source, config or LandscapeConfig()
         self._landscape = None

@@ -271,7 +271,7 @@ def effective(model: MetaModel, params: Sequence[tf.Tensor]) -> list:
 
 
 def apply(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor,
-          reference_rows=None, step=None) -> tf.Tensor:
+          reference_rows: Optional[int] = None, step: Optional[int] = None) -> tf.Tensor:
     """Runs the model on explicit parameters.
 
     Args:
@@ -426,7 +426,10 @@ def resnet12(outputs: int, image_shape: Sequence[int] = (84, 84, 3),
         outputs: classes of the head (N ways).
         image_shape: [H, W, C] of one image (84 x 84 x 3 for MiniImagenet).
         widths: channels of the four blocks.
-        dtype, gains, norm, inner: as for `conv4`.
+        dtype: as for `conv4`.
+        gains: as for `conv4`.
+        norm: as for `conv4`.
+        inner: as for `conv4`.
 
     Layers are named blockB_convJ, blockB_bnJ, blockB_shortcut, blockB_shortcut_bn, blockB_pool
     (B = 1..4, J = 1..3), pool and head, for `model.adapt_layers` and `model.frozen_layers`.
