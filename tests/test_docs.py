@@ -1,0 +1,145 @@
+"""Every shell and Python example of the README and of docs/ runs here, as written but for the
+shortening its marker states, so that an example that drifts from the code fails CI.
+
+An example is a fenced `sh` or `python` block. Each is preceded by a marker comment:
+
+    <!-- example: NAME [slow] [sub "TEXT" "REPLACEMENT"]... [wait PORT] [serve PORT] -->
+
+Blocks of one page that share NAME form one scenario, run in order in a fresh directory that
+holds links to the repository's `.venv`, `examples`, `configs` and `benchmarks`, beside a link
+`../shared` to the shared data. `sub` shortens training (it must match, so a changed example is
+noticed); `wait PORT` waits for a server that the block started in the background; `serve PORT`
+runs a block that never ends (TensorBoard) until its port answers, and leaves it running. Every
+process a scenario started is stopped when it ends. Usage
+synopses, with placeholders, are `text` blocks, not examples. A scenario marked `slow` runs in the
+slow tier.
+"""
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+MARKER = re.compile(r"<!-- example: ([\w-]+)(.*?)-->\s*$")
+LINKED = (".venv", "examples", "configs", "benchmarks")
+
+
+def blocks(page: Path) -> list:
+    """[(language, code, marker line or None)] of the page's fenced blocks."""
+    text = page.read_text()
+    found = []
+    for match in FENCE.finditer(text):
+        before = text[:match.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        found.append((match.group(1), match.group(2), before if MARKER.match(before) else None))
+    return found
+
+
+def scenarios() -> dict:
+    """{"page:NAME": {"page", "slow", "subs", "steps": [(language, code, port, serve)]}}."""
+    out = {}
+    for page in PAGES:
+        for language, code, marker in blocks(page):
+            if language not in ("sh", "python") or marker is None:
+                continue
+            name, args = MARKER.match(marker).groups()
+            words = shlex.split(args)
+            key = f"{page.relative_to(ROOT)}:{name}"
+            case = out.setdefault(key, {"page": page, "slow": False, "subs": [], "steps": []})
+            wait, serve, i = None, False, 0
+            while i < len(words):
+                if words[i] == "slow":
+                    case["slow"], i = True, i + 1
+                elif words[i] == "sub":
+                    case["subs"].append((words[i + 1], words[i + 2]))
+                    i += 3
+                elif words[i] in ("wait", "serve"):
+                    wait, serve, i = int(words[i + 1]), words[i] == "serve", i + 2
+                else:
+                    raise ValueError(f"{key}: unknown marker word {words[i]!r}")
+            case["steps"].append((language, code, wait, serve))
+    return out
+
+
+SCENARIOS = scenarios()
+
+
+def test_every_example_is_marked():
+    """No `sh` or `python` block goes untested: each carries an example marker."""
+    unmarked = [f"{page.relative_to(ROOT)}: {code.splitlines()[0] if code else ''}"
+                for page in PAGES for language, code, marker in blocks(page)
+                if language in ("sh", "python") and marker is None]
+    assert not unmarked, "examples without a marker (or make them text blocks):\n" + \
+        "\n".join(unmarked)
+
+
+def _wait_for(port: int, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"nothing listens on port {port} after {seconds} s")
+
+
+def run(case: dict, work: Path) -> None:
+    (work.parent / "shared").symlink_to(SHARED)
+    for name in LINKED:
+        (work / name).symlink_to(ROOT / name)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    groups = []
+    try:
+        for number, (language, code, wait, serve) in enumerate(case["steps"]):
+            for old, new in case["subs"]:
+                code = code.replace(old, new)
+            if language == "sh":
+                command = ["bash", "-euo", "pipefail", "-c", code]
+            else:
+                script = work / f".example-{number}.py"
+                script.write_text(code)
+                command = [sys.executable, str(script)]
+            process = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True,
+                                       start_new_session=True)
+            groups.append(process.pid)
+            if not serve:
+                output, _ = process.communicate(timeout=1500)
+                assert process.returncode == 0, \
+                    f"block {number} failed:\n{code}\n{output[-4000:]}"
+            if wait:
+                _wait_for(wait)
+    finally:
+        for group in groups:   # a server the example started in the background
+            try:
+                os.killpg(group, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def test_every_substitution_matches():
+    """A `sub` whose text is not in its scenario no longer shortens anything: the example
+    changed and its marker must follow."""
+    stale = [f"{key}: {old!r}" for key, case in SCENARIOS.items() for old, _ in case["subs"]
+             if not any(old in step[1] for step in case["steps"])]
+    assert not stale, stale
+
+
+@pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.slow if c["slow"] else
+                                              pytest.mark.trains)
+                                 for k, c in SCENARIOS.items()])
+def test_example_runs(key, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    run(SCENARIOS[key], work)
