@@ -166,21 +166,25 @@ def test_cosine_meta_lr_is_constant_within_an_epoch_and_ends_near_the_floor():
 
 @pytest.mark.trains
 def test_derivative_order_annealing_trains_first_order_then_second(tmp_path, monkeypatch):
+    """3 epochs of 2 meta-steps with first_order_epochs=2: each meta-step that `run_steps`
+    runs is recorded with the order of the compiled step that ran it."""
     from tfmeta import training
-    orders, made = [], training.make_meta_step
+    orders, make, run = [], training.make_meta_step, training.run_steps
+    first_order = {}
 
-    def recording(model, optimizer, meta_gradient, adapt_config, *args, **kwargs):
-        step = made(model, optimizer, meta_gradient, adapt_config, *args, **kwargs)
+    def recording_make(model, optimizer, meta_gradient, adapt_config, *args, **kwargs):
+        step = make(model, optimizer, meta_gradient, adapt_config, *args, **kwargs)
+        first_order[id(step)] = adapt_config.first_order
+        return step
 
-        def run(batch):
-            orders.append(adapt_config.first_order)
-            return step(batch)
-        return run
+    def recording_run(execute, batches, count, *args, **kwargs):
+        orders.extend([first_order[id(execute.step)]] * count)
+        return run(execute, batches, count, *args, **kwargs)
 
-    monkeypatch.setattr(training, "make_meta_step", recording)
-    # One step per call, so that each meta-step is a Python call the recording wrapper sees.
+    monkeypatch.setattr(training, "make_meta_step", recording_make)
+    monkeypatch.setattr(training, "run_steps", recording_run)
     train_tiny(tmp_path / "run", "sine-cpu", "train.epochs=3", "train.iterations=2",
-               "algorithms.maml.first_order_epochs=2", "train.steps_per_execution=1")
+               "algorithms.maml.first_order_epochs=2")
     assert orders == [True] * 4 + [False] * 2
 
 
