@@ -3,14 +3,19 @@ shortening its marker states, so that an example that drifts from the code fails
 
 An example is a fenced `sh` or `python` block. Each is preceded by a marker comment:
 
-    <!-- example: NAME [slow] [sub "TEXT" "REPLACEMENT"]... [wait PORT] [serve PORT] -->
+    <!-- example: NAME [slow] [sub "TEXT" "REPLACEMENT"]... [setup "COMMAND"] [file PATH]
+         [wait PORT] [serve PORT] -->
+    <!-- example: tested-by TEST_FILE::TEST_NAME -->
 
 Blocks of one page that share NAME form one scenario, run in order in a fresh directory that
 holds links to the repository's `.venv`, `examples`, `configs` and `benchmarks`, beside a link
 `../shared` to the shared data. `sub` shortens training (it must match, so a changed example is
-noticed); `wait PORT` waits for a server that the block started in the background; `serve PORT`
-runs a block that never ends (TensorBoard) until its port answers, and leaves it running. Every
-process a scenario started is stopped when it ends. Usage
+noticed); `setup` runs a shell command before the scenario (the data an example assumes);
+`file PATH` writes a block as that file instead of running it (a module an example imports);
+`wait PORT` waits for a server that the block started in the background; `serve PORT` runs a
+block that never ends (TensorBoard) until its port answers, and leaves it running. Every process
+a scenario started is stopped when it ends. `tested-by` names the test that runs a block itself,
+with checks of its own (that test must read this page). Usage
 synopses, with placeholders, are `text` blocks, not examples. A scenario marked `slow` runs in the
 slow tier.
 """
@@ -32,6 +37,7 @@ SHARED = ROOT.parent / "shared"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 MARKER = re.compile(r"<!-- example: ([\w-]+)(.*?)-->\s*$")
+TESTED_BY = re.compile(r"<!-- example: tested-by ([\w/.]+)::(\w+) -->\s*$")
 LINKED = (".venv", "examples", "configs", "benchmarks")
 
 
@@ -46,28 +52,37 @@ def blocks(page: Path) -> list:
 
 
 def scenarios() -> dict:
-    """{"page:NAME": {"page", "slow", "subs", "steps": [(language, code, port, serve)]}}."""
+    """{"page:NAME": {"page", "slow", "subs", "setup", "steps": [(language, code, port, serve,
+    file)]}}."""
     out = {}
     for page in PAGES:
         for language, code, marker in blocks(page):
             if language not in ("sh", "python") or marker is None:
                 continue
+            if TESTED_BY.match(marker):
+                continue
             name, args = MARKER.match(marker).groups()
             words = shlex.split(args)
             key = f"{page.relative_to(ROOT)}:{name}"
-            case = out.setdefault(key, {"page": page, "slow": False, "subs": [], "steps": []})
-            wait, serve, i = None, False, 0
+            case = out.setdefault(key, {"page": page, "slow": False, "subs": [], "steps": [],
+                                        "setup": []})
+            wait, serve, file, i = None, False, None, 0
             while i < len(words):
                 if words[i] == "slow":
                     case["slow"], i = True, i + 1
                 elif words[i] == "sub":
                     case["subs"].append((words[i + 1], words[i + 2]))
                     i += 3
+                elif words[i] == "setup":
+                    case["setup"].append(words[i + 1])
+                    i += 2
+                elif words[i] == "file":
+                    file, i = words[i + 1], i + 2
                 elif words[i] in ("wait", "serve"):
                     wait, serve, i = int(words[i + 1]), words[i] == "serve", i + 2
                 else:
                     raise ValueError(f"{key}: unknown marker word {words[i]!r}")
-            case["steps"].append((language, code, wait, serve))
+            case["steps"].append((language, code, wait, serve, file))
     return out
 
 
@@ -97,13 +112,19 @@ def run(case: dict, work: Path) -> None:
     (work.parent / "shared").symlink_to(SHARED)
     for name in LINKED:
         (work / name).symlink_to(ROOT / name)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(work),
            "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     groups = []
     try:
-        for number, (language, code, wait, serve) in enumerate(case["steps"]):
+        for command in case["setup"]:
+            subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=work, env=env,
+                           check=True, capture_output=True, timeout=600)
+        for number, (language, code, wait, serve, file) in enumerate(case["steps"]):
             for old, new in case["subs"]:
                 code = code.replace(old, new)
+            if file:
+                (work / file).write_text(code)
+                continue
             if language == "sh":
                 command = ["bash", "-euo", "pipefail", "-c", code]
             else:
@@ -126,6 +147,17 @@ def run(case: dict, work: Path) -> None:
                 os.killpg(group, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+def test_every_tested_by_names_a_test_that_reads_its_page():
+    """A block run by a dedicated test: the test exists and reads the block's page."""
+    for page in PAGES:
+        for _, _, marker in blocks(page):
+            match = marker and TESTED_BY.match(marker)
+            if match:
+                source = (ROOT / "tests" / match.group(1)).read_text()
+                assert f"def {match.group(2)}(" in source, marker
+                assert str(page.relative_to(ROOT)) in source or page.name in source, marker
 
 
 def test_every_substitution_matches():
