@@ -368,13 +368,14 @@ def test_two_workers_preparing_the_same_miniimagenet_cache_at_once(tmp_path):
     assert at_once(LOAD_MINIIMAGENET, folder) == digests
 
 
-def test_the_readme_cluster_examples_are_well_formed():
-    """The TFJob manifest and the two-machine TF_CONFIG of the README: what a user copies."""
+def test_the_cluster_examples_are_well_formed():
+    """The TFJob manifest and the two-machine TF_CONFIG of docs/guides/scaling.md: what a user
+    copies (`test_two_worker_processes_train_as_one_process` runs two workers)."""
     import re
     import yaml
     from click.testing import CliRunner
     from tfmeta_cli.main import cli as tfmeta
-    readme = (TESTS.parent / "README.md").read_text()
+    readme = (TESTS.parent / "docs" / "guides" / "scaling.md").read_text()
     manifest = yaml.safe_load(readme.split("<!-- tfjob -->")[1].split("```yaml\n")[1]
                               .split("```")[0])
     assert (manifest["apiVersion"], manifest["kind"]) == ("kubeflow.org/v1", "TFJob")

@@ -30,7 +30,9 @@ from tfmeta_serving.client import GrpcClient, RestClient, ServingClientError
 # Every test here trains a model or starts a process: the `trains` tier.
 pytestmark = pytest.mark.trains
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+SERVING_GUIDE = ROOT / "docs" / "guides" / "serving.md"
+DATA_GUIDE = ROOT / "docs" / "guides" / "data.md"
 SERVING = Path(__file__).resolve().parents[1] / "serving"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -308,11 +310,12 @@ def test_no_version_yet_is_a_404_that_names_no_server_path(tmp_path):
     assert error.value.message == "model 'm' has no loadable version yet"
 
 
-def test_the_readme_requests_work_against_the_embedded_server(tiny_sine_run, tmp_path):
+def test_the_serving_guides_requests_work_against_the_embedded_server(tiny_sine_run, tmp_path):
+    """docs/guides/serving.md's curl and gRPC requests, as written, against the embedded server."""
     export.export_run(tiny_sine_run, tmp_path / "models" / "sine")
     server = Server(tmp_path / "models" / "sine", tmp_path / "server.log")
     try:
-        block = README.read_text().split("<!-- serving-example -->")[1].split("```sh\n")[1]
+        block = SERVING_GUIDE.read_text().split("<!-- example: tested-by test_serving.py::test_the_serving_guides_requests_work_against_the_embedded_server -->")[1].split("```sh\n")[1]
         block = block.split("```")[0]
         request = re.search(r"<<'EOF'\n(.*?)\nEOF", block, re.S)[1]
         (tmp_path / "request.json").write_text(request)
@@ -788,7 +791,7 @@ def test_memory_returns_after_large_legal_requests(tight_server, files, large_fi
 
 def test_the_worst_request_of_each_kind_stays_within_the_stated_memory(
         tight_server, files, large_file, request_inputs):
-    """One request at a time, each the largest its kind may be, against the bound the README
+    """One request at a time, each the largest its kind may be, against the bound the serving guide
     states for one request (measured on this export: 15 MB of float JSON about 300 MB while it
     is parsed; the most examples, or 2048 x 2048 files decoded one at a time, under 200 MB)."""
     from tfmeta_serving.client import GrpcClient
@@ -1017,10 +1020,10 @@ def test_a_cancelled_call_stops_its_work_and_frees_the_slot(tight_server, files,
 
 
 @pytest.mark.slow
-def test_the_readme_own_data_lines_run_from_a_folder_to_an_answer(tmp_path):
-    """The README's ten lines from a folder to a served model, as written, with training and
+def test_the_own_data_lines_run_from_a_folder_to_an_answer(tmp_path):
+    """docs/guides/data.md's ten lines from a folder to a served model, as written, with training and
     evaluation shortened; the client's answer is a distribution over the task's 3 classes."""
-    block = README.read_text().split("<!-- own-data-example -->")[1].split("```sh\n")[1]
+    block = DATA_GUIDE.read_text().split("<!-- example: tested-by test_serving.py::test_the_own_data_lines_run_from_a_folder_to_an_answer -->")[1].split("```sh\n")[1]
     block = block.split("```")[0]
     script = re.search(r"<<'EOF'\n(.*?)\nEOF", block, re.S)[1]
     commands = [line.split("  #")[0].strip() for line in block.splitlines()
@@ -1029,7 +1032,7 @@ def test_the_readme_own_data_lines_run_from_a_folder_to_an_answer(tmp_path):
                                                 "export", "serve"]
     shorter = {"train": " --epochs 1 --iterations 30 --set train.eval_tasks=20 "
                         "--landscape-every 0 --no-progress", "evaluate": " --tasks 20"}
-    root = README.parent
+    root = ROOT
     for command in commands[:-1]:
         word = command.split()[1]
         command = (command.replace("python examples", f"{sys.executable} {root}/examples")
