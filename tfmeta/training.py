@@ -290,11 +290,17 @@ class repeat:   # noqa: N801 (a function's name: it builds the execution of `ste
 
     def __init__(self, step: Callable, steps_per_execution: int = 1, endless: bool = True):
         self.step, self.steps_per_execution, self.endless = step, steps_per_execution, endless
-        self._compiled = tf.function(self._loop)
+        # One step per call draws its episode in the graph too, without a loop whose body
+        # would trace the meta-step a second time.
+        self._compiled = tf.function(self._loop if steps_per_execution > 1 else self._once)
 
     def __call__(self, batches, count: int = 1) -> tuple:
         metrics, finite = self._compiled(batches, tf.constant(count, tf.int32))
         return {k: v.numpy() for k, v in metrics.items()}, bool(finite)
+
+    def _once(self, batches, count):
+        metrics, finite = self.step(next(batches))
+        return {k: v[tf.newaxis] for k, v in metrics.items()}, finite
 
     def _loop(self, batches, count):
         step = self.step
