@@ -304,19 +304,19 @@ class repeat:   # noqa: N801 (a function's name: it builds the execution of `ste
 
     def _loop(self, batches, count):
         step = self.step
-        metrics, finite = step(next(batches))
+        first, finite = step(next(batches))
         arrays = {k: tf.TensorArray(v.dtype, size=0, dynamic_size=True, element_shape=v.shape
-                                    ).write(0, v) for k, v in metrics.items()}
+                                    ).write(0, v) for k, v in first.items()}
         # A finite Keras dataset may end inside the call: draw optionally, and stop there.
         optional = not self.endless
-        nothing = {k: tf.zeros_like(v) for k, v in metrics.items()}
 
         def body(i, arrays, finite, more):
             if optional:
                 drawn = batches.get_next_as_optional()
                 more = drawn.has_value()
-                metrics, finite = tf.cond(more, lambda: step(drawn.get_value()),
-                                          lambda: (nothing, finite))
+                metrics, finite = tf.cond(
+                    more, lambda: step(drawn.get_value()),
+                    lambda: ({k: tf.zeros_like(v) for k, v in first.items()}, finite))
             else:
                 metrics, finite = step(next(batches))
             arrays = {k: a.write(i, metrics[k]) for k, a in arrays.items()}
@@ -334,6 +334,7 @@ class StepMeans:
 
     def __init__(self):
         self.sums, self.vectors, self.count = {}, {}, 0
+        self.extremes = {}   # {name: (least, greatest)} of each vector metric, kept as it comes
 
     def add(self, metrics: dict, finite: bool, first: int, remedy: str = "") -> int:
         """Adds one execution's `metrics` ({name: NumPy [steps, ...]}); returns the steps it ran.
@@ -349,6 +350,8 @@ class StepMeans:
                     self.sums[k] = self.sums.get(k, 0.0) + float(value)
             else:
                 self.vectors.setdefault(k, []).extend(v)
+                low, high = self.extremes.get(k, (np.inf, -np.inf))
+                self.extremes[k] = (min(low, float(v.min())), max(high, float(v.max())))
         self.count += ran
         return ran
 
