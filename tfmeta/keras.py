@@ -284,10 +284,9 @@ class _TrainingMeans(keras.metrics.Metric):
         self.steps = StepMeans()
 
     def result(self) -> dict:
-        vectors = self.steps.joined()
         return {**self.steps.means(),
-                **{f"{k}_{end}": float(f(v)) for k, v in vectors.items()
-                   for end, f in (("min", np.min), ("max", np.max))}}
+                **{f"{k}_{end}": value for k, pair in self.steps.extremes.items()
+                   for end, value in zip(("min", "max"), pair)}}
 
 
 class _StreamStart(keras.callbacks.Callback):

@@ -290,27 +290,33 @@ class repeat:   # noqa: N801 (a function's name: it builds the execution of `ste
 
     def __init__(self, step: Callable, steps_per_execution: int = 1, endless: bool = True):
         self.step, self.steps_per_execution, self.endless = step, steps_per_execution, endless
-        self._compiled = tf.function(self._loop)
+        # One step per call draws its episode in the graph too, without a loop whose body
+        # would trace the meta-step a second time.
+        self._compiled = tf.function(self._loop if steps_per_execution > 1 else self._once)
 
     def __call__(self, batches, count: int = 1) -> tuple:
         metrics, finite = self._compiled(batches, tf.constant(count, tf.int32))
         return {k: v.numpy() for k, v in metrics.items()}, bool(finite)
 
+    def _once(self, batches, count):
+        metrics, finite = self.step(next(batches))
+        return {k: v[tf.newaxis] for k, v in metrics.items()}, finite
+
     def _loop(self, batches, count):
         step = self.step
-        metrics, finite = step(next(batches))
+        first, finite = step(next(batches))
         arrays = {k: tf.TensorArray(v.dtype, size=0, dynamic_size=True, element_shape=v.shape
-                                    ).write(0, v) for k, v in metrics.items()}
+                                    ).write(0, v) for k, v in first.items()}
         # A finite Keras dataset may end inside the call: draw optionally, and stop there.
         optional = not self.endless
-        nothing = {k: tf.zeros_like(v) for k, v in metrics.items()}
 
         def body(i, arrays, finite, more):
             if optional:
                 drawn = batches.get_next_as_optional()
                 more = drawn.has_value()
-                metrics, finite = tf.cond(more, lambda: step(drawn.get_value()),
-                                          lambda: (nothing, finite))
+                metrics, finite = tf.cond(
+                    more, lambda: step(drawn.get_value()),
+                    lambda: ({k: tf.zeros_like(v) for k, v in first.items()}, finite))
             else:
                 metrics, finite = step(next(batches))
             arrays = {k: a.write(i, metrics[k]) for k, a in arrays.items()}
@@ -328,6 +334,7 @@ class StepMeans:
 
     def __init__(self):
         self.sums, self.vectors, self.count = {}, {}, 0
+        self.extremes = {}   # {name: (least, greatest)} of each vector metric, kept as it comes
 
     def add(self, metrics: dict, finite: bool, first: int, remedy: str = "") -> int:
         """Adds one execution's `metrics` ({name: NumPy [steps, ...]}); returns the steps it ran.
@@ -343,6 +350,8 @@ class StepMeans:
                     self.sums[k] = self.sums.get(k, 0.0) + float(value)
             else:
                 self.vectors.setdefault(k, []).extend(v)
+                low, high = self.extremes.get(k, (np.inf, -np.inf))
+                self.extremes[k] = (min(low, float(v.min())), max(high, float(v.max())))
         self.count += ran
         return ran
 
