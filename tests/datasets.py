@@ -65,3 +65,7 @@ def write_csv_layout(root, per_class=None, seed=0):
         lines = ["filename,label"] + [f"{rows[i][0]},{rows[i][1]}" for i in order]
         (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+if __name__ == "__main__":   # the docs' TFDS example prepares this dataset: datasets.py DIR
+    TinyShapes(data_dir=sys.argv[1]).download_and_prepare()

@@ -8,7 +8,7 @@ An example is a fenced `sh` or `python` block. Each is preceded by a marker comm
     <!-- example: tested-by TEST_FILE::TEST_NAME -->
 
 Blocks of one page that share NAME form one scenario, run in order in a fresh directory that
-holds links to the repository's `.venv`, `examples`, `configs` and `benchmarks`, beside a link
+holds links to the repository's `.venv`, `examples`, `configs`, `benchmarks` and `tests`, beside a link
 `../shared` to the shared data. `sub` shortens training (it must match, so a changed example is
 noticed); `setup` runs a shell command before the scenario (the data an example assumes);
 `file PATH` writes a block as that file instead of running it (a module an example imports);
@@ -38,7 +38,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 MARKER = re.compile(r"<!-- example: ([\w-]+)(.*?)-->\s*$")
 TESTED_BY = re.compile(r"<!-- example: tested-by ([\w/.]+)::(\w+) -->\s*$")
-LINKED = (".venv", "examples", "configs", "benchmarks")
+LINKED = (".venv", "examples", "configs", "benchmarks", "tests")
 
 
 def blocks(page: Path) -> list:
