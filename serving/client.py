@@ -21,6 +21,8 @@ from typing import Optional
 
 import numpy as np
 
+__all__ = ["RestClient", "GrpcClient", "ServingClientError", "encode", "main"]
+
 
 class ServingClientError(Exception):
     """The server refused a request: its status (HTTP, or the gRPC code's name) and message."""

@@ -175,3 +175,18 @@ def test_example_runs(key, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     run(SCENARIOS[key], work)
+
+
+def test_the_api_reference_renders_the_public_modules_and_each_declares_its_names():
+    """`tfmeta.__all__` names the public modules; the reference has a page for each (and the
+    serving clients), and every name a public module's `__all__` declares exists."""
+    import importlib
+
+    import tfmeta
+    rendered = {name for page in (ROOT / "docs" / "reference").glob("*.md")
+                for name in re.findall(r"^::: (\S+)", page.read_text(), re.M)}
+    public = {f"tfmeta.{name}" for name in tfmeta.__all__} | {"tfmeta_serving.client"}
+    assert rendered == public
+    for name in public:
+        module = importlib.import_module(name)
+        assert module.__all__ and all(hasattr(module, n) for n in module.__all__), name

@@ -29,6 +29,9 @@ from tfmeta.config.adapt import AdaptConfig
 from tfmeta.losses import classes_loss, task_loss
 from tfmeta.models import MetaModel, features, head, params_of, parts
 
+__all__ = ["AdaptConfig", "Origin", "Trajectory", "adapt", "displacement", "inner_gradient",
+           "sgd_step", "support_loss_fn", "learning_rates"]
+
 
 class Origin:
     """Where meta-test adaptation starts: `params()` once per batch of tasks (theta, the model's

@@ -61,6 +61,10 @@ from tfmeta.models import MetaModel, apply, query_outputs
 from tfmeta.refusals import bad_rows, first, refusal
 from tfmeta.tasks.image_format import DEFAULT_MAX_SIDE, ImageFormat, decode_images
 
+__all__ = ["export", "export_run", "read_metadata", "AdaptivePredictor", "next_version",
+           "describe_signatures", "check_request", "examples_in_request", "too_many_examples",
+           "queries_notice", "METADATA_FILE", "DEFAULT_MAX_EXAMPLES", "DEFAULT_SIGNATURE"]
+
 METADATA_FILE = "assets.extra/tfmeta.json"
 # Held while a version is chosen and written (a dot file: no server takes it for a version).
 EXPORT_LOCK = ".export.lock"

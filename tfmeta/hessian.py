@@ -30,6 +30,10 @@ from typing import Callable, NamedTuple, Sequence, Union
 
 import tensorflow as tf
 
+__all__ = ["EigenResult", "hvp", "hvp_matvec", "power_iteration", "lanczos", "spectral_norm",
+           "top_eigenvalues", "hutchinson_trace", "eigenvalue_density", "density_on_grid",
+           "layer_spectral_norms", "flatten", "unflatten"]
+
 Matvec = Callable[[tf.Tensor], tf.Tensor]
 LossFn = Callable[[list], tf.Tensor]
 Seed = Union[int, tf.Tensor]

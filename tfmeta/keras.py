@@ -37,6 +37,8 @@ from tfmeta.tasks.episode import Episode
 from tfmeta.tasks.source import TaskSource
 from tfmeta.training import MetaSteps, StepMeans
 
+__all__ = ["MetaLearner", "LandscapeMetrics"]
+
 _SAVED = ("a MetaLearner is saved as a run directory, not as a Keras file, because its MetaModel "
           "and inner loop are not Keras-serializable: use learner.save_run(DIR), which tfmeta "
           "evaluate, analyze and export open, or save_weights (ModelCheckpoint with "

@@ -65,6 +65,9 @@ from tfmeta.losses import task_loss
 from tfmeta.models import MetaModel, leaves, query_features
 from tfmeta.tasks.source import TaskSource
 
+__all__ = ["Landscape", "METRICS", "VARIANTS", "coherences", "hessian_metrics", "hessian_means",
+           "pairwise_mean", "task_sums", "layer_groups_of"]
+
 METRICS = ("flatness", "trajectory_coherence", "gradient_coherence", "representation_coherence",
            "trajectory_norm", "support_loss")
 # Variants of the definitions, measured beside METRICS (see the module docstring).

@@ -37,6 +37,10 @@ from tfmeta.custom import leaves
 from tfmeta.custom import exact_batch_norm  # noqa: F401  (tfmeta.models.exact_batch_norm)
 from tfmeta.errors import ConfigError
 
+__all__ = ["MetaModel", "InnerLoop", "InnerRates", "Gains", "Parts", "build", "conv4", "mlp",
+           "resnet12", "from_keras", "custom_model", "params_of", "parts", "effective", "apply",
+           "head", "features", "query_outputs", "query_features", "joint_outputs"]
+
 
 @dataclasses.dataclass(frozen=True)
 class InnerLoop:

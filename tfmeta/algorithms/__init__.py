@@ -22,6 +22,8 @@ from tfmeta.adaptation import Origin
 from tfmeta.algorithms import finetune, gradient_agreement, maml, maml_reg, nal
 from tfmeta.config.algorithms import AlgorithmConfig
 
+__all__ = ["Algorithm", "REGISTRY", "get", "finetune", "gradient_agreement", "maml", "maml_reg", "nal"]
+
 
 def _networks(config, source, build: Callable) -> tuple:
     """The one network that meta-trains and adapts: (model, eval_model, Origin)."""

@@ -15,8 +15,10 @@ import tensorflow as tf
 
 from tfmeta.config.data import DataConfig, dataset_names, find
 from tfmeta.errors import ConfigError
-from tfmeta.tasks.folder import from_directory  # noqa: F401  (tfmeta.tasks.from_directory)
+from tfmeta.tasks.folder import from_directory
 from tfmeta.tasks.source import TaskSource
+
+__all__ = ["build", "from_directory", "fingerprint", "DataConfig", "TaskSource"]
 
 
 def build(config: DataConfig, dtype: str = "float32") -> TaskSource:

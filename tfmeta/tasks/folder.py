@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -260,7 +260,7 @@ def source(config: DataConfig, dtype=tf.float32) -> TaskSource:
                                  eval_split="val" if "val" in split_pools else "test")
 
 
-def from_directory(path, ways: int = 5, shots: int = 1, queries: int = 15,
+def from_directory(path: Union[str, os.PathLike], ways: int = 5, shots: int = 1, queries: int = 15,
                    image_size: Optional[Sequence[int]] = None, color: str = "rgb",
                    split: Sequence[float] = (0.6, 0.2, 0.2), split_seed: int = 0,
                    cache_dir: str = "", dtype: str = "float32") -> TaskSource:
@@ -268,7 +268,9 @@ def from_directory(path, ways: int = 5, shots: int = 1, queries: int = 15,
 
     Args:
         path: the folder.
-        ways, shots, queries: N, K and Q of every episode.
+        ways: N, the classes of every episode.
+        shots: K, the support examples per class.
+        queries: Q, the query examples per class.
         image_size: (height, width) to resize to; None keeps the images' own size, which they
             must share.
         color: "rgb" or "grayscale".
