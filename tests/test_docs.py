@@ -131,14 +131,17 @@ def run(case: dict, work: Path) -> None:
                 script = work / f".example-{number}.py"
                 script.write_text(code)
                 command = [sys.executable, str(script)]
-            process = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True,
-                                       start_new_session=True)
+            # A file, not a pipe: a server the block leaves in the background keeps its output
+            # open, and reading a pipe to its end would wait for that server.
+            log = work / f".example-{number}.log"
+            with open(log, "w") as output:
+                process = subprocess.Popen(command, cwd=work, env=env, stdout=output,
+                                           stderr=subprocess.STDOUT, start_new_session=True)
             groups.append(process.pid)
             if not serve:
-                output, _ = process.communicate(timeout=1500)
+                process.wait(timeout=1500)
                 assert process.returncode == 0, \
-                    f"block {number} failed:\n{code}\n{output[-4000:]}"
+                    f"block {number} failed:\n{code}\n{log.read_text()[-4000:]}"
             if wait:
                 _wait_for(wait)
     finally:
