@@ -14,7 +14,7 @@ MODELS/NAME is an image classifier's export (e.g. omniglot_20w1s-cpu). The scrip
   16 MB of float JSON (parsed, then refused for its examples), the most float queries the export
   takes (`max_examples`), and its most files at the largest side (one 2048 x 2048 file decoded at
   a time; over gRPC, whose message carries them): the status and the RSS at its peak over the
-  warm RSS, the bound that the README states for one request;
+  warm RSS, the bound that docs/guides/serving-security.md states for one request;
 - `burst`: `--clients` clients at once, each sending `--rounds` large legal requests over REST,
   alternately N support images with the most float queries the export takes and with 40 files of
   2048 x 2048 (16 MB each decoded): their statuses, the RSS at its peak (sampled every 50 ms) and

@@ -36,7 +36,7 @@ def main():
     out = Path(args.out or f"runs/keras-{args.dataset}")
     epochs, steps = args.epochs or config.train.epochs, args.steps or config.train.iterations
 
-    # The ten lines of the README.
+    # The lines of the README's Keras example.
     source = tasks.build(config.data)
     learner = MetaLearner.from_run_config(config, source)
     learner.compile(optimizer=keras.optimizers.Adam(config.train.meta_lr), steps_per_execution=10)

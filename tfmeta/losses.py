@@ -53,7 +53,7 @@ def task_loss(model: MetaModel, params: Sequence[tf.Tensor], x: tf.Tensor,
     example weighs in the loss what it weighed in the N-way tasks the model was meta-trained on
     (B = K M examples instead of K N). The meta-learned initialization and inner learning rate
     assume that weight: on 2-, 3- and 5-way tasks of a 20-way Omniglot model it scores 4-5
-    points above the unscaled mean (README, Serving).
+    points above the unscaled mean (docs/results/serving.md, 'Fewer classes').
     """
     return classes_loss(model, apply(model, params, x, step=step), y, classes)
 

@@ -220,12 +220,13 @@ def format_markdown(rows: List[dict], config: ClaimsConfig, status: str,
               "pool_count": len(config.pools),
               "pools": ", ".join(pool_name(p) for p in config.pools)}
     out = ["# Landscape claims (Guiroy, Verma & Pal, 2019)", "", status, "",
-           "The rules (README, 'Verdict rules'): a statement's per-seed statistic, a 95% t "
-           "interval over seeds, reproduced or contradicted when the whole interval lies on one "
-           "side of the threshold. \"Tracks accuracy\" is a conjunction: reproduced when the rank "
-           "correlation lies above 0.3 in both the rising and the falling phase, contradicted "
-           "when either phase's lies wholly below it. The falling phase is judged only where the "
-           "setting meta-overfits; elsewhere it is untestable here.", "",
+           "The rules (docs/guides/claims.md, 'Verdict rules'): a statement's per-seed "
+           "statistic, a 95% t interval over seeds, reproduced or contradicted when the whole "
+           "interval lies on one side of the threshold. \"Tracks accuracy\" is a conjunction: "
+           "reproduced when the rank correlation lies above 0.3 in both the rising and the "
+           "falling phase, contradicted when either phase's lies wholly below it. The falling "
+           "phase is judged only where the setting meta-overfits; elsewhere it is untestable "
+           "here.", "",
            *verdict_table(rows)]
     if pilot:
         out += ["", *pilot_section(*pilot, config)]
