@@ -4,7 +4,7 @@ shortening its marker states, so that an example that drifts from the code fails
 An example is a fenced `sh` or `python` block. Each is preceded by a marker comment:
 
     <!-- example: NAME [slow] [sub "TEXT" "REPLACEMENT"]... [setup "COMMAND"] [file PATH]
-         [wait PORT] [serve PORT] -->
+         [wait PORT] [serve PORT] [after PAGE:NAME] -->
     <!-- example: tested-by TEST_FILE::TEST_NAME -->
 
 Blocks of one page that share NAME form one scenario, run in order in a fresh directory that
@@ -13,8 +13,10 @@ holds links to the repository's `.venv`, `examples`, `configs`, `benchmarks` and
 noticed); `setup` runs a shell command before the scenario (the data an example assumes);
 `file PATH` writes a block as that file instead of running it (a module an example imports);
 `wait PORT` waits for a server that the block started in the background; `serve PORT` runs a
-block that never ends (TensorBoard) until its port answers, and leaves it running. Every process
-a scenario started is stopped when it ends. `tested-by` names the test that runs a block itself,
+block that never ends (TensorBoard) until its port answers, and leaves it running; `after
+PAGE:NAME` runs the blocks at the end of another page's scenario, in its directory and with its
+servers (a guide that goes on from the README's tour). Every process a scenario started is
+stopped when it ends. `tested-by` names the test that runs a block itself,
 with checks of its own (that test must read this page). Usage
 synopses, with placeholders, are `text` blocks, not examples. A scenario marked `slow` runs in the
 slow tier.
@@ -68,6 +70,9 @@ def scenarios() -> dict:
                                         "setup": []})
             wait, serve, file, i = None, False, None, 0
             while i < len(words):
+                if words[i] == "after":
+                    case["after"], i = words[i + 1], i + 2
+                    continue
                 if words[i] == "slow":
                     case["slow"], i = True, i + 1
                 elif words[i] == "sub":
@@ -83,6 +88,11 @@ def scenarios() -> dict:
                 else:
                     raise ValueError(f"{key}: unknown marker word {words[i]!r}")
             case["steps"].append((language, code, wait, serve, file))
+    for key in [k for k, case in out.items() if "after" in case]:
+        later = out.pop(key)
+        out[later["after"]]["steps"] += later["steps"]
+        out[later["after"]]["subs"] += later["subs"]
+        out[later["after"]]["setup"] += later["setup"]
     return out
 
 

@@ -32,7 +32,6 @@ pytestmark = pytest.mark.trains
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVING_GUIDE = ROOT / "docs" / "guides" / "serving.md"
-DATA_GUIDE = ROOT / "docs" / "guides" / "data.md"
 SERVING = Path(__file__).resolve().parents[1] / "serving"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -1022,35 +1021,3 @@ def test_a_cancelled_call_stops_its_work_and_frees_the_slot(tight_server, files,
         client.close()
     assert "Traceback" not in tight_server.log.read_text()
 
-
-@pytest.mark.slow
-def test_the_own_data_lines_run_from_a_folder_to_an_answer(tmp_path):
-    """docs/guides/data.md's ten lines from a folder to a served model, as written, with training and
-    evaluation shortened; the client's answer is a distribution over the task's 3 classes."""
-    block = DATA_GUIDE.read_text().split("<!-- example: tested-by test_serving.py::test_the_own_data_lines_run_from_a_folder_to_an_answer -->")[1].split("```sh\n")[1]
-    block = block.split("```")[0]
-    script = re.search(r"<<'EOF'\n(.*?)\nEOF", block, re.S)[1]
-    commands = [line.split("  #")[0].strip() for line in block.splitlines()
-                if line.startswith(("python examples", "tfmeta "))]
-    assert [c.split()[1] for c in commands] == ["examples/shapes_folder.py", "train", "evaluate",
-                                                "export", "serve"]
-    shorter = {"train": " --epochs 1 --iterations 30 --set train.eval_tasks=20 "
-                        "--landscape-every 0 --no-progress", "evaluate": " --tasks 20"}
-    root = ROOT
-    for command in commands[:-1]:
-        word = command.split()[1]
-        command = (command.replace("python examples", f"{sys.executable} {root}/examples")
-                   .replace("tfmeta ", f"{sys.executable} -m tfmeta_cli.main ", 1)
-                   + shorter.get(word, ""))
-        result = subprocess.run(command, shell=True, cwd=tmp_path, env=ENV, capture_output=True,
-                                text=True)
-        assert result.returncode == 0, (command, result.stderr[-2000:])
-    server = Server(tmp_path / "models" / "shapes", tmp_path / "server.log")
-    try:
-        answer = subprocess.run(
-            [sys.executable, "-c", script.replace("localhost:8501", f"127.0.0.1:{server.port}")],
-            cwd=tmp_path, env=ENV, check=True, capture_output=True, text=True).stdout
-    finally:
-        server.stop()
-    probabilities = np.array(answer.strip().strip("[]").split(), float)
-    assert probabilities.shape == (3,) and probabilities.sum() == pytest.approx(1, abs=1e-5)
