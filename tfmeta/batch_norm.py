@@ -43,6 +43,32 @@ def capture():
         _CONTEXT.captured = saved
 
 
+@contextlib.contextmanager
+def recorded():
+    """Within the block, every `BatchNorm` that normalizes with reference rows also appends the
+    statistics it used, (mean, variance) each [1, ..., C], to the list the block gets, in call
+    order: what a support set leaves for its queries (`replayed`)."""
+    saved = getattr(_CONTEXT, "recorded", None)
+    _CONTEXT.recorded = []
+    try:
+        yield _CONTEXT.recorded
+    finally:
+        _CONTEXT.recorded = saved
+
+
+@contextlib.contextmanager
+def replayed(statistics_list):
+    """Within the block, every `BatchNorm` normalizes with the next (mean, variance) of
+    `statistics_list`, as `recorded` gave them, instead of statistics of its input: a query
+    alone, normalized exactly as among its support set's rows."""
+    saved = getattr(_CONTEXT, "replayed", None)
+    _CONTEXT.replayed = iter(statistics_list)
+    try:
+        yield
+    finally:
+        _CONTEXT.replayed = saved
+
+
 def _captured(normalized: tf.Tensor) -> None:
     captured = getattr(_CONTEXT, "captured", None)
     if captured is not None:
@@ -149,10 +175,17 @@ class BatchNorm(keras.layers.Layer):
             mean = ops.mean(reference, axis=axes, keepdims=True)
             variance = ops.mean(ops.square(reference - mean), axis=axes, keepdims=True)
             _captured((x - mean) * ops.rsqrt(variance + self.epsilon))
-        if reference_rows is None:
+        replay = getattr(_CONTEXT, "replayed", None)
+        if replay is not None:
+            mean, variance = next(replay)
+        elif reference_rows is None:
             return normalize(x, gamma, beta, self.epsilon)
-        mean = ops.mean(reference, axis=axes, keepdims=True)
-        variance = ops.mean(ops.square(reference - mean), axis=axes, keepdims=True)
+        else:
+            mean = ops.mean(reference, axis=axes, keepdims=True)
+            variance = ops.mean(ops.square(reference - mean), axis=axes, keepdims=True)
+            record = getattr(_CONTEXT, "recorded", None)
+            if record is not None:
+                record.append((mean, variance))
         # The per-channel factor is formed first so that only two ops touch the full activation.
         return (x - mean) * (gamma * ops.rsqrt(variance + self.epsilon)) + beta
 

@@ -44,6 +44,7 @@ removes.
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -51,13 +52,13 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from tfmeta import files, rundir
+from tfmeta import adapted_task, files, rundir
 from tfmeta.adaptation import adapt
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.model import NORMS
 from tfmeta.errors import ConfigError
 from tfmeta.losses import mask_classes
-from tfmeta.models import MetaModel, apply, query_outputs
+from tfmeta.models import MetaModel, apply, outputs_given, query_outputs, support_statistics
 from tfmeta.refusals import bad_rows, first, refusal
 from tfmeta.tasks.image_format import DEFAULT_MAX_SIDE, ImageFormat, decode_images
 
@@ -86,12 +87,13 @@ class AdaptivePredictor(tf.Module):
         image_format: the dataset's image files, for `adapt_predict_images`; None for none.
         max_image_side: the largest width or height of a file `adapt_predict_images` decodes.
         max_examples: the most examples one request may carry (support and query together).
+        export_id: 16 hex digits that the tasks of `adapt` carry and `predict_task` checks.
     """
 
     def __init__(self, model: MetaModel, config: AdaptConfig, steps: int, metadata: dict,
                  image_format: Optional[ImageFormat] = None,
                  max_image_side: int = DEFAULT_MAX_SIDE,
-                 max_examples: int = DEFAULT_MAX_EXAMPLES):
+                 max_examples: int = DEFAULT_MAX_EXAMPLES, export_id: str = "0" * 16):
         super().__init__(name="tfmeta")
         self.model = model
         # The backend tf.Variables, tracked directly (as keras.export.ExportArchive does). Through
@@ -112,23 +114,38 @@ class AdaptivePredictor(tf.Module):
         else:
             self.ways = 0
             labels = tf.TensorSpec([None, model.head.units], self.dtype, name="support_y")
-        self.adapt_predict = tf.function(self._adapt_predict, input_signature=[
-            tf.TensorSpec(example.shape, self.dtype, name="support_x"), labels,
-            tf.TensorSpec(example.shape, self.dtype, name="query_x")])
+        # With per-step batch norm, a query sees the row of the last step taken, as in evaluation.
+        self.query_step = self.config.steps - 1
+        self.task_layout = adapted_task.layout(model, self._params(), self.query_step, export_id)
+        support, query = (tf.TensorSpec(example.shape, self.dtype, name=name)
+                          for name in ("support_x", "query_x"))
+        task = tf.TensorSpec([], tf.string, name=adapted_task.NAME)
+        self.adapt_predict = tf.function(self._adapt_predict,
+                                         input_signature=[support, labels, query])
+        self.adapt = tf.function(self._adapt, input_signature=[support, labels])
+        self.predict_task = tf.function(self._predict_task, input_signature=[task, query])
         self.predict = tf.function(self._predict, input_signature=[
             tf.TensorSpec(example.shape, self.dtype, name="x")])
         if image_format is not None:
+            files_of = lambda name: tf.TensorSpec([None], tf.string, name=name)  # noqa: E731
             self.adapt_predict_images = tf.function(self._adapt_predict_images, input_signature=[
-                tf.TensorSpec([None], tf.string, name="support_images"), labels,
-                tf.TensorSpec([None], tf.string, name="query_images")])
+                files_of("support_images"), labels, files_of("query_images")])
+            self.adapt_images = tf.function(self._adapt_images, input_signature=[
+                files_of("support_images"), labels])
+            self.predict_task_images = tf.function(self._predict_task_images, input_signature=[
+                task, files_of("query_images")])
 
     def signatures(self) -> dict:
         """{signature name: concrete function} for `tf.saved_model.save`."""
         adapt_predict = self.adapt_predict.get_concrete_function()
         out = {"serving_default": adapt_predict, "adapt_predict": adapt_predict,
+               "adapt": self.adapt.get_concrete_function(),
+               "predict_task": self.predict_task.get_concrete_function(),
                "predict": self.predict.get_concrete_function()}
         if self.image_format is not None:
             out["adapt_predict_images"] = self.adapt_predict_images.get_concrete_function()
+            out["adapt_images"] = self.adapt_images.get_concrete_function()
+            out["predict_task_images"] = self.predict_task_images.get_concrete_function()
         return out
 
     def _params(self) -> list:
@@ -141,28 +158,65 @@ class AdaptivePredictor(tf.Module):
             outputs = mask_classes(outputs, classes)
         return {"logits": outputs, "probabilities": tf.nn.softmax(outputs)}
 
-    def _adapt_predict(self, support_x, support_y, query_x, names=("support_x", "query_x")):
-        with tf.control_dependencies([self._check_count(support_x, query_x)]):
+    def _adapted(self, support_x, support_y, query_x, names) -> tuple:
+        """(adapted parameters, class count M or None, support_x) after the request's checks;
+        query_x None for `adapt`."""
+        given = [x for x in (support_x, query_x) if x is not None]
+        with tf.control_dependencies([self._check_count(*given)]):
             checks = check_request(support_x, support_y, query_x, self.ways, names)
         with tf.control_dependencies(checks):
             support_x = tf.identity(support_x)
         classes = tf.reduce_max(support_y) + 1 if self.ways else None
         adapted, _ = adapt(self.model, self._params(), (support_x, support_y), self.config,
                            classes=classes)
-        # With per-step batch norm, the query sees the row of the last step taken, as in
-        # evaluation.
-        outputs = query_outputs(self.model, adapted, support_x, query_x, self.config.steps - 1)
+        return adapted, classes, support_x
+
+    def _adapt_predict(self, support_x, support_y, query_x, names=("support_x", "query_x")):
+        adapted, classes, support_x = self._adapted(support_x, support_y, query_x, names)
+        outputs = query_outputs(self.model, adapted, support_x, query_x, self.query_step)
         return self._outputs(outputs, classes)
+
+    def _adapt(self, support_x, support_y, names=("support_x", None)):
+        adapted, classes, support_x = self._adapted(support_x, support_y, None, names)
+        statistics = support_statistics(self.model, adapted, support_x, self.query_step)
+        task = adapted_task.encode(self.task_layout,
+                                   [adapted[i] for i in self.model.inner_indices], statistics,
+                                   classes if self.ways else tf.constant(0))
+        return {adapted_task.NAME: task}
+
+    def _predict_task(self, task, query_x, name="query_x"):
+        with tf.control_dependencies([self._check_count(query_x)] +
+                                     _check_examples(query_x, name)):
+            query_x = tf.identity(query_x)
+        inner, statistics, classes = adapted_task.decode(self.task_layout, task)
+        params = self._params()
+        for index, value in zip(self.model.inner_indices, inner):
+            params[index] = value
+        outputs = outputs_given(self.model, params, statistics, query_x, self.query_step)
+        return self._outputs(outputs, classes if self.ways else None)
+
+    def _decode(self, images, name):
+        return decode_images(images, self.image_format, name, self.dtype, self.max_image_side)
 
     def _adapt_predict_images(self, support_images, support_y, query_images):
         # Counted before a single file is decoded.
         with tf.control_dependencies([self._check_count(support_images, query_images)]):
             support_images, query_images = tf.identity(support_images), tf.identity(query_images)
-        decode = lambda images, name: decode_images(  # noqa: E731
-            images, self.image_format, name, self.dtype, self.max_image_side)
-        return self._adapt_predict(decode(support_images, "support_images"), support_y,
-                                   decode(query_images, "query_images"),
+        return self._adapt_predict(self._decode(support_images, "support_images"), support_y,
+                                   self._decode(query_images, "query_images"),
                                    names=("support_images", "query_images"))
+
+    def _adapt_images(self, support_images, support_y):
+        with tf.control_dependencies([self._check_count(support_images)]):
+            support_images = tf.identity(support_images)
+        return self._adapt(self._decode(support_images, "support_images"), support_y,
+                           names=("support_images", None))
+
+    def _predict_task_images(self, task, query_images):
+        with tf.control_dependencies([self._check_count(query_images)]):
+            query_images = tf.identity(query_images)
+        return self._predict_task(task, self._decode(query_images, "query_images"),
+                                  name="query_images")
 
     def _predict(self, x):
         with tf.control_dependencies([self._check_count(x)] + _check_examples(x, "x")):
@@ -184,10 +238,11 @@ def _check_examples(x: tf.Tensor, name: str) -> list:
                            f"{name} holds NaN or Inf in example {{}}", first(bad))]
 
 
-def check_request(support_x: tf.Tensor, support_y: tf.Tensor, query_x: tf.Tensor,
+def check_request(support_x: tf.Tensor, support_y: tf.Tensor, query_x: Optional[tf.Tensor],
                   ways: int, names=("support_x", "query_x")) -> list:
-    """Graph assertions on one adapt_predict request; `ways` 0 means regression; `names` are the
-    support and query inputs' names for the messages (`refusals`: each one sentence).
+    """Graph assertions on one adapt_predict request (query_x None: an `adapt` request, support
+    only); `ways` 0 means regression; `names` are the support and query inputs' names for the
+    messages (`refusals`: each one sentence).
 
     A classifier's labels must lie in [0, ways), hold at least two classes (one class leaves
     nothing to learn, and is most likely a client's mistake) and use every class in
@@ -195,7 +250,8 @@ def check_request(support_x: tf.Tensor, support_y: tf.Tensor, query_x: tf.Tensor
     before, so a request is reported by its first fault.
     """
     support, query = names
-    checks = _check_examples(support_x, support) + _check_examples(query_x, query)
+    checks = _check_examples(support_x, support) + (
+        _check_examples(query_x, query) if query_x is not None else [])
     examples, labels = tf.shape(support_x)[0], tf.shape(support_y)[0]
     checks.append(refusal(tf.equal(examples, labels), f"{support} holds {{}} examples but "
                           "support_y holds {} labels; send one label per support example",
@@ -247,6 +303,8 @@ def describe_signatures(model: MetaModel, image_format: Optional[ImageFormat],
     else:
         labels = {"dtype": dtype, "shape": ["K", model.head.units]}
         outputs = {"predictions": {"dtype": dtype, "shape": ["Q", model.head.units]}}
+    task = {"dtype": "string", "shape": [],
+            "encoding": "an adapted task: opaque bytes (REST: {\"b64\": ...})"}
     independent = model.query_independent
     dependence = ("each query's answer depends only on the support set and itself"
                   if independent else
@@ -256,6 +314,13 @@ def describe_signatures(model: MetaModel, image_format: Optional[ImageFormat],
         "adapt_predict": {
             "inputs": {"support_x": {**example, "shape": shape}, "support_y": labels,
                        "query_x": {**example, "shape": ["Q", *shape[1:]]}},
+            "outputs": outputs, "query_independent": independent, "queries": dependence},
+        "adapt": {
+            "inputs": {"support_x": {**example, "shape": shape}, "support_y": labels},
+            "outputs": {adapted_task.NAME: task},
+            "queries": "send the task with each later request to predict_task"},
+        "predict_task": {
+            "inputs": {adapted_task.NAME: task, "query_x": {**example, "shape": ["Q", *shape[1:]]}},
             "outputs": outputs, "query_independent": independent, "queries": dependence},
         "predict": {
             "inputs": {"x": {**example, "shape": ["B", *shape[1:]]}},
@@ -269,6 +334,13 @@ def describe_signatures(model: MetaModel, image_format: Optional[ImageFormat],
         signatures["adapt_predict_images"] = {
             "inputs": {"support_images": {**files, "shape": ["K"]}, "support_y": labels,
                        "query_images": {**files, "shape": ["Q"]}},
+            "outputs": outputs, "query_independent": independent, "queries": dependence}
+        signatures["adapt_images"] = {
+            "inputs": {"support_images": {**files, "shape": ["K"]}, "support_y": labels},
+            "outputs": {adapted_task.NAME: task},
+            "queries": "send the task with each later request to predict_task_images"}
+        signatures["predict_task_images"] = {
+            "inputs": {adapted_task.NAME: task, "query_images": {**files, "shape": ["Q"]}},
             "outputs": outputs, "query_independent": independent, "queries": dependence}
     return signatures
 
@@ -341,8 +413,12 @@ def export(model: MetaModel, config: AdaptConfig, out: Path, steps: int, metadat
                     "max_image_side": max_image_side if image_format else None,
                     "max_examples": max_examples,
                     "signatures": describe_signatures(model, image_format, max_image_side)}
+        export_id = secrets.token_hex(8)
+        metadata["task_export_id"] = export_id
         module = AdaptivePredictor(model, config, steps, metadata, image_format, max_image_side,
-                                   max_examples)
+                                   max_examples, export_id)
+        metadata["task_bytes"] = module.task_layout.length
+        module.metadata_json.assign(json.dumps(metadata))
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=out))
         try:
             tf.saved_model.save(module, str(staging), signatures=module.signatures())
