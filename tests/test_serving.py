@@ -1021,3 +1021,38 @@ def test_a_cancelled_call_stops_its_work_and_frees_the_slot(tight_server, files,
         client.close()
     assert "Traceback" not in tight_server.log.read_text()
 
+
+
+def test_a_task_adapted_once_answers_its_queries_over_rest_and_grpc(server, omniglot_models,
+                                                                   request_inputs, files):
+    """Each client's `adapt` returns a Task, and `predict(task, ...)` answers as `adapt_predict`
+    answers from the task's support set (a query alone, where the model's queries are
+    independent): arrays and files, REST and gRPC.
+    A task cut short is refused with its sentence, and the server keeps serving."""
+    from tfmeta_serving.client import GrpcClient, RestClient, ServingClientError, Task
+    rest = RestClient(server.url, server.name)
+    clients = [rest, GrpcClient(f"127.0.0.1:{server.grpc_port}", server.name)]
+    arrays = {k: request_inputs[k] for k in ("support_x", "support_y")}
+    images = {k: files[k] for k in ("support_images", "support_y")}
+    independent = export.read_metadata(omniglot_models / "1")["query_independent"]
+    expected = {"arrays": rest.predict("adapt_predict", **request_inputs)["probabilities"],
+                "files": rest.predict("adapt_predict_images", **files)["probabilities"]}
+    for client in clients:
+        for kind, support, queries in (("arrays", arrays, request_inputs["query_x"]),
+                                       ("files", images, files["query_images"])):
+            task = client.adapt(**support)
+            assert isinstance(task, Task) and task.data.startswith(b"tfmeta-task/1 ")
+            key = "query_x" if kind == "arrays" else "query_images"
+            # A transductive model's queries are normalized together: they go in one request.
+            rows = [slice(0, 1), slice(len(queries) - 1, None)] if independent else [slice(None)]
+            for row in rows:
+                answer = client.predict(task, **{key: queries[row]})["probabilities"]
+                np.testing.assert_allclose(answer, expected[kind][row], atol=1e-5)
+        with pytest.raises(ServingClientError, match="it was cut short or padded"):
+            client.predict(Task(task.data[:-5], task.signature), query_images=queries[:1])
+    status, body = server.post(f"/v1/models/{server.name}:predict",
+                               {"instances": [{"support_x": request_inputs["support_x"][i].tolist(),
+                                               "support_y": int(request_inputs["support_y"][i])}
+                                              for i in range(len(request_inputs["support_y"]))],
+                                "signature_name": "adapt"})
+    assert status == 400 and "send \"inputs\"" in body["error"]
