@@ -12,6 +12,7 @@ from PIL import Image
 
 from helpers import SessionModel
 from tfmeta import adapted_task, export, models
+from tfmeta.adaptation import adapt, adapt_task
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.model import ModelConfig
 from tfmeta.models import InnerLoop
@@ -198,3 +199,37 @@ def test_image_files_adapt_once_and_predict_as_adapt_predict_images(tmp_path):
             np.testing.assert_allclose(got["logits"], expected["logits"][i:i + 1], atol=1e-5)
     finally:
         session.close()
+
+
+@pytest.mark.parametrize("norm", ["support", "transductive"])
+def test_adapt_task_answers_as_the_query_pass_after_adapt(norm):
+    """In Python: `adapt_task` once, then `predict` per query, against `adapt` and
+    `query_outputs` with the whole query set."""
+    model = classifier(norm)
+    config = AdaptConfig(steps=2, lr=0.4)
+    inputs = task_inputs()
+    sx, sy, qx = (tf.constant(inputs[k]) for k in ("support_x", "support_y", "query_x"))
+    adapted, _ = adapt(model, models.params_of(model), (sx, sy), config,
+                       steps=config.eval_steps)
+    expected = models.query_outputs(model, adapted, sx, qx, config.eval_steps - 1).numpy()
+    task = adapt_task(model, models.params_of(model), (inputs["support_x"], inputs["support_y"]),
+                      config)
+    np.testing.assert_allclose(task.predict(inputs["query_x"]), expected, atol=1e-5)
+    if model.query_independent:
+        np.testing.assert_allclose(task.predict(inputs["query_x"][3:4]), expected[3:4],
+                                   atol=1e-5)
+
+
+def test_a_meta_learner_adapts_once_and_predicts_with_the_forward_pass():
+    from tfmeta import config as config_lib, tasks
+    from tfmeta.keras import MetaLearner
+    cfg = config_lib.load("sine-cpu")
+    source = tasks.build(cfg.data)
+    learner = MetaLearner.from_run_config(cfg, source)
+    episode = next(iter(source.episodes("test", seed=0, meta_batch=1).unbatch()))
+    task = learner.adapt((episode.support_x.numpy(), episode.support_y.numpy()))
+    adapted, _ = adapt(learner.net, models.params_of(learner.net), episode.support,
+                       cfg.adapt, steps=cfg.adapt.eval_steps)
+    expected = models.query_outputs(learner.net, adapted, episode.support_x, episode.query_x)
+    np.testing.assert_allclose(task.predict(episode.query_x), expected, atol=1e-6)
+    assert task.predict(episode.query_x[:1]).shape == [1, 1]

@@ -53,12 +53,11 @@ from typing import Callable, Optional
 import tensorflow as tf
 
 from tfmeta import adapted_task, files, rundir
-from tfmeta.adaptation import adapt
+from tfmeta.adaptation import AdaptedTask, adapt_task
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.model import NORMS
 from tfmeta.errors import ConfigError
-from tfmeta.losses import mask_classes
-from tfmeta.models import MetaModel, apply, outputs_given, query_outputs, support_statistics
+from tfmeta.models import MetaModel, apply
 from tfmeta.refusals import bad_rows, first, refusal
 from tfmeta.tasks.image_format import DEFAULT_MAX_SIDE, ImageFormat, decode_images
 
@@ -151,38 +150,32 @@ class AdaptivePredictor(tf.Module):
     def _params(self) -> list:
         return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
 
-    def _outputs(self, outputs: tf.Tensor, classes=None) -> dict:
+    def _outputs(self, outputs: tf.Tensor) -> dict:
         if not self.ways:
             return {"predictions": outputs}
-        if classes is not None:
-            outputs = mask_classes(outputs, classes)
         return {"logits": outputs, "probabilities": tf.nn.softmax(outputs)}
 
-    def _adapted(self, support_x, support_y, query_x, names) -> tuple:
-        """(adapted parameters, class count M or None, support_x) after the request's checks;
-        query_x None for `adapt`."""
+    def _adapted(self, support_x, support_y, query_x, names) -> AdaptedTask:
+        """The task adapted to the request's support set, after the request's checks (query_x
+        None for `adapt`)."""
         given = [x for x in (support_x, query_x) if x is not None]
         with tf.control_dependencies([self._check_count(*given)]):
             checks = check_request(support_x, support_y, query_x, self.ways, names)
         with tf.control_dependencies(checks):
             support_x = tf.identity(support_x)
-        classes = tf.reduce_max(support_y) + 1 if self.ways else None
-        adapted, _ = adapt(self.model, self._params(), (support_x, support_y), self.config,
-                           classes=classes)
-        return adapted, classes, support_x
+        return adapt_task(self.model, self._params(), (support_x, support_y), self.config,
+                          steps=self.config.steps)
 
     def _adapt_predict(self, support_x, support_y, query_x, names=("support_x", "query_x")):
-        adapted, classes, support_x = self._adapted(support_x, support_y, query_x, names)
-        outputs = query_outputs(self.model, adapted, support_x, query_x, self.query_step)
-        return self._outputs(outputs, classes)
+        task = self._adapted(support_x, support_y, query_x, names)
+        return self._outputs(task.outputs(query_x))
 
     def _adapt(self, support_x, support_y, names=("support_x", None)):
-        adapted, classes, support_x = self._adapted(support_x, support_y, None, names)
-        statistics = support_statistics(self.model, adapted, support_x, self.query_step)
-        task = adapted_task.encode(self.task_layout,
-                                   [adapted[i] for i in self.model.inner_indices], statistics,
-                                   classes if self.ways else tf.constant(0))
-        return {adapted_task.NAME: task}
+        task = self._adapted(support_x, support_y, None, names)
+        encoded = adapted_task.encode(
+            self.task_layout, [task.params[i] for i in self.model.inner_indices],
+            task.statistics, task.classes if self.ways else tf.constant(0))
+        return {adapted_task.NAME: encoded}
 
     def _predict_task(self, task, query_x, name="query_x"):
         with tf.control_dependencies([self._check_count(query_x)] +
@@ -192,8 +185,9 @@ class AdaptivePredictor(tf.Module):
         params = self._params()
         for index, value in zip(self.model.inner_indices, inner):
             params[index] = value
-        outputs = outputs_given(self.model, params, statistics, query_x, self.query_step)
-        return self._outputs(outputs, classes if self.ways else None)
+        adapted = AdaptedTask(self.model, params, statistics, classes if self.ways else None,
+                              self.query_step)
+        return self._outputs(adapted.outputs(query_x))
 
     def _decode(self, images, name):
         return decode_images(images, self.image_format, name, self.dtype, self.max_image_side)
