@@ -1,10 +1,10 @@
 """Adapt once, predict many, measured: what a kept task saves a stream of single-query requests.
 
-    python benchmarks/adapted_task.py [--models omniglot_20w1s,miniimagenet_5w1s_resnet12]
+    python benchmarks/adapted_task.py [--models omniglot_20w1s,folder_mobilenet,...]
                                       [--requests 50] [--stream 1000]
 
 For each preset it builds the preset's network (untrained: the time and the size do not depend on
-the weights), exports it with the preset's test steps, starts `tfmeta serve --embedded` on free
+the weights; PRESET@LAYERS adapts only LAYERS, as `model.adapt_layers` says), exports it with the preset's test steps, starts `tfmeta serve --embedded` on free
 ports, and prints one JSON line per measurement:
 - size: a task's bytes (`task_bytes` in the export's metadata) beside the adapted parameters';
 - latency: p50 and p90 ms of one request with a single query, `--requests` of each after 5
@@ -25,16 +25,20 @@ import numpy as np
 
 from serving import start_server   # benchmarks/serving.py
 from tfmeta import config as config_lib, export, models
+from tfmeta.run import inner_loop
 from tfmeta_serving.client import GrpcClient, RestClient
 
 SHAPES = {"omniglot": (28, 28, 1), "miniimagenet": (84, 84, 3)}
 
 
-def build(preset: str):
-    """(model, adapt config, test steps, ways, shots) of a preset's network, untrained."""
-    config = config_lib.load(preset)
-    shape = SHAPES[config.data.dataset]
-    model = models.build(config.model, shape, config.data.ways)
+def build(spec: str):
+    """(model, adapt config, test steps, ways, shots) of a preset's network, untrained; a spec
+    PRESET@LAYERS adapts LAYERS (`model.adapt_layers`, e.g. "head") instead of the preset's."""
+    preset, _, layers = spec.partition("@")
+    config = config_lib.load(preset, [f"model.adapt_layers={layers}"] if layers else [])
+    folder = config.data.folder.image_size
+    shape = (*folder, 3) if config.data.dataset == "folder" else SHAPES[config.data.dataset]
+    model = models.build(config.model, shape, config.data.ways, inner=inner_loop(config))
     return model, config.adapt, config.adapt.eval_steps, config.data.ways, config.data.shots
 
 
@@ -52,7 +56,8 @@ def timed(call, requests: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="omniglot_20w1s,miniimagenet_5w1s_resnet12")
+    parser.add_argument("--models", default="omniglot_20w1s,folder_mobilenet,"
+                                             "miniimagenet_5w1s_resnet12@head")
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--stream", type=int, default=1000)
     args = parser.parse_args()
