@@ -233,3 +233,41 @@ def test_a_meta_learner_adapts_once_and_predicts_with_the_forward_pass():
     expected = models.query_outputs(learner.net, adapted, episode.support_x, episode.query_x)
     np.testing.assert_allclose(task.predict(episode.query_x), expected, atol=1e-6)
     assert task.predict(episode.query_x[:1]).shape == [1, 1]
+
+
+def test_a_file_and_its_array_give_the_same_input_to_the_last_bit():
+    """Every pixel level, decoded from a PNG inside a graph (where Grappler would turn / 255 into
+    a multiply, 1 ulp off for 126 levels), equals the exact quotient k / 255 that the training
+    pipeline gives."""
+    from tfmeta.tasks.image_format import decode_images, unit_pixels
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    fmt = ImageFormat(height=16, width=16, channels=1)
+    decoded = tf.function(lambda files: decode_images(files, fmt, "query_images", tf.float32))(
+        tf.constant([png(levels)]))
+    exact = levels.astype(np.float32) / np.float32(255)
+    np.testing.assert_array_equal(decoded.numpy()[0, ..., 0], exact)
+    np.testing.assert_array_equal(tf.function(unit_pixels)(tf.constant(levels)).numpy(), exact)
+    multiplied = tf.function(lambda x: tf.cast(x, tf.float32) / 255.0)(tf.constant(levels))
+    assert np.sum(multiplied.numpy() != exact) > 0   # what the table is for
+
+
+def test_predict_without_adaptation_uses_the_first_per_step_norm_row(tmp_path):
+    """`predict` takes no inner step, so MAML++'s per-step batch norm answers with row 0, as
+    evaluation scores a task after 0 steps; the last row's answer differs."""
+    model = classifier("transductive", InnerLoop(learned_lr="layer_step", lr=0.4, steps=3,
+                                                 step_norms=True))
+    version = export.export(model, AdaptConfig(steps=3, lr=0.4), tmp_path / "m", 3, {})
+    x = tf.constant(task_inputs()["query_x"])
+    served = tf.saved_model.load(str(version)).signatures["predict"](x=x)["logits"].numpy()
+    params = models.params_of(model)
+    np.testing.assert_allclose(served, models.apply(model, params, x, step=0), atol=1e-5)
+    assert np.abs(served - models.apply(model, params, x).numpy()).max() > 1e-3
+
+
+def test_the_exports_checkpoint_is_absolute_whatever_the_working_directory(tiny_sine_run,
+                                                                             tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tiny_sine_run.parent)
+    version = export.export_run(tiny_sine_run.name, tmp_path / "sine", log=lambda _: None)
+    checkpoint = export.read_metadata(version)["checkpoint"]
+    assert checkpoint.startswith("/") and checkpoint.startswith(str(tiny_sine_run.resolve()))

@@ -215,7 +215,8 @@ class AdaptivePredictor(tf.Module):
     def _predict(self, x):
         with tf.control_dependencies([self._check_count(x)] + _check_examples(x, "x")):
             x = tf.identity(x)
-        return self._outputs(apply(self.model, self._params(), x))
+        # No step taken: per-step batch norm's first row, as evaluation's 0-step score uses.
+        return self._outputs(apply(self.model, self._params(), x, step=0))
 
     def _check_count(self, *inputs) -> tf.Operation:
         """An assertion that `inputs` hold at most `max_examples` examples (rows) together."""
@@ -480,8 +481,10 @@ def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
         "shots": config.data.shots, "example_shape": list(model.example_shape),
         "dtype": config.model.dtype, "steps": steps, "lr": config.adapt.lr,
         "learned_lr": model.inner.learned_lr or "none",
+        **({"lr_note": "the learned rates' starting value: adaptation uses the meta-learned "
+                       "rates"} if model.inner.learned_lr else {}),
         "trained_norm": trained,
-        "run_dir": str(run_dir.resolve()), "checkpoint": path}
+        "run_dir": str(run_dir.resolve()), "checkpoint": str(Path(path).resolve())}
     image_format = run.source.image_format
     if max_image_side is not None and image_format is None:
         raise ConfigError(f"--max-image-side is for models of image files; {run_dir} is a "
