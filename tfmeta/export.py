@@ -87,13 +87,17 @@ class AdaptivePredictor(tf.Module):
         max_image_side: the largest width or height of a file `adapt_predict_images` decodes.
         max_examples: the most examples one request may carry (support and query together).
         export_id: 16 hex digits that the tasks of `adapt` carry and `predict_task` checks.
+        start: (params, support) -> where a task's adaptation starts, in the graph (the finetune
+            baseline's per-task head: `adaptation.Origin.task`); None: the model's weights.
     """
 
     def __init__(self, model: MetaModel, config: AdaptConfig, steps: int, metadata: dict,
                  image_format: Optional[ImageFormat] = None,
                  max_image_side: int = DEFAULT_MAX_SIDE,
-                 max_examples: int = DEFAULT_MAX_EXAMPLES, export_id: str = "0" * 16):
+                 max_examples: int = DEFAULT_MAX_EXAMPLES, export_id: str = "0" * 16,
+                 start: Optional[Callable[[list, tuple], list]] = None):
         super().__init__(name="tfmeta")
+        self._start = start or (lambda params, support: params)
         self.model = model
         # The backend tf.Variables, tracked directly (as keras.export.ExportArchive does). Through
         # the Keras model alone they reach the object graph, which tf.saved_model.load restores,
@@ -163,7 +167,8 @@ class AdaptivePredictor(tf.Module):
             checks = check_request(support_x, support_y, query_x, self.ways, names)
         with tf.control_dependencies(checks):
             support_x = tf.identity(support_x)
-        return adapt_task(self.model, self._params(), (support_x, support_y), self.config,
+        support = (support_x, support_y)
+        return adapt_task(self.model, self._start(self._params(), support), support, self.config,
                           steps=self.config.steps)
 
     def _adapt_predict(self, support_x, support_y, query_x, names=("support_x", "query_x")):
@@ -371,8 +376,10 @@ def next_version(model_dir: Path) -> int:
 def export(model: MetaModel, config: AdaptConfig, out: Path, steps: int, metadata: dict,
            version: Optional[int] = None, image_format: Optional[ImageFormat] = None,
            max_image_side: int = DEFAULT_MAX_SIDE,
-           max_examples: int = DEFAULT_MAX_EXAMPLES) -> Path:
+           max_examples: int = DEFAULT_MAX_EXAMPLES,
+           start: Optional[Callable[[list, tuple], list]] = None) -> Path:
     """Writes `model` as MODELS/NAME/<version> (`out` is MODELS/NAME); returns the version path.
+    `start` is where each request's adaptation starts (`AdaptivePredictor`).
 
     `metadata` is completed with the version, the norm mode, the image format, the largest image
     side accepted (`max_image_side`), the most examples a request may carry (`max_examples`) and
@@ -411,7 +418,7 @@ def export(model: MetaModel, config: AdaptConfig, out: Path, steps: int, metadat
         export_id = secrets.token_hex(8)
         metadata["task_export_id"] = export_id
         module = AdaptivePredictor(model, config, steps, metadata, image_format, max_image_side,
-                                   max_examples, export_id)
+                                   max_examples, export_id, start)
         metadata["task_bytes"] = module.task_layout.length
         module.metadata_json.assign(json.dumps(metadata))
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=out))
@@ -489,5 +496,8 @@ def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
     if max_image_side is not None and image_format is None:
         raise ConfigError(f"--max-image-side is for models of image files; {run_dir} is a "
                           f"{config.data.dataset} run, whose export has no image signature")
+    # Each request starts where evaluation starts its task (the finetune baseline: a head drawn
+    # from the support set), so an export answers as evaluation scores.
     return export(model, config.adapt, out, steps, metadata, version, image_format,
-                  DEFAULT_MAX_SIDE if max_image_side is None else max_image_side, max_examples)
+                  DEFAULT_MAX_SIDE if max_image_side is None else max_image_side, max_examples,
+                  run.origin.task)
