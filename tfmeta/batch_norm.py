@@ -31,42 +31,36 @@ def statistics(reference_rows=None, step=None):
 
 
 @contextlib.contextmanager
+def _scoped(name: str, value):
+    """The thread's context attribute `name` is `value` within the block (yielded), as before
+    after it."""
+    saved = getattr(_CONTEXT, name, None)
+    setattr(_CONTEXT, name, value)
+    try:
+        yield value
+    finally:
+        setattr(_CONTEXT, name, saved)
+
+
 def capture():
     """Within the block, every `BatchNorm` and `LayerNorm` call also appends its normalized input
     before gamma and beta, x^ (the shape of its input), to the list the block gets: what a
     representation is before the affine transform that sets its mean and scale."""
-    saved = getattr(_CONTEXT, "captured", None)
-    _CONTEXT.captured = []
-    try:
-        yield _CONTEXT.captured
-    finally:
-        _CONTEXT.captured = saved
+    return _scoped("captured", [])
 
 
-@contextlib.contextmanager
 def recorded():
     """Within the block, every `BatchNorm` that normalizes with reference rows also appends the
     statistics it used, (mean, variance) each [1, ..., C], to the list the block gets, in call
     order: what a support set leaves for its queries (`replayed`)."""
-    saved = getattr(_CONTEXT, "recorded", None)
-    _CONTEXT.recorded = []
-    try:
-        yield _CONTEXT.recorded
-    finally:
-        _CONTEXT.recorded = saved
+    return _scoped("recorded", [])
 
 
-@contextlib.contextmanager
 def replayed(statistics_list):
     """Within the block, every `BatchNorm` normalizes with the next (mean, variance) of
     `statistics_list`, as `recorded` gave them, instead of statistics of its input: a query
     alone, normalized exactly as among its support set's rows."""
-    saved = getattr(_CONTEXT, "replayed", None)
-    _CONTEXT.replayed = iter(statistics_list)
-    try:
-        yield
-    finally:
-        _CONTEXT.replayed = saved
+    return _scoped("replayed", iter(statistics_list))
 
 
 def _captured(normalized: tf.Tensor) -> None:
