@@ -1056,3 +1056,37 @@ def test_a_task_adapted_once_answers_its_queries_over_rest_and_grpc(server, omni
                                               for i in range(len(request_inputs["support_y"]))],
                                 "signature_name": "adapt"})
     assert status == 400 and "send \"inputs\"" in body["error"]
+
+
+def test_a_cached_task_answers_a_repeated_support_set_as_adaptation_does(
+        server, omniglot_models, request_inputs, files, tmp_path):
+    """`--task-cache-mb`: a repeated support set is answered from its kept task, with the same
+    answers as a server without the cache, over REST and gRPC and for files; the cache stays
+    within its budget (its log line at shutdown) however many support sets arrive."""
+    from tfmeta_serving.client import GrpcClient, RestClient
+    task_bytes = export.read_metadata(omniglot_models / "1")["task_bytes"]
+    budget_mb = 3 * (task_bytes + 300) / (1 << 20)   # room for three tasks
+    cached = Server(omniglot_models, tmp_path / "cached.log", "--task-cache-mb", f"{budget_mb}")
+    try:
+        plain = RestClient(server.url, server.name)
+        clients = [RestClient(cached.url, cached.name),
+                   GrpcClient(f"127.0.0.1:{cached.grpc_port}", cached.name)]
+        expected = {"adapt_predict": plain.predict("adapt_predict", **request_inputs),
+                    "adapt_predict_images": plain.predict("adapt_predict_images", **files)}
+        for client in clients:
+            for _ in range(2):   # adapted, then from the cache
+                for signature, inputs in (("adapt_predict", request_inputs),
+                                          ("adapt_predict_images", files)):
+                    got = client.predict(signature, **inputs)
+                    np.testing.assert_allclose(got["logits"], expected[signature]["logits"],
+                                               rtol=0, atol=1e-6)
+        rng = np.random.default_rng(0)
+        for _ in range(6):   # new support sets: each evicts the least recent
+            clients[1].predict("adapt_predict", **{
+                **request_inputs,
+                "support_x": rng.random(request_inputs["support_x"].shape).astype(np.float32)})
+    finally:
+        cached.stop()
+    line = [l for l in cached.log.read_text().splitlines() if l.startswith("task cache:")][-1]
+    hits, misses, tasks, used, budget = map(int, re.findall(r"\d+", line))
+    assert (hits, misses, tasks) == (6, 8, 3) and used <= budget, line
