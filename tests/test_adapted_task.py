@@ -273,33 +273,54 @@ def test_the_exports_checkpoint_is_absolute_whatever_the_working_directory(tiny_
     assert checkpoint.startswith("/") and checkpoint.startswith(str(tiny_sine_run.resolve()))
 
 
-def test_a_finetune_export_answers_each_task_as_evaluation_scores_it(omniglot_dir, tmp_path):
-    """The baseline draws each task's head from its support set; its export draws the same head
-    in the graph, so every held-out task's logits match in-process adaptation, through both
-    loaders."""
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", [
+    "omniglot_5w1s-cpu", "omniglot_5w1s_anil-cpu", "omniglot_5w1s_meta_sgd-cpu",
+    "omniglot_5w1s_mamlpp-cpu", "omniglot_5w1s_wormhole-cpu",
+    "omniglot_5w1s_gradient_agreement-cpu", "omniglot_20w1s_maml_reg-cpu",
+    "omniglot_5w1s_finetune-cpu"])
+def test_every_algorithms_export_answers_each_task_as_evaluation_scores_it(preset, omniglot_dir,
+                                                                         tmp_path):
+    """A short run of each CPU preset, exported with its own norm and with support norm: every
+    held-out task's logits match in-process adaptation from where evaluation starts it (the
+    finetune baseline's head drawn from the support set), through both loaders."""
     from helpers import train_tiny
     from tfmeta.run import Run
-    run_dir = train_tiny(tmp_path / "run", "omniglot_5w1s_finetune-cpu",
-                         f"data.omniglot.data_dir={omniglot_dir}", "model.filters=8",
+    run_dir = train_tiny(tmp_path / "run", preset, f"data.omniglot.data_dir={omniglot_dir}",
+                         "model.filters=8", "train.iterations=4",
+                         "algorithms.maml.multi_step_epochs=0",
+                         "algorithms.maml.first_order_epochs=0",
                          "algorithms.finetune.batch_size=8")
-    run = Run.open(run_dir)
-    run.restore(log=lambda _: None)
-    assert run.config.algorithms.finetune.head == "per_task"
-    version = export.export_run(run_dir, tmp_path / "models", log=lambda _: None)
-    steps = run.config.adapt.eval_steps
-    loaded, session = tf.saved_model.load(str(version)), SessionModel(version)
-    try:
-        for episode in run.source.episodes("test", seed=4, meta_batch=1).unbatch().take(3):
-            start = run.origin.task(run.origin.params(), episode.support)
-            adapted, _ = adapt(run.eval_model, start, episode.support, run.config.adapt,
-                               steps=steps)
-            expected = models.query_outputs(run.eval_model, adapted, episode.support_x,
-                                            episode.query_x, steps - 1).numpy()
-            inputs = {"support_x": episode.support_x, "support_y": episode.support_y,
-                      "query_x": episode.query_x}
-            got = loaded.signatures["adapt_predict"](**inputs)["logits"].numpy()
-            np.testing.assert_allclose(got, expected, atol=2e-5)
-            served = session.run("adapt_predict", {k: v.numpy() for k, v in inputs.items()})
-            np.testing.assert_allclose(served["logits"], expected, atol=2e-5)
-    finally:
-        session.close()
+    for norm in (None, "support"):
+        version = export.export_run(run_dir, tmp_path / f"models-{norm}", norm=norm,
+                                    log=lambda _: None)
+        run = Run.open(run_dir, config=export_config(run_dir, norm))
+        run.restore(log=lambda _: None)
+        steps = run.config.adapt.eval_steps
+        loaded, session = tf.saved_model.load(str(version)), SessionModel(version)
+        try:
+            for episode in run.source.episodes("test", seed=4, meta_batch=1).unbatch().take(2):
+                start = run.origin.task(run.origin.params(), episode.support)
+                adapted, _ = adapt(run.eval_model, start, episode.support, run.config.adapt,
+                                   steps=steps)
+                expected = models.query_outputs(run.eval_model, adapted, episode.support_x,
+                                                episode.query_x, steps - 1).numpy()
+                inputs = {"support_x": episode.support_x, "support_y": episode.support_y,
+                          "query_x": episode.query_x}
+                got = loaded.signatures["adapt_predict"](**inputs)["logits"].numpy()
+                np.testing.assert_allclose(got, expected, atol=5e-4, err_msg=f"{preset} {norm}")
+                served = session.run("adapt_predict", {k: v.numpy() for k, v in inputs.items()})
+                np.testing.assert_allclose(served["logits"], expected, atol=5e-4,
+                                           err_msg=f"{preset} {norm}")
+        finally:
+            session.close()
+
+
+def export_config(run_dir, norm):
+    """The run's config as its export served it: with `norm` in place of the trained one."""
+    import dataclasses
+
+    from tfmeta import rundir
+    saved = rundir.read_config(run_dir)
+    return dataclasses.replace(saved, model=dataclasses.replace(
+        saved.model, norm=norm or saved.model.norm))
