@@ -33,14 +33,13 @@ import tensorflow as tf
 from tfmeta import batch_norm, custom
 from tfmeta.batch_norm import BatchNorm
 from tfmeta.config.model import NORMS, ModelConfig, patterns
-from tfmeta.custom import leaves
-from tfmeta.custom import exact_batch_norm  # noqa: F401  (tfmeta.models.exact_batch_norm)
+from tfmeta.custom import exact_batch_norm, leaves
 from tfmeta.errors import ConfigError
 
 __all__ = ["MetaModel", "InnerLoop", "InnerRates", "Gains", "Parts", "build", "conv4", "mlp",
            "resnet12", "from_keras", "custom_model", "params_of", "parts", "effective", "apply",
            "head", "features", "query_outputs", "query_features", "joint_outputs",
-           "support_statistics", "outputs_given"]
+           "support_statistics", "outputs_given", "exact_batch_norm"]
 
 
 @dataclasses.dataclass(frozen=True)
