@@ -110,45 +110,41 @@ class AdaptivePredictor(tf.Module):
         self.max_image_side = max_image_side
         self.max_examples = max_examples
         self.dtype = model.trainable_variables[0].dtype
-        example = tf.TensorSpec([None, *model.example_shape], self.dtype)
         if model.loss_name == "cross_entropy":
             self.ways = model.head.units
-            labels = tf.TensorSpec([None], tf.int32, name="support_y")
         else:
             self.ways = 0
-            labels = tf.TensorSpec([None, model.head.units], self.dtype, name="support_y")
         # With per-step batch norm, a query sees the row of the last step taken, as in evaluation.
         self.query_step = self.config.steps - 1
         self.task_layout = adapted_task.layout(model, self._params(), self.query_step, export_id)
-        support, query = (tf.TensorSpec(example.shape, self.dtype, name=name)
-                          for name in ("support_x", "query_x"))
-        task = tf.TensorSpec([], tf.string, name=adapted_task.NAME)
-        self.adapt_predict = tf.function(self._adapt_predict,
-                                         input_signature=[support, labels, query])
-        self.adapt = tf.function(self._adapt, input_signature=[support, labels])
-        self.predict_task = tf.function(self._predict_task, input_signature=[task, query])
-        self.predict = tf.function(self._predict, input_signature=[
-            tf.TensorSpec(example.shape, self.dtype, name="x")])
-        if image_format is not None:
-            files_of = lambda name: tf.TensorSpec([None], tf.string, name=name)  # noqa: E731
-            self.adapt_predict_images = tf.function(self._adapt_predict_images, input_signature=[
-                files_of("support_images"), labels, files_of("query_images")])
-            self.adapt_images = tf.function(self._adapt_images, input_signature=[
-                files_of("support_images"), labels])
-            self.predict_task_images = tf.function(self._predict_task_images, input_signature=[
-                task, files_of("query_images")])
 
     def signatures(self) -> dict:
-        """{signature name: concrete function} for `tf.saved_model.save`."""
-        adapt_predict = self.adapt_predict.get_concrete_function()
+        """{signature name: concrete function} for `tf.saved_model.save`.
+
+        The tf.functions are not attributes of the module: the SavedModel then holds each graph
+        once, as its signature, and saving does not trace them a second time."""
+        model = self.model
+        example = tf.TensorSpec([None, *model.example_shape], self.dtype)
+        labels = (tf.TensorSpec([None], tf.int32, name="support_y") if self.ways else
+                  tf.TensorSpec([None, model.head.units], self.dtype, name="support_y"))
+        support, query, x = (tf.TensorSpec(example.shape, self.dtype, name=name)
+                             for name in ("support_x", "query_x", "x"))
+        task = tf.TensorSpec([], tf.string, name=adapted_task.NAME)
+        traced = lambda method, *specs: tf.function(  # noqa: E731
+            method, input_signature=list(specs)).get_concrete_function()
+        adapt_predict = traced(self._adapt_predict, support, labels, query)
         out = {"serving_default": adapt_predict, "adapt_predict": adapt_predict,
-               "adapt": self.adapt.get_concrete_function(),
-               "predict_task": self.predict_task.get_concrete_function(),
-               "predict": self.predict.get_concrete_function()}
+               "adapt": traced(self._adapt, support, labels),
+               "predict_task": traced(self._predict_task, task, query),
+               "predict": traced(self._predict, x)}
         if self.image_format is not None:
-            out["adapt_predict_images"] = self.adapt_predict_images.get_concrete_function()
-            out["adapt_images"] = self.adapt_images.get_concrete_function()
-            out["predict_task_images"] = self.predict_task_images.get_concrete_function()
+            files_of = lambda name: tf.TensorSpec([None], tf.string, name=name)  # noqa: E731
+            out["adapt_predict_images"] = traced(self._adapt_predict_images,
+                                                 files_of("support_images"), labels,
+                                                 files_of("query_images"))
+            out["adapt_images"] = traced(self._adapt_images, files_of("support_images"), labels)
+            out["predict_task_images"] = traced(self._predict_task_images, task,
+                                                files_of("query_images"))
         return out
 
     def _params(self) -> list:
