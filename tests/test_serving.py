@@ -864,9 +864,17 @@ def test_bodies_beyond_the_receiving_places_get_a_503_that_states_the_state(
     try:
         body = json.dumps(columnar(request_inputs)).encode()
         slow = [None, None]
-        senders = [threading.Thread(target=lambda i=i: slow.__setitem__(i, trickle(
-            "127.0.0.1", server.port, "/v1/models/omniglot:predict", body)))
-            for i in range(2)]
+        deadline = time.monotonic() + 7
+
+        def send_slowly(i):
+            # A probe being read holds a place too, so a slow sender that arrives just then is
+            # turned away (503) and sends again.
+            while True:
+                slow[i] = trickle("127.0.0.1", server.port, "/v1/models/omniglot:predict", body)
+                if slow[i][0] != 503 or time.monotonic() > deadline:
+                    return
+
+        senders = [threading.Thread(target=send_slowly, args=(i,)) for i in range(2)]
         for sender in senders:
             sender.start()
         # Until both slow senders are being read (a loaded machine may take a moment to connect
@@ -874,7 +882,6 @@ def test_bodies_beyond_the_receiving_places_get_a_503_that_states_the_state(
         # it is refused before its body is read. The probes cost no prediction, so many fit in
         # the senders' 8 s of grace however busy the machine.
         probe = {"inputs": {"support_x": [[0.0]]}}
-        deadline = time.monotonic() + 7
         while True:
             status, answer = server.post("/v1/models/omniglot:predict", probe)
             if status == 503 or time.monotonic() > deadline:

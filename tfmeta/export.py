@@ -419,7 +419,11 @@ def export(model: MetaModel, config: AdaptConfig, out: Path, steps: int, metadat
         module.metadata_json.assign(json.dumps(metadata))
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=out))
         try:
-            tf.saved_model.save(module, str(staging), signatures=module.signatures())
+            # The inner loop's gradients are ops of the traced graphs; a served model is never
+            # differentiated, so the custom gradients' own functions are not saved.
+            tf.saved_model.save(module, str(staging), signatures=module.signatures(),
+                                options=tf.saved_model.SaveOptions(
+                                    experimental_custom_gradients=False))
             (staging / METADATA_FILE).parent.mkdir(parents=True, exist_ok=True)
             (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
             os.chmod(staging, 0o777 & ~files.umask())   # mkdtemp's folder is private (0700)
