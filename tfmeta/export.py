@@ -47,6 +47,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import types
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -121,8 +122,10 @@ class AdaptivePredictor(tf.Module):
     def signatures(self) -> dict:
         """{signature name: concrete function} for `tf.saved_model.save`.
 
-        The tf.functions are not attributes of the module: the SavedModel then holds each graph
-        once, as its signature, and saving does not trace them a second time."""
+        The adaptation, the task's encoding and the answer from a task are each traced once, as
+        functions that the array and image signatures call after their own checks. None of the
+        tf.functions is an attribute of the module, so the SavedModel holds each graph once and
+        saving does not trace them again."""
         model = self.model
         example = tf.TensorSpec([None, *model.example_shape], self.dtype)
         labels = (tf.TensorSpec([None], tf.int32, name="support_y") if self.ways else
@@ -130,8 +133,14 @@ class AdaptivePredictor(tf.Module):
         support, query, x = (tf.TensorSpec(example.shape, self.dtype, name=name)
                              for name in ("support_x", "query_x", "x"))
         task = tf.TensorSpec([], tf.string, name=adapted_task.NAME)
-        traced = lambda method, *specs: tf.function(  # noqa: E731
-            method, input_signature=list(specs)).get_concrete_function()
+        function = lambda method, *specs: tf.function(  # noqa: E731
+            method, input_signature=list(specs))
+        traced = lambda method, *specs: function(method, *specs).get_concrete_function()  # noqa
+        # A plain object, which tf.Module does not track.
+        self._unchecked = types.SimpleNamespace(
+            adapt_predict=function(self._adapted_outputs, support, labels, query),
+            adapt=function(self._adapted_task, support, labels),
+            predict_task=function(self._task_outputs, task, query))
         adapt_predict = traced(self._adapt_predict, support, labels, query)
         out = {"serving_default": adapt_predict, "adapt_predict": adapt_predict,
                "adapt": traced(self._adapt, support, labels),
@@ -155,33 +164,30 @@ class AdaptivePredictor(tf.Module):
             return {"predictions": outputs}
         return {"logits": outputs, "probabilities": tf.nn.softmax(outputs)}
 
-    def _adapted(self, support_x, support_y, query_x, names) -> AdaptedTask:
-        """The task adapted to the request's support set, after the request's checks (query_x
-        None for `adapt`)."""
+    def _checked(self, support_x, support_y, query_x, names) -> tf.Tensor:
+        """`support_x` once the request's checks have passed (query_x None for `adapt`)."""
         given = [x for x in (support_x, query_x) if x is not None]
         with tf.control_dependencies([self._check_count(*given)]):
             checks = check_request(support_x, support_y, query_x, self.ways, names)
         with tf.control_dependencies(checks):
-            support_x = tf.identity(support_x)
+            return tf.identity(support_x)
+
+    def _adapted(self, support_x, support_y) -> AdaptedTask:
         support = (support_x, support_y)
         return adapt_task(self.model, self._start(self._params(), support), support, self.config,
                           steps=self.config.steps)
 
-    def _adapt_predict(self, support_x, support_y, query_x, names=("support_x", "query_x")):
-        task = self._adapted(support_x, support_y, query_x, names)
-        return self._outputs(task.outputs(query_x))
+    def _adapted_outputs(self, support_x, support_y, query_x) -> dict:
+        return self._outputs(self._adapted(support_x, support_y).outputs(query_x))
 
-    def _adapt(self, support_x, support_y, names=("support_x", None)):
-        task = self._adapted(support_x, support_y, None, names)
+    def _adapted_task(self, support_x, support_y) -> dict:
+        task = self._adapted(support_x, support_y)
         encoded = adapted_task.encode(
             self.task_layout, [task.params[i] for i in self.model.inner_indices],
             task.statistics, task.classes if self.ways else tf.constant(0))
         return {adapted_task.NAME: encoded}
 
-    def _predict_task(self, task, query_x, name="query_x"):
-        with tf.control_dependencies([self._check_count(query_x)] +
-                                     _check_examples(query_x, name)):
-            query_x = tf.identity(query_x)
+    def _task_outputs(self, task, query_x) -> dict:
         inner, statistics, classes = adapted_task.decode(self.task_layout, task)
         params = self._params()
         for index, value in zip(self.model.inner_indices, inner):
@@ -189,6 +195,20 @@ class AdaptivePredictor(tf.Module):
         adapted = AdaptedTask(self.model, params, statistics, classes if self.ways else None,
                               self.query_step)
         return self._outputs(adapted.outputs(query_x))
+
+    def _adapt_predict(self, support_x, support_y, query_x, names=("support_x", "query_x")):
+        support_x = self._checked(support_x, support_y, query_x, names)
+        return self._unchecked.adapt_predict(support_x, support_y, query_x)
+
+    def _adapt(self, support_x, support_y, names=("support_x", None)):
+        support_x = self._checked(support_x, support_y, None, names)
+        return self._unchecked.adapt(support_x, support_y)
+
+    def _predict_task(self, task, query_x, name="query_x"):
+        with tf.control_dependencies([self._check_count(query_x)] +
+                                     _check_examples(query_x, name)):
+            query_x = tf.identity(query_x)
+        return self._unchecked.predict_task(task, query_x)
 
     def _decode(self, images, name):
         return decode_images(images, self.image_format, name, self.dtype, self.max_image_side)
