@@ -258,12 +258,15 @@ def export(run_dir, out_dir, version, steps, checkpoint, norm, max_image_side, m
 @click.option("--min-body-rate-kb", type=float,
               help="kB per second a REST body must keep up after the grace (embedded server; "
                    "default 64)")
+@click.option("--task-cache-mb", type=float,
+              help="keep the adapted tasks of repeated support sets, within this many MB, so "
+                   "that adapt_predict skips their adaptation (embedded server; default 0: off)")
 @click.option("--embedded", is_flag=True,
               help="use the embedded server even when tensorflow_model_server is on PATH")
 @user_errors
 def serve(model_base_path, model_name, host, port, grpc_port, max_body_mb, poll_seconds,
           rest_timeout_ms, concurrent, queued, receiving, body_grace_ms, min_body_rate_kb,
-          embedded):
+          task_cache_mb, embedded):
     """Serve an export over TensorFlow Serving's REST and gRPC APIs: tensorflow_model_server
     when it is on PATH, else the embedded server with the same contract."""
     from tfmeta_serving import admission, server
@@ -273,7 +276,8 @@ def serve(model_base_path, model_name, host, port, grpc_port, max_body_mb, poll_
     given = {"max_body_bytes": int(max_body_mb * (1 << 20)), "rest_timeout_ms": rest_timeout_ms,
              "concurrent": concurrent, "queued": queued, "receiving": receiving,
              "body_grace_ms": body_grace_ms,
-             "min_body_rate": None if min_body_rate_kb is None else int(min_body_rate_kb * 1024)}
+             "min_body_rate": None if min_body_rate_kb is None else int(min_body_rate_kb * 1024),
+             "task_cache_bytes": None if task_cache_mb is None else int(task_cache_mb * (1 << 20))}
     limits = admission.limits_of(given)
     embedded_only = [admission.FLAGS[k][0] for k in admission.EMBEDDED_ONLY if given[k] is not None]
     start_tensorflow()

@@ -46,6 +46,7 @@ class Limits:
         receiving: REST bodies read at once (>= 1).
         body_grace_ms: how long a body may take before the rate rule starts (`bodies`).
         min_body_rate: bytes per second a body must keep up after the grace.
+        task_cache_bytes: the budget of the cache of adapted tasks (`task_cache`); 0: no cache.
     """
     max_body_bytes: int = 16 << 20
     rest_timeout_ms: int = REST_TIMEOUT_MS
@@ -54,15 +55,18 @@ class Limits:
     receiving: int = 64
     body_grace_ms: int = 5000
     min_body_rate: int = 64 << 10
+    task_cache_bytes: int = 0
 
 
 # Each field's `tfmeta serve` flag, and its lowest value.
 FLAGS = {"max_body_bytes": ("--max-body-mb", 1), "rest_timeout_ms": ("--rest_api_timeout_in_ms", 0),
          "concurrent": ("--max-concurrent-predictions", 1),
          "queued": ("--max-queued-predictions", 0), "receiving": ("--max-receiving-bodies", 1),
-         "body_grace_ms": ("--body-grace-ms", 1), "min_body_rate": ("--min-body-rate-kb", 1)}
+         "body_grace_ms": ("--body-grace-ms", 1), "min_body_rate": ("--min-body-rate-kb", 1),
+         "task_cache_bytes": ("--task-cache-mb", 0)}
 # The fields that tensorflow_model_server has no flag for.
-EMBEDDED_ONLY = ("concurrent", "queued", "receiving", "body_grace_ms", "min_body_rate")
+EMBEDDED_ONLY = ("concurrent", "queued", "receiving", "body_grace_ms", "min_body_rate",
+                 "task_cache_bytes")
 
 
 def limits_of(given: dict) -> Limits:

@@ -13,6 +13,7 @@ From a shell, with a request file {"inputs": {...}} or {"instances": [...]}:
 
 import argparse
 import base64
+import dataclasses
 import json
 import sys
 import urllib.error
@@ -21,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["RestClient", "GrpcClient", "ServingClientError", "encode", "main"]
+__all__ = ["RestClient", "GrpcClient", "Task", "ServingClientError", "encode", "main"]
 
 
 class ServingClientError(Exception):
@@ -31,6 +32,42 @@ class ServingClientError(Exception):
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A task adapted once by the server (`adapt`): its bytes, kept by the client and sent with
+    each later query, and the signature that answers queries from it."""
+    data: bytes
+    signature: str
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+class _Adapts:
+    """Adapt once, predict many: `adapt` returns a Task; `predict(task, query_x=...)` (or
+    `query_images=...`) answers from it without adapting again."""
+
+    def adapt(self, **support) -> Task:
+        """Adapts to support_x (or support_images, the files) and support_y; returns the Task."""
+        images = "support_images" in support
+        out = self.predict("adapt_images" if images else "adapt", **support)
+        # One output: TF Serving's REST answer gives it without its name.
+        return Task(_task_bytes(next(iter(out.values()))),
+                    "predict_task_images" if images else "predict_task")
+
+    def _with_task(self, signature, inputs: dict) -> tuple:
+        if isinstance(signature, Task):
+            return signature.signature, {"task_bytes": signature.data, **inputs}
+        return signature, inputs
+
+
+def _task_bytes(value) -> bytes:
+    value = value.item() if isinstance(value, np.ndarray) else value
+    if isinstance(value, dict):   # REST: {"b64": ...}
+        return base64.b64decode(value["b64"])
+    return bytes(value)
 
 
 def encode(payload) -> bytes:
@@ -47,7 +84,10 @@ def encode(payload) -> bytes:
 
 
 def _array_or_list(value):
-    """Numbers as a contiguous numpy array (fast to encode); files (bytes) as a list."""
+    """Numbers as a contiguous numpy array (fast to encode); files (bytes) as a list, and one
+    bytes value (a task) as itself."""
+    if isinstance(value, (bytes, bytearray)):
+        return value
     if isinstance(value, (list, tuple)) and any(isinstance(v, (bytes, bytearray)) for v in value):
         return list(value)
     if isinstance(value, np.ndarray) and value.dtype.kind in "SO":
@@ -55,7 +95,7 @@ def _array_or_list(value):
     return np.ascontiguousarray(value)
 
 
-class RestClient:
+class RestClient(_Adapts):
     """REST: POST /v1/models/NAME[/versions/V]:predict, GET status and metadata."""
 
     def __init__(self, url: str = "http://localhost:8501", model: str = "default",
@@ -82,13 +122,15 @@ class RestClient:
         """POSTs a predict body (numpy arrays allowed); returns the decoded JSON answer."""
         return self._call(self.base + ":predict", encode(payload))
 
-    def predict(self, signature: Optional[str] = None, **inputs) -> dict:
-        """Columnar predict; returns {output name: np.ndarray}."""
+    def predict(self, signature=None, **inputs) -> dict:
+        """Columnar predict; returns {output name: np.ndarray}. `signature` may be a Task, whose
+        signature then answers `inputs` (the queries) from it."""
+        signature, inputs = self._with_task(signature, inputs)
         payload = {"inputs": {k: _array_or_list(v) for k, v in inputs.items()}}
         if signature:
             payload["signature_name"] = signature
         outputs = self.request(payload)["outputs"]
-        if not isinstance(outputs, dict):
+        if not isinstance(outputs, dict) or set(outputs) == {"b64"}:   # one output, unnamed
             return {"output": np.asarray(outputs)}
         return {k: np.asarray(v) for k, v in outputs.items()}
 
@@ -99,7 +141,7 @@ class RestClient:
         return self._call(self.base + "/metadata")
 
 
-class GrpcClient:
+class GrpcClient(_Adapts):
     """gRPC: PredictionService.Predict and GetModelMetadata via tensorflow-serving-api's stubs."""
 
     def __init__(self, target: str = "localhost:8500", model: str = "default",
@@ -122,8 +164,9 @@ class GrpcClient:
         if signature:
             request.model_spec.signature_name = signature
 
-    def predict(self, signature: Optional[str] = None, **inputs) -> dict:
+    def predict(self, signature=None, **inputs) -> dict:
         """Returns {output name: np.ndarray}; raises ServingClientError on a refused request.
+        `signature` may be a Task, whose signature then answers `inputs` (the queries) from it.
 
         Each input is sent in the dtype the served signature declares (read once from the
         model's metadata), so plain Python lists and files as bytes work; a conversion that would
@@ -132,6 +175,7 @@ class GrpcClient:
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
+        signature, inputs = self._with_task(signature, inputs)
         request = predict_pb2.PredictRequest()
         self._spec(request, signature)
         dtypes = self._input_dtypes(signature or "serving_default")

@@ -25,7 +25,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from tfmeta_serving import tensor_protos
 from tfmeta_serving.admission import Admission, Cancellation
 from tfmeta_serving.errors import ServingError
-from tfmeta_serving.repository import Repository, check_names, run, signature_def_map
+from tfmeta_serving.repository import Repository, check_names, predict, signature_def_map
 
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
          429: grpc.StatusCode.RESOURCE_EXHAUSTED, 499: grpc.StatusCode.CANCELLED,
@@ -77,7 +77,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             served.check_examples(signature, shapes)
             with self.admission.ticket(), self.admission.slot(deadline, cancellation):
                 inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-                outputs = run(served, signature, inputs, deadline, cancellation)
+                outputs = predict(served, signature, inputs, deadline, cancellation,
+                                  self.repository.task_cache)
         except ServingError as error:
             _abort(context, error)
         except MemoryError:

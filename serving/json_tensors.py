@@ -60,6 +60,26 @@ def to_array(name: str, value, spec: tf.TensorSpec, may_hold_booleans: bool = Tr
     return array.astype(target)
 
 
+def from_outputs(outputs: dict) -> dict:
+    """A signature's outputs {name: array} as JSON values: numbers stay arrays; strings become
+    {"b64": ...} objects where the name ends in "_bytes" (TensorFlow Serving's rule, which an
+    adapted task's `task_bytes` follows) and UTF-8 text otherwise."""
+    return {name: _json_strings(name, value) if _is_text(value) else value
+            for name, value in outputs.items()}
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, bytes) or (isinstance(value, np.ndarray) and value.dtype.kind in "SO")
+
+
+def _json_strings(name: str, value):
+    encode = ((lambda b: {"b64": base64.b64encode(b).decode("ascii")}) if name.endswith("_bytes")
+              else (lambda b: b.decode("utf-8", errors="replace")))
+    if isinstance(value, bytes):
+        return encode(value)
+    return np.vectorize(encode, otypes=[object])(value).tolist()
+
+
 def _strings(name: str, value) -> np.ndarray:
     """Nested lists of {"b64": ...} objects or strings as an object array of bytes."""
     shape, level = [], [value]

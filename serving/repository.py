@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from tfmeta import export
 from tfmeta_serving.errors import ServingError
+from tfmeta_serving import task_cache
 from tfmeta_serving.sessions import SessionPool
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -119,11 +120,14 @@ def _fingerprint(path: Path) -> tuple:
 
 class Repository:
     """Serves the newest version of the model under `base_path` as `name`, each version with a
-    pool of `sessions` (`SessionPool`: one per prediction slot and a spare)."""
+    pool of `sessions` (`SessionPool`: one per prediction slot and a spare), and a cache of
+    adapted tasks of `task_cache_bytes` (0: none)."""
 
     def __init__(self, name: str, base_path: Path, log: Callable[[str], None] = print,
-                 sessions: int = 1):
+                 sessions: int = 1, task_cache_bytes: int = 0):
         self.name = name
+        # Adapted tasks of repeated support sets (`predict`); None: every request adapts.
+        self.task_cache = task_cache.TaskCache(task_cache_bytes) if task_cache_bytes else None
         self.sessions = sessions
         self.base_path = Path(base_path)
         self.log = log
@@ -331,3 +335,30 @@ def signature_def_map(version: Version):
     for key, value in version.signature_defs.items():
         proto.signature_def[key].CopyFrom(value)
     return proto
+
+
+# adapt_predict's signatures, and the adapt and predict_task signatures that answer them in two.
+_IN_TWO = {"adapt_predict": ("adapt", "predict_task", "support_x", "query_x"),
+           "adapt_predict_images": ("adapt_images", "predict_task_images", "support_images",
+                                    "query_images")}
+
+
+def predict(served: Version, signature: str, inputs: dict, deadline: Optional[float] = None,
+            cancellation=None, cache=None) -> dict:
+    """`run`, but with a `task_cache.TaskCache` an adapt_predict request is answered in two: its
+    support set's task from the cache, or from `adapt` (then kept), and its queries from
+    `predict_task`. The answers are those of `adapt_predict`: the same adapted parameters and
+    statistics, in the same graph."""
+    name = "adapt_predict" if signature == DEFAULT_SIGNATURE else signature
+    if cache is None or name not in _IN_TWO or _IN_TWO[name][0] not in served.signature_defs:
+        return run(served, signature, inputs, deadline, cancellation)
+    adapt_signature, answer, support_input, query_input = _IN_TWO[name]
+    support = {k: inputs[k] for k in (support_input, "support_y")}
+    task_key = task_cache.key(served.metadata.get("task_export_id", ""), served.number,
+                              adapt_signature, support)
+    task = cache.get(task_key)
+    if task is None:
+        task = run(served, adapt_signature, support, deadline, cancellation)["task_bytes"]
+        cache.put(task_key, task)
+    return run(served, answer, {"task_bytes": np.array(task, object),
+                                query_input: inputs[query_input]}, deadline, cancellation)

@@ -35,7 +35,7 @@ from tfmeta_serving import json_tensors
 from tfmeta_serving.admission import Admission, Limits
 from tfmeta_serving.bodies import Bodies
 from tfmeta_serving.errors import ServingError
-from tfmeta_serving.repository import (VERSION, Repository, check_names, deadline_after, run,
+from tfmeta_serving.repository import (VERSION, Repository, check_names, deadline_after, predict,
                                        signature_def_map)
 
 ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
@@ -165,7 +165,8 @@ def _work(repository: Repository, name: str, version, body: bytes, deadline) -> 
                                       for k, v in inputs.items()})
     booleans = b"true" in body or b"false" in body
     arrays = {k: json_tensors.to_array(k, v, specs[k], booleans) for k, v in inputs.items()}
-    outputs = run(served, signature, arrays, deadline)
+    outputs = json_tensors.from_outputs(predict(served, signature, arrays, deadline,
+                                                cache=repository.task_cache))
     if rows:
         answer = {"predictions": unstack(outputs)}
     elif len(outputs) == 1:
@@ -211,6 +212,10 @@ def stack_instances(instances) -> object:
 
 def unstack(outputs: dict) -> list:
     """Columns to row format: row i holds every output's row i (a bare value for one output)."""
+    if not all(isinstance(v, list) or getattr(v, "ndim", 0) >= 1 for v in outputs.values()):
+        raise ServingError(400, "the outputs include one value for the whole request (an "
+                                "adapted task), which has no rows; send \"inputs\" (columnar "
+                                "format) instead")
     rows = {len(v) for v in outputs.values()}
     if len(rows) != 1:
         raise ServingError(400, "the outputs differ in length, so they cannot be returned as "

@@ -55,7 +55,8 @@ def serve(base_path: Path, name: str, port: int = 8501, grpc_port: int = 8500,
     limits = limits or admission_lib.Limits()
     admission = admission_lib.Admission(limits.concurrent, limits.queued)
     memory.Trimmer(lambda: admission.admitted == 0, lambda: admission.finished).start()
-    repository = Repository(name, Path(base_path), log=log, sessions=limits.concurrent + 1)
+    repository = Repository(name, Path(base_path), log=log, sessions=limits.concurrent + 1,
+                            task_cache_bytes=limits.task_cache_bytes)
     if not repository.refresh():
         log(f"no version under {base_path} yet; waiting for one (every {poll_seconds:g} s)")
     repository.watch(poll_seconds)
@@ -67,12 +68,18 @@ def serve(base_path: Path, name: str, port: int = 8501, grpc_port: int = 8500,
     log(f"REST on http://{host}:{port}/v1/models/{name}, gRPC on {host}:{grpc_port}; "
         f"{admission.concurrent} predictions at once, {admission.queued} waiting, "
         f"{limits.receiving} bodies received at once, REST deadline "
-        + (f"{timeout} ms" if timeout else "none"))
+        + (f"{timeout} ms" if timeout else "none")
+        + (f", adapted tasks cached within {limits.task_cache_bytes / (1 << 20):g} MB"
+           if repository.task_cache else ""))
     try:
         # run_app turns SIGINT and SIGTERM into a clean shutdown.
         web.run_app(rest.app(repository, admission, limits), host=host, port=port, print=None)
     finally:
         grpc_server.stop(grace=1)
+        cache = repository.task_cache
+        if cache is not None:
+            log(f"task cache: {cache.hits} hits, {cache.misses} misses, {len(cache)} tasks in "
+                f"{cache.bytes} bytes of {cache.max_bytes}")
 
 
 class OneLineClientErrors(logging.Filter):

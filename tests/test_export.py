@@ -124,7 +124,9 @@ def test_omniglot_export_matches_in_process_adaptation_in_a_fresh_process(tiny_o
     np.testing.assert_allclose(out["plain_logits"], in_process(run, episode, 0), atol=1e-5)
     assert (metadata["norm"], metadata["trained_norm"], metadata["query_independent"]) == (
         "transductive", "transductive", False)
-    assert set(metadata["signatures"]) == {"adapt_predict", "adapt_predict_images", "predict"}
+    assert set(metadata["signatures"]) == {"adapt_predict", "adapt_predict_images", "predict",
+                                           "adapt", "adapt_images", "predict_task",
+                                           "predict_task_images"}
     query = metadata["signatures"]["adapt_predict"]["inputs"]["query_x"]
     assert query["range"] == [0.0, 1.0] and query["shape"] == ["Q", 28, 28, 1]
     assert query["polarity"].startswith("strokes bright")

@@ -13,7 +13,7 @@ PACKAGES = {"tfmeta": ROOT / "tfmeta", "tfmeta_serving": ROOT / "serving",
 LAYERS = [
     ["config", "errors", "faults", "files", "rundir", "stats", "ports", "record_keys"],
     ["tree", "batch_norm", "custom", "backbones", "models", "losses", "adaptation", "hessian",
-     "meta_batch", "distribute", "refusals", "tasks.episode"],
+     "meta_batch", "distribute", "refusals", "adapted_task", "tasks.episode"],
     ["tasks"],
     ["algorithms"],
     ["evaluation", "landscape", "verdicts", "power", "report"],

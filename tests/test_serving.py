@@ -864,9 +864,17 @@ def test_bodies_beyond_the_receiving_places_get_a_503_that_states_the_state(
     try:
         body = json.dumps(columnar(request_inputs)).encode()
         slow = [None, None]
-        senders = [threading.Thread(target=lambda i=i: slow.__setitem__(i, trickle(
-            "127.0.0.1", server.port, "/v1/models/omniglot:predict", body)))
-            for i in range(2)]
+        deadline = time.monotonic() + 7
+
+        def send_slowly(i):
+            # A probe being read holds a place too, so a slow sender that arrives just then is
+            # turned away (503) and sends again.
+            while True:
+                slow[i] = trickle("127.0.0.1", server.port, "/v1/models/omniglot:predict", body)
+                if slow[i][0] != 503 or time.monotonic() > deadline:
+                    return
+
+        senders = [threading.Thread(target=send_slowly, args=(i,)) for i in range(2)]
         for sender in senders:
             sender.start()
         # Until both slow senders are being read (a loaded machine may take a moment to connect
@@ -874,7 +882,6 @@ def test_bodies_beyond_the_receiving_places_get_a_503_that_states_the_state(
         # it is refused before its body is read. The probes cost no prediction, so many fit in
         # the senders' 8 s of grace however busy the machine.
         probe = {"inputs": {"support_x": [[0.0]]}}
-        deadline = time.monotonic() + 7
         while True:
             status, answer = server.post("/v1/models/omniglot:predict", probe)
             if status == 503 or time.monotonic() > deadline:
@@ -1021,3 +1028,72 @@ def test_a_cancelled_call_stops_its_work_and_frees_the_slot(tight_server, files,
         client.close()
     assert "Traceback" not in tight_server.log.read_text()
 
+
+
+def test_a_task_adapted_once_answers_its_queries_over_rest_and_grpc(server, omniglot_models,
+                                                                   request_inputs, files):
+    """Each client's `adapt` returns a Task, and `predict(task, ...)` answers as `adapt_predict`
+    answers from the task's support set (a query alone, where the model's queries are
+    independent): arrays and files, REST and gRPC.
+    A task cut short is refused with its sentence, and the server keeps serving."""
+    from tfmeta_serving.client import GrpcClient, RestClient, ServingClientError, Task
+    rest = RestClient(server.url, server.name)
+    clients = [rest, GrpcClient(f"127.0.0.1:{server.grpc_port}", server.name)]
+    arrays = {k: request_inputs[k] for k in ("support_x", "support_y")}
+    images = {k: files[k] for k in ("support_images", "support_y")}
+    independent = export.read_metadata(omniglot_models / "1")["query_independent"]
+    expected = {"arrays": rest.predict("adapt_predict", **request_inputs)["probabilities"],
+                "files": rest.predict("adapt_predict_images", **files)["probabilities"]}
+    for client in clients:
+        for kind, support, queries in (("arrays", arrays, request_inputs["query_x"]),
+                                       ("files", images, files["query_images"])):
+            task = client.adapt(**support)
+            assert isinstance(task, Task) and task.data.startswith(b"tfmeta-task/1 ")
+            key = "query_x" if kind == "arrays" else "query_images"
+            # A transductive model's queries are normalized together: they go in one request.
+            rows = [slice(0, 1), slice(len(queries) - 1, None)] if independent else [slice(None)]
+            for row in rows:
+                answer = client.predict(task, **{key: queries[row]})["probabilities"]
+                np.testing.assert_allclose(answer, expected[kind][row], atol=1e-5)
+        with pytest.raises(ServingClientError, match="it was cut short or padded"):
+            client.predict(Task(task.data[:-5], task.signature), query_images=queries[:1])
+    status, body = server.post(f"/v1/models/{server.name}:predict",
+                               {"instances": [{"support_x": request_inputs["support_x"][i].tolist(),
+                                               "support_y": int(request_inputs["support_y"][i])}
+                                              for i in range(len(request_inputs["support_y"]))],
+                                "signature_name": "adapt"})
+    assert status == 400 and "send \"inputs\"" in body["error"]
+
+
+def test_a_cached_task_answers_a_repeated_support_set_as_adaptation_does(
+        server, omniglot_models, request_inputs, files, tmp_path):
+    """`--task-cache-mb`: a repeated support set is answered from its kept task, with the same
+    answers as a server without the cache, over REST and gRPC and for files; the cache stays
+    within its budget (its log line at shutdown) however many support sets arrive."""
+    from tfmeta_serving.client import GrpcClient, RestClient
+    task_bytes = export.read_metadata(omniglot_models / "1")["task_bytes"]
+    budget_mb = 3 * (task_bytes + 300) / (1 << 20)   # room for three tasks
+    cached = Server(omniglot_models, tmp_path / "cached.log", "--task-cache-mb", f"{budget_mb}")
+    try:
+        plain = RestClient(server.url, server.name)
+        clients = [RestClient(cached.url, cached.name),
+                   GrpcClient(f"127.0.0.1:{cached.grpc_port}", cached.name)]
+        expected = {"adapt_predict": plain.predict("adapt_predict", **request_inputs),
+                    "adapt_predict_images": plain.predict("adapt_predict_images", **files)}
+        for client in clients:
+            for _ in range(2):   # adapted, then from the cache
+                for signature, inputs in (("adapt_predict", request_inputs),
+                                          ("adapt_predict_images", files)):
+                    got = client.predict(signature, **inputs)
+                    np.testing.assert_allclose(got["logits"], expected[signature]["logits"],
+                                               rtol=0, atol=1e-6)
+        rng = np.random.default_rng(0)
+        for _ in range(6):   # new support sets: each evicts the least recent
+            clients[1].predict("adapt_predict", **{
+                **request_inputs,
+                "support_x": rng.random(request_inputs["support_x"].shape).astype(np.float32)})
+    finally:
+        cached.stop()
+    line = [l for l in cached.log.read_text().splitlines() if l.startswith("task cache:")][-1]
+    hits, misses, tasks, used, budget = map(int, re.findall(r"\d+", line))
+    assert (hits, misses, tasks) == (6, 8, 3) and used <= budget, line

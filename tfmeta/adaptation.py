@@ -26,11 +26,12 @@ import tensorflow as tf
 
 from tfmeta import tree
 from tfmeta.config.adapt import AdaptConfig
-from tfmeta.losses import classes_loss, task_loss
-from tfmeta.models import MetaModel, features, head, params_of, parts
+from tfmeta.losses import classes_loss, mask_classes, task_loss
+from tfmeta.models import (MetaModel, features, head, outputs_given, params_of, parts,
+                           support_statistics)
 
-__all__ = ["AdaptConfig", "Origin", "Trajectory", "adapt", "displacement", "inner_gradient",
-           "sgd_step", "support_loss_fn", "learning_rates"]
+__all__ = ["AdaptConfig", "Origin", "Trajectory", "adapt", "adapt_task", "AdaptedTask",
+           "displacement", "inner_gradient", "sgd_step", "support_loss_fn", "learning_rates"]
 
 
 class Origin:
@@ -252,3 +253,55 @@ def adapt(model: MetaModel, params: Sequence[tf.Tensor], support: tuple, config:
     dtype = theta[0].dtype
     loss_vector = tf.stack(losses) if losses else tf.zeros([0], dtype)
     return theta, Trajectory(list(params), loss_vector, observations)
+
+
+class AdaptedTask:
+    """A task adapted once (`adapt_task`): `predict(query_x)` answers its queries with one
+    forward pass each, as `models.query_outputs` would among the support set.
+
+    Attributes:
+        model: the architecture.
+        params: the adapted parameters, matching `model.trainable_variables`.
+        statistics: what the support set left for the queries' normalization
+            (`models.support_statistics`; [] where they need none).
+        classes: M, the task's class count (logits of classes >= M are masked); None for
+            regression or all classes.
+        step: the inner step whose per-step batch-norm weights the queries see.
+    """
+
+    def __init__(self, model: MetaModel, params: list, statistics: list,
+                 classes: Optional[tf.Tensor], step: int):
+        self.model, self.params, self.statistics = model, params, statistics
+        self.classes, self.step = classes, step
+        self._forward = tf.function(self.outputs, reduce_retracing=True)
+
+    def outputs(self, x: tf.Tensor) -> tf.Tensor:
+        """Outputs [Q, outputs] for x [Q, *example_shape], uncompiled (for a caller's graph)."""
+        outputs = outputs_given(self.model, self.params, self.statistics, x, self.step)
+        return outputs if self.classes is None else mask_classes(outputs, self.classes)
+
+    def predict(self, x) -> tf.Tensor:
+        """Outputs [Q, outputs] for queries x [Q, *example_shape]: logits or predictions."""
+        return self._forward(tf.convert_to_tensor(x, self.params[0].dtype))
+
+    __call__ = predict
+
+
+def adapt_task(model: MetaModel, params: Sequence[tf.Tensor], support: tuple,
+               config: AdaptConfig, steps: Optional[int] = None) -> AdaptedTask:
+    """Adapts `params` to a support set (x [K, ...], y [K] or [K, 1]) once, by `steps` (default
+    `config.eval_steps`, as at meta-test and in an export) inner steps, for any number of later
+    queries: a classifier's labels 0..M-1 adapt and answer over those M classes, as an export
+    does."""
+    steps = config.eval_steps if steps is None else steps
+    x, y = (tf.convert_to_tensor(v) for v in support)
+    x = tf.cast(x, params[0].dtype)
+    classes = None
+    if model.loss_name == "cross_entropy":
+        y = tf.cast(y, tf.int32)
+        classes = tf.reduce_max(y) + 1
+    else:
+        y = tf.cast(y, params[0].dtype)
+    adapted, _ = adapt(model, list(params), (x, y), config, steps=steps, classes=classes)
+    statistics = support_statistics(model, adapted, x, steps - 1)
+    return AdaptedTask(model, adapted, statistics, classes, steps - 1)

@@ -31,16 +31,36 @@ def statistics(reference_rows=None, step=None):
 
 
 @contextlib.contextmanager
+def _scoped(name: str, value):
+    """The thread's context attribute `name` is `value` within the block (yielded), as before
+    after it."""
+    saved = getattr(_CONTEXT, name, None)
+    setattr(_CONTEXT, name, value)
+    try:
+        yield value
+    finally:
+        setattr(_CONTEXT, name, saved)
+
+
 def capture():
     """Within the block, every `BatchNorm` and `LayerNorm` call also appends its normalized input
     before gamma and beta, x^ (the shape of its input), to the list the block gets: what a
     representation is before the affine transform that sets its mean and scale."""
-    saved = getattr(_CONTEXT, "captured", None)
-    _CONTEXT.captured = []
-    try:
-        yield _CONTEXT.captured
-    finally:
-        _CONTEXT.captured = saved
+    return _scoped("captured", [])
+
+
+def recorded():
+    """Within the block, every `BatchNorm` that normalizes with reference rows also appends the
+    statistics it used, (mean, variance) each [1, ..., C], to the list the block gets, in call
+    order: what a support set leaves for its queries (`replayed`)."""
+    return _scoped("recorded", [])
+
+
+def replayed(statistics_list):
+    """Within the block, every `BatchNorm` normalizes with the next (mean, variance) of
+    `statistics_list`, as `recorded` gave them, instead of statistics of its input: a query
+    alone, normalized exactly as among its support set's rows."""
+    return _scoped("replayed", iter(statistics_list))
 
 
 def _captured(normalized: tf.Tensor) -> None:
@@ -149,10 +169,17 @@ class BatchNorm(keras.layers.Layer):
             mean = ops.mean(reference, axis=axes, keepdims=True)
             variance = ops.mean(ops.square(reference - mean), axis=axes, keepdims=True)
             _captured((x - mean) * ops.rsqrt(variance + self.epsilon))
-        if reference_rows is None:
+        replay = getattr(_CONTEXT, "replayed", None)
+        if replay is not None:
+            mean, variance = next(replay)
+        elif reference_rows is None:
             return normalize(x, gamma, beta, self.epsilon)
-        mean = ops.mean(reference, axis=axes, keepdims=True)
-        variance = ops.mean(ops.square(reference - mean), axis=axes, keepdims=True)
+        else:
+            mean = ops.mean(reference, axis=axes, keepdims=True)
+            variance = ops.mean(ops.square(reference - mean), axis=axes, keepdims=True)
+            record = getattr(_CONTEXT, "recorded", None)
+            if record is not None:
+                record.append((mean, variance))
         # The per-channel factor is formed first so that only two ops touch the full activation.
         return (x - mean) * (gamma * ops.rsqrt(variance + self.epsilon)) + beta
 

@@ -44,20 +44,21 @@ removes.
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import tempfile
+import types
 from pathlib import Path
 from typing import Callable, Optional
 
 import tensorflow as tf
 
-from tfmeta import files, rundir
-from tfmeta.adaptation import adapt
+from tfmeta import adapted_task, files, rundir
+from tfmeta.adaptation import AdaptedTask, adapt_task
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.model import NORMS
 from tfmeta.errors import ConfigError
-from tfmeta.losses import mask_classes
-from tfmeta.models import MetaModel, apply, query_outputs
+from tfmeta.models import MetaModel, apply
 from tfmeta.refusals import bad_rows, first, refusal
 from tfmeta.tasks.image_format import DEFAULT_MAX_SIDE, ImageFormat, decode_images
 
@@ -86,13 +87,18 @@ class AdaptivePredictor(tf.Module):
         image_format: the dataset's image files, for `adapt_predict_images`; None for none.
         max_image_side: the largest width or height of a file `adapt_predict_images` decodes.
         max_examples: the most examples one request may carry (support and query together).
+        export_id: 16 hex digits that the tasks of `adapt` carry and `predict_task` checks.
+        start: (params, support) -> where a task's adaptation starts, in the graph (the finetune
+            baseline's per-task head: `adaptation.Origin.task`); None: the model's weights.
     """
 
     def __init__(self, model: MetaModel, config: AdaptConfig, steps: int, metadata: dict,
                  image_format: Optional[ImageFormat] = None,
                  max_image_side: int = DEFAULT_MAX_SIDE,
-                 max_examples: int = DEFAULT_MAX_EXAMPLES):
+                 max_examples: int = DEFAULT_MAX_EXAMPLES, export_id: str = "0" * 16,
+                 start: Optional[Callable[[list, tuple], list]] = None):
         super().__init__(name="tfmeta")
+        self._start = start or (lambda params, support: params)
         self.model = model
         # The backend tf.Variables, tracked directly (as keras.export.ExportArchive does). Through
         # the Keras model alone they reach the object graph, which tf.saved_model.load restores,
@@ -105,69 +111,133 @@ class AdaptivePredictor(tf.Module):
         self.max_image_side = max_image_side
         self.max_examples = max_examples
         self.dtype = model.trainable_variables[0].dtype
-        example = tf.TensorSpec([None, *model.example_shape], self.dtype)
         if model.loss_name == "cross_entropy":
             self.ways = model.head.units
-            labels = tf.TensorSpec([None], tf.int32, name="support_y")
         else:
             self.ways = 0
-            labels = tf.TensorSpec([None, model.head.units], self.dtype, name="support_y")
-        self.adapt_predict = tf.function(self._adapt_predict, input_signature=[
-            tf.TensorSpec(example.shape, self.dtype, name="support_x"), labels,
-            tf.TensorSpec(example.shape, self.dtype, name="query_x")])
-        self.predict = tf.function(self._predict, input_signature=[
-            tf.TensorSpec(example.shape, self.dtype, name="x")])
-        if image_format is not None:
-            self.adapt_predict_images = tf.function(self._adapt_predict_images, input_signature=[
-                tf.TensorSpec([None], tf.string, name="support_images"), labels,
-                tf.TensorSpec([None], tf.string, name="query_images")])
+        # With per-step batch norm, a query sees the row of the last step taken, as in evaluation.
+        self.query_step = self.config.steps - 1
+        self.task_layout = adapted_task.layout(model, self._params(), self.query_step, export_id)
 
     def signatures(self) -> dict:
-        """{signature name: concrete function} for `tf.saved_model.save`."""
-        adapt_predict = self.adapt_predict.get_concrete_function()
+        """{signature name: concrete function} for `tf.saved_model.save`.
+
+        The adaptation, the task's encoding and the answer from a task are each traced once, as
+        functions that the array and image signatures call after their own checks. None of the
+        tf.functions is an attribute of the module, so the SavedModel holds each graph once and
+        saving does not trace them again."""
+        model = self.model
+        example = tf.TensorSpec([None, *model.example_shape], self.dtype)
+        labels = (tf.TensorSpec([None], tf.int32, name="support_y") if self.ways else
+                  tf.TensorSpec([None, model.head.units], self.dtype, name="support_y"))
+        support, query, x = (tf.TensorSpec(example.shape, self.dtype, name=name)
+                             for name in ("support_x", "query_x", "x"))
+        task = tf.TensorSpec([], tf.string, name=adapted_task.NAME)
+        function = lambda method, *specs: tf.function(  # noqa: E731
+            method, input_signature=list(specs))
+        traced = lambda method, *specs: function(method, *specs).get_concrete_function()  # noqa
+        # A plain object, which tf.Module does not track.
+        self._unchecked = types.SimpleNamespace(
+            adapt_predict=function(self._adapted_outputs, support, labels, query),
+            adapt=function(self._adapted_task, support, labels),
+            predict_task=function(self._task_outputs, task, query))
+        adapt_predict = traced(self._adapt_predict, support, labels, query)
         out = {"serving_default": adapt_predict, "adapt_predict": adapt_predict,
-               "predict": self.predict.get_concrete_function()}
+               "adapt": traced(self._adapt, support, labels),
+               "predict_task": traced(self._predict_task, task, query),
+               "predict": traced(self._predict, x)}
         if self.image_format is not None:
-            out["adapt_predict_images"] = self.adapt_predict_images.get_concrete_function()
+            files_of = lambda name: tf.TensorSpec([None], tf.string, name=name)  # noqa: E731
+            out["adapt_predict_images"] = traced(self._adapt_predict_images,
+                                                 files_of("support_images"), labels,
+                                                 files_of("query_images"))
+            out["adapt_images"] = traced(self._adapt_images, files_of("support_images"), labels)
+            out["predict_task_images"] = traced(self._predict_task_images, task,
+                                                files_of("query_images"))
         return out
 
     def _params(self) -> list:
         return [tf.convert_to_tensor(v) for v in self.model.trainable_variables]
 
-    def _outputs(self, outputs: tf.Tensor, classes=None) -> dict:
+    def _outputs(self, outputs: tf.Tensor) -> dict:
         if not self.ways:
             return {"predictions": outputs}
-        if classes is not None:
-            outputs = mask_classes(outputs, classes)
         return {"logits": outputs, "probabilities": tf.nn.softmax(outputs)}
 
-    def _adapt_predict(self, support_x, support_y, query_x, names=("support_x", "query_x")):
-        with tf.control_dependencies([self._check_count(support_x, query_x)]):
+    def _checked(self, support_x, support_y, query_x, names) -> tf.Tensor:
+        """`support_x` once the request's checks have passed (query_x None for `adapt`)."""
+        given = [x for x in (support_x, query_x) if x is not None]
+        with tf.control_dependencies([self._check_count(*given)]):
             checks = check_request(support_x, support_y, query_x, self.ways, names)
         with tf.control_dependencies(checks):
-            support_x = tf.identity(support_x)
-        classes = tf.reduce_max(support_y) + 1 if self.ways else None
-        adapted, _ = adapt(self.model, self._params(), (support_x, support_y), self.config,
-                           classes=classes)
-        # With per-step batch norm, the query sees the row of the last step taken, as in
-        # evaluation.
-        outputs = query_outputs(self.model, adapted, support_x, query_x, self.config.steps - 1)
-        return self._outputs(outputs, classes)
+            return tf.identity(support_x)
+
+    def _adapted(self, support_x, support_y) -> AdaptedTask:
+        support = (support_x, support_y)
+        return adapt_task(self.model, self._start(self._params(), support), support, self.config,
+                          steps=self.config.steps)
+
+    def _adapted_outputs(self, support_x, support_y, query_x) -> dict:
+        return self._outputs(self._adapted(support_x, support_y).outputs(query_x))
+
+    def _adapted_task(self, support_x, support_y) -> dict:
+        task = self._adapted(support_x, support_y)
+        encoded = adapted_task.encode(
+            self.task_layout, [task.params[i] for i in self.model.inner_indices],
+            task.statistics, task.classes if self.ways else tf.constant(0))
+        return {adapted_task.NAME: encoded}
+
+    def _task_outputs(self, task, query_x) -> dict:
+        inner, statistics, classes = adapted_task.decode(self.task_layout, task)
+        params = self._params()
+        for index, value in zip(self.model.inner_indices, inner):
+            params[index] = value
+        adapted = AdaptedTask(self.model, params, statistics, classes if self.ways else None,
+                              self.query_step)
+        return self._outputs(adapted.outputs(query_x))
+
+    def _adapt_predict(self, support_x, support_y, query_x, names=("support_x", "query_x")):
+        support_x = self._checked(support_x, support_y, query_x, names)
+        return self._unchecked.adapt_predict(support_x, support_y, query_x)
+
+    def _adapt(self, support_x, support_y, names=("support_x", None)):
+        support_x = self._checked(support_x, support_y, None, names)
+        return self._unchecked.adapt(support_x, support_y)
+
+    def _predict_task(self, task, query_x, name="query_x"):
+        with tf.control_dependencies([self._check_count(query_x)] +
+                                     _check_examples(query_x, name)):
+            query_x = tf.identity(query_x)
+        return self._unchecked.predict_task(task, query_x)
+
+    def _decode(self, images, name):
+        return decode_images(images, self.image_format, name, self.dtype, self.max_image_side)
 
     def _adapt_predict_images(self, support_images, support_y, query_images):
         # Counted before a single file is decoded.
         with tf.control_dependencies([self._check_count(support_images, query_images)]):
             support_images, query_images = tf.identity(support_images), tf.identity(query_images)
-        decode = lambda images, name: decode_images(  # noqa: E731
-            images, self.image_format, name, self.dtype, self.max_image_side)
-        return self._adapt_predict(decode(support_images, "support_images"), support_y,
-                                   decode(query_images, "query_images"),
+        return self._adapt_predict(self._decode(support_images, "support_images"), support_y,
+                                   self._decode(query_images, "query_images"),
                                    names=("support_images", "query_images"))
+
+    def _adapt_images(self, support_images, support_y):
+        with tf.control_dependencies([self._check_count(support_images)]):
+            support_images = tf.identity(support_images)
+        return self._adapt(self._decode(support_images, "support_images"), support_y,
+                           names=("support_images", None))
+
+    def _predict_task_images(self, task, query_images):
+        with tf.control_dependencies([self._check_count(query_images)]):
+            query_images = tf.identity(query_images)
+        return self._predict_task(task, self._decode(query_images, "query_images"),
+                                  name="query_images")
 
     def _predict(self, x):
         with tf.control_dependencies([self._check_count(x)] + _check_examples(x, "x")):
             x = tf.identity(x)
-        return self._outputs(apply(self.model, self._params(), x))
+        # No step taken: per-step batch norm's first row, as evaluation's 0-step score uses.
+        return self._outputs(apply(self.model, self._params(), x, step=0))
 
     def _check_count(self, *inputs) -> tf.Operation:
         """An assertion that `inputs` hold at most `max_examples` examples (rows) together."""
@@ -184,10 +254,11 @@ def _check_examples(x: tf.Tensor, name: str) -> list:
                            f"{name} holds NaN or Inf in example {{}}", first(bad))]
 
 
-def check_request(support_x: tf.Tensor, support_y: tf.Tensor, query_x: tf.Tensor,
+def check_request(support_x: tf.Tensor, support_y: tf.Tensor, query_x: Optional[tf.Tensor],
                   ways: int, names=("support_x", "query_x")) -> list:
-    """Graph assertions on one adapt_predict request; `ways` 0 means regression; `names` are the
-    support and query inputs' names for the messages (`refusals`: each one sentence).
+    """Graph assertions on one adapt_predict request (query_x None: an `adapt` request, support
+    only); `ways` 0 means regression; `names` are the support and query inputs' names for the
+    messages (`refusals`: each one sentence).
 
     A classifier's labels must lie in [0, ways), hold at least two classes (one class leaves
     nothing to learn, and is most likely a client's mistake) and use every class in
@@ -195,7 +266,8 @@ def check_request(support_x: tf.Tensor, support_y: tf.Tensor, query_x: tf.Tensor
     before, so a request is reported by its first fault.
     """
     support, query = names
-    checks = _check_examples(support_x, support) + _check_examples(query_x, query)
+    checks = _check_examples(support_x, support) + (
+        _check_examples(query_x, query) if query_x is not None else [])
     examples, labels = tf.shape(support_x)[0], tf.shape(support_y)[0]
     checks.append(refusal(tf.equal(examples, labels), f"{support} holds {{}} examples but "
                           "support_y holds {} labels; send one label per support example",
@@ -247,6 +319,8 @@ def describe_signatures(model: MetaModel, image_format: Optional[ImageFormat],
     else:
         labels = {"dtype": dtype, "shape": ["K", model.head.units]}
         outputs = {"predictions": {"dtype": dtype, "shape": ["Q", model.head.units]}}
+    task = {"dtype": "string", "shape": [],
+            "encoding": "an adapted task: opaque bytes (REST: {\"b64\": ...})"}
     independent = model.query_independent
     dependence = ("each query's answer depends only on the support set and itself"
                   if independent else
@@ -256,6 +330,13 @@ def describe_signatures(model: MetaModel, image_format: Optional[ImageFormat],
         "adapt_predict": {
             "inputs": {"support_x": {**example, "shape": shape}, "support_y": labels,
                        "query_x": {**example, "shape": ["Q", *shape[1:]]}},
+            "outputs": outputs, "query_independent": independent, "queries": dependence},
+        "adapt": {
+            "inputs": {"support_x": {**example, "shape": shape}, "support_y": labels},
+            "outputs": {adapted_task.NAME: task},
+            "queries": "send the task with each later request to predict_task"},
+        "predict_task": {
+            "inputs": {adapted_task.NAME: task, "query_x": {**example, "shape": ["Q", *shape[1:]]}},
             "outputs": outputs, "query_independent": independent, "queries": dependence},
         "predict": {
             "inputs": {"x": {**example, "shape": ["B", *shape[1:]]}},
@@ -269,6 +350,13 @@ def describe_signatures(model: MetaModel, image_format: Optional[ImageFormat],
         signatures["adapt_predict_images"] = {
             "inputs": {"support_images": {**files, "shape": ["K"]}, "support_y": labels,
                        "query_images": {**files, "shape": ["Q"]}},
+            "outputs": outputs, "query_independent": independent, "queries": dependence}
+        signatures["adapt_images"] = {
+            "inputs": {"support_images": {**files, "shape": ["K"]}, "support_y": labels},
+            "outputs": {adapted_task.NAME: task},
+            "queries": "send the task with each later request to predict_task_images"}
+        signatures["predict_task_images"] = {
+            "inputs": {adapted_task.NAME: task, "query_images": {**files, "shape": ["Q"]}},
             "outputs": outputs, "query_independent": independent, "queries": dependence}
     return signatures
 
@@ -304,8 +392,10 @@ def next_version(model_dir: Path) -> int:
 def export(model: MetaModel, config: AdaptConfig, out: Path, steps: int, metadata: dict,
            version: Optional[int] = None, image_format: Optional[ImageFormat] = None,
            max_image_side: int = DEFAULT_MAX_SIDE,
-           max_examples: int = DEFAULT_MAX_EXAMPLES) -> Path:
+           max_examples: int = DEFAULT_MAX_EXAMPLES,
+           start: Optional[Callable[[list, tuple], list]] = None) -> Path:
     """Writes `model` as MODELS/NAME/<version> (`out` is MODELS/NAME); returns the version path.
+    `start` is where each request's adaptation starts (`AdaptivePredictor`).
 
     `metadata` is completed with the version, the norm mode, the image format, the largest image
     side accepted (`max_image_side`), the most examples a request may carry (`max_examples`) and
@@ -341,11 +431,19 @@ def export(model: MetaModel, config: AdaptConfig, out: Path, steps: int, metadat
                     "max_image_side": max_image_side if image_format else None,
                     "max_examples": max_examples,
                     "signatures": describe_signatures(model, image_format, max_image_side)}
+        export_id = secrets.token_hex(8)
+        metadata["task_export_id"] = export_id
         module = AdaptivePredictor(model, config, steps, metadata, image_format, max_image_side,
-                                   max_examples)
+                                   max_examples, export_id, start)
+        metadata["task_bytes"] = module.task_layout.length
+        module.metadata_json.assign(json.dumps(metadata))
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=out))
         try:
-            tf.saved_model.save(module, str(staging), signatures=module.signatures())
+            # The inner loop's gradients are ops of the traced graphs; a served model is never
+            # differentiated, so the custom gradients' own functions are not saved.
+            tf.saved_model.save(module, str(staging), signatures=module.signatures(),
+                                options=tf.saved_model.SaveOptions(
+                                    experimental_custom_gradients=False))
             (staging / METADATA_FILE).parent.mkdir(parents=True, exist_ok=True)
             (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
             os.chmod(staging, 0o777 & ~files.umask())   # mkdtemp's folder is private (0700)
@@ -410,11 +508,16 @@ def export_run(run_dir: Path, out: Path, version: Optional[int] = None,
         "shots": config.data.shots, "example_shape": list(model.example_shape),
         "dtype": config.model.dtype, "steps": steps, "lr": config.adapt.lr,
         "learned_lr": model.inner.learned_lr or "none",
+        **({"lr_note": "the learned rates' starting value: adaptation uses the meta-learned "
+                       "rates"} if model.inner.learned_lr else {}),
         "trained_norm": trained,
-        "run_dir": str(run_dir.resolve()), "checkpoint": path}
+        "run_dir": str(run_dir.resolve()), "checkpoint": str(Path(path).resolve())}
     image_format = run.source.image_format
     if max_image_side is not None and image_format is None:
         raise ConfigError(f"--max-image-side is for models of image files; {run_dir} is a "
                           f"{config.data.dataset} run, whose export has no image signature")
+    # Each request starts where evaluation starts its task (the finetune baseline: a head drawn
+    # from the support set), so an export answers as evaluation scores.
     return export(model, config.adapt, out, steps, metadata, version, image_format,
-                  DEFAULT_MAX_SIDE if max_image_side is None else max_image_side, max_examples)
+                  DEFAULT_MAX_SIDE if max_image_side is None else max_image_side, max_examples,
+                  run.origin.task)

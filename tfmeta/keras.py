@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmeta import algorithms, meta_batch, rundir
-from tfmeta.adaptation import Origin, adapt
+from tfmeta.adaptation import AdaptedTask, Origin, adapt, adapt_task
 from tfmeta.config import Config
 from tfmeta.config.adapt import AdaptConfig
 from tfmeta.config.algorithms import AlgorithmConfig
@@ -216,6 +216,15 @@ class MetaLearner(keras.Model):
     @property
     def metrics(self) -> list:
         return [*self._trackers.values(), self._training]
+
+    def adapt(self, support: tuple, steps: Optional[int] = None) -> AdaptedTask:
+        """Adapts to one task's support set (x [K, ...], y [K] or [K, 1]) once, from where
+        meta-test adaptation starts, by the test steps (or `steps`); the returned task's
+        `predict(x)` runs only the forward pass at the adapted weights."""
+        support = tuple(tf.convert_to_tensor(v) for v in support)
+        params = self.origin.params()
+        return adapt_task(self.eval_net, self.origin.task(params, support), support,
+                          self.adapt_config, steps)
 
     def call(self, x, training: bool = False):
         """The network's outputs at its meta-learned weights, without adaptation: [B, outputs]."""

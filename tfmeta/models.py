@@ -39,7 +39,7 @@ from tfmeta.errors import ConfigError
 __all__ = ["MetaModel", "InnerLoop", "InnerRates", "Gains", "Parts", "build", "conv4", "mlp",
            "resnet12", "from_keras", "custom_model", "params_of", "parts", "effective", "apply",
            "head", "features", "query_outputs", "query_features", "joint_outputs",
-           "exact_batch_norm"]
+           "support_statistics", "outputs_given", "exact_batch_norm"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,6 +307,28 @@ def query_outputs(model: MetaModel, params: Sequence[tf.Tensor], support_x: tf.T
     support_x [K, ...] at the same params ("support", one pass over [support; query]); `step` as in
     `apply`."""
     return _query_pass(model, lambda x, k: apply(model, params, x, k, step), support_x, query_x)
+
+
+def support_statistics(model: MetaModel, params: Sequence[tf.Tensor], support_x: tf.Tensor,
+                       step=None) -> list:
+    """What a task's queries need of its support set x [K, ...] at `params`: the batch-norm
+    statistics [(mean, variance), ...] of "support" norm, in the order the layers run (each
+    [1, ..., C]); [] where a query needs none ("transductive", or no batch norm)."""
+    if not (model.norm == "support" and model.normalizes):
+        return []
+    with batch_norm.recorded() as statistics:
+        apply(model, params, support_x, reference_rows=tf.shape(support_x)[0], step=step)
+    return statistics
+
+
+def outputs_given(model: MetaModel, params: Sequence[tf.Tensor], statistics: list,
+                  query_x: tf.Tensor, step=None) -> tf.Tensor:
+    """`query_outputs` [Q, outputs] from what `support_statistics` kept of the support set, so a
+    task adapted once answers its queries without its support set."""
+    if not statistics:
+        return apply(model, params, query_x, step=step)
+    with batch_norm.replayed(statistics):
+        return apply(model, params, query_x, step=step)
 
 
 def query_features(model: MetaModel, params: Sequence[tf.Tensor], support_x: tf.Tensor,

@@ -23,7 +23,7 @@ from tfmeta.config.data import DataConfig
 from tfmeta.errors import DataError
 from tfmeta.tasks.augment import Augment
 from tfmeta.tasks.episode import Episode
-from tfmeta.tasks.image_format import ImageFormat
+from tfmeta.tasks.image_format import ImageFormat, unit_pixels
 from tfmeta.tasks.source import TaskSource
 
 
@@ -148,7 +148,7 @@ def episode_fn(pool: Union[Pool, np.ndarray], ways: int, shots: int, queries: in
         present = tf.range(most, dtype=tf.int64)[None, :] < tf.gather(counts, chosen)[:, None]
         picks = tf.argsort(tf.where(present, keys, 2.0), axis=1)[:, :shots + queries]
         index = tf.gather(offsets, chosen)[:, None] + tf.cast(picks, tf.int64)
-        images = tf.cast(gather(index), dtype) / 255.0  # [N, K+Q, H, W, ch]
+        images = unit_pixels(gather(index), dtype)  # [N, K+Q, H, W, ch]
         if augment is not None:
             images = augment(images, tf.random.experimental.stateless_fold_in(seed, 1))
         flat = lambda x, k: tf.reshape(x, [ways * k, *example_shape])  # noqa: E731
@@ -182,7 +182,7 @@ def labelled_fn(pool: Union[Pool, np.ndarray], dtype=tf.float32):
         index = tf.cast(tf.random.stateless_uniform([], seed, maxval=total, dtype=tf.int32),
                         tf.int64)
         label = tf.searchsorted(offsets, index[None], side="right")[0] - 1
-        return tf.cast(gather(index), dtype) / 255.0, tf.cast(label, tf.int32)
+        return unit_pixels(gather(index), dtype), tf.cast(label, tf.int32)
 
     return make_example
 

@@ -131,7 +131,17 @@ def decode_images(encoded: tf.Tensor, image_format: ImageFormat, name: str,
         pixels = tf.map_fn(lambda item: _decode_one(*item, image_format, name, max_side),
                            (encoded, index), parallel_iterations=1,
                            fn_output_signature=tf.TensorSpec(image_format.shape, tf.uint8))
-        return tf.cast(pixels, dtype) / 255.0
+        return unit_pixels(pixels, dtype)
+
+
+def unit_pixels(pixels: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
+    """uint8 pixels [...] as `dtype` in [0, 1]: each level's exact quotient k / 255, from a table
+    of the 256. Training and every export share it, so a file and its array give the same input:
+    in a graph, Grappler rewrites `x / 255.0` into `x * (1 / 255)`, which is 1 ulp off for 126
+    of the levels in float32."""
+    numpy_dtype = tf.as_dtype(dtype).as_numpy_dtype
+    levels = np.arange(256, dtype=numpy_dtype) / numpy_dtype(255)
+    return tf.gather(tf.constant(levels, dtype), tf.cast(pixels, tf.int32))
 
 
 def _png_header(encoded: tf.Tensor) -> tf.Tensor:
