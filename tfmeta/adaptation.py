@@ -20,6 +20,7 @@ step's activations when its backward pass needs them, for one more forward and b
 step.
 """
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import tensorflow as tf
@@ -273,7 +274,11 @@ class AdaptedTask:
                  classes: Optional[tf.Tensor], step: int):
         self.model, self.params, self.statistics = model, params, statistics
         self.classes, self.step = classes, step
-        self._forward = tf.function(self.outputs, reduce_retracing=True)
+
+    @functools.cached_property
+    def _forward(self):
+        # Compiled on the first `predict`: a task built inside an export's graph never needs it.
+        return tf.function(self.outputs, reduce_retracing=True)
 
     def outputs(self, x: tf.Tensor) -> tf.Tensor:
         """Outputs [Q, outputs] for x [Q, *example_shape], uncompiled (for a caller's graph)."""
