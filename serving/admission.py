@@ -58,12 +58,15 @@ class Limits:
     task_cache_bytes: int = 0
 
 
-# Each field's `tfmeta serve` flag, and its lowest value.
-FLAGS = {"max_body_bytes": ("--max-body-mb", 1), "rest_timeout_ms": ("--rest_api_timeout_in_ms", 0),
-         "concurrent": ("--max-concurrent-predictions", 1),
-         "queued": ("--max-queued-predictions", 0), "receiving": ("--max-receiving-bodies", 1),
-         "body_grace_ms": ("--body-grace-ms", 1), "min_body_rate": ("--min-body-rate-kb", 1),
-         "task_cache_bytes": ("--task-cache-mb", 0)}
+# Each field's `tfmeta serve` flag, its lowest value, and the field's units in one of the flag's
+# (bytes in a MB or a kB).
+FLAGS = {"max_body_bytes": ("--max-body-mb", 1, 1 << 20),
+         "rest_timeout_ms": ("--rest_api_timeout_in_ms", 0, 1),
+         "concurrent": ("--max-concurrent-predictions", 1, 1),
+         "queued": ("--max-queued-predictions", 0, 1),
+         "receiving": ("--max-receiving-bodies", 1, 1), "body_grace_ms": ("--body-grace-ms", 1, 1),
+         "min_body_rate": ("--min-body-rate-kb", 1, 1 << 10),
+         "task_cache_bytes": ("--task-cache-mb", 0, 1 << 20)}
 # The fields that tensorflow_model_server has no flag for.
 EMBEDDED_ONLY = ("concurrent", "queued", "receiving", "body_grace_ms", "min_body_rate",
                  "task_cache_bytes")
@@ -74,9 +77,11 @@ def limits_of(given: dict) -> Limits:
     of a value below its lowest."""
     given = {k: v for k, v in given.items() if v is not None}
     for key, value in given.items():
-        flag, lowest = FLAGS[key]
+        flag, lowest, unit = FLAGS[key]
         if value < lowest:
-            raise ConfigError(f"{flag} must be at least {lowest}, got {value}")
+            # In the flag's own units: a byte above 0 is "above 0" MB.
+            bound = f"at least {lowest // unit}" if lowest % unit == 0 else "above 0"
+            raise ConfigError(f"{flag} must be {bound}, got {value / unit:g}")
     return dataclasses.replace(Limits(), **given)
 
 

@@ -118,6 +118,13 @@ def test_limits_name_the_flag_of_a_value_below_its_lowest():
     assert limits_of({"receiving": 3, "queued": None}) == Limits(receiving=3)
     with pytest.raises(ConfigError, match="--max-receiving-bodies must be at least 1, got 0"):
         limits_of({"receiving": 0})
+    # A flag in MB or kB is named in its own units, not in the bytes it becomes.
+    with pytest.raises(ConfigError, match="--task-cache-mb must be at least 0, got -1$"):
+        limits_of({"task_cache_bytes": -(1 << 20)})
+    with pytest.raises(ConfigError, match="--max-body-mb must be above 0, got 0$"):
+        limits_of({"max_body_bytes": 0})
+    with pytest.raises(ConfigError, match="--min-body-rate-kb must be above 0, got -0.5$"):
+        limits_of({"min_body_rate": -512})
 
 
 # --- reading bodies -------------------------------------------------------------------------------
