@@ -164,28 +164,60 @@ def test_cosine_meta_lr_is_constant_within_an_epoch_and_ends_near_the_floor():
         assert values[10 * epoch:10 * epoch + 10] == pytest.approx([expected] * 10, rel=1e-6)
 
 
-@pytest.mark.trains
-def test_derivative_order_annealing_trains_first_order_then_second(tmp_path, monkeypatch):
-    """3 epochs of 2 meta-steps with first_order_epochs=2: each meta-step that `run_steps`
-    runs is recorded with the order of the compiled step that ran it."""
+def record_phases(monkeypatch) -> list:
+    """Patches `training` so that each meta-step `run_steps` runs appends the phase of the
+    compiled step that ran it: (first order, multi-step loss weights bound)."""
     from tfmeta import training
-    orders, make, run = [], training.make_meta_step, training.run_steps
-    first_order = {}
+    phases, make, run = [], training.make_meta_step, training.run_steps
+    phase_of = {}
 
     def recording_make(model, optimizer, meta_gradient, adapt_config, *args, **kwargs):
         step = make(model, optimizer, meta_gradient, adapt_config, *args, **kwargs)
-        first_order[id(step)] = adapt_config.first_order
+        phase_of[id(step)] = (adapt_config.first_order,
+                              meta_gradient.keywords["multi_step_epochs"] > 0)
         return step
 
     def recording_run(execute, batches, count, *args, **kwargs):
-        orders.extend([first_order[id(execute.step)]] * count)
+        phases.extend([phase_of[id(execute.step)]] * count)
         return run(execute, batches, count, *args, **kwargs)
 
     monkeypatch.setattr(training, "make_meta_step", recording_make)
     monkeypatch.setattr(training, "run_steps", recording_run)
+    return phases
+
+
+@pytest.mark.trains
+def test_annealing_trains_first_order_then_second_and_drops_the_multi_step_loss_after_it(
+        tmp_path, monkeypatch):
+    """3 epochs of 2 meta-steps with first_order_epochs=2 and multi_step_epochs=1: each
+    meta-step ran the compiled step of its epoch's phase, and once the multi-step loss's weights
+    are those of the last step alone, the step no longer computes the other steps' losses."""
+    phases = record_phases(monkeypatch)
     train_tiny(tmp_path / "run", "sine-cpu", "train.epochs=3", "train.iterations=2",
-               "algorithms.maml.first_order_epochs=2")
-    assert orders == [True] * 4 + [False] * 2
+               "algorithms.maml.first_order_epochs=2", "algorithms.maml.multi_step_epochs=1")
+    assert phases == [(True, True)] * 2 + [(True, False)] * 2 + [(False, False)] * 2
+
+
+@pytest.mark.trains
+def test_the_plain_step_after_the_multi_step_loss_gives_the_weighted_steps_update(
+        tmp_path, monkeypatch):
+    """Training on with the multi-step loss's final weights (0 for every step but the last)
+    ends at the weights that the plain step after the annealing reaches."""
+    from tfmeta import training
+    from tfmeta.run import Run
+    overrides = ("train.epochs=3", "train.iterations=3", "algorithms.maml.multi_step_epochs=1",
+                 "model.dtype=float64")
+
+    def trained(name):
+        run = Run.open(train_tiny(tmp_path / name, "sine-cpu", *overrides))
+        run.restore()
+        return [v.numpy() for v in run.model.trainable_variables]
+
+    plain = trained("plain")
+    monkeypatch.setattr(training.MetaSteps, "phase", lambda self, epoch: (False, True))
+    weighted = trained("weighted")
+    for a, b in zip(plain, weighted):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.trains

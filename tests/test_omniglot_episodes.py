@@ -159,6 +159,30 @@ def test_affine_maps_shift_scale_and_shear_by_at_most_their_bounds():
     assert areas.max() - areas.min() > 0.2
 
 
+def test_rotations_turn_a_bar_about_the_centre_by_at_most_their_bound():
+    bar = np.zeros((1, 1, 33, 33, 1), np.float32)
+    bar[..., 15:18, 6:27, :] = 1.0                            # horizontal, about the centre
+    images = tf.constant(np.repeat(bar, 64, axis=1))
+    seed = tf.constant([5, 6], tf.int64)
+    turned = augment.affine(AffineConfig(per="image", shift=0, scale=0, shear=0, rotation=30))(
+        images, seed).numpy()[0, ..., 0]
+    angles = []
+    for image in turned:
+        rows, cols = np.indices(image.shape)
+        weights = image / image.sum()
+        dy, dx = rows - (weights * rows).sum(), cols - (weights * cols).sum()
+        cov = [[(weights * dx * dx).sum(), (weights * dx * dy).sum()],
+               [(weights * dx * dy).sum(), (weights * dy * dy).sum()]]
+        values, vectors = np.linalg.eigh(cov)
+        major = vectors[:, -1] * np.sign(vectors[0, -1] or 1)
+        angles.append(np.degrees(np.arctan2(major[1], major[0])))
+        np.testing.assert_allclose([(weights * rows).sum(), (weights * cols).sum()], 16.0,
+                                   atol=0.05)
+    angles = np.abs(angles)
+    assert angles.max() <= 30.5 and angles.max() > 20
+    np.testing.assert_allclose(turned.sum(axis=(1, 2)), bar.sum(), rtol=0.02)
+
+
 def test_holdout_0_meta_trains_on_every_alphabet_and_has_no_meta_test_split(coded):
     task_source = source(holdout=0, test_alphabets=[])
     assert set(task_source.episode_fns) == {"train"}
@@ -174,6 +198,8 @@ def test_holdout_0_meta_trains_on_every_alphabet_and_has_no_meta_test_split(code
                                         "image, class, got 'pixel'"),
     ("data.omniglot.augment.shift=0.7", "'data.omniglot.augment.shift' must be between 0 and 0.5"),
     ("data.omniglot.augment.shear=-1", "'data.omniglot.augment.shear' must be between 0 and 1.0"),
+    ("data.omniglot.augment.rotation=90",
+     "'data.omniglot.augment.rotation' must be between 0 and 45.0"),
     ("data.omniglot.holdout=0", "'train.eval_every' must be 0 .* when data.omniglot.holdout is 0"),
     ("data.omniglot.holdout=-2", "'data.omniglot.holdout' must be a non-negative integer"),
 ])
@@ -262,7 +288,9 @@ def test_bad_settings_exit_2_with_the_key(tmp_path):
 def test_a_run_scored_under_both_protocols_and_a_run_on_every_alphabet(omniglot_dir, tmp_path):
     run = tmp_path / "run"
     tiny = ["--set", "model.filters=8", "--epochs", "1", "--iterations", "3",
-            "--set", "train.eval_tasks=10", "--landscape-every", "0", "--no-progress"]
+            "--set", "train.eval_tasks=10", "--landscape-every", "0", "--no-progress",
+            "--set", "algorithms.maml.multi_step_epochs=1",
+            "--set", "algorithms.maml.first_order_epochs=1"]
     done = cli("train", "--config", "omniglot_20w1s_alphabets-cpu", "--data-dir",
                str(omniglot_dir), "--run-dir", str(run), *tiny)
     assert done.returncode == 0, done.stderr

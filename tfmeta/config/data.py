@@ -50,16 +50,18 @@ class AffineConfig:
         shift: largest shift along each axis, as a fraction of the image side.
         scale: largest relative change of scale along each axis (0.1: x0.9 to x1.1).
         shear: largest shear factor.
+        rotation: largest rotation about the image centre, in degrees.
     """
     per: str = "none"
     shift: float = 0.1
     scale: float = 0.1
     shear: float = 0.2
+    rotation: float = 0.0
 
     def check(self, key: str = "data.omniglot.augment") -> None:
         expect(self.per in AUGMENT_PER, f"{key}.per", f"one of {', '.join(AUGMENT_PER)}",
                self.per)
-        for field, top in (("shift", 0.5), ("scale", 0.5), ("shear", 1.0)):
+        for field, top in (("shift", 0.5), ("scale", 0.5), ("shear", 1.0), ("rotation", 45.0)):
             value = getattr(self, field)
             expect(0 <= value <= top, f"{key}.{field}", f"between 0 and {top}", value)
 

@@ -5,6 +5,7 @@ shape: the N classes of an episode, M = K + Q images each. It is a pure function
 resumed run continues the same stream. Meta-test episodes are never augmented.
 """
 
+import math
 from typing import Callable
 
 import tensorflow as tf
@@ -43,11 +44,16 @@ def _random_maps(count, height: int, width: int, config: AffineConfig,
     scale_x, scale_y = 1.0 + uniform(0, config.scale), 1.0 + uniform(1, config.scale)
     shear = uniform(2, config.shear)
     shift_x, shift_y = uniform(3, config.shift * width), uniform(4, config.shift * height)
+    angle = uniform(5, config.rotation * math.pi / 180)
+    cos, sin = tf.cos(angle), tf.sin(angle)
     cx, cy = (width - 1) / 2, (height - 1) / 2
     zero = tf.zeros([count])
-    # x_in = sx (x - cx) + k (y - cy) + cx + tx;  y_in = sy (y - cy) + cy + ty.
-    return tf.stack([scale_x, shear, cx - scale_x * cx - shear * cy + shift_x,
-                     zero, scale_y, cy - scale_y * cy + shift_y, zero, zero], axis=1)
+    # [x_in - cx, y_in - cy] = R(angle) [[sx, k], [0, sy]] [x - cx, y - cy] + [tx, ty]; at
+    # angle 0 exactly the map without rotation, from the same draws.
+    a0, a1 = cos * scale_x, cos * shear - sin * scale_y
+    b0, b1 = sin * scale_x, sin * shear + cos * scale_y
+    return tf.stack([a0, a1, cx - a0 * cx - a1 * cy + shift_x,
+                     b0, b1, cy - b0 * cx - b1 * cy + shift_y, zero, zero], axis=1)
 
 
 def flip_and_shift(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
