@@ -34,6 +34,9 @@ CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
 SPARE_THREADS = 4
 # grpcio reports a call without a deadline as one some 290 billion years away.
 NO_DEADLINE_SECONDS = 10 * 365 * 86400
+# A client's own deadline ends its call before the server's copy of it, by the time its headers
+# took to arrive: tens of milliseconds to seconds on a busy machine.
+DEADLINE_SLACK_SECONDS = 1.0
 
 
 def _version(model_spec):
@@ -42,6 +45,14 @@ def _version(model_spec):
 
 def _abort(context, error: ServingError):
     context.abort(CODES.get(error.status, grpc.StatusCode.INTERNAL), error.message)
+
+
+def stops_by_closing(deadline: Optional[float], now: float) -> bool:
+    """Whether a call that ended at `now` (a `time.monotonic()` instant) before its answer must
+    stop its work by closing its session. Not within DEADLINE_SLACK_SECONDS of `deadline`: that is
+    the deadline's end, and TensorFlow's own timeout stops the step by then, keeping the session
+    (a closed one costs the next request that finds no other a fresh one: seconds)."""
+    return deadline is None or now < deadline - DEADLINE_SLACK_SECONDS
 
 
 def deadline_of(context) -> Optional[float]:
@@ -62,10 +73,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         cancellation = Cancellation()
 
         def ended():
-            # Called when the call ends for any reason: after an answer it finds nothing to stop,
-            # and past the deadline TensorFlow's own timeout stops the step, which keeps the
-            # session (a fresh one costs the next request its graph's first run).
-            if deadline is None or time.monotonic() < deadline - 0.01:
+            # Called when the call ends for any reason: after an answer it finds nothing to stop.
+            if stops_by_closing(deadline, time.monotonic()):
                 cancellation.cancel()
         context.add_callback(ended)
         try:

@@ -667,6 +667,15 @@ def until(condition, seconds: float, describe) -> None:
         time.sleep(0.2)
 
 
+def spare_ready(server) -> None:
+    """Waits until the server's session pool has had its spare: prepared at the lowest priority,
+    it may take minutes on a busy machine, and until then a request that finds no session
+    prepares its own (seconds that a timed test must not count) and the spare's memory arrives
+    whenever it is done."""
+    until(lambda: "sessions warm" in server.log.read_text(), 300,
+          lambda: f"no spare session:\n{server.log.read_text()}")
+
+
 def burst(send, count: int) -> list:
     """`count` calls of send() released at once; [(result, seconds)] in order."""
     barrier, results = threading.Barrier(count), [None] * count
@@ -740,6 +749,7 @@ def test_the_deadline_cancels_the_work_and_frees_the_slot(tight_server, files, l
         return time.perf_counter() - start
 
     try:
+        spare_ready(tight_server)
         alone = good_request_seconds()
         slow = image_body(files, query_images=[large_file] * 120 + files["query_images"])
         start = time.perf_counter()
@@ -768,6 +778,7 @@ def test_memory_returns_after_large_legal_requests(tight_server, files, large_fi
     (TF_ONEDNN_USE_SYSTEM_ALLOCATOR=0) 112 MB stayed, and without the idle malloc_trim 106 MB.
     Sent over gRPC, whose deadline is the client's (60 s), so that a busy machine cannot turn
     them into 504s at the 3 s REST one; so is the warm-up."""
+    spare_ready(tight_server)
     client = GrpcClient(f"127.0.0.1:{tight_server.grpc_port}", "omniglot")
     try:
         for _ in range(5):
@@ -1011,10 +1022,7 @@ def test_a_cancelled_call_stops_its_work_and_frees_the_slot(tight_server, files,
         for _ in range(3):
             client.predict(**request_inputs)
             client.predict("adapt_predict_images", **files)
-        # And its spare is ready: prepared at the lowest priority, it may take long on a busy
-        # machine (a request that finds none prepares its own, seconds this test does not time).
-        until(lambda: "sessions warm" in tight_server.log.read_text(), 180,
-              lambda: f"no spare session:\n{tight_server.log.read_text()}")
+        spare_ready(tight_server)
         with grpc.insecure_channel(f"127.0.0.1:{tight_server.grpc_port}") as channel:
             call = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict.future(
                 request)

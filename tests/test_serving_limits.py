@@ -114,6 +114,19 @@ def test_a_cancellation_calls_back_once_registered_or_at_once():
     assert calls == ["late"]
 
 
+def test_a_call_ended_by_its_own_deadline_keeps_its_session():
+    """A client's deadline ends its call before the server's copy of it, by the time its headers
+    took to arrive; that end is left to TensorFlow's timeout (the session stays warm), and only
+    an earlier end, a client that gives up, closes the session to stop the work."""
+    from tfmeta_serving.grpc_service import DEADLINE_SLACK_SECONDS, stops_by_closing
+    assert DEADLINE_SLACK_SECONDS >= 0.5
+    deadline = 100.0
+    assert not stops_by_closing(deadline, deadline - 0.3)   # a loaded machine's header delay
+    assert not stops_by_closing(deadline, deadline + 0.1)
+    assert stops_by_closing(deadline, deadline - 5.0)
+    assert stops_by_closing(None, 1e9)   # no deadline: only a cancellation ends it early
+
+
 def test_limits_name_the_flag_of_a_value_below_its_lowest():
     assert limits_of({"receiving": 3, "queued": None}) == Limits(receiving=3)
     with pytest.raises(ConfigError, match="--max-receiving-bodies must be at least 1, got 0"):
