@@ -16,9 +16,11 @@ from tfmeta.errors import ConfigError
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
 CPU_PRESETS = [name for name in PRESETS if name.endswith("-cpu")]
-# What a -cpu preset may change relative to its base: the outer-loop budget and the class split.
-# MAML++'s annealing spans are counted in epochs, so they shrink with the run.
+# What a -cpu preset may change relative to its base: the outer-loop budget, the time spent
+# measuring during training (how often, on how many tasks) and the class split. MAML++'s annealing
+# spans are counted in epochs, so they shrink with the run.
 CPU_CHANGES = {"train.meta_batch", "train.epochs", "train.iterations", "train.eval_tasks",
+               "train.eval_every", "landscape.every",
                "data.omniglot.split", "data.omniglot.holdout", "data.omniglot.test_alphabets",
                "algorithms.maml.multi_step_epochs", "algorithms.maml.first_order_epochs"}
 # A ResNet-12 meta-step at full width is a GPU's work (1.1 TFLOP at 32 x 32, meta-batch 4, T = 1):
