@@ -54,6 +54,7 @@ LEVERS = {
                 ["data.ways=30", "data.test_ways=20"]),
     "anil": ("ANIL: adapt the head only", ["algorithm=anil"]),
     "iterations-8000": ("8,000 meta-iterations (80 epochs of 100)", ["train.epochs=80"]),
+    "iterations-12000": ("12,000 meta-iterations (120 epochs of 100)", ["train.epochs=120"]),
     "mamlpp": ("MAML++ switches (per-step LRs and norms, multi-step loss, cosine)",
                ["adapt.per_step_lr=true", "adapt.per_step_norm=true",
                 "algorithms.maml.multi_step_epochs=5", "train.cosine_lr=true"]),
