@@ -77,6 +77,19 @@ def test_main_runs_are_measured_at_epoch_0_and_every_epoch(quick_run):
     assert peak["epoch"] >= 1 and all(np.isfinite(peak[m]) for m in lc.MEASURED)
 
 
+def test_checkpoints_measured_by_one_landscape_match_a_fresh_one(quick_run, tmp_path):
+    """A pool run's checkpoints share one Landscape (traced once, the weights restored under
+    it); a fresh Landscape on the last of them measures the same numbers."""
+    out, _, _ = quick_run
+    run_dir = out / "runs" / "pilot-maml-c6x6-s1"
+    epoch = max(lc.plan.pool_epochs(lc.quick(lc.ClaimsConfig())))
+    shared = json.loads((run_dir / f"landscape-epoch-{epoch}.json").read_text())
+    fresh = lc.runner.measure_at(run_dir, {tmp_path / "fresh.json": epoch})[tmp_path / "fresh.json"]
+    assert fresh["epoch"] == shared["epoch"] == epoch
+    for metric in lc.MEASURED:
+        np.testing.assert_allclose(fresh[metric], shared[metric], rtol=1e-5, err_msg=metric)
+
+
 def test_a_second_call_reuses_the_runs_and_other_settings_are_refused(quick_run, omniglot_dir):
     out, result, _ = quick_run
     lines = []

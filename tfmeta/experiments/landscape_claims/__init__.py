@@ -146,7 +146,7 @@ class _Experiment:
         if not all(runner.finished(d, c.epochs) for d in every):
             return None
         epochs = plan.pool_epochs(c)
-        if not all((d / "peak_landscape.json").is_file() and all(
+        if not all((d / runner.PEAK).is_file() and all(
                 (d / f"landscape-epoch-{e}.json").is_file() for e in epochs) for d in every):
             return None
         keys = ("epoch", "generalization", *MEASURED)

@@ -24,6 +24,7 @@ from tfmeta.report import column, load_records
 
 MEASURED = METRICS + VARIANTS
 RUNS_PER_WORKER = 8
+PEAK = "peak_landscape.json"
 
 
 def run_config(spec: RunSpec, run_dir: Path):
@@ -64,16 +65,16 @@ def train_one(spec: RunSpec, run_dir: str) -> str:
         if not finished(run_dir, spec.epochs):
             training.train(config, run_dir, resume=resume, progress=False,
                            log=lambda line: print(line, file=log, flush=True))
-    if spec.at_peak:
-        at_peak(run_dir)
-    for epoch in spec.at_epochs:
-        at_epoch(run_dir, epoch)
+    wanted = {run_dir / f"landscape-epoch-{epoch}.json": epoch for epoch in spec.at_epochs}
+    if spec.at_peak and not (run_dir / PEAK).is_file():
+        wanted[run_dir / PEAK] = peak_epoch(run_dir)
+    measure_at(run_dir, wanted)
     return spec.name
 
 
 def measured(spec: RunSpec, run_dir: Path) -> bool:
     """Whether a trained run's landscape measurements (`at_peak`, `at_epochs`) are on disk."""
-    files = ((["peak_landscape.json"] if spec.at_peak else [])
+    files = (([PEAK] if spec.at_peak else [])
              + [f"landscape-epoch-{e}.json" for e in spec.at_epochs])
     return all((run_dir / name).is_file() for name in files)
 
@@ -155,38 +156,51 @@ def final(run_dir: Path) -> Dict[str, float]:
     return values
 
 
+def peak_epoch(run_dir: Path) -> int:
+    """The trained epoch of the run's accuracy peak (epoch 0 has no checkpoint)."""
+    c = curves(run_dir)
+    trained = c["epoch"] >= 1
+    return int(c["epoch"][int(np.nanargmax(np.where(trained, c["generalization"], -np.inf)))])
+
+
 def at_peak(run_dir: Path) -> Dict[str, float]:
     """Every landscape metric at the checkpoint of the run's accuracy peak, with the peak's
     epoch and accuracy; measured once and kept in RUN/peak_landscape.json."""
-    path = run_dir / "peak_landscape.json"
+    path = run_dir / PEAK
     if path.is_file():   # read on every rewrite of claims.md: no need for the curves
         return json.loads(path.read_text())
-    c = curves(run_dir)
-    trained = c["epoch"] >= 1  # epoch 0 has no checkpoint
-    i = int(np.nanargmax(np.where(trained, c["generalization"], -np.inf)))
-    return _measured_at(run_dir, int(c["epoch"][i]), path)
+    return measure_at(run_dir, {path: peak_epoch(run_dir)})[path]
 
 
 def at_epoch(run_dir: Path, epoch: int) -> Dict[str, float]:
     """Every landscape metric at the checkpoint of `epoch`, with that epoch's accuracy; measured
     once and kept in RUN/landscape-epoch-N.json."""
-    return _measured_at(run_dir, epoch, run_dir / f"landscape-epoch-{epoch}.json")
+    path = run_dir / f"landscape-epoch-{epoch}.json"
+    return measure_at(run_dir, {path: epoch})[path]
 
 
-def _measured_at(run_dir: Path, epoch: int, path: Path) -> Dict[str, float]:
+def measure_at(run_dir: Path, epochs: Dict[Path, int]) -> Dict[Path, Dict[str, float]]:
+    """{path: every landscape metric at the checkpoint of epoch `epochs[path]`, with that epoch's
+    accuracy}, each measured once and kept in its JSON `path`. One Landscape measures every
+    checkpoint: restoring assigns the same variables, so its functions are traced once (a
+    fresh one per checkpoint would trace for seconds each time)."""
     from tfmeta.run import Run
-    if path.is_file():
-        return json.loads(path.read_text())
+    out = {path: json.loads(path.read_text()) for path in epochs if path.is_file()}
+    todo = {path: epoch for path, epoch in epochs.items() if path not in out}
+    if not todo:
+        return out
     c = curves(run_dir)
-    accuracy = c["generalization"][list(c["epoch"]).index(epoch)]
-    run = Run.open(run_dir)
-    run.restore(str(rundir.checkpoints(run_dir) / f"ckpt-{epoch}"))
-    measured = run.landscape().measure(progress=False)
-    values = {"epoch": epoch, "generalization": float(accuracy),
-              **{m: float(measured[m]) for m in MEASURED}}
-    with atomic_open(path) as f:
-        json.dump(values, f, indent=1)
-    return values
+    run, landscape = Run.open(run_dir), None
+    for path, epoch in todo.items():
+        run.restore(str(rundir.checkpoints(run_dir) / f"ckpt-{epoch}"))
+        landscape = landscape or run.landscape()
+        measured = landscape.measure(progress=False)
+        out[path] = {"epoch": epoch,
+                     "generalization": float(c["generalization"][list(c["epoch"]).index(epoch)]),
+                     **{m: float(measured[m]) for m in MEASURED}}
+        with atomic_open(path) as f:
+            json.dump(out[path], f, indent=1)
+    return out
 
 
 def metric_noise(run_dir: Path, draws: int) -> dict:
