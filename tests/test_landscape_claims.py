@@ -83,7 +83,7 @@ def test_checkpoints_measured_by_one_landscape_match_a_fresh_one(quick_run, tmp_
     out, _, _ = quick_run
     run_dir = out / "runs" / "pilot-maml-c6x6-s1"
     epoch = max(lc.plan.pool_epochs(lc.quick(lc.ClaimsConfig())))
-    shared = json.loads((run_dir / f"landscape-epoch-{epoch}.json").read_text())
+    shared = json.loads((run_dir / lc.runner.epoch_file(epoch)).read_text())
     fresh = lc.runner.measure_at(run_dir, {tmp_path / "fresh.json": epoch})[tmp_path / "fresh.json"]
     assert fresh["epoch"] == shared["epoch"] == epoch
     for metric in lc.MEASURED:

@@ -147,7 +147,7 @@ class _Experiment:
             return None
         epochs = plan.pool_epochs(c)
         if not all((d / runner.PEAK).is_file() and all(
-                (d / f"landscape-epoch-{e}.json").is_file() for e in epochs) for d in every):
+                (d / runner.epoch_file(e)).is_file() for e in epochs) for d in every):
             return None
         keys = ("epoch", "generalization", *MEASURED)
         as_arrays = lambda values: {k: np.array([v[k] for v in values], float)  # noqa: E731

@@ -27,6 +27,11 @@ RUNS_PER_WORKER = 8
 PEAK = "peak_landscape.json"
 
 
+def epoch_file(epoch: int) -> str:
+    """The file that keeps a run's landscape measured at the checkpoint of `epoch`."""
+    return f"landscape-epoch-{epoch}.json"
+
+
 def run_config(spec: RunSpec, run_dir: Path):
     """The tfmeta Config of `spec`, with absolute paths, written to run in `run_dir`."""
     from tfmeta.training import with_absolute_paths
@@ -65,7 +70,7 @@ def train_one(spec: RunSpec, run_dir: str) -> str:
         if not finished(run_dir, spec.epochs):
             training.train(config, run_dir, resume=resume, progress=False,
                            log=lambda line: print(line, file=log, flush=True))
-    wanted = {run_dir / f"landscape-epoch-{epoch}.json": epoch for epoch in spec.at_epochs}
+    wanted = {run_dir / epoch_file(epoch): epoch for epoch in spec.at_epochs}
     if spec.at_peak and not (run_dir / PEAK).is_file():
         wanted[run_dir / PEAK] = peak_epoch(run_dir)
     measure_at(run_dir, wanted)
@@ -75,7 +80,7 @@ def train_one(spec: RunSpec, run_dir: str) -> str:
 def measured(spec: RunSpec, run_dir: Path) -> bool:
     """Whether a trained run's landscape measurements (`at_peak`, `at_epochs`) are on disk."""
     files = (([PEAK] if spec.at_peak else [])
-             + [f"landscape-epoch-{e}.json" for e in spec.at_epochs])
+             + [epoch_file(e) for e in spec.at_epochs])
     return all((run_dir / name).is_file() for name in files)
 
 
@@ -175,29 +180,32 @@ def at_peak(run_dir: Path) -> Dict[str, float]:
 def at_epoch(run_dir: Path, epoch: int) -> Dict[str, float]:
     """Every landscape metric at the checkpoint of `epoch`, with that epoch's accuracy; measured
     once and kept in RUN/landscape-epoch-N.json."""
-    path = run_dir / f"landscape-epoch-{epoch}.json"
+    path = run_dir / epoch_file(epoch)
     return measure_at(run_dir, {path: epoch})[path]
 
 
 def measure_at(run_dir: Path, epochs: Dict[Path, int]) -> Dict[Path, Dict[str, float]]:
     """{path: every landscape metric at the checkpoint of epoch `epochs[path]`, with that epoch's
-    accuracy}, each measured once and kept in its JSON `path`. One Landscape measures every
-    checkpoint: restoring assigns the same variables, so its functions are traced once (a
-    fresh one per checkpoint would trace for seconds each time)."""
+    accuracy}, each measured once and kept in its JSON `path` (an epoch asked for twice, the peak
+    among the fixed ones, is measured once). One Landscape measures every checkpoint: restoring
+    assigns the same variables, so its functions are traced once (a fresh one per checkpoint
+    would trace for seconds each time)."""
     from tfmeta.run import Run
     out = {path: json.loads(path.read_text()) for path in epochs if path.is_file()}
     todo = {path: epoch for path, epoch in epochs.items() if path not in out}
     if not todo:
         return out
     c = curves(run_dir)
-    run, landscape = Run.open(run_dir), None
+    run, landscape, measured = Run.open(run_dir), None, {}
     for path, epoch in todo.items():
-        run.restore(str(rundir.checkpoints(run_dir) / f"ckpt-{epoch}"))
-        landscape = landscape or run.landscape()
-        measured = landscape.measure(progress=False)
+        if epoch not in measured:
+            run.restore(str(rundir.checkpoints(run_dir) / f"ckpt-{epoch}"))
+            if landscape is None:
+                landscape = run.landscape()
+            measured[epoch] = landscape.measure(progress=False)
         out[path] = {"epoch": epoch,
                      "generalization": float(c["generalization"][list(c["epoch"]).index(epoch)]),
-                     **{m: float(measured[m]) for m in MEASURED}}
+                     **{m: float(measured[epoch][m]) for m in MEASURED}}
         with atomic_open(path) as f:
             json.dump(out[path], f, indent=1)
     return out
